@@ -1,0 +1,46 @@
+"""What every pipeline entry point shares: option parsing, logging, the run
+summary printed from Beam metrics."""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+# The local default. DirectRunner would first try Prism, which downloads a
+# binary and fails offline; FnApiRunner is what DirectRunner falls back to.
+LOCAL_RUNNER = "FnApiRunner"
+
+
+def parse(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, PipelineOptions]:
+    """Our flags -> Namespace; everything else (``--runner``, ``--project``,
+    ``--temp_location`` ...) -> Beam's PipelineOptions, unchanged."""
+    args, beam_args = parser.parse_known_args(argv)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        beam_args.append(f"--runner={LOCAL_RUNNER}")
+    return args, PipelineOptions(beam_args)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # Beam's own INFO lines are runner internals, not progress a person wants.
+    for noisy in ("apache_beam", "google"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def counters(result) -> dict[str, int]:
+    """The pipeline's ``funnel`` counters by name (committed where the runner has them)."""
+    out = {}
+    for c in result.metrics().query()["counters"]:
+        if c.key.metric.namespace == "funnel":
+            value = c.committed if c.committed is not None else c.attempted
+            out[c.key.metric.name] = out.get(c.key.metric.name, 0) + value
+    return dict(sorted(out.items()))
+
+
+def print_summary(title: str, started: float, values: dict[str, int]) -> None:
+    print(f"\n{title} finished in {time.time() - started:.1f} s")
+    width = max((len(k) for k in values), default=0)
+    for name, value in values.items():
+        print(f"  {name:<{width}}  {value:>12,}")

@@ -1,0 +1,164 @@
+"""One definition per table; BigQuery, Avro and Arrow schemas are derived from it.
+
+Inside the pipelines a row is a plain dict. Two logical types have a compact
+in-pipeline form because they are compared and shuffled a lot:
+
+* ``TIMESTAMP`` -- integer microseconds since the Unix epoch, UTC.
+* ``DATE``      -- ISO string ``YYYY-MM-DD`` (sorts and groups as text).
+
+``to_arrow`` / ``from_arrow`` convert between that form and Arrow, so Parquet
+files carry real ``timestamp[us, UTC]`` and ``date32`` columns that DuckDB,
+BigQuery and pandas read natively.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+STRING, INT64, FLOAT64, BOOL = "STRING", "INT64", "FLOAT64", "BOOL"
+DATE, TIMESTAMP, BYTES = "DATE", "TIMESTAMP", "BYTES"
+
+_ARROW = {
+    STRING: pa.string(),
+    INT64: pa.int64(),
+    FLOAT64: pa.float64(),
+    BOOL: pa.bool_(),
+    DATE: pa.date32(),
+    TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    BYTES: pa.binary(),
+}
+# The Arrow type the in-pipeline value is built as before the cast to _ARROW.
+_ARROW_PIPELINE = {DATE: pa.string(), TIMESTAMP: pa.int64()}
+
+_AVRO = {
+    STRING: "string",
+    INT64: "long",
+    FLOAT64: "double",
+    BOOL: "boolean",
+    DATE: {"type": "int", "logicalType": "date"},
+    TIMESTAMP: {"type": "long", "logicalType": "timestamp-micros"},
+    BYTES: "bytes",
+}
+_BIGQUERY = {BOOL: "BOOLEAN", INT64: "INTEGER", FLOAT64: "FLOAT"}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    description: str
+    required: bool = False
+    repeated: bool = False
+
+    def arrow_type(self) -> pa.DataType:
+        base = _ARROW[self.type]
+        return pa.list_(base) if self.repeated else base
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of one layer. ``partition_by`` columns become hive folders in
+    the lake (``event_date=2026-11-02/platform=web/``) and are not stored
+    inside the Parquet files; in BigQuery the first one is the time partition
+    and the rest are clustering columns (with ``cluster_by``)."""
+
+    name: str
+    layer: str
+    description: str
+    columns: tuple[Column, ...]
+    partition_by: tuple[str, ...] = ()
+    cluster_by: tuple[str, ...] = ()
+    key: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        names = [c.name for c in self.columns]
+        if len(names) != len(set(names)):
+            raise ValueError(f"{self.name}: duplicate column names")
+        missing = set(self.partition_by + self.cluster_by + self.key) - set(names)
+        if missing:
+            raise ValueError(f"{self.name}: unknown columns {sorted(missing)}")
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def file_columns(self) -> tuple[Column, ...]:
+        """Columns stored inside the Parquet files (partition columns live in the path)."""
+        return tuple(c for c in self.columns if c.name not in self.partition_by)
+
+    # --- derived schemas -------------------------------------------------
+    def arrow_schema(self, with_partition_columns: bool = True) -> pa.Schema:
+        cols = self.columns if with_partition_columns else self.file_columns
+        return pa.schema(
+            [pa.field(c.name, c.arrow_type(), nullable=not c.required,
+                      metadata={"description": c.description}) for c in cols],
+            metadata={"description": self.description, "table": self.name},
+        )
+
+    def avro_schema(self) -> dict:
+        def avro_type(c: Column):
+            t = _AVRO[c.type]
+            if c.repeated:
+                t = {"type": "array", "items": t}
+            return t if c.required else ["null", t]
+
+        return {
+            "type": "record",
+            "name": self.name,
+            "namespace": f"funnel.{self.layer}",
+            "doc": self.description,
+            "fields": [
+                {"name": c.name, "type": avro_type(c), "doc": c.description,
+                 **({} if c.required else {"default": None})}
+                for c in self.columns
+            ],
+        }
+
+    def bigquery_schema(self) -> list:
+        from google.cloud.bigquery import SchemaField
+
+        return [
+            SchemaField(
+                c.name,
+                _BIGQUERY.get(c.type, c.type),
+                mode="REPEATED" if c.repeated else ("REQUIRED" if c.required else "NULLABLE"),
+                description=c.description,
+            )
+            for c in self.columns
+        ]
+
+    # --- conversions ------------------------------------------------------
+    def to_arrow(self, rows: list[dict], with_partition_columns: bool = False) -> pa.Table:
+        """In-pipeline dict rows -> Arrow table with the logical types."""
+        cols = self.columns if with_partition_columns else self.file_columns
+        arrays = []
+        for c in cols:
+            values = [r.get(c.name) for r in rows]
+            build = _ARROW_PIPELINE.get(c.type)
+            if build is None:
+                arrays.append(pa.array(values, type=c.arrow_type()))
+            elif c.repeated:
+                arrays.append(pa.array(values, type=pa.list_(build)).cast(c.arrow_type()))
+            else:
+                arrays.append(pa.array(values, type=build).cast(c.arrow_type()))
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema(with_partition_columns))
+
+    def from_arrow(self, table: pa.Table) -> list[dict]:
+        """Arrow table (as written by ``to_arrow``) -> in-pipeline dict rows."""
+        by_name = {c.name: c for c in self.columns}
+        arrays, names = [], []
+        for name in table.column_names:
+            col = table.column(name)
+            c = by_name.get(name)
+            if c is not None and c.type in _ARROW_PIPELINE and not c.repeated:
+                col = col.cast(_ARROW_PIPELINE[c.type])
+            arrays.append(col)
+            names.append(name)
+        return pa.Table.from_arrays(arrays, names=names).to_pylist()
+
+
+def col(name: str, type_: str, description: str, required: bool = False,
+        repeated: bool = False) -> Column:
+    return Column(name, type_, description, required, repeated)

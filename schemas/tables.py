@@ -1,0 +1,270 @@
+"""Every table of the lakehouse, defined once (see ``schemas.table``).
+
+Layers: raw -> bronze -> silver -> gold, plus the dead letter. Column names
+of gold tables follow TABLES_AND_METRICS.md exactly.
+"""
+from __future__ import annotations
+
+from schemas.table import BOOL, BYTES, DATE, FLOAT64, INT64, STRING, TIMESTAMP, Table, col
+
+# --- raw ---------------------------------------------------------------------------
+RAW = Table("raw_messages", "raw", "Every received message byte for byte, with ingest metadata. Never rewritten.", (
+    col("ingest_date", DATE, "UTC date the message was ingested (partition).", True),
+    col("message_id", STRING, "Pub/Sub message id; null for file ingest."),
+    col("publish_time", TIMESTAMP, "Pub/Sub publish time; null for file ingest."),
+    col("attributes_json", STRING, "Pub/Sub attributes as a JSON object."),
+    col("ingested_at", TIMESTAMP, "When the pipeline received the message.", True),
+    col("source_file", STRING, "Landing file the record came from; null for Pub/Sub."),
+    col("source_line", INT64, "1-based line (or row) number in source_file."),
+    col("data", BYTES, "The message body exactly as received.", True),
+), partition_by=("ingest_date",))
+
+# --- shared column groups -----------------------------------------------------------
+_INGEST = (
+    col("ingested_at", TIMESTAMP, "When the pipeline received the record.", True),
+    col("source_file", STRING, "Landing file of the record; null for Pub/Sub."),
+    col("source_line", INT64, "Line (or row) number in source_file."),
+    col("message_id", STRING, "Pub/Sub message id; null for file ingest."),
+)
+BRONZE_ENVELOPE = (
+    col("event_date", DATE, "UTC date of the record's own time (partition).", True),
+    col("platform", STRING, "Normalized platform: web, ios, android, email, pos, unknown, other.", True),
+    col("platform_raw", STRING, "Platform as sent, kept when it normalized to 'other'."),
+    col("source", STRING, "Producer name.", True),
+    col("region", STRING, "Producer region."),
+    col("schema_version", INT64, "Contract version the producer used.", True),
+    col("emitted_at", TIMESTAMP, "Producer clock when the record was sent."),
+    col("extra_json", STRING, "Fields beyond the contract (newer schema versions), as JSON."),
+) + _INGEST
+_RESOLVED = (
+    col("session_id", STRING, "Session the record belongs to."),
+    col("user_id", STRING, "User resolved through the session; null if anonymous or unknown."),
+    col("platform", STRING, "Platform of the record's session; the record's own if the session is unknown.", True),
+)
+
+BRONZE_PARTITION = ("event_date", "platform")
+
+
+def _bronze(name: str, description: str, columns: tuple, key: str) -> Table:
+    return Table(name, "bronze", description, columns + BRONZE_ENVELOPE,
+                 partition_by=BRONZE_PARTITION, cluster_by=("platform",), key=(key,))
+
+
+BRONZE_USERS = _bronze("bronze_users", "One row per received valid user record.", (
+    col("user_id", STRING, "User key.", True),
+    col("email_hash", STRING, "HMAC-SHA256 of the trimmed, lower-cased email."),
+    col("email_sha256", STRING, "Unkeyed SHA-256 of the normalized email (ad-platform matching)."),
+    col("phone_number_hash", STRING, "HMAC-SHA256 of the E.164 phone number."),
+    col("country", STRING, "ISO 3166 alpha-2, upper-cased."),
+    col("is_active", BOOL, "Account is active."),
+    col("signup_date", DATE, "Signup date."),
+    col("updated_at", TIMESTAMP, "Producer's version time of the profile."),
+), "user_id")
+BRONZE_SESSIONS = _bronze("bronze_sessions", "One row per received valid session record (versions included).", (
+    col("session_id", STRING, "Session key.", True),
+    col("user_id", STRING, "User; null for anonymous sessions."),
+    col("session_start_time", TIMESTAMP, "Session start.", True),
+    col("session_end_time", TIMESTAMP, "Session end (often in a later version)."),
+    col("device_type", STRING, "Device type."),
+    col("geo_location", STRING, "Country or 'lat,lon'."),
+    col("experiments_json", STRING, "A/B assignments, JSON object experiment -> variant."),
+), "session_id")
+_SESSION_ID = col("session_id", STRING, "Session.", True)
+_VIEW_COLUMNS = (
+    col("view_timestamp", TIMESTAMP, "View time.", True),
+    col("page_type", STRING, "Page type."),
+    col("landing_page", STRING, "Landing page path."),
+    col("is_referral", BOOL, "Arrived through a referral."),
+)
+_VIEW_ID = col("view_id", STRING, "View key.", True)
+BRONZE_VIEWS = _bronze("bronze_views", "One row per received valid page view.",
+                       (_VIEW_ID, _SESSION_ID) + _VIEW_COLUMNS, "view_id")
+_CLICK_COLUMNS = (
+    col("click_timestamp", TIMESTAMP, "Click time.", True),
+    col("element_clicked", STRING, "Element clicked."),
+    col("page", STRING, "Page path."),
+)
+_CLICK_ID = col("click_id", STRING, "Click key.", True)
+BRONZE_CLICKS = _bronze("bronze_clicks", "One row per received valid click.",
+                        (_CLICK_ID, _SESSION_ID) + _CLICK_COLUMNS, "click_id")
+_EVENT_COLUMNS = (
+    col("event_id", STRING, "Event key.", True),
+    col("event_type", STRING, "Normalized lower snake case event type (funnel: browse, add_to_cart, payment_successful).", True),
+    col("event_type_raw", STRING, "Event type as sent."),
+    col("timestamp", TIMESTAMP, "Event time.", True),
+    col("metadata_json", STRING, "Event metadata as JSON."),
+    col("article_id", STRING, "metadata.article_id."),
+    col("price", FLOAT64, "metadata.price."),
+    col("currency", STRING, "metadata.currency."),
+    col("order_id", STRING, "metadata.order_id."),
+)
+BRONZE_EVENTS = _bronze("bronze_events", "One row per received valid event.",
+                        _EVENT_COLUMNS[:1] + (_SESSION_ID,) + _EVENT_COLUMNS[1:],
+                        "event_id")
+_RESPONSE_COLUMNS = (
+    col("response_id", STRING, "Response key.", True),
+    col("event_id", STRING, "Event the response answers.", True),
+    col("response_type", STRING, "email_confirmation or sms_confirmation.", True),
+    col("sent_email_hash", STRING, "HMAC-SHA256 of the normalized recipient email."),
+    col("sent_phone_number_hash", STRING, "HMAC-SHA256 of the E.164 recipient phone."),
+    col("status", STRING, "queued, sent, delivered, failed or bounced.", True),
+    col("sent_at", TIMESTAMP, "Send time; emitted_at when the producer sent none."),
+)
+BRONZE_EVENT_RESPONSES = _bronze("bronze_event_responses", "One row per received valid event response (status versions included).",
+                                 _RESPONSE_COLUMNS, "response_id")
+_ACTIVITY_COLUMNS = (
+    col("activity_id", STRING, "Activity key.", True),
+    col("response_id", STRING, "Response (ticket confirmation) the activity used.", True),
+    col("activity_type", STRING, "barcode_scanned, ...", True),
+    col("activity_time", TIMESTAMP, "Activity time.", True),
+    col("location", STRING, "Where it happened, e.g. a gate."),
+)
+BRONZE_USER_ACTIVITY = _bronze("bronze_user_activity", "One row per received valid user activity.",
+                               _ACTIVITY_COLUMNS, "activity_id")
+
+BRONZE = {t.name: t for t in (BRONZE_USERS, BRONZE_SESSIONS, BRONZE_VIEWS, BRONZE_CLICKS,
+                              BRONZE_EVENTS, BRONZE_EVENT_RESPONSES, BRONZE_USER_ACTIVITY)}
+
+# --- silver --------------------------------------------------------------------------
+_SILVER_COMMON = (
+    col("source", STRING, "Producer of the winning version."),
+    col("emitted_at", TIMESTAMP, "Producer clock of the winning version."),
+    col("copies", INT64, "How many valid copies/versions of this identity were received.", True),
+)
+
+
+def _silver(name: str, description: str, columns: tuple, key: str) -> Table:
+    return Table(name, "silver", description, columns + _SILVER_COMMON, key=(key,))
+
+
+SILVER_USERS = _silver("silver_users", "One current row per user (newest updated_at, else emitted_at, wins).", (
+    col("user_id", STRING, "User key.", True),
+    col("platform", STRING, "Platform of the winning user record.", True),
+    col("email_hash", STRING, "HMAC-SHA256 of the normalized email."),
+    col("email_sha256", STRING, "Unkeyed SHA-256 of the normalized email."),
+    col("phone_number_hash", STRING, "HMAC-SHA256 of the E.164 phone number."),
+    col("country", STRING, "ISO 3166 alpha-2."),
+    col("is_active", BOOL, "Account is active."),
+    col("signup_date", DATE, "Signup date."),
+    col("updated_at", TIMESTAMP, "Version time of the winning profile."),
+), "user_id")
+SILVER_SESSIONS = _silver("silver_sessions", "One current row per session: versions merged (newest non-null field wins), "
+                          "inferred from its views/clicks/events when the session record never arrived.", (
+    col("session_id", STRING, "Session key.", True),
+    col("user_id", STRING, "User; null for anonymous sessions or when the session record is missing."),
+    col("platform", STRING, "Platform of the session record, else of its earliest view/click/event.", True),
+    col("has_session_record", BOOL, "False when the session was inferred from its views/clicks/events.", True),
+    col("session_date", DATE, "UTC date of session_start_time.", True),
+    col("session_start_time", TIMESTAMP, "Start; for inferred sessions the earliest view/click/event.", True),
+    col("session_end_time", TIMESTAMP, "End as reported by the producer."),
+    col("device_type", STRING, "Device type."),
+    col("geo_location", STRING, "Country or 'lat,lon'."),
+    col("experiments_json", STRING, "A/B assignments, JSON object experiment -> variant."),
+    col("first_activity_at", TIMESTAMP, "Earliest view/click/event."),
+    col("last_activity_at", TIMESTAMP, "Latest view/click/event."),
+    col("views", INT64, "Unique views.", True),
+    col("clicks", INT64, "Unique clicks.", True),
+    col("events", INT64, "Unique events.", True),
+), "session_id")
+SILVER_VIEWS = _silver("silver_views", "One row per view (first copy wins), joined to its session.",
+                       (_VIEW_ID,) + _RESOLVED + _VIEW_COLUMNS, "view_id")
+SILVER_CLICKS = _silver("silver_clicks", "One row per click (first copy wins), joined to its session.",
+                        (_CLICK_ID,) + _RESOLVED + _CLICK_COLUMNS, "click_id")
+SILVER_EVENTS = _silver("silver_events", "One row per event (first copy wins), joined to its session.",
+                        _EVENT_COLUMNS[:1] + _RESOLVED + _EVENT_COLUMNS[1:], "event_id")
+SILVER_EVENT_RESPONSES = _silver("silver_event_responses", "One current row per response (newest emitted_at wins), "
+                                 "joined through its event to the session.",
+                                 _RESPONSE_COLUMNS + _RESOLVED, "response_id")
+SILVER_USER_ACTIVITY = _silver("silver_user_activity", "One row per activity (first copy wins), joined through "
+                               "response -> event -> session.",
+                               _ACTIVITY_COLUMNS + (col("event_id", STRING, "Event the response answers."),) + _RESOLVED,
+                               "activity_id")
+
+SILVER = {t.name: t for t in (SILVER_USERS, SILVER_SESSIONS, SILVER_VIEWS, SILVER_CLICKS,
+                              SILVER_EVENTS, SILVER_EVENT_RESPONSES, SILVER_USER_ACTIVITY)}
+
+# --- gold ------------------------------------------------------------------------------
+FACT_FUNNEL_STAGE = Table("fact_funnel_stage", "gold", "One row per (session, reached funnel stage).", (
+    col("session_id", STRING, "Session (one funnel journey).", True),
+    col("user_id", STRING, "User; null for anonymous sessions."),
+    col("session_date", DATE, "UTC date of the session start.", True),
+    col("platform", STRING, "Session platform.", True),
+    col("device_type", STRING, "Session device type."),
+    col("country", STRING, "User's country; for anonymous sessions the session's geo_location when it is a country code."),
+    col("stage_number", INT64, "1 browse .. 5 barcode_scanned.", True),
+    col("stage_name", STRING, "browse, add_to_cart, payment_successful, email_confirmation, barcode_scanned.", True),
+    col("reached_at", TIMESTAMP, "When the stage was reached.", True),
+    col("seconds_from_previous_stage", FLOAT64, "Seconds since the previous stage; null for stage 1."),
+), partition_by=(), cluster_by=("platform",))
+FACT_USER_ACTIVITY = Table("fact_user_activity", "gold", "One row per (user, UTC date) with any activity.", (
+    col("user_id", STRING, "User.", True),
+    col("activity_date", DATE, "UTC date of each record's own time.", True),
+    col("sessions", INT64, "Sessions started.", True),
+    col("views", INT64, "Views.", True),
+    col("clicks", INT64, "Clicks.", True),
+    col("browse_events", INT64, "browse events.", True),
+    col("add_to_cart_events", INT64, "add_to_cart events.", True),
+    col("payments", INT64, "payment_successful events.", True),
+    col("confirmations_sent", INT64, "Email confirmations currently sent or delivered, on their sent_at date.", True),
+    col("barcode_scans", INT64, "barcode_scanned activities.", True),
+), cluster_by=("user_id",))
+DIM_USER = Table("dim_user", "gold", "One row per user seen in a user record or a session.", (
+    col("user_id", STRING, "User.", True),
+    col("email_hash", STRING, "HMAC-SHA256 of the normalized email."),
+    col("country", STRING, "ISO 3166 alpha-2."),
+    col("is_active", BOOL, "Account is active."),
+    col("signup_date", DATE, "Signup date."),
+    col("first_seen_at", TIMESTAMP, "Earliest record time in the user's sessions."),
+    col("last_seen_at", TIMESTAMP, "Latest record time in the user's sessions."),
+    col("first_platform", STRING, "Platform of the user's earliest session."),
+    col("lifetime_sessions", INT64, "Sessions.", True),
+    col("lifetime_payments", INT64, "Distinct payment_successful events in the user's sessions.", True),
+    col("furthest_stage_number", INT64, "Highest funnel stage in any session; 0 if none.", True),
+))
+_PERIOD = (
+    col("period_grain", STRING, "day, month or year.", True),
+    col("period_start", DATE, "First day of the period (UTC).", True),
+    col("platform", STRING, "Platform, or 'all'.", True),
+)
+_RATE = "null when the denominator is 0."
+MART_CONVERSION_RATE = Table("mart_conversion_rate", "gold", "Funnel conversion per period and platform (periods from session_date).", _PERIOD + (
+    col("sessions_browse", INT64, "Sessions reaching browse.", True),
+    col("sessions_add_to_cart", INT64, "Sessions reaching add_to_cart.", True),
+    col("sessions_payment", INT64, "Sessions reaching payment_successful.", True),
+    col("sessions_email_confirmation", INT64, "Sessions reaching email_confirmation.", True),
+    col("sessions_barcode_scanned", INT64, "Sessions reaching barcode_scanned.", True),
+    col("users_browse", INT64, "Distinct users with a session reaching browse.", True),
+    col("users_payment", INT64, "Distinct users with a session reaching payment_successful.", True),
+    col("conversion_rate", FLOAT64, "sessions_payment / sessions_browse; " + _RATE),
+    col("cart_rate", FLOAT64, "sessions_add_to_cart / sessions_browse; " + _RATE),
+    col("checkout_rate", FLOAT64, "sessions_payment / sessions_add_to_cart; " + _RATE),
+    col("confirmation_rate", FLOAT64, "sessions_email_confirmation / sessions_payment; " + _RATE),
+    col("scan_rate", FLOAT64, "sessions_barcode_scanned / sessions_email_confirmation; " + _RATE),
+), cluster_by=("period_grain", "platform"))
+MART_BARCODE_ACTIVITY = Table("mart_barcode_activity", "gold", "Barcode scans per period and platform (periods from activity_time).", _PERIOD + (
+    col("barcode_scans", INT64, "Unique barcode_scanned activities.", True),
+    col("scanning_users", INT64, "Distinct users with a scan.", True),
+    col("scanned_orders", INT64, "Distinct payment events with a scan.", True),
+    col("median_seconds_payment_to_scan", FLOAT64, "Median of scan activity_time minus the confirmed payment's timestamp; null when no scan links to a payment."),
+), cluster_by=("period_grain", "platform"))
+
+GOLD = {t.name: t for t in (FACT_FUNNEL_STAGE, FACT_USER_ACTIVITY, DIM_USER,
+                            MART_CONVERSION_RATE, MART_BARCODE_ACTIVITY)}
+
+# --- dead letter ---------------------------------------------------------------------
+DEAD_LETTER = Table("dead_letter", "ops", "Rejected records with a typed reason. Holds a pointer to the raw "
+                    "record, never its content (which may carry personal data).", (
+    col("ingest_date", DATE, "UTC date of ingest (partition).", True),
+    col("ingested_at", TIMESTAMP, "When the record was received.", True),
+    col("pipeline", STRING, "Pipeline that rejected it: backfill or stream_ingest.", True),
+    col("reason", STRING, "Typed reason, see schemas.contract.REASONS.", True),
+    col("field", STRING, "Offending field, when one is to blame."),
+    col("error_message", STRING, "Human-readable message; never contains field values.", True),
+    col("record_type", STRING, "record_type when it could be read."),
+    col("payload_bytes", INT64, "Size of the rejected record.", True),
+    col("source_file", STRING, "Landing file (look the record up in raw/)."),
+    col("source_line", INT64, "Line number in source_file."),
+    col("message_id", STRING, "Pub/Sub message id (look the record up in raw/)."),
+), partition_by=("ingest_date",))
+
+ALL_TABLES = {**BRONZE, **SILVER, **GOLD, RAW.name: RAW, DEAD_LETTER.name: DEAD_LETTER}

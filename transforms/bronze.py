@@ -1,0 +1,223 @@
+"""Raw message -> typed, normalized, PII-hashed bronze row, or a dead letter.
+
+``ParseToBronze`` is shared by the batch backfill and the streaming ingest:
+its input is raw-layer rows (``schemas.tables.RAW``), its output one
+PCollection per bronze table plus ``dead_letter``.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics import Metrics
+
+from schemas import contract
+from schemas.contract import RECORD_TYPES, Rejected
+from schemas.tables import BRONZE
+
+DEAD_LETTER = "dead_letter"
+METRICS_NAMESPACE = "funnel"
+
+# Local-only default so the demo runs without set-up; production passes a
+# secret through FUNNEL_PII_KEY (see README, "PII").
+DEV_PII_KEY = "funnel-lakehouse-local-dev-key"
+PII_KEY_ENV = "FUNNEL_PII_KEY"
+
+
+def pii_key_from_env() -> bytes:
+    key = os.environ.get(PII_KEY_ENV)
+    if not key:
+        logging.warning("%s is not set: hashing PII with the local development key", PII_KEY_ENV)
+        key = DEV_PII_KEY
+    return key.encode()
+
+
+# --- normalization rules of RAW_EVENTS.md -------------------------------------------
+_PLATFORMS = {
+    **dict.fromkeys(("web", "desktop", "mobile-web", "browser"), "web"),
+    **dict.fromkeys(("ios", "iphone", "ipad", "ios-app"), "ios"),
+    **dict.fromkeys(("android", "android-app"), "android"),
+    **dict.fromkeys(("email", "mailer"), "email"),
+    **dict.fromkeys(("pos", "scanner", "kiosk"), "pos"),
+}
+_EVENT_TYPE_ALIASES = {"article_added_to_cart": "add_to_cart", "payment_success": "payment_successful"}
+_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def normalize_platform(value: str | None) -> tuple[str, str | None]:
+    """-> (platform, platform_raw); platform_raw is kept only for 'other'."""
+    if value is None or not value.strip():
+        return "unknown", None
+    platform = _PLATFORMS.get(value.strip().lower())
+    return (platform, None) if platform else ("other", value)
+
+
+def normalize_event_type(value: str) -> str:
+    snake = _NON_ALNUM.sub("_", value.strip().lower()).strip("_")
+    return _EVENT_TYPE_ALIASES.get(snake, snake)
+
+
+def normalize_email(value: str) -> str:
+    return value.strip().lower()
+
+
+def normalize_phone(value: str) -> str:
+    """E.164: keep digits, '00' prefix becomes '+'. Numbers are assumed to
+    carry their country code (producers send international numbers)."""
+    text = value.strip()
+    digits = re.sub(r"\D", "", text)
+    if not text.startswith("+") and digits.startswith("00"):
+        digits = digits[2:]
+    return "+" + digits
+
+
+def pseudonym(key: bytes, normalized: str) -> str:
+    return hmac.new(key, normalized.encode(), hashlib.sha256).hexdigest()
+
+
+def _json_text(value) -> str | None:
+    return None if value is None else orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _metadata_columns(metadata: dict | None) -> dict:
+    metadata = metadata or {}
+    price = metadata.get("price")
+    text = lambda k: None if metadata.get(k) is None else str(metadata[k])  # noqa: E731
+    return {
+        "metadata_json": _json_text(metadata),
+        "article_id": text("article_id"),
+        "price": float(price) if isinstance(price, (int, float)) and not isinstance(price, bool) else None,
+        "currency": text("currency"),
+        "order_id": text("order_id"),
+    }
+
+
+def to_bronze_row(rt, envelope: dict, payload: dict, extra: dict, raw: dict, pii_key: bytes) -> dict:
+    """A validated record -> its bronze row (see ``schemas.tables.BRONZE``)."""
+    platform, platform_raw = normalize_platform(envelope["platform"])
+    row = {
+        "platform": platform,
+        "platform_raw": platform_raw,
+        "source": envelope["source"],
+        "region": envelope["region"],
+        "schema_version": envelope["schema_version"],
+        "emitted_at": envelope["emitted_at"],
+        "extra_json": _json_text(extra) if extra else None,
+        "ingested_at": raw["ingested_at"],
+        "source_file": raw.get("source_file"),
+        "source_line": raw.get("source_line"),
+        "message_id": raw.get("message_id"),
+    }
+    for f in rt.fields:
+        value = payload[f.name]
+        if f.pii == "email":
+            row[f"{f.name}_hash"] = None if value is None else pseudonym(pii_key, normalize_email(value))
+            if rt.name == "user":
+                row["email_sha256"] = None if value is None else hashlib.sha256(normalize_email(value).encode()).hexdigest()
+        elif f.pii == "phone":
+            row[f"{f.name}_hash"] = None if value is None else pseudonym(pii_key, normalize_phone(value))
+        elif f.name == "experiments":
+            row["experiments_json"] = _json_text(value)
+        elif f.name == "metadata":
+            row.update(_metadata_columns(value))
+        elif f.name == "event_type":
+            row["event_type"], row["event_type_raw"] = normalize_event_type(value), value
+        elif f.name == "country":
+            row["country"] = None if value is None else value.strip().upper()
+        else:
+            row[f.name] = value
+    if rt.name == "event_response" and row["sent_at"] is None:
+        row["sent_at"] = envelope["emitted_at"]
+    own_time = next((t for t in (payload.get(n, envelope.get(n)) for n in rt.event_time) if t is not None),
+                    raw["ingested_at"])
+    row["event_date"] = contract.micros_to_date(own_time)
+    return row
+
+
+def dead_letter_row(raw: dict, pipeline: str, rejected: Rejected, record_type: str | None) -> dict:
+    return {
+        "ingest_date": contract.micros_to_date(raw["ingested_at"]),
+        "ingested_at": raw["ingested_at"],
+        "pipeline": pipeline,
+        "reason": rejected.reason,
+        "field": rejected.field,
+        "error_message": rejected.message,
+        "record_type": record_type[:64] if isinstance(record_type, str) else None,
+        "payload_bytes": len(raw["data"]),
+        "source_file": raw.get("source_file"),
+        "source_line": raw.get("source_line"),
+        "message_id": raw.get("message_id"),
+    }
+
+
+def decode_record(data: bytes, attributes: dict | None):
+    """Bytes -> JSON object. A ``payload`` sent as a JSON string (allowed in
+    Parquet landing files) is decoded; Pub/Sub attributes fill in a missing
+    ``record_type``/``source`` (the body wins where both are present)."""
+    if len(data) > contract.MAX_RECORD_BYTES:
+        raise Rejected(contract.OVERSIZED, None, f"record is {len(data)} bytes, over the 1 MiB limit")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Rejected(contract.INVALID_ENCODING, None, "record is not valid UTF-8") from None
+        raise Rejected(contract.INVALID_JSON, None, "record is not valid JSON") from None
+    if isinstance(obj, dict) and isinstance(obj.get("payload"), str):
+        try:
+            obj["payload"] = orjson.loads(obj["payload"])
+        except orjson.JSONDecodeError:
+            raise Rejected(contract.INVALID_JSON, "payload", "payload is a string that is not a JSON object") from None
+    if isinstance(obj, dict) and attributes:
+        for name in ("record_type", "source"):
+            if obj.get(name) is None and attributes.get(name) is not None:
+                obj[name] = attributes[name]
+    return obj
+
+
+class ParseRecordFn(beam.DoFn):
+    """One raw row in, one bronze row (tagged with its table) or one dead letter out."""
+
+    def __init__(self, pii_key: bytes, pipeline: str, now_micros: int | None = None):
+        self._pii_key = pii_key
+        self._pipeline = pipeline
+        self._now = now_micros
+        self._read = Metrics.counter(METRICS_NAMESPACE, "records_read")
+        self._valid = {t: Metrics.counter(METRICS_NAMESPACE, f"valid_{t}") for t in BRONZE}
+        self._rejected = {r: Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{r}") for r in contract.REASONS}
+
+    def process(self, raw: dict):
+        self._read.inc()
+        obj = None
+        try:
+            attributes = orjson.loads(raw["attributes_json"]) if raw.get("attributes_json") else None
+            obj = decode_record(raw["data"], attributes)
+            # Streaming passes no fixed "now": processing time is the clock.
+            rt, envelope, payload, extra = contract.validate_record(obj, self._now or contract.now_micros())
+        except Rejected as rejected:
+            self._rejected[rejected.reason].inc()
+            record_type = obj.get("record_type") if isinstance(obj, dict) else None
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(raw, self._pipeline, rejected, record_type))
+        else:
+            self._valid[rt.bronze_table].inc()
+            yield beam.pvalue.TaggedOutput(rt.bronze_table,
+                                           to_bronze_row(rt, envelope, payload, extra, raw, self._pii_key))
+
+
+class ParseToBronze(beam.PTransform):
+    """Raw rows -> ``{bronze table name: rows, 'dead_letter': rows}``."""
+
+    def __init__(self, pii_key: bytes, pipeline: str, now_micros: int | None = None):
+        super().__init__()
+        self._fn = ParseRecordFn(pii_key, pipeline, now_micros)
+
+    def expand(self, raw):
+        tables = [rt.bronze_table for rt in RECORD_TYPES.values()]
+        tagged = raw | "ValidateAndNormalize" >> beam.ParDo(self._fn).with_outputs(*tables, DEAD_LETTER)
+        return {name: tagged[name] for name in tables + [DEAD_LETTER]}
