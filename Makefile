@@ -1,0 +1,48 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+DEMO_USERS ?= 20000
+DEMO_DAYS  ?= 7
+DEMO_DATA  ?= demo-data/landing
+LAKE       ?= lake
+
+.PHONY: install demo test lock clean
+
+install: $(STAMP)
+
+# requirements-lock.txt pins every transitive version (constraints), so a
+# fresh clone installs exactly what was tested.
+$(STAMP): setup.py requirements-dev.txt requirements-lock.txt
+	@echo "==> creating $(VENV) and installing (first time: about a minute)"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c requirements-lock.txt -e . -r requirements-dev.txt
+	@touch $(STAMP)
+
+demo: install
+	@echo "==> [1/4] generating $(DEMO_USERS) users over $(DEMO_DAYS) days into $(DEMO_DATA)"
+	$(PY) -m pipelines.generate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 42 --out $(DEMO_DATA)
+	@echo "==> [2/4] backfill: raw -> bronze -> silver (lake: $(LAKE))"
+	$(PY) -m pipelines.backfill --input '$(DEMO_DATA)/*.jsonl' --lake $(LAKE)
+	@echo "==> [3/4] gold: facts and marts, truncate and load"
+	$(PY) -m pipelines.gold_daily --lake $(LAKE)
+	@echo "==> [4/4] funnel report"
+	$(PY) -m pipelines.report --lake $(LAKE)
+	@echo ""
+	@echo "lake:  $(abspath $(LAKE))   (raw/ bronze/ silver/ gold/ dead_letter/)"
+	@echo "chart: $(abspath $(LAKE))/reports/funnel.png"
+	@echo "page:  $(abspath $(LAKE))/reports/funnel.html"
+
+test: install
+	$(VENV)/bin/pytest
+
+# Refresh the lock after changing a pin in setup.py or requirements-dev.txt.
+lock:
+	rm -rf /tmp/funnel-lock-venv && $(PYTHON) -m venv /tmp/funnel-lock-venv
+	/tmp/funnel-lock-venv/bin/pip install --quiet -e . -r requirements-dev.txt
+	/tmp/funnel-lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements-lock.txt
+
+clean:
+	rm -rf $(VENV) $(LAKE) demo-data .pytest_cache

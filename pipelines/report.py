@@ -1,0 +1,123 @@
+"""Funnel report from the gold tables: text, a funnel chart (PNG) and an HTML page.
+
+    python -m pipelines.report --lake DIR [--out DIR]
+
+Prints sessions per stage, the drop-off between stages and conversion by
+platform; writes ``funnel.png`` and ``funnel.html`` (default ``LAKE/reports/``).
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import os
+from collections import defaultdict
+
+import pyarrow.dataset as ds
+
+from transforms.funnel import STAGES
+
+_MART_STAGES = ("sessions_browse", "sessions_add_to_cart", "sessions_payment",
+                "sessions_email_confirmation", "sessions_barcode_scanned")
+
+
+def _rows(lake: str, table: str) -> list[dict]:
+    return ds.dataset(os.path.join(lake, "gold", table), format="parquet").to_table().to_pylist()
+
+
+def funnel_summary(lake: str) -> dict:
+    """Stage counts overall and per platform, from mart_conversion_rate
+    (year rows: every session once per year it started in)."""
+    per_platform = defaultdict(lambda: [0] * len(STAGES))
+    for row in _rows(lake, "mart_conversion_rate"):
+        if row["period_grain"] == "year":
+            for i, column in enumerate(_MART_STAGES):
+                per_platform[row["platform"]][i] += row[column]
+    overall = per_platform.pop("all", [0] * len(STAGES))
+    days = sorted({r["period_start"] for r in _rows(lake, "mart_conversion_rate") if r["period_grain"] == "day"})
+    return {"stages": overall, "platforms": dict(sorted(per_platform.items())),
+            "first_day": days[0] if days else None, "last_day": days[-1] if days else None}
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+def text_report(summary: dict) -> str:
+    stages = summary["stages"]
+    lines = [f"Funnel, sessions {summary['first_day']} .. {summary['last_day']}", "",
+             f"{'stage':<22}{'sessions':>10}{'of browse':>11}{'drop-off':>10}"]
+    for i, (name, count) in enumerate(zip(STAGES, stages)):
+        drop = "" if i == 0 else _pct(stages[i - 1] - count, stages[i - 1])
+        lines.append(f"{i + 1} {name:<20}{count:>10,}{_pct(count, stages[0]):>11}{drop:>10}")
+    lines += ["", f"{'platform':<10}{'browse':>9}{'cart':>8}{'paid':>8}{'conversion':>12}"]
+    for platform, counts in summary["platforms"].items():
+        lines.append(f"{platform:<10}{counts[0]:>9,}{counts[1]:>8,}{counts[2]:>8,}{_pct(counts[2], counts[0]):>12}")
+    return "\n".join(lines)
+
+
+def funnel_chart(summary: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages, platforms = summary["stages"], summary["platforms"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
+    top = max(stages[0], 1)
+    colors = ["#1f4e79", "#2e75b6", "#4a9bd6", "#7fb8e6", "#b4d5f0"]
+    for i, count in enumerate(stages):
+        y = len(STAGES) - 1 - i
+        left.barh(y, count, left=(top - count) / 2, color=colors[i], height=0.8)
+        left.text((top + count) / 2 + top * 0.02, y, f"{count:,}  ({_pct(count, stages[0])})", va="center", fontsize=10)
+    left.set_xlim(0, top * 1.4)
+    left.set_yticks(range(len(STAGES)), [f"{n}. {name}" for n, name in zip(range(5, 0, -1), STAGES[::-1])])
+    left.tick_params(axis="y", length=0)
+    left.set_xticks([])
+    left.spines[["top", "right", "bottom", "left"]].set_visible(False)
+    left.set_title(f"Funnel: sessions per stage ({summary['first_day']} .. {summary['last_day']})")
+    names = list(platforms)
+    rates = [100 * c[2] / c[0] if c[0] else 0 for c in platforms.values()]
+    bars = right.bar(names, rates, color="#2e75b6")
+    right.bar_label(bars, labels=[f"{r:.1f}%" for r in rates])
+    right.set_ylabel("payment / browse sessions (%)")
+    right.set_title("Conversion by platform")
+    right.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def html_page(summary: dict, text: str, chart_name: str) -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Funnel report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px}}pre{{background:#f4f6f8;padding:1rem}}</style>
+</head><body>
+<h1>Funnel report</h1>
+<p>Sessions from {html.escape(str(summary['first_day']))} to {html.escape(str(summary['last_day']))};
+source: <code>gold/mart_conversion_rate</code>.</p>
+<img src="{html.escape(chart_name)}" alt="Funnel chart: sessions per stage and conversion by platform" width="100%">
+<pre>{html.escape(text)}</pre>
+</body></html>
+"""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lake", required=True)
+    parser.add_argument("--out", help="folder for funnel.png and funnel.html (default LAKE/reports)")
+    args = parser.parse_args(argv)
+    out = args.out or os.path.join(args.lake, "reports")
+    os.makedirs(out, exist_ok=True)
+    summary = funnel_summary(args.lake)
+    text = text_report(summary)
+    print(text)
+    chart = os.path.join(out, "funnel.png")
+    funnel_chart(summary, chart)
+    page = os.path.join(out, "funnel.html")
+    with open(page, "w") as f:
+        f.write(html_page(summary, text, "funnel.png"))
+    print(f"\nchart: {chart}\npage:  {page}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

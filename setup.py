@@ -1,0 +1,20 @@
+"""funnel-lakehouse: the pipeline package. Dataflow workers install it from here."""
+import setuptools
+
+setuptools.setup(
+    name="funnel-lakehouse",
+    version="0.1.0",
+    description="Customer funnel lakehouse on Apache Beam: raw -> bronze -> silver -> gold",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
+                                               "schemas", "schemas.*"]),
+    install_requires=[
+        "apache-beam[gcp]==2.77.0",
+        "pyarrow==25.0.1",
+        "fastavro==1.13.1",
+        "orjson==3.13.0",
+        "google-cloud-bigquery==3.47.0",
+        "google-cloud-pubsub==2.44.0",
+        "matplotlib==3.11.2",
+    ],
+)
