@@ -14,7 +14,8 @@ What it produces, per the contract:
 * anonymous sessions, sessions whose record never arrives, session end
   times in a second record, user profile updates (some arriving out of order);
 * payment without cart, confirmation failed then resent, SMS confirmations;
-* mixed timestamp formats, platform and event-type spellings, schema v2
+* mixed timestamp formats, platform and event-type spellings (and a few
+  records with no platform at all), schema v2
   records with extra fields;
 * duplicates: redelivered lines, retried publishes (new ``emitted_at``),
   conflicting copies (same key, other content, always after the original);
@@ -90,6 +91,7 @@ class Config:
     late_share: float = 0.03
     invalid_share: float = 0.005
     v2_share: float = 0.02
+    platform_missing: float = 0.01
 
 
 def _micros(dt: datetime) -> int:
@@ -131,6 +133,8 @@ class Generator:
         record = {"record_type": record_type, "schema_version": version, "source": source,
                   "platform": self.platform(platform), "emitted_at": self.ts(emitted, allow_int=False),
                   "payload": payload}
+        if self.rng.random() < self.cfg.platform_missing:
+            del record["platform"]  # normalizes to 'unknown'
         if self.rng.random() < 0.7:
             record["region"] = self.rng.choice(("eu-west-1", "us-east-1"))
         arrival = arrival or emitted

@@ -1,0 +1,199 @@
+"""Backfill + gold end to end: the contract sample, and generated data checked
+against the generator's manifest."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pyarrow.dataset as ds
+import pytest
+
+from pipelines import backfill, generate, gold_daily
+from pipelines.common import counters
+from schemas.contract import RECORD_TYPES
+from schemas.tables import BRONZE, GOLD, SILVER
+from tests.conftest import SAMPLE, read_table
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned")
+
+
+def run_backfill(lake, *args):
+    return counters(backfill.main(["--lake", str(lake), *args]))
+
+
+def run_gold(lake):
+    return counters(gold_daily.main(["--lake", str(lake)]))
+
+
+def bronze_rows(lake) -> list[dict]:
+    return [r | {"table": name} for name in BRONZE for r in read_table(lake / "bronze" / name)]
+
+
+# --- the contract's sample, through the documented CLI -----------------------------------------
+def test_contract_sample_through_the_cli(tmp_path):
+    lake = tmp_path / "lake"
+    for module in ("pipelines.backfill", "pipelines.gold_daily"):
+        args = ["--input", str(SAMPLE)] if module.endswith("backfill") else []
+        subprocess.run([sys.executable, "-m", module, *args, "--lake", str(lake)], check=True, cwd=ROOT,
+                       capture_output=True)
+    lines = SAMPLE.read_bytes().splitlines()
+    dead = {r["source_line"]: r["reason"] for r in read_table(lake / "dead_letter")}
+    assert dead == {16: "invalid_json", 17: "invalid_timestamp", 18: "unknown_record_type"}
+
+    bronze = {(r["table"], r["source_line"]) for r in bronze_rows(lake)}
+    expected = {(RECORD_TYPES[orjson.loads(line)["record_type"]].bronze_table, n)
+                for n, line in enumerate(lines, start=1) if n not in dead}
+    assert bronze == expected
+    assert len(lines) == len(bronze) + len(dead)  # records read = bronze rows + dead-letter rows
+
+    funnel = {(r["session_id"], r["stage_name"]) for r in read_table(lake / "gold" / "fact_funnel_stage")}
+    assert funnel == {("s-5001", s) for s in STAGES} | {("s-5002", "browse")}
+    assert {t for t in os.listdir(lake / "gold")} == set(GOLD)
+
+
+# --- generated data ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generated")
+    landing, lake = root / "landing", root / "lake"
+    manifest = generate.generate(generate.Config(users=1500, days=5, seed=7), str(landing))
+    first = run_backfill(lake, "--input", str(landing / "*.jsonl"))
+    run_gold(lake)
+    return {"landing": landing, "lake": lake, "manifest": manifest, "counters": first}
+
+
+def test_every_record_is_accounted_for(generated):
+    lake, manifest, c = generated["lake"], generated["manifest"], generated["counters"]
+    dead = read_table(lake / "dead_letter")
+    assert c["records_read"] == manifest["records_total"]
+    assert len(bronze_rows(lake)) + len(dead) == manifest["records_total"]
+    assert dict(Counter(r["reason"] for r in dead)) == manifest["invalid_by_reason"]
+
+
+def test_silver_holds_each_identity_once_and_all_of_them(generated):
+    lake, manifest = generated["lake"], generated["manifest"]
+    for rt in RECORD_TYPES.values():
+        keys = [r[rt.key] for r in read_table(lake / "silver" / rt.silver_table)]
+        assert len(keys) == len(set(keys)), rt.silver_table
+        expected = manifest["unique_identities"][rt.name]
+        if rt.name == "session":
+            expected += manifest["sessions_without_record"]  # inferred from their views/clicks/events
+        assert len(keys) == expected, rt.silver_table
+    conflicts = {k.removeprefix("conflicts_"): v for k, v in generated["counters"].items() if k.startswith("conflicts_")}
+    assert conflicts == {k.removeprefix("conflicts_"): v for k, v in manifest["counters"].items()
+                         if k.startswith("conflicts_")}
+
+
+def test_gold_funnel_recovers_the_true_journeys(generated):
+    lake, manifest = generated["lake"], generated["manifest"]
+    stages = Counter(r["stage_name"] for r in read_table(lake / "gold" / "fact_funnel_stage"))
+    assert {s: stages[s] for s in STAGES} == manifest["sessions_per_stage"]
+    by_day = {str(r["period_start"]): dict(zip(STAGES, (r["sessions_browse"], r["sessions_add_to_cart"],
+                                                        r["sessions_payment"], r["sessions_email_confirmation"],
+                                                        r["sessions_barcode_scanned"])))
+              for r in read_table(lake / "gold" / "mart_conversion_rate")
+              if r["period_grain"] == "day" and r["platform"] == "all" and r["sessions_browse"]}
+    assert by_day == manifest["sessions_per_stage_by_day"]
+    assert len(read_table(lake / "gold" / "dim_user")) == manifest["config"]["users"]
+
+
+def _within(observed_k, n, p, sigmas=4.0):
+    return abs(observed_k / n - p) <= sigmas * math.sqrt(p * (1 - p) / n)
+
+
+def test_gold_rates_match_the_generators_probabilities(generated):
+    """Within sampling tolerance (4 standard errors) of the configured truth."""
+    lake, manifest = generated["lake"], generated["manifest"]
+    cfg = manifest["config"]
+    (year,) = [r for r in read_table(lake / "gold" / "mart_conversion_rate")
+               if r["period_grain"] == "year" and r["platform"] == "all"]
+    assert _within(year["sessions_add_to_cart"], year["sessions_browse"], cfg["p_cart"])
+    assert _within(year["sessions_barcode_scanned"], year["sessions_email_confirmation"], cfg["p_scan"])
+
+    # The A/B test: checkout rate per variant, from silver assignments and gold stages.
+    variant = {r["session_id"]: json.loads(r["experiments_json"])["checkout_button"]
+               for r in read_table(lake / "silver" / "silver_sessions") if r["experiments_json"]}
+    reached = Counter((variant.get(r["session_id"]), r["stage_name"])
+                      for r in read_table(lake / "gold" / "fact_funnel_stage"))
+    for name, truth in cfg["p_pay"].items():
+        assert _within(reached[(name, "payment_successful")], reached[(name, "add_to_cart")], truth), name
+        assert reached[(name, "payment_successful")] == manifest["ab_test"]["variants"][name]["paid"]
+
+
+def test_no_plaintext_email_or_phone_outside_raw(generated):
+    lake = generated["lake"]
+
+    def leaks(folder):
+        found = []
+        for path in folder.rglob("*.parquet"):
+            for row in ds.dataset(str(path)).to_table().to_pylist():
+                for value in row.values():
+                    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                    if "@example.com" in text.lower() or "+34 6" in text:
+                        found.append((path, text[:80]))
+        return found
+
+    assert leaks(lake / "raw"), "the check must be able to see plaintext where it is allowed"
+    for layer in os.listdir(lake):
+        if layer != "raw":
+            assert leaks(lake / layer) == [], layer
+
+
+def _snapshot(lake, tables, folder):
+    return {name: sorted(json.dumps(r, sort_keys=True, default=str) for r in read_table(lake / folder / name))
+            for name in tables}
+
+
+def test_rerunning_the_same_input_is_idempotent(generated, tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(generated["lake"], lake)
+    silver, gold = _snapshot(lake, SILVER, "silver"), _snapshot(lake, GOLD, "gold")
+    bronze_count, dead_count = len(bronze_rows(lake)), len(read_table(lake / "dead_letter"))
+    raw = sorted(p.name for p in (lake / "raw").rglob("*.parquet"))
+
+    run_backfill(lake, "--input", str(generated["landing"] / "*.jsonl"))
+    run_gold(lake)
+    assert _snapshot(lake, SILVER, "silver") == silver
+    assert _snapshot(lake, GOLD, "gold") == gold
+    assert (len(bronze_rows(lake)), len(read_table(lake / "dead_letter"))) == (bronze_count, dead_count)
+    assert sorted(p.name for p in (lake / "raw").rglob("*.parquet")) == raw
+
+
+def test_a_date_range_backfill_replaces_exactly_that_range(generated, tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(generated["lake"], lake)
+    day = "2026-11-03"
+    outside = sorted(str(p) for p in (lake / "bronze").rglob("*.parquet") if f"event_date={day}" not in str(p))
+    full_day = sorted(r["source_line"] for r in bronze_rows(lake) if str(r["event_date"]) == day)
+
+    # Rebuild the day from one landing file only: the day now holds exactly that file's records of the day.
+    one_file = generated["landing"] / f"raw_events_{day}.jsonl"
+    c = run_backfill(lake, "--input", str(one_file), "--from", day, "--to", day)
+    assert c["outside_date_range"] > 0
+    in_day = [r for r in bronze_rows(lake) if str(r["event_date"]) == day]
+    assert in_day and {Path(r["source_file"]).name for r in in_day} == {one_file.name}
+    assert len(in_day) < len(full_day)
+    assert sorted(str(p) for p in (lake / "bronze").rglob("*.parquet")
+                  if f"event_date={day}" not in str(p)) == outside
+
+    # Replaying the raw layer for the range restores the day as it was.
+    run_backfill(lake, "--input", str(lake / "raw" / "**" / "*.parquet"), "--from", day, "--to", day)
+    assert sorted(r["source_line"] for r in bronze_rows(lake) if str(r["event_date"]) == day) == full_day
+    assert _snapshot(lake, SILVER, "silver") == _snapshot(generated["lake"], SILVER, "silver")
+
+
+def test_parquet_landing_files(tmp_path):
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    manifest = generate.generate(generate.Config(users=300, days=3, seed=11, format="parquet"), str(landing))
+    c = run_backfill(lake, "--input", str(landing / "*.parquet"))
+    run_gold(lake)
+    assert c["records_read"] == manifest["records_total"]
+    assert dict(Counter(r["reason"] for r in read_table(lake / "dead_letter"))) == manifest["invalid_by_reason"]
+    stages = Counter(r["stage_name"] for r in read_table(lake / "gold" / "fact_funnel_stage"))
+    assert {s: stages[s] for s in STAGES} == manifest["sessions_per_stage"]
