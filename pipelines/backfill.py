@@ -21,7 +21,6 @@ leaves the lake as it was.
 from __future__ import annotations
 
 import argparse
-import time
 from datetime import date, timedelta
 
 import apache_beam as beam
@@ -29,7 +28,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.common import counters, parse, print_summary, setup_logging
+from pipelines.common import parse, run_pipeline, setup_logging
 from schemas import contract
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
@@ -117,15 +116,12 @@ def main(argv=None):
     paths = expand_inputs(args.input)
     if not paths:
         parser.error(f"no input files match {args.input}")
-    started, now = time.time(), contract.now_micros()
+    now = contract.now_micros()
+    date_range = (args.date_from, args.date_to) if args.date_from else None
     print(f"backfill: {len(paths)} input files -> {args.lake}"
-          + (f" (event_date {args.date_from} .. {args.date_to})" if args.date_from else ""))
-    p = beam.Pipeline(options=options)
-    build(p, paths, args.lake, (args.date_from, args.date_to) if args.date_from else None, pii_key_from_env(), now)
-    result = p.run()
-    result.wait_until_finish()
-    print_summary("backfill", started, counters(result))
-    return result
+          + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else ""))
+    return run_pipeline("backfill", options,
+                        lambda p: build(p, paths, args.lake, date_range, pii_key_from_env(), now))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from typing import Callable
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 # The local default. DirectRunner would first try Prism, which downloads a
@@ -44,3 +46,14 @@ def print_summary(title: str, started: float, values: dict[str, int]) -> None:
     width = max((len(k) for k in values), default=0)
     for name, value in values.items():
         print(f"  {name:<{width}}  {value:>12,}")
+
+
+def run_pipeline(title: str, options: PipelineOptions, build: Callable[[beam.Pipeline], None]):
+    """Build, run to completion, print the counters; returns the PipelineResult."""
+    started = time.time()
+    p = beam.Pipeline(options=options)
+    build(p)
+    result = p.run()
+    result.wait_until_finish()
+    print_summary(title, started, counters(result))
+    return result

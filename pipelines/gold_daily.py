@@ -10,12 +10,11 @@ that day, to restate a past day as it was knowable then.
 from __future__ import annotations
 
 import argparse
-import time
 from datetime import date, datetime, timezone
 
 import apache_beam as beam
 
-from pipelines.common import counters, parse, print_summary, setup_logging
+from pipelines.common import parse, run_pipeline, setup_logging
 from schemas.tables import GOLD, SILVER
 from transforms.gold import BuildGold, CutAtAsOf
 from transforms.lake_io import CommitLakeWrites, Replace, ReadLakeTable, WriteStaged, list_files, new_staging_dir, table_dir
@@ -34,18 +33,13 @@ def build(p: beam.Pipeline, lake: str, as_of: date) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
-    parser.add_argument("--as-of", type=date.fromisoformat, default=datetime.now(timezone.utc).date(),
+    parser.add_argument("--as-of", "--as_of", dest="as_of", type=date.fromisoformat,
+                        default=datetime.now(timezone.utc).date(),
                         help="last day of data to include (default: today, UTC)")
     args, options = parse(parser, argv)
     setup_logging()
-    started = time.time()
     print(f"gold_daily: {args.lake} as of {args.as_of}")
-    p = beam.Pipeline(options=options)
-    build(p, args.lake, args.as_of)
-    result = p.run()
-    result.wait_until_finish()
-    print_summary("gold_daily", started, counters(result))
-    return result
+    return run_pipeline("gold_daily", options, lambda p: build(p, args.lake, args.as_of))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+# The funnel lakehouse on Google Cloud: lake bucket, BigQuery datasets,
+# Pub/Sub ingest with a dead-letter topic, and the identity Dataflow runs as.
+terraform {
+  required_version = ">= 1.6"
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = "~> 6.0"
+    }
+  }
+}
+
+provider "google" {
+  project = var.project
+  region  = var.region
+}
+
+# --- the lake ---------------------------------------------------------------
+resource "google_storage_bucket" "lake" {
+  name                        = var.lake_bucket
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  # raw/ is immutable by design; versioning keeps an accidental delete recoverable.
+  versioning {
+    enabled = true
+  }
+
+  encryption {
+    default_kms_key_name = var.kms_key
+  }
+
+  logging {
+    log_bucket = var.lake_bucket
+  }
+
+  lifecycle_rule {
+    condition {
+      matches_prefix = ["_staging/"]
+      age            = 2
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
+# --- warehouse ----------------------------------------------------------------
+locals {
+  datasets = {
+    bronze = "Typed, normalized, PII-hashed rows per record type."
+    silver = "One current row per identity, joined."
+    gold   = "Funnel facts, dimensions and marts (truncate and load)."
+    ops    = "Dead letter and operational alerts."
+  }
+}
+
+resource "google_bigquery_dataset" "layer" {
+  for_each    = local.datasets
+  dataset_id  = each.key
+  location    = var.region
+  description = each.value
+
+  default_encryption_configuration {
+    kms_key_name = var.kms_key
+  }
+}
+
+# --- ingest ---------------------------------------------------------------------
+resource "google_pubsub_topic" "raw_events" {
+  name         = "funnel-raw-events"
+  kms_key_name = var.kms_key
+}
+
+resource "google_pubsub_topic" "raw_events_undeliverable" {
+  name         = "funnel-raw-events-undeliverable"
+  kms_key_name = var.kms_key
+}
+
+resource "google_pubsub_subscription" "stream_ingest" {
+  name                       = "funnel-stream-ingest"
+  topic                      = google_pubsub_topic.raw_events.id
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.raw_events_undeliverable.id
+    max_delivery_attempts = 10
+  }
+}
+
+# --- the identity the pipelines run as ----------------------------------------------
+resource "google_service_account" "dataflow" {
+  account_id   = "funnel-dataflow"
+  display_name = "funnel-lakehouse Dataflow workers"
+}
+
+resource "google_storage_bucket_iam_member" "dataflow_lake" {
+  bucket = google_storage_bucket.lake.name
+  role   = "roles/storage.objectAdmin"
+  member = "serviceAccount:${google_service_account.dataflow.email}"
+}
+
+resource "google_bigquery_dataset_iam_member" "dataflow_datasets" {
+  for_each   = google_bigquery_dataset.layer
+  dataset_id = each.value.dataset_id
+  role       = "roles/bigquery.dataEditor"
+  member     = "serviceAccount:${google_service_account.dataflow.email}"
+}
+
+resource "google_pubsub_subscription_iam_member" "dataflow_subscriber" {
+  subscription = google_pubsub_subscription.stream_ingest.name
+  role         = "roles/pubsub.subscriber"
+  member       = "serviceAccount:${google_service_account.dataflow.email}"
+}
+
+resource "google_project_iam_member" "dataflow_worker" {
+  project = var.project
+  role    = "roles/dataflow.worker"
+  member  = "serviceAccount:${google_service_account.dataflow.email}"
+}
