@@ -25,7 +25,9 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespac
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # force: Beam installs a root handler on import, which would make this a no-op.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        force=True)
     # Beam's own INFO lines are runner internals, not progress a person wants.
     for noisy in ("apache_beam", "google"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -127,13 +127,18 @@ class ReadLandingFileFn(beam.DoFn):
     named by the SHA-256 of their content, so ingesting the same file again
     never duplicates or rewrites raw."""
 
-    def __init__(self, lake: str, ingested_at: int):
+    def __init__(self, lake: str, ingested_at: int, total_files: int = 0):
         self._raw_root = table_dir(lake, RAW)
         self._ingested_at = ingested_at
+        self._total = total_files
         self._files = Metrics.counter(NAMESPACE, "files_read")
         self._blank = Metrics.counter(NAMESPACE, "blank_lines_skipped")
 
+    def start_bundle(self):
+        self._done = 0
+
     def process(self, path: str):
+        self._done += 1
         if path.startswith(self._raw_root.rstrip("/") + "/"):
             # Already in the raw layer: replay it as it was ingested.
             yield from read_parquet_rows(path, RAW, self._raw_root)
@@ -171,7 +176,8 @@ class ReadLandingFileFn(beam.DoFn):
             _makedirs(posixpath.dirname(final))
             FileSystems.rename([staged], [final])
         self._files.inc()
-        logging.info("read %s: %d lines", path, n)
+        # Exact locally (one bundle); on a distributed runner the first number counts this worker's files.
+        logging.info("read %s: %d lines (%d of %d files)", path, n, self._done, self._total)
 
     @staticmethod
     def _records(path: str, digest):
@@ -201,7 +207,7 @@ class ReadLandingFiles(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "ListFiles" >> beam.Create(self._paths)
-                | "ReadEachFile" >> beam.ParDo(ReadLandingFileFn(self._lake, self._ingested_at)))
+                | "ReadEachFile" >> beam.ParDo(ReadLandingFileFn(self._lake, self._ingested_at, len(self._paths))))
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
