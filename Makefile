@@ -9,7 +9,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install demo test lock clean
+.PHONY: install demo test stream-demo pubsub-up pubsub-down lock clean
 
 install: $(STAMP)
 
@@ -35,8 +35,19 @@ demo: install
 	@echo "chart: $(abspath $(LAKE))/reports/funnel.png"
 	@echo "page:  $(abspath $(LAKE))/reports/funnel.html"
 
+# The tests start the Pub/Sub emulator themselves when none is running
+# (and stop it at the end), so `make test` needs no other step.
 test: install
 	$(VENV)/bin/pytest
+
+stream-demo: install
+	$(PY) -m devtools.stream_demo --lake lake-stream
+
+pubsub-up: install
+	$(PY) -m devtools.pubsub_emulator start
+
+pubsub-down: install
+	$(PY) -m devtools.pubsub_emulator stop
 
 # Refresh the lock after changing a pin in setup.py or requirements-dev.txt.
 lock:
@@ -45,4 +56,4 @@ lock:
 	/tmp/funnel-lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements-lock.txt
 
 clean:
-	rm -rf $(VENV) $(LAKE) demo-data .pytest_cache
+	rm -rf $(VENV) $(LAKE) lake-stream demo-data .pytest_cache .emulators

@@ -15,12 +15,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 LOCAL_RUNNER = "FnApiRunner"
 
 
-def parse(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, PipelineOptions]:
+def parse(parser: argparse.ArgumentParser, argv=None, local_runner: str = LOCAL_RUNNER,
+          streaming: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
     """Our flags -> Namespace; everything else (``--runner``, ``--project``,
     ``--temp_location`` ...) -> Beam's PipelineOptions, unchanged."""
     args, beam_args = parser.parse_known_args(argv)
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
-        beam_args.append(f"--runner={LOCAL_RUNNER}")
+        beam_args.append(f"--runner={local_runner}")
+    if streaming and "--streaming" not in beam_args:
+        beam_args.append("--streaming")
     return args, PipelineOptions(beam_args)
 
 

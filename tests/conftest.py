@@ -50,3 +50,15 @@ def read_table(path) -> list[dict]:
 @pytest.fixture
 def lake(tmp_path) -> Path:
     return tmp_path / "lake"
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator():
+    """The real Pub/Sub emulator: reused when one answers, else started here
+    and stopped at the end of the session."""
+    from devtools import pubsub_emulator
+
+    host = os.environ.get("PUBSUB_EMULATOR_HOST", pubsub_emulator.DEFAULT_HOST)
+    with pubsub_emulator.running(host):
+        os.environ["PUBSUB_EMULATOR_HOST"] = host
+        yield pubsub_emulator.PROJECT

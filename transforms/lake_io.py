@@ -7,12 +7,14 @@ folder or ``gs://bucket/lake``.
 Layout::
 
     raw/ingest_date=D/<sha256 of content>.parquet        never rewritten
+    raw/ingest_date=D/stream-<window>-p<pane>-<id>.parquet  (streaming)
     bronze/<table>/event_date=D/platform=P/<source>-<uuid>.parquet
     silver/<table>/<uuid>.parquet
     gold/<table>/<uuid>.parquet
     dead_letter/ingest_date=D/<source>-<uuid>.parquet
 
-Writers stage files under ``_staging/<run>/`` and emit their names; one
+Streaming appends one file per window pane (``WriteWindowedFiles``). Batch
+writers stage files under ``_staging/<run>/`` and emit their names; one
 ``CommitLakeWrites`` step at the end of the pipeline moves them in and
 deletes exactly the files its ``Replace`` rules name. A failed run therefore
 leaves the previous lake state untouched (only its staging folder remains).
@@ -34,7 +36,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindow
+from apache_beam.transforms.window import FixedWindows, GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -282,6 +284,49 @@ class WriteStaged(beam.PTransform):
 
     def expand(self, rows):
         return rows | "WriteParquet" >> beam.ParDo(self._fn)
+
+
+class WriteWindowFileFn(beam.DoFn):
+    """(partition values, rows of one window pane) -> one Parquet file,
+    written aside and renamed into place so readers never see half a file.
+    Named by window and pane: a late pane adds a file, never replaces one."""
+
+    def __init__(self, table: Table, lake: str):
+        self._table, self._root = table, table_dir(lake, table)
+        self._rows = Metrics.counter(NAMESPACE, f"rows_written_{table.name}")
+
+    def process(self, keyed, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+        parts, rows = keyed
+        rows = list(rows)
+        folders = [f"{c}={v}" for c, v in zip(self._table.partition_by, parts)]
+        start = window.start.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
+        name = f"{STREAM_SOURCE}-{start}-p{pane.index}-{uuid.uuid4().hex[:12]}.parquet"
+        incoming = posixpath.join(self._root, "_incoming", name)
+        write_parquet(incoming, self._table, rows)
+        final = posixpath.join(self._root, *folders, name)
+        _makedirs(posixpath.dirname(final))
+        FileSystems.rename([incoming], [final])
+        self._rows.inc(len(rows))
+        yield final
+
+
+class WriteWindowedFiles(beam.PTransform):
+    """Streaming append: rows -> one file per (fixed window, pane, partition).
+    Rows must be timestamped by ingest time, so a window closes once its
+    minute of arrivals is over."""
+
+    def __init__(self, table: Table, lake: str, window_seconds: int):
+        super().__init__()
+        self._table, self._lake, self._seconds = table, lake, window_seconds
+
+    def expand(self, rows):
+        columns = self._table.partition_by
+        return (rows
+                | "Window" >> beam.WindowInto(FixedWindows(self._seconds),
+                                              allowed_lateness=self._seconds)
+                | "KeyByPartition" >> beam.Map(lambda r: (tuple(r[c] for c in columns), r))
+                | "GroupWindowPane" >> beam.GroupByKey()
+                | "WriteFile" >> beam.ParDo(WriteWindowFileFn(self._table, self._lake)))
 
 
 @dataclass(frozen=True)
