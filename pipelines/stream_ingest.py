@@ -34,10 +34,12 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.common import parse, setup_logging
 from schemas import contract
-from schemas.tables import BRONZE, DEAD_LETTER, RAW
+from schemas.contract import RECORD_TYPES
+from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseToBronze, pii_key_from_env
-from transforms.lake_io import WriteWindowedFiles, list_files, table_dir
+from transforms.lake_io import WriteCurrentSnapshot, WriteWindowedFiles, list_files, table_dir
+from transforms.sessionize import ALLOWED_LATENESS_SECONDS, KINDS as SESSION_KINDS, SessionizeEvents
 
 STREAMING_RUNNER = "BundleBasedDirectRunner"
 
@@ -66,7 +68,8 @@ class PubsubToRawFn(beam.DoFn):
         yield beam.window.TimestampedValue(row, Timestamp(micros=ingested))
 
 
-def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key: bytes) -> None:
+def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key: bytes,
+          allowed_lateness: int = ALLOWED_LATENESS_SECONDS) -> None:
     raw = (p
            | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
            | "ToRawRows" >> beam.ParDo(PubsubToRawFn()))
@@ -75,6 +78,14 @@ def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, p
     for name, table in BRONZE.items():
         _ = parsed[name] | f"Append_{name}" >> WriteWindowedFiles(table, lake, window_seconds)
     _ = parsed[DEAD_LETTER_TAG] | "AppendDeadLetter" >> WriteWindowedFiles(DEAD_LETTER, lake, window_seconds)
+
+    session_records = (
+        [parsed[RECORD_TYPES[kind].bronze_table] | f"Tag_{kind}" >> beam.Map(lambda r, k=kind: (k, r))
+         for kind in SESSION_KINDS]
+        | "SessionRecords" >> beam.Flatten())
+    silver = session_records | "SessionizeEvents" >> SessionizeEvents(allowed_lateness_seconds=allowed_lateness)
+    for name in ("silver_sessions", "silver_views", "silver_clicks", "silver_events"):
+        _ = silver[name] | f"Upsert_{name}" >> WriteCurrentSnapshot(SILVER[name], lake, window_seconds)
 
 
 def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_every: float = 10.0):
@@ -119,12 +130,15 @@ def main(argv=None, stop_when=None):
     parser.add_argument("--subscription", required=True, help="projects/P/subscriptions/S")
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--window-seconds", type=int, default=60, help="length of the file windows (default 60)")
+    parser.add_argument("--allowed-lateness-hours", type=float, default=ALLOWED_LATENESS_SECONDS / 3600,
+                        help="event-time lateness still applied to streaming silver (default 48)")
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
     args, options = parse(parser, argv, local_runner=STREAMING_RUNNER, streaming=True)
     setup_logging()
     print(f"stream_ingest: {args.subscription} -> {args.lake} ({args.window_seconds} s windows)")
     p = beam.Pipeline(options=options)
-    build(p, args.subscription, args.lake, args.window_seconds, pii_key_from_env())
+    build(p, args.subscription, args.lake, args.window_seconds, pii_key_from_env(),
+          int(args.allowed_lateness_hours * 3600))
     if args.run_for is None:
         result = p.run()
         result.wait_until_finish()

@@ -12,6 +12,7 @@ Layout::
     silver/<table>/<uuid>.parquet
     gold/<table>/<uuid>.parquet
     dead_letter/ingest_date=D/<source>-<uuid>.parquet
+    silver_stream/<table>/current.parquet                 streaming silver, one current row per key
 
 Streaming appends one file per window pane (``WriteWindowedFiles``). Batch
 writers stage files under ``_staging/<run>/`` and emit their names; one
@@ -37,7 +38,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import FixedWindows, GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas import contract
@@ -327,6 +328,55 @@ class WriteWindowedFiles(beam.PTransform):
                 | "KeyByPartition" >> beam.Map(lambda r: (tuple(r[c] for c in columns), r))
                 | "GroupWindowPane" >> beam.GroupByKey()
                 | "WriteFile" >> beam.ParDo(WriteWindowFileFn(self._table, self._lake)))
+
+
+def stream_snapshot_path(lake: str, table: Table) -> str:
+    """The streaming job's current rows of a silver table (the batch owns ``silver/``)."""
+    return posixpath.join(lake, "silver_stream", table.name, "current.parquet")
+
+
+class MergeIntoSnapshotFn(beam.DoFn):
+    """(None, upserted rows of one window) -> the table's snapshot rewritten with
+    them: the newest ``_version`` per key wins, other keys stay. The new file
+    replaces the old one by rename, so a reader sees one or the other."""
+
+    def __init__(self, table: Table, lake: str):
+        self._table, self._path = table, stream_snapshot_path(lake, table)
+        self._root = posixpath.dirname(self._path)
+        self._key = table.key[0]
+        self._rows = Metrics.counter(NAMESPACE, f"rows_upserted_{table.name}")
+
+    def process(self, keyed):
+        key = self._key
+        newest = {}
+        for row in keyed[1]:
+            if row[key] not in newest or row["_version"] > newest[row[key]]["_version"]:
+                newest[row[key]] = row
+        current = ({r[key]: r for r in read_parquet_rows(self._path, self._table, self._root)}
+                   if FileSystems.exists(self._path) else {})
+        current.update(newest)
+        incoming = posixpath.join(self._root, "_incoming", f"{uuid.uuid4().hex}.parquet")
+        write_parquet(incoming, self._table, list(current.values()))
+        FileSystems.rename([incoming], [self._path])
+        self._rows.inc(len(newest))
+        yield len(current)
+
+
+class WriteCurrentSnapshot(beam.PTransform):
+    """Streaming upserts -> ``silver_stream/<table>/current.parquet``, merged
+    once per window of ``window_seconds`` (of processing time)."""
+
+    def __init__(self, table: Table, lake: str, window_seconds: int):
+        super().__init__()
+        self._table, self._lake, self._seconds = table, lake, window_seconds
+
+    def expand(self, rows):
+        return (rows
+                | "StampNow" >> beam.Map(lambda r: beam.window.TimestampedValue(r, Timestamp.now()))
+                | "Window" >> beam.WindowInto(FixedWindows(self._seconds))
+                | "OneBatch" >> beam.Map(lambda r: (None, r))
+                | "GroupWindow" >> beam.GroupByKey()
+                | "MergeIntoSnapshot" >> beam.ParDo(MergeIntoSnapshotFn(self._table, self._lake)))
 
 
 @dataclass(frozen=True)
