@@ -41,6 +41,7 @@ test: install
 	$(VENV)/bin/pytest
 
 stream-demo: install
+	rm -rf lake-stream
 	$(PY) -m devtools.stream_demo --lake lake-stream
 
 pubsub-up: install

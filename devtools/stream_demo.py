@@ -3,7 +3,7 @@
 Starts the emulator (unless one runs), creates a topic and subscription,
 generates a day of funnel data, publishes it at ``--rate`` messages per
 second while ``pipelines.stream_ingest`` runs for ``--seconds``, and prints
-what landed in the lake as it goes.
+what landed in the lake as it goes, streaming silver sessions included.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import glob
 import os
 import threading
 import uuid
+from datetime import datetime, timedelta, timezone
 
 from devtools import pubsub_emulator
 from pipelines import generate, stream_ingest
@@ -21,8 +22,9 @@ from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lake", default="lake-stream")
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--rate", type=float, default=300, help="messages per second")
+    parser.add_argument("--users", type=int, default=600)
+    parser.add_argument("--rate", type=float, default=40,
+                        help="messages per second (the local runner sustains about 50 with streaming silver)")
     parser.add_argument("--seconds", type=float, default=120, help="how long the pipeline runs")
     parser.add_argument("--window-seconds", type=int, default=10)
     args = parser.parse_args(argv)
@@ -34,7 +36,11 @@ def main(argv=None):
         subscription = f"projects/{pubsub_emulator.PROJECT}/subscriptions/funnel-stream-ingest-{run}"
         ensure_topic_and_subscription(topic, subscription)
         landing = os.path.join(args.lake, "_demo_landing")
-        generate.generate(generate.Config(users=args.users, days=1, seed=42), landing)
+        # Yesterday's traffic: within the streaming job's allowed lateness; scans
+        # the same day so none lies in the future.
+        yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+        generate.generate(generate.Config(users=args.users, days=1, seed=42, start=yesterday,
+                                          max_scan_lag_days=0), landing)
         messages = lines_of(sorted(glob.glob(os.path.join(landing, "*.jsonl"))))
         print(f"publishing {len(messages):,} messages at {args.rate:.0f}/s to {topic} (emulator {host})")
         publisher = threading.Thread(target=publish, args=(topic, messages, args.rate), daemon=True)

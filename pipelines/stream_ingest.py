@@ -1,19 +1,24 @@
-"""Streaming ingest: Pub/Sub -> raw, bronze and dead letter, appended as windowed files.
+"""Streaming ingest: Pub/Sub -> raw, bronze, dead letter and streaming silver.
 
     python -m pipelines.stream_ingest --subscription projects/P/subscriptions/S --lake DIR \\
-        [--window-seconds 60] [--run-for SECONDS] [--runner ...]
+        [--window-seconds 60] [--allowed-lateness-hours 48] [--join-state-days 30] \\
+        [--run-for SECONDS] [--runner ...]
 
 * raw: every message byte for byte, with message id, attributes, publish
   time and ingest time, one Parquet file per window pane (never rewritten);
 * bronze: the batch path's ``ParseToBronze``, appended per record type in
-  ``event_date``/``platform`` partitions;
-* dead letter: every rejected message with its typed reason.
+  ``event_date``/``platform`` partitions; dead letter likewise;
+* silver (``silver_stream/<table>/current.parquet``, one current row per
+  key): sessions from event-time session windows with late updates
+  (``transforms.sessionize``), users, responses and scans from stateful
+  upserts and joins (``transforms.stream_joins``); dedup by identity with the
+  batch's own rules, so the result equals the batch's for the same input.
 
-Messages are windowed by ingest time (when this pipeline received them), so a
-backlog published before the job started is written, not dropped as late.
-Redeliveries and retried publishes are kept in raw and bronze as received;
-identity dedup happens downstream (silver). The daily batch backfill reads
-these raw files too (``--input 'LAKE/raw/**/*.parquet'``).
+Files are windowed by ingest time (when this pipeline received a message), so
+a backlog published before the job started is written, not dropped as late.
+Records later than the allowed lateness are counted
+(``late_beyond_allowed_lateness``), kept in raw and bronze, and reach silver
+through the daily batch (``--input 'LAKE/raw/**/*.parquet'``).
 
 Locally the runner is ``BundleBasedDirectRunner`` and ``--run-for`` bounds
 the run (a streaming job never ends on its own); on Dataflow pass
@@ -38,8 +43,9 @@ from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseToBronze, pii_key_from_env
-from transforms.lake_io import WriteCurrentSnapshot, WriteWindowedFiles, list_files, table_dir
+from transforms.lake_io import WriteCurrentSnapshot, WriteWindowedFiles, list_files, stream_snapshot_path, table_dir
 from transforms.sessionize import ALLOWED_LATENESS_SECONDS, KINDS as SESSION_KINDS, SessionizeEvents
+from transforms.stream_joins import JoinToParent, UpsertUsers
 
 STREAMING_RUNNER = "BundleBasedDirectRunner"
 
@@ -69,7 +75,7 @@ class PubsubToRawFn(beam.DoFn):
 
 
 def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key: bytes,
-          allowed_lateness: int = ALLOWED_LATENESS_SECONDS) -> None:
+          allowed_lateness: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30) -> None:
     raw = (p
            | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
            | "ToRawRows" >> beam.ParDo(PubsubToRawFn()))
@@ -84,8 +90,18 @@ def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, p
          for kind in SESSION_KINDS]
         | "SessionRecords" >> beam.Flatten())
     silver = session_records | "SessionizeEvents" >> SessionizeEvents(allowed_lateness_seconds=allowed_lateness)
-    for name in ("silver_sessions", "silver_views", "silver_clicks", "silver_events"):
-        _ = silver[name] | f"Upsert_{name}" >> WriteCurrentSnapshot(SILVER[name], lake, window_seconds)
+    join_expiry = join_state_days * 24 * 3600
+    silver["silver_users"] = parsed["bronze_users"] | "UpsertUsers" >> UpsertUsers(join_expiry)
+    silver["silver_event_responses"] = (
+        (parsed["bronze_event_responses"], silver["silver_events"])
+        | "ResponsesToEvents" >> JoinToParent("event_response", "event_id", ("session_id", "user_id", "platform"),
+                                              join_expiry))
+    silver["silver_user_activity"] = (
+        (parsed["bronze_user_activity"], silver["silver_event_responses"])
+        | "ActivitiesToResponses" >> JoinToParent("user_activity", "response_id",
+                                                  ("event_id", "session_id", "user_id", "platform"), join_expiry))
+    for name, table in SILVER.items():
+        _ = silver[name] | f"Upsert_{name}" >> WriteCurrentSnapshot(table, lake, window_seconds)
 
 
 def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_every: float = 10.0):
@@ -114,14 +130,17 @@ def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_
 
 
 def landed_rows(lake: str) -> dict[str, int]:
-    """Rows per layer written so far (from Parquet footers, without reading data)."""
+    """Rows per layer written so far, and current streaming silver sessions
+    (from Parquet footers, without reading data)."""
+    def rows(path):
+        with FileSystems.open(path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+
     counts = {}
     for layer, tables in (("raw", [RAW]), ("bronze", list(BRONZE.values())), ("dead letter", [DEAD_LETTER])):
-        counts[layer] = 0
-        for table in tables:
-            for path in list_files(table_dir(lake, table)):
-                with FileSystems.open(path) as f:
-                    counts[layer] += pq.ParquetFile(f).metadata.num_rows
+        counts[layer] = sum(rows(path) for table in tables for path in list_files(table_dir(lake, table)))
+    sessions = stream_snapshot_path(lake, SILVER["silver_sessions"])
+    counts["silver sessions"] = rows(sessions) if FileSystems.exists(sessions) else 0
     return counts
 
 
@@ -132,13 +151,15 @@ def main(argv=None, stop_when=None):
     parser.add_argument("--window-seconds", type=int, default=60, help="length of the file windows (default 60)")
     parser.add_argument("--allowed-lateness-hours", type=float, default=ALLOWED_LATENESS_SECONDS / 3600,
                         help="event-time lateness still applied to streaming silver (default 48)")
+    parser.add_argument("--join-state-days", type=int, default=30,
+                        help="how long a response or scan can trail its parent and still join (default 30)")
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
     args, options = parse(parser, argv, local_runner=STREAMING_RUNNER, streaming=True)
     setup_logging()
     print(f"stream_ingest: {args.subscription} -> {args.lake} ({args.window_seconds} s windows)")
     p = beam.Pipeline(options=options)
     build(p, args.subscription, args.lake, args.window_seconds, pii_key_from_env(),
-          int(args.allowed_lateness_hours * 3600))
+          int(args.allowed_lateness_hours * 3600), args.join_state_days)
     if args.run_for is None:
         result = p.run()
         result.wait_until_finish()

@@ -1,10 +1,12 @@
 """stream_ingest end to end on the real Pub/Sub emulator."""
+import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 from pipelines import backfill, generate, stream_ingest
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
+from schemas.contract import RECORD_TYPES
 from tests.conftest import read_table
 
 
@@ -66,21 +68,25 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
     messages = lines_of(sorted(str(p) for p in landing.glob("*.jsonl")))
     publish(topic, messages)
 
-    keyed = {"silver_sessions": "session_id", "silver_views": "view_id", "silver_clicks": "click_id",
-             "silver_events": "event_id"}
+    keyed = {rt.silver_table: rt.key for rt in RECORD_TYPES.values()}
+
+    def bronze_ids(record_type):
+        rt = RECORD_TYPES[record_type]
+        return {r[rt.key] for r in read_table(lake / "bronze" / rt.bronze_table)}
 
     def caught_up():
         raw, bronze, dead = _lake_counts(lake)
         if raw < len(messages) or bronze + dead < len(messages):
             return False
-        expected = {"silver_views": {r["view_id"] for r in read_table(lake / "bronze" / "bronze_views")},
-                    "silver_clicks": {r["click_id"] for r in read_table(lake / "bronze" / "bronze_clicks")},
-                    "silver_events": {r["event_id"] for r in read_table(lake / "bronze" / "bronze_events")}}
-        expected["silver_sessions"] = (
-            {r["session_id"] for r in read_table(lake / "bronze" / "bronze_sessions")}
-            | {r["session_id"] for t in ("bronze_views", "bronze_clicks", "bronze_events")
-               for r in read_table(lake / "bronze" / t)})
-        return all({r[keyed[t]] for r in read_table(lake / "silver_stream" / t)} == ids for t, ids in expected.items())
+        expected = {rt.silver_table: bronze_ids(rt.name) for rt in RECORD_TYPES.values()}
+        expected["silver_sessions"] |= {r["session_id"] for kind in ("view", "click", "event")
+                                        for r in read_table(lake / "bronze" / RECORD_TYPES[kind].bronze_table)}
+        complete = all({r[keyed[t]] for r in read_table(lake / "silver_stream" / t)} == ids
+                       for t, ids in expected.items())
+        # ... and no snapshot changed for a while: late updates (a response
+        # resolved once its event arrives) have landed too.
+        snapshots = list((lake / "silver_stream").rglob("current.parquet"))
+        return complete and time.time() - max(p.stat().st_mtime for p in snapshots) > 12
 
     stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
                         "--run-for", "240"], stop_when=caught_up)
@@ -96,6 +102,9 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
     assert any(r["copies"] > 1 for r in streamed["silver_views"] + streamed["silver_clicks"])
     assert any(r["copies"] > 1 for r in streamed["silver_sessions"])
     assert any(not r["has_session_record"] for r in streamed["silver_sessions"])
+    assert any(r["session_id"] for r in streamed["silver_event_responses"])      # joined to their session
+    assert any(r["session_id"] for r in streamed["silver_user_activity"])
+    assert any(r["copies"] > 1 for r in streamed["silver_event_responses"])     # status versions merged
 
     # The batch path over the very raw files the stream wrote.
     backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake)])

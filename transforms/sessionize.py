@@ -21,6 +21,8 @@ keep the newest row per key.
 """
 from __future__ import annotations
 
+import typing
+
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
@@ -131,7 +133,9 @@ class SessionizeEvents(beam.PTransform):
             TOO_LATE, main="on_time")
         upserts = (
             timed.on_time
-            | "KeyBySession" >> beam.Map(lambda kr: (kr[1]["session_id"], kr))
+            # String keys: a deterministic key coder for the state downstream.
+            | "KeyBySession" >> beam.Map(lambda kr: (kr[1]["session_id"], kr)).with_output_types(
+                typing.Tuple[str, typing.Any])
             | "SessionWindows" >> beam.WindowInto(
                 window.Sessions(self._gap), allowed_lateness=Duration(seconds=self._lateness),
                 # Discarding: each firing brings only what arrived since the
