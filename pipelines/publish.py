@@ -17,7 +17,8 @@ from google.api_core.exceptions import AlreadyExists
 from google.cloud import pubsub_v1
 
 
-def ensure_topic_and_subscription(topic: str, subscription: str | None = None) -> None:
+def ensure_topic_and_subscription(topic: str, subscription: str | None = None,
+                                  retain_acked_messages: bool = False) -> None:
     with pubsub_v1.PublisherClient() as publisher:
         try:
             publisher.create_topic(name=topic)
@@ -26,7 +27,10 @@ def ensure_topic_and_subscription(topic: str, subscription: str | None = None) -
     if subscription:
         with pubsub_v1.SubscriberClient() as subscriber:
             try:
-                subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
+                subscriber.create_subscription(request={
+                    "name": subscription, "topic": topic, "ack_deadline_seconds": 60,
+                    # lets a test seek back and have acked messages delivered again
+                    "retain_acked_messages": retain_acked_messages})
             except AlreadyExists:
                 pass
 

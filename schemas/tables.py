@@ -162,9 +162,15 @@ SILVER_SESSIONS = _silver("silver_sessions", "One current row per session: versi
     col("experiments_json", STRING, "A/B assignments, JSON object experiment -> variant."),
     col("first_activity_at", TIMESTAMP, "Earliest view/click/event."),
     col("last_activity_at", TIMESTAMP, "Latest view/click/event."),
+    col("duration_seconds", FLOAT64, "session_end_time (else the last view/click/event) minus session_start_time."),
     col("views", INT64, "Unique views.", True),
     col("clicks", INT64, "Unique clicks.", True),
-    col("events", INT64, "Unique events.", True),
+    col("events", INT64, "Unique events of any type.", True),
+    col("browse_events", INT64, "Unique browse events.", True),
+    col("add_to_cart_events", INT64, "Unique add_to_cart events.", True),
+    col("payment_events", INT64, "Unique payment_successful events.", True),
+    col("furthest_stage_in_session", INT64, "Highest funnel stage (0-3) the session's own views and events reach; "
+        "confirmation and scan arrive later and count in gold.", True),
 ), "session_id")
 SILVER_VIEWS = _silver("silver_views", "One row per view (first copy wins), joined to its session.",
                        (_VIEW_ID,) + _RESOLVED + _VIEW_COLUMNS, "view_id")

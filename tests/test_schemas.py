@@ -66,7 +66,8 @@ def test_row_round_trips_through_arrow_and_avro():
     table = SILVER["silver_sessions"]
     row = {c: None for c in table.column_names}
     row.update(session_id="s-1", platform="web", has_session_record=True, session_date="2026-11-02",
-               session_start_time=ts("2026-11-02T10:00:00Z"), views=2, clicks=0, events=1, copies=1)
+               session_start_time=ts("2026-11-02T10:00:00Z"), views=2, clicks=0, events=1, copies=1,
+               browse_events=1, add_to_cart_events=0, payment_events=0, furthest_stage_in_session=1)
     arrow = table.to_arrow([row], with_partition_columns=True)
     assert arrow.schema.field("session_start_time").type == pa.timestamp("us", tz="UTC")
     assert arrow.schema.field("session_date").type == pa.date32()

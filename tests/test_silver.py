@@ -89,6 +89,23 @@ def test_joins_resolve_session_user_and_platform_through_every_hop():
                     equal_to([("e-1", "u-1", "ios")]), label="events")
 
 
+def test_session_summary_columns():
+    p, silver = _silver({
+        "bronze_sessions": [bronze("bronze_sessions", 1, session_id="s-1", session_start_time=T0,
+                                   session_end_time=T0 + 20 * MIN)],
+        "bronze_views": [bronze("bronze_views", 2, view_id="v-1", session_id="s-1", view_timestamp=T0 + MIN)],
+        "bronze_events": [bronze("bronze_events", 3, event_id=f"e-{n}", session_id="s-1", event_type=t,
+                                 timestamp=T0 + n * MIN)
+                          for n, t in enumerate(("browse", "add_to_cart", "add_to_cart", "search"), start=2)],
+        "bronze_clicks": [bronze("bronze_clicks", 4, click_id="c-1", session_id="s-2", click_timestamp=T0)],
+    })
+    with p:
+        assert_that(silver["silver_sessions"] | (project(
+            "session_id", "duration_seconds", "events", "browse_events", "add_to_cart_events", "payment_events",
+            "furthest_stage_in_session")),
+            equal_to([("s-1", 1200.0, 4, 1, 2, 0, 2), ("s-2", 0.0, 0, 0, 0, 0, 0)]))
+
+
 def test_session_record_never_arriving_is_inferred_from_its_earliest_child():
     p, silver = _silver({
         "bronze_views": [bronze("bronze_views", 1, view_id="v-1", session_id="s-9", view_timestamp=T0 + 5 * MIN,

@@ -4,10 +4,39 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+from google.cloud import pubsub_v1
+from google.protobuf import timestamp_pb2
+
 from pipelines import backfill, generate, stream_ingest
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
 from schemas.contract import RECORD_TYPES
 from tests.conftest import read_table
+
+
+class Deliveries:
+    """Publishes ``messages``, the last ``redelivered`` of them after a recorded
+    instant. Once every message has landed, ``landed()`` seeks the
+    subscription back to that instant, so Pub/Sub delivers those messages a
+    second time with the same message ids, as it does after a lost ack."""
+
+    def __init__(self, topic, subscription, messages, redelivered):
+        publish(topic, messages[:-redelivered])
+        time.sleep(1)
+        self._seek_to = datetime.now(timezone.utc)
+        time.sleep(1)
+        publish(topic, messages[-redelivered:])
+        self.subscription, self.redelivered = subscription, messages[-redelivered:]
+        self.expected, self._sought = len(messages), False
+
+    def landed(self, lake) -> bool:
+        raw, bronze, dead = _lake_counts(lake)
+        if not self._sought and raw >= self.expected:
+            point = timestamp_pb2.Timestamp()
+            point.FromDatetime(self._seek_to)
+            pubsub_v1.SubscriberClient().seek(request={"subscription": self.subscription, "time": point})
+            self._sought, self.expected = True, self.expected + len(self.redelivered)
+            return False
+        return self._sought and raw >= self.expected and bronze + dead >= self.expected
 
 
 def _lake_counts(lake):
@@ -19,7 +48,7 @@ def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator
     run = uuid.uuid4().hex[:8]
     topic = f"projects/{pubsub_emulator}/topics/raw-events-{run}"
     subscription = f"projects/{pubsub_emulator}/subscriptions/stream-ingest-{run}"
-    ensure_topic_and_subscription(topic, subscription)
+    ensure_topic_and_subscription(topic, subscription, retain_acked_messages=True)
 
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     manifest = generate.generate(generate.Config(users=40, days=1, seed=9, invalid_share=0.1), str(landing))
@@ -28,28 +57,24 @@ def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator
     # Retried publishes: valid records sent again (new message ids). The
     # generator names every invalid record's key "bad-...".
     messages += [m for m in messages if m.startswith(b"{") and b'"bad-' not in m][:25]
-    # Published before the job starts: a backlog must be written, not dropped as late.
-    publish(topic, messages)
-
-    def all_landed():
-        raw, bronze, dead = _lake_counts(lake)
-        return raw >= len(messages) and bronze + dead >= len(messages)
-
+    # Published before the job starts: a backlog must be written, not dropped
+    # as late. The retried publishes then come again as Pub/Sub redeliveries.
+    deliveries = Deliveries(topic, subscription, messages, redelivered=25)
     stream_ingest.main(["--subscription", subscription, "--lake", str(lake),
-                                 "--window-seconds", "5", "--run-for", "240"], stop_when=all_landed)
+                        "--window-seconds", "5", "--run-for", "240"], stop_when=lambda: deliveries.landed(lake))
 
     raw = read_table(lake / "raw")
-    assert len(raw) == len(messages)                                   # messages = raw rows
-    assert sorted(r["data"] for r in raw) == sorted(messages)          # byte for byte
-    assert len({r["message_id"] for r in raw}) == len(messages)
+    delivered = messages + deliveries.redelivered
+    assert len(raw) == len(delivered)                                   # every delivered message = a raw row
+    assert sorted(r["data"] for r in raw) == sorted(delivered)          # byte for byte
+    assert len({r["message_id"] for r in raw}) == len(messages)         # redeliveries: same message ids
     assert all(r["publish_time"] is not None and r["ingested_at"] is not None for r in raw)
 
     _, bronze, dead = _lake_counts(lake)
-    assert bronze + dead == len(messages)                              # valid + dead-lettered = messages
+    assert bronze + dead == len(delivered)                              # valid + dead-lettered = messages
     reasons = Counter(r["reason"] for r in read_table(lake / "dead_letter"))
     assert dict(reasons) == manifest["invalid_by_reason"]
     assert {r["pipeline"] for r in read_table(lake / "dead_letter")} == {"stream_ingest"}
-
 
 
 def _rows_by_key(rows, key):
@@ -60,13 +85,13 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
     run = uuid.uuid4().hex[:8]
     topic = f"projects/{pubsub_emulator}/topics/raw-events-{run}"
     subscription = f"projects/{pubsub_emulator}/subscriptions/stream-ingest-{run}"
-    ensure_topic_and_subscription(topic, subscription)
+    ensure_topic_and_subscription(topic, subscription, retain_acked_messages=True)
     # Event times of yesterday: within the streaming job's allowed lateness.
     yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     generate.generate(generate.Config(users=400, days=1, seed=5, start=yesterday), str(landing))
     messages = lines_of(sorted(str(p) for p in landing.glob("*.jsonl")))
-    publish(topic, messages)
+    deliveries = Deliveries(topic, subscription, messages, redelivered=40)
 
     keyed = {rt.silver_table: rt.key for rt in RECORD_TYPES.values()}
 
@@ -75,8 +100,7 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
         return {r[rt.key] for r in read_table(lake / "bronze" / rt.bronze_table)}
 
     def caught_up():
-        raw, bronze, dead = _lake_counts(lake)
-        if raw < len(messages) or bronze + dead < len(messages):
+        if not deliveries.landed(lake):
             return False
         expected = {rt.silver_table: bronze_ids(rt.name) for rt in RECORD_TYPES.values()}
         expected["silver_sessions"] |= {r["session_id"] for kind in ("view", "click", "event")
@@ -89,7 +113,7 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
         return complete and time.time() - max(p.stat().st_mtime for p in snapshots) > 12
 
     stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
-                        "--run-for", "240"], stop_when=caught_up)
+                        "--run-for", "300"], stop_when=caught_up)
     assert caught_up()
     streamed = {t: read_table(lake / "silver_stream" / t) for t in keyed}
     for table, key in keyed.items():

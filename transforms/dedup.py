@@ -132,11 +132,16 @@ def combine_fn_for(record_type: str, table: Table) -> beam.CombineFn:
     return FirstCopyFn(table)
 
 
+def extra_copies_counter(record_type: str):
+    """``duplicates_<type>``, or ``superseded_<type>`` for mutable types, whose
+    extra copies are mostly newer versions. Batch and streaming count alike."""
+    kind = "superseded" if RECORD_TYPES[record_type].mutable else "duplicates"
+    return Metrics.counter("funnel", f"{kind}_{record_type}")
+
+
 class CountCopiesFn(beam.DoFn):
     def __init__(self, record_type: str):
-        # For mutable types the extra copies are mostly newer versions.
-        kind = "superseded" if RECORD_TYPES[record_type].mutable else "duplicates"
-        self._duplicates = Metrics.counter("funnel", f"{kind}_{record_type}")
+        self._duplicates = extra_copies_counter(record_type)
         self._conflicts = Metrics.counter("funnel", f"conflicts_{record_type}")
         self._unique = Metrics.counter("funnel", f"unique_{record_type}")
 

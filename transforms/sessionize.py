@@ -33,7 +33,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE
-from transforms.dedup import combine_fn_for
+from transforms.dedup import combine_fn_for, extra_copies_counter
 from transforms.silver import resolve_session
 
 SESSION_GAP_SECONDS = 30 * 60
@@ -75,7 +75,7 @@ class UpsertSessionFn(beam.DoFn):
     def __init__(self, expiry_seconds: int):
         self._expiry = expiry_seconds
         self._fns = {kind: combine_fn_for(kind, BRONZE[RECORD_TYPES[kind].bronze_table]) for kind in KINDS}
-        self._duplicates = {k: Metrics.counter("funnel", f"stream_duplicates_{k}") for k in KINDS}
+        self._duplicates = {k: extra_copies_counter(k) for k in KINDS}
         self._updates = Metrics.counter("funnel", "stream_session_updates")
 
     def process(self, keyed, records=beam.DoFn.StateParam(RECORDS), version=beam.DoFn.StateParam(VERSION),

@@ -14,6 +14,8 @@ its own platform and null session/user.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
@@ -21,6 +23,7 @@ from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE
 from transforms.dedup import DedupByIdentity
+from transforms.funnel import reached_stages
 
 _CHILD_TIME = {"view": "view_timestamp", "click": "click_timestamp", "event": "timestamp"}
 _CHILD_TABLE = {"view": "silver_views", "click": "silver_clicks", "event": "silver_events"}
@@ -49,6 +52,12 @@ def resolve_session(session_id: str, session: dict | None, children: dict[str, l
                     "experiments_json": None, "source": None, "emitted_at": None, "copies": 0,
                     "has_session_record": False})
     row["session_date"] = contract.micros_to_date(row["session_start_time"])
+    end = row["session_end_time"] if row["session_end_time"] is not None else row["last_activity_at"]
+    row["duration_seconds"] = None if end is None else (end - row["session_start_time"]) / 1e6
+    types = Counter(e["event_type"] for e in children["event"])
+    row.update(browse_events=types["browse"], add_to_cart_events=types["add_to_cart"],
+               payment_events=types["payment_successful"],
+               furthest_stage_in_session=len(reached_stages(children["view"], children["event"], [], [])))
     return row
 
 

@@ -25,7 +25,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE
-from transforms.dedup import combine_fn_for
+from transforms.dedup import combine_fn_for, extra_copies_counter
 
 PARENT, CHILD = "parent", "child"
 STRING_KEYED = typing.Tuple[str, typing.Any]  # a deterministic key coder for the state
@@ -59,11 +59,16 @@ class UpsertIdentityFn(_ExpiringStateFn):
     def __init__(self, kind: str, expiry_seconds: int):
         super().__init__(expiry_seconds)
         self._combine = _fn(kind)
+        self._extra_copies = extra_copies_counter(kind)
 
     def process(self, keyed, state=beam.DoFn.StateParam(_ExpiringStateFn.STATE),
                 expiry=beam.DoFn.TimerParam(_ExpiringStateFn.EXPIRY), timestamp=beam.DoFn.TimestampParam):
         _, row = keyed
-        current = state.read() or {"acc": self._combine.create_accumulator(), "version": 0}
+        current = state.read()
+        if current is None:
+            current = {"acc": self._combine.create_accumulator(), "version": 0}
+        else:
+            self._extra_copies.inc()
         current["acc"] = self._combine.add_input(current["acc"], row)
         current["version"] += 1
         self._keep_until(current, expiry, timestamp)
@@ -78,6 +83,7 @@ class JoinToParentFn(_ExpiringStateFn):
     def __init__(self, child_kind: str, context_columns: tuple[str, ...], expiry_seconds: int):
         super().__init__(expiry_seconds)
         self._combine = _fn(child_kind)
+        self._extra_copies = extra_copies_counter(child_kind)
         self._key = RECORD_TYPES[child_kind].key
         self._columns = context_columns
 
@@ -92,6 +98,8 @@ class JoinToParentFn(_ExpiringStateFn):
             changed = [] if stale else list(current["children"])
         else:
             child_id = value[self._key]
+            if child_id in current["children"]:
+                self._extra_copies.inc()
             acc = current["children"].get(child_id) or self._combine.create_accumulator()
             current["children"][child_id] = self._combine.add_input(acc, value)
             changed = [child_id]
