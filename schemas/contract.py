@@ -182,10 +182,6 @@ def micros_to_date(micros: int) -> str:
     return micros_to_datetime(micros).date().isoformat()
 
 
-def micros_to_iso(micros: int) -> str:
-    return micros_to_datetime(micros).isoformat().replace("+00:00", "Z")
-
-
 def now_micros() -> int:
     return (datetime.now(timezone.utc) - _EPOCH) // _ONE_MICRO
 
