@@ -43,6 +43,12 @@ _AVRO = {
 _BIGQUERY = {BOOL: "BOOLEAN", INT64: "INTEGER", FLOAT64: "FLOAT"}
 
 
+def _pipeline_type(c: "Column") -> pa.DataType:
+    """The Arrow type of the in-pipeline value of a column."""
+    base = _ARROW_PIPELINE.get(c.type, _ARROW[c.type])
+    return pa.list_(base) if c.repeated else base
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -131,19 +137,12 @@ class Table:
 
     # --- conversions ------------------------------------------------------
     def to_arrow(self, rows: list[dict], with_partition_columns: bool = False) -> pa.Table:
-        """In-pipeline dict rows -> Arrow table with the logical types."""
+        """In-pipeline dict rows -> Arrow table with the logical types. Arrow
+        builds the columns (keys not in the table are ignored), then one cast
+        turns micros into timestamps and ISO strings into dates."""
         cols = self.columns if with_partition_columns else self.file_columns
-        arrays = []
-        for c in cols:
-            values = [r.get(c.name) for r in rows]
-            build = _ARROW_PIPELINE.get(c.type)
-            if build is None:
-                arrays.append(pa.array(values, type=c.arrow_type()))
-            elif c.repeated:
-                arrays.append(pa.array(values, type=pa.list_(build)).cast(c.arrow_type()))
-            else:
-                arrays.append(pa.array(values, type=build).cast(c.arrow_type()))
-        return pa.Table.from_arrays(arrays, schema=self.arrow_schema(with_partition_columns))
+        as_built = pa.schema([pa.field(c.name, _pipeline_type(c)) for c in cols])
+        return pa.Table.from_pylist(rows, schema=as_built).cast(self.arrow_schema(with_partition_columns))
 
     def from_arrow(self, table: pa.Table) -> list[dict]:
         """Arrow table (as written by ``to_arrow``) -> in-pipeline dict rows."""
