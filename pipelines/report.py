@@ -77,7 +77,9 @@ def funnel_chart(summary: dict, path: str) -> None:
     names = list(platforms)
     rates = [100 * c[2] / c[0] if c[0] else 0 for c in platforms.values()]
     bars = right.bar(names, rates, color="#2e75b6")
-    right.bar_label(bars, labels=[f"{r:.1f}%" for r in rates])
+    # Sample size on every bar: a small platform's rate is noisy.
+    right.bar_label(bars, labels=[f"{r:.1f}%\nn={c[0]:,}" for r, c in zip(rates, platforms.values())])
+    right.margins(y=0.15)
     right.set_ylabel("payment / browse sessions (%)")
     right.set_title("Conversion by platform")
     right.spines[["top", "right"]].set_visible(False)
