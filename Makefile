@@ -9,7 +9,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install demo test stream-demo pubsub-up pubsub-down lock clean
+.PHONY: install demo test bench stream-demo pubsub-up pubsub-down lock clean
 
 install: $(STAMP)
 
@@ -39,6 +39,12 @@ demo: install
 # (and stop it at the end), so `make test` needs no other step.
 test: install
 	$(VENV)/bin/pytest
+
+# Throughput and memory of backfill + gold at 250k, 1M and 4M raw records
+# (BENCHMARKS.md); SIZES=250000,1000000 for a shorter run.
+SIZES ?= 250000,1000000,4000000
+bench: install
+	$(PY) -m benchmarks.run --sizes $(SIZES)
 
 stream-demo: install
 	rm -rf lake-stream

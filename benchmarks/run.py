@@ -1,0 +1,138 @@
+"""Batch benchmark: backfill + gold end to end at several sizes.
+
+    python -m benchmarks.run [--sizes 250000,1000000,4000000] [--workdir DIR] [--out benchmarks/results]
+
+For each size it generates raw data (not timed), then runs ``pipelines.backfill``
+and ``pipelines.gold_daily`` as separate processes on ``FnApiRunner`` with two
+worker processes (both cores), and records per step and in total: wall time,
+raw records per second, CPU seconds per million records and peak resident
+memory. It writes ``results.json`` and ``scaling.png`` (time and memory
+against size) to ``--out`` and prints a table.
+
+Timings are never asserted in tests; targets live in BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipelines import generate
+
+RECORDS_PER_USER_WEEK = 14.8  # what the generator produces per user over 7 days
+BOTH_CORES = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+# Runs the command from a fresh process, so the peak RSS it reports (the
+# largest waited-for descendant) belongs to this command alone.
+_WRAPPER = """
+import json, resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"cpu_s": u.ru_utime + u.ru_stime, "peak_rss_kib": u.ru_maxrss}))
+"""
+
+
+def _measured(command: list[str]) -> dict:
+    """Wall seconds, CPU seconds and peak RSS of a command and its worker processes."""
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", _WRAPPER, *command], check=True, capture_output=True, text=True)
+    wall = time.time() - started
+    usage = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage["cpu_s"], 2),
+            "peak_rss_mib": round(usage["peak_rss_kib"] / 1024, 1)}
+
+
+def run_size(size: int, workdir: Path, extra_args: list[str]) -> dict:
+    landing, lake = workdir / f"n{size}" / "landing", workdir / f"n{size}" / "lake"
+    users = max(1, round(size / RECORDS_PER_USER_WEEK))
+    manifest = generate.generate(generate.Config(users=users, days=7, seed=1), str(landing))
+    records = manifest["records_total"]
+    python = sys.executable
+    steps = {
+        "backfill": _measured([python, "-m", "pipelines.backfill", "--input", str(landing / "*.jsonl"),
+                               "--lake", str(lake), *extra_args]),
+        "gold_daily": _measured([python, "-m", "pipelines.gold_daily", "--lake", str(lake), *extra_args]),
+    }
+    wall = sum(s["wall_s"] for s in steps.values())
+    cpu = sum(s["cpu_s"] for s in steps.values())
+    return {"size": size, "records": records, "steps": steps, "wall_s": round(wall, 2),
+            "records_per_s": round(records / wall), "cpu_s_per_million": round(cpu / records * 1e6, 1),
+            "peak_rss_mib": max(s["peak_rss_mib"] for s in steps.values())}
+
+
+def growth(results: list[dict]) -> list[dict]:
+    """How time and memory grow from one size to the next, against the data."""
+    out = []
+    for a, b in zip(results, results[1:]):
+        out.append({"from": a["records"], "to": b["records"], "data_x": round(b["records"] / a["records"], 2),
+                    "time_x": round(b["wall_s"] / a["wall_s"], 2),
+                    "memory_x": round(b["peak_rss_mib"] / a["peak_rss_mib"], 2)})
+    return out
+
+
+def chart(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r["records"] / 1e6 for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(records, [r["wall_s"] for r in results], marker="o")
+    left.set_xlabel("raw records (millions)")
+    left.set_ylabel("backfill + gold wall time (s)")
+    right.plot(records, [r["peak_rss_mib"] / 1024 for r in results], marker="o", color="#c0504d")
+    right.axhline(3, linestyle="--", color="grey", label="target at 4M records: 3 GiB")
+    right.set_xlabel("raw records (millions)")
+    right.set_ylabel("peak resident memory (GiB)")
+    right.legend()
+    for ax in (left, right):
+        ax.set_ylim(bottom=0)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def table(results: list[dict]) -> str:
+    lines = [f"{'records':>10} {'wall s':>8} {'rec/s':>8} {'CPU s/M':>8} {'peak MiB':>9}  backfill / gold s"]
+    for r in results:
+        lines.append(f"{r['records']:>10,} {r['wall_s']:>8} {r['records_per_s']:>8,} {r['cpu_s_per_million']:>8} "
+                     f"{r['peak_rss_mib']:>9}  {r['steps']['backfill']['wall_s']} / {r['steps']['gold_daily']['wall_s']}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="250000,1000000,4000000", help="raw records per run, comma-separated")
+    parser.add_argument("--workdir", default="/tmp/funnel-bench")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--one-core", action="store_true", help="run the pipelines with one worker")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    out, workdir = Path(args.out), Path(args.workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for size in sizes:
+        print(f"size {size:,}: generating and running backfill + gold ...", flush=True)
+        results.append(run_size(size, workdir, [] if args.one_core else BOTH_CORES))
+        print(table(results[-1:]).splitlines()[-1], flush=True)
+    report = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+              "runner": "FnApiRunner" + ("" if args.one_core else ", 2 worker processes"),
+              "results": results, "growth": growth(results)}
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    chart(results, out / "scaling.png")
+    print("\n" + table(results))
+    for g in report["growth"]:
+        print(f"{g['from']:,} -> {g['to']:,} records: data x{g['data_x']}, time x{g['time_x']}, "
+              f"memory x{g['memory_x']}")
+    print(f"\nresults: {out / 'results.json'}, chart: {out / 'scaling.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
