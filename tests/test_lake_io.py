@@ -122,3 +122,23 @@ def test_a_failing_run_leaves_the_lake_as_it_was(tmp_path):
     else:
         raise AssertionError("the pipeline should have failed")
     assert list_files(str(lake / "silver" / table.name)) == before
+
+
+def test_a_writer_holds_a_bounded_number_of_rows(tmp_path, monkeypatch):
+    from transforms import lake_io
+    monkeypatch.setattr(lake_io, "ROWS_BUFFERED", 4)  # write the largest partition out past 4 rows held
+    table = BRONZE["bronze_clicks"]
+    lake = tmp_path / "lake"
+    rows = [{"click_id": f"c{i}", "session_id": "s", "click_timestamp": T0, "event_date": f"2026-11-0{1 + i % 2}",
+             "platform": "web", "source": "x", "schema_version": 1, "ingested_at": T0, "source_file": "f"}
+            for i in range(10)]
+    _write(lake, table, rows, Replace(table, "sources", frozenset()))
+    files = list_files(str(lake / "bronze" / table.name))
+    assert len(files) > 2  # more than one file per partition: nothing held the whole input
+    assert sorted(r["click_id"] for r in read_table(lake / "bronze" / table.name)) == sorted(r["click_id"] for r in rows)
+    by_partition = {}
+    for path in files:
+        day = path.split("event_date=")[1][:10]
+        by_partition.setdefault(day, []).extend(r["click_id"] for r in pq.read_table(path).to_pylist())
+    assert {day: sorted(ids) for day, ids in by_partition.items()} == {
+        "2026-11-01": sorted(f"c{i}" for i in range(0, 10, 2)), "2026-11-02": sorted(f"c{i}" for i in range(1, 10, 2))}

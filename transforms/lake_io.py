@@ -47,6 +47,10 @@ from schemas.tables import RAW
 
 NAMESPACE = "funnel"
 ROWS_PER_FILE = 200_000
+# A writer holds at most this many rows across all its partitions, then
+# writes the largest partition out: memory stays bounded however large the
+# bundle (on FnApiRunner a batch bundle is the whole input).
+ROWS_BUFFERED = 50_000
 _READ_CHUNK = 8 << 20
 STREAM_SOURCE = "stream"  # file group of rows that came from Pub/Sub
 
@@ -248,6 +252,7 @@ class WriteStagedFn(beam.DoFn):
 
     def start_bundle(self):
         self._buffers = defaultdict(list)
+        self._buffered = 0
         self._sources = {}
 
     def process(self, row: dict):
@@ -258,8 +263,11 @@ class WriteStagedFn(beam.DoFn):
         key = tuple(row[c] for c in self._table.partition_by) + (group,)
         buffer = self._buffers[key]
         buffer.append(row)
+        self._buffered += 1
         if len(buffer) >= ROWS_PER_FILE:
             yield self._flush(key)
+        elif self._buffered >= ROWS_BUFFERED:
+            yield self._flush(max(self._buffers, key=lambda k: len(self._buffers[k])))
 
     def finish_bundle(self):
         for key in list(self._buffers):
@@ -268,6 +276,7 @@ class WriteStagedFn(beam.DoFn):
 
     def _flush(self, key):
         rows = self._buffers.pop(key)
+        self._buffered -= len(rows)
         *parts, group = key
         folders = [f"{c}={v}" for c, v in zip(self._table.partition_by, parts)]
         name = f"{group + '-' if group else ''}{uuid.uuid4().hex}.parquet"
