@@ -9,6 +9,11 @@ raw records per second, CPU seconds per million records and peak resident
 memory. It writes ``results.json`` and ``scaling.png`` (time and memory
 against size) to ``--out`` and prints a table.
 
+Then it runs the independent DuckDB reference (``benchmarks.reference``) over
+the same landing files, reports the time ratio (pipeline / reference) and
+compares every gold table of the two: any difference is printed and fails the
+benchmark (exit status 1).
+
 Timings are never asserted in tests; targets live in BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import reference
 from pipelines import generate
 
 RECORDS_PER_USER_WEEK = 14.8  # what the generator produces per user over 7 days
@@ -49,6 +55,7 @@ def _measured(command: list[str]) -> dict:
 
 def run_size(size: int, workdir: Path, extra_args: list[str]) -> dict:
     landing, lake = workdir / f"n{size}" / "landing", workdir / f"n{size}" / "lake"
+    reference_gold = workdir / f"n{size}" / "reference_gold"
     users = max(1, round(size / RECORDS_PER_USER_WEEK))
     manifest = generate.generate(generate.Config(users=users, days=7, seed=1), str(landing))
     records = manifest["records_total"]
@@ -60,9 +67,16 @@ def run_size(size: int, workdir: Path, extra_args: list[str]) -> dict:
     }
     wall = sum(s["wall_s"] for s in steps.values())
     cpu = sum(s["cpu_s"] for s in steps.values())
+    ref = _measured([python, "-m", "benchmarks.reference", "--input", str(landing / "*.jsonl"),
+                     "--out", str(reference_gold)])
+    compared = reference.compare_gold(lake, reference_gold)
     return {"size": size, "records": records, "steps": steps, "wall_s": round(wall, 2),
             "records_per_s": round(records / wall), "cpu_s_per_million": round(cpu / records * 1e6, 1),
-            "peak_rss_mib": max(s["peak_rss_mib"] for s in steps.values())}
+            "peak_rss_mib": max(s["peak_rss_mib"] for s in steps.values()),
+            "reference": {**ref, "records_per_s": round(records / ref["wall_s"]),
+                          "time_ratio": round(wall / ref["wall_s"], 2)},
+            "gold_rows": {name: r["rows"] for name, r in compared.items()},
+            "differences": reference.differences(compared)}
 
 
 def growth(results: list[dict]) -> list[dict]:
@@ -82,9 +96,12 @@ def chart(results: list[dict], path: Path) -> None:
 
     records = [r["records"] / 1e6 for r in results]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(records, [r["wall_s"] for r in results], marker="o")
+    left.plot(records, [r["wall_s"] for r in results], marker="o", label="Beam pipelines (backfill + gold)")
+    left.plot(records, [r["reference"]["wall_s"] for r in results], marker="o", color="#9bbb59",
+              label="DuckDB SQL reference")
     left.set_xlabel("raw records (millions)")
-    left.set_ylabel("backfill + gold wall time (s)")
+    left.set_ylabel("wall time, raw to gold (s)")
+    left.legend()
     right.plot(records, [r["peak_rss_mib"] / 1024 for r in results], marker="o", color="#c0504d")
     right.axhline(3, linestyle="--", color="grey", label="target at 4M records: 3 GiB")
     right.set_xlabel("raw records (millions)")
@@ -99,10 +116,13 @@ def chart(results: list[dict], path: Path) -> None:
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'records':>10} {'wall s':>8} {'rec/s':>8} {'CPU s/M':>8} {'peak MiB':>9}  backfill / gold s"]
+    lines = [f"{'records':>10} {'wall s':>8} {'rec/s':>8} {'CPU s/M':>8} {'peak MiB':>9}  {'backfill / gold s':>17}"
+             f"  {'reference s':>11} {'ratio':>6}  gold identical"]
     for r in results:
+        steps = f"{r['steps']['backfill']['wall_s']} / {r['steps']['gold_daily']['wall_s']}"
         lines.append(f"{r['records']:>10,} {r['wall_s']:>8} {r['records_per_s']:>8,} {r['cpu_s_per_million']:>8} "
-                     f"{r['peak_rss_mib']:>9}  {r['steps']['backfill']['wall_s']} / {r['steps']['gold_daily']['wall_s']}")
+                     f"{r['peak_rss_mib']:>9}  {steps:>17}  {r['reference']['wall_s']:>11} "
+                     f"{r['reference']['time_ratio']:>6}  {'yes' if not r['differences'] else 'NO'}")
     return "\n".join(lines)
 
 
@@ -131,8 +151,17 @@ def main(argv=None):
         print(f"{g['from']:,} -> {g['to']:,} records: data x{g['data_x']}, time x{g['time_x']}, "
               f"memory x{g['memory_x']}")
     print(f"\nresults: {out / 'results.json'}, chart: {out / 'scaling.png'}")
+    for r in results:
+        if r["differences"]:
+            print(f"\nDIFFERENTIAL CHECK FAILED at {r['records']:,} records: pipeline and reference gold differ",
+                  *r["differences"], sep="\n")
     return report
 
 
+def cli(argv=None) -> int:
+    report = main(argv)
+    return 1 if any(r["differences"] for r in report["results"]) else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

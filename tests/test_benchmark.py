@@ -1,10 +1,17 @@
-"""The benchmark harness runs end to end at a tiny size (timings are never asserted)."""
+"""The benchmark harness and its independent SQL reference (timings are never asserted)."""
+import hashlib
+import hmac
 import json
+import shutil
 
-from benchmarks import run
+import duckdb
+import pyarrow.parquet as pq
+
+from benchmarks import reference, run
+from transforms.bronze import normalize_email, pseudonym
 
 
-def test_benchmark_runs_and_reports_every_measure(tmp_path):
+def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
     report = run.main(["--sizes", "3000,6000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
                        "--one-core"])
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -13,7 +20,47 @@ def test_benchmark_runs_and_reports_every_measure(tmp_path):
     for r in saved["results"]:
         assert r["records"] > 0 and r["wall_s"] > 0 and r["peak_rss_mib"] > 0 and r["cpu_s_per_million"] > 0
         assert set(r["steps"]) == {"backfill", "gold_daily"}
-        lake = tmp_path / "work" / f"n{r['size']}" / "lake"
-        assert (lake / "gold" / "mart_conversion_rate").is_dir()
+        assert r["reference"]["wall_s"] > 0 and r["reference"]["time_ratio"] > 0
+        assert r["differences"] == []
+        # the comparison covered real rows in every gold table
+        assert all(n > 0 for n in r["gold_rows"].values()), r["gold_rows"]
     assert len(saved["growth"]) == 1
     assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_differential_check_reports_a_changed_value_and_a_missing_row(tmp_path):
+    run.main(["--sizes", "3000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--one-core"])
+    lake, ref = tmp_path / "work" / "n3000" / "lake", tmp_path / "work" / "n3000" / "reference_gold"
+    assert reference.differences(reference.compare_gold(lake, ref)) == []
+
+    changed = tmp_path / "changed"
+    shutil.copytree(ref, changed)
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT * REPLACE (CASE WHEN platform = 'all' AND period_grain = 'year' "
+                f"THEN sessions_browse + 1 ELSE sessions_browse END AS sessions_browse) "
+                f"FROM '{ref}/mart_conversion_rate.parquet') TO '{changed}/mart_conversion_rate.parquet'")
+    con.execute(f"COPY (SELECT * FROM '{ref}/dim_user.parquet' ORDER BY user_id OFFSET 1) "
+                f"TO '{changed}/dim_user.parquet'")
+    report = reference.compare_gold(lake, changed)
+    assert report["mart_conversion_rate"]["only_in_pipeline"] == 1
+    assert report["mart_conversion_rate"]["only_in_reference"] == 1
+    assert report["dim_user"]["only_in_pipeline"] == 1 and report["dim_user"]["only_in_reference"] == 0
+    assert report["fact_funnel_stage"]["only_in_pipeline"] == 0
+    lines = reference.differences(report)
+    assert lines[0].startswith("dim_user: 1 rows only in the pipeline")
+    assert any(line.startswith("mart_conversion_rate") for line in lines)
+    assert len(pq.read_table(changed / "dim_user.parquet")) == report["dim_user"]["rows"] - 1
+
+
+def test_sql_pseudonym_is_the_pipelines_hmac():
+    key = b"some production secret"
+    con = duckdb.connect()
+    con.execute(reference.hmac_macro(key))
+    for email in ("Someone@Example.com ", "x@y.z", "\u00e9l\u00e8ve@\u00e9cole.fr"):
+        sql = con.execute("SELECT pii_hash(?)", [normalize_email(email)]).fetchone()[0]
+        assert sql == pseudonym(key, normalize_email(email))
+        assert sql == hmac.new(key, normalize_email(email).encode(), hashlib.sha256).hexdigest()
+    long_key = b"k" * 100  # longer than a SHA-256 block: hashed first, as HMAC prescribes
+    con.execute("DROP MACRO pii_hash")
+    con.execute(reference.hmac_macro(long_key))
+    assert con.execute("SELECT pii_hash('a@b.c')").fetchone()[0] == pseudonym(long_key, "a@b.c")
