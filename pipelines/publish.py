@@ -43,11 +43,14 @@ def lines_of(paths: list[str]) -> list[bytes]:
     return out
 
 
-def publish(topic: str, messages: list[bytes], rate: float | None = None) -> int:
-    """Publishes every message (waiting for each batch's acks); ``rate`` in messages per second."""
+def publish(topic: str, messages: list[bytes], rate: float | None = None, sent_at: list | None = None) -> int:
+    """Publishes every message (waiting for each batch's acks); ``rate`` in
+    messages per second. ``sent_at`` collects each message's send time."""
     publisher = pubsub_v1.PublisherClient()
     started, futures = time.time(), []
     for n, data in enumerate(messages, start=1):
+        if sent_at is not None:
+            sent_at.append(time.time())
         futures.append(publisher.publish(topic, data))
         if rate:
             ahead = n / rate - (time.time() - started)

@@ -2,14 +2,15 @@
 
     python -m pipelines.stream_ingest --subscription projects/P/subscriptions/S --lake DIR \\
         [--window-seconds 60] [--allowed-lateness-hours 48] [--join-state-days 30] \\
-        [--run-for SECONDS] [--runner ...]
+        [--early-firing-seconds N] [--run-for SECONDS] [--runner ...]
 
 * raw: every message byte for byte, with message id, attributes, publish
   time and ingest time, one Parquet file per window pane (never rewritten);
 * bronze: the batch path's ``ParseToBronze``, appended per record type in
   ``event_date``/``platform`` partitions; dead letter likewise;
 * silver (``silver_stream/<table>/current.parquet``, one current row per
-  key): sessions from event-time session windows with late updates
+  key): sessions from event-time session windows with early (every window
+  length, while the session is open) and late updates
   (``transforms.sessionize``), users, responses and scans from stateful
   upserts and joins (``transforms.stream_joins``); dedup by identity with the
   batch's own rules, so the result equals the batch's for the same input.
@@ -75,7 +76,8 @@ class PubsubToRawFn(beam.DoFn):
 
 
 def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key: bytes,
-          allowed_lateness: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30) -> None:
+          allowed_lateness: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
+          early_firing_seconds: int | None = None) -> None:
     raw = (p
            | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
            | "ToRawRows" >> beam.ParDo(PubsubToRawFn()))
@@ -89,7 +91,9 @@ def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, p
         [parsed[RECORD_TYPES[kind].bronze_table] | f"Tag_{kind}" >> beam.Map(lambda r, k=kind: (k, r))
          for kind in SESSION_KINDS]
         | "SessionRecords" >> beam.Flatten())
-    silver = session_records | "SessionizeEvents" >> SessionizeEvents(allowed_lateness_seconds=allowed_lateness)
+    silver = session_records | "SessionizeEvents" >> SessionizeEvents(
+        allowed_lateness_seconds=allowed_lateness,
+        early_firing_seconds=window_seconds if early_firing_seconds is None else early_firing_seconds)
     join_expiry = join_state_days * 24 * 3600
     silver["silver_users"] = parsed["bronze_users"] | "UpsertUsers" >> UpsertUsers(join_expiry)
     silver["silver_event_responses"] = (
@@ -153,13 +157,16 @@ def main(argv=None, stop_when=None):
                         help="event-time lateness still applied to streaming silver (default 48)")
     parser.add_argument("--join-state-days", type=int, default=30,
                         help="how long a response or scan can trail its parent and still join (default 30)")
+    parser.add_argument("--early-firing-seconds", type=int,
+                        help="update open sessions in silver this often (default: the window length; 0: only "
+                             "when a session closes, 30 minutes after its last record)")
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
     args, options = parse(parser, argv, local_runner=STREAMING_RUNNER, streaming=True)
     setup_logging()
     print(f"stream_ingest: {args.subscription} -> {args.lake} ({args.window_seconds} s windows)")
     p = beam.Pipeline(options=options)
     build(p, args.subscription, args.lake, args.window_seconds, pii_key_from_env(),
-          int(args.allowed_lateness_hours * 3600), args.join_state_days)
+          int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds)
     if args.run_for is None:
         result = p.run()
         result.wait_until_finish()

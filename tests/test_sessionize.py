@@ -98,3 +98,24 @@ def test_a_record_beyond_allowed_lateness_is_counted_not_sessionized():
         assert_that(select("sessions", silver["silver_sessions"], "session_id"), equal_to([("s-new",)]),
                     label="sessions")
         assert_that(silver[TOO_LATE] | beam.Map(lambda kr: kr[1]["view_id"]), equal_to(["v-old"]), label="late")
+
+
+def test_early_firings_put_a_live_session_in_silver_before_it_closes():
+    """With early firings the session is upserted while still open; the
+    on-time firing then completes it (same rows as without early firings)."""
+    stream = (test_stream.TestStream()
+              .advance_processing_time(Timestamp(micros=T0).micros / 1e6)
+              .add_elements([arriving("session", T0, session_id="s-1", user_id="u-1", platform="web",
+                                      session_start_time=T0, emitted_at=T0),
+                             arriving("view", T0, view_id="v-1", session_id="s-1", view_timestamp=T0)])
+              .advance_watermark_to(watermark(T0 + MIN))
+              .advance_processing_time(11)                                  # > early_firing_seconds
+              .add_elements([arriving("view", T0 + 5 * MIN, view_id="v-2", session_id="s-1",
+                                      view_timestamp=T0 + 5 * MIN)])
+              .advance_watermark_to(watermark(T0 + 6 * MIN))
+              .advance_processing_time(11)
+              .advance_watermark_to_infinity())
+    with streaming_pipeline() as p:
+        silver = p | stream | SessionizeEvents(early_firing_seconds=10)
+        assert_that(select("versions", silver["silver_sessions"], "session_id", "_version", "views", "user_id"),
+                    equal_to([("s-1", 1, 1, "u-1"), ("s-1", 2, 2, "u-1")]))

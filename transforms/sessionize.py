@@ -8,7 +8,9 @@
    and bronze, and the daily batch picks it up);
 2. groups them in event-time session windows per ``session_id`` (30-minute
    gap), firing on time and again for every late record within the allowed
-   lateness (default 2 days);
+   lateness (default 2 days); with ``early_firing_seconds`` also early, that
+   often in processing time, so a live session reaches silver within seconds
+   instead of 30 minutes after its last record;
 3. upserts each session in state, deduplicating every identity with the very
    ``CombineFn`` the batch dedup uses, and emits the current silver rows of
    the session (``silver_sessions`` and its views, clicks and events joined to
@@ -81,6 +83,9 @@ class UpsertSessionFn(beam.DoFn):
     def process(self, keyed, records=beam.DoFn.StateParam(RECORDS), version=beam.DoFn.StateParam(VERSION),
                 expiry=beam.DoFn.TimerParam(EXPIRY), pane_end=beam.DoFn.TimestampParam):
         session_id, elements = keyed
+        elements = list(elements)
+        if not elements:  # an on-time pane after early ones that brought everything
+            return
         accumulators = records.read() or {}
         for kind, row in elements:
             identity = (kind, row[RECORD_TYPES[kind].key])
@@ -124,9 +129,14 @@ class SessionizeEvents(beam.PTransform):
     silver_events, too_late}``."""
 
     def __init__(self, gap_seconds: int = SESSION_GAP_SECONDS,
-                 allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS):
+                 allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS,
+                 early_firing_seconds: int | None = None):
         super().__init__()
         self._gap, self._lateness = gap_seconds, allowed_lateness_seconds
+        # Early and late panes are safe: the upsert state, not the pane, holds the session.
+        self._trigger = (trigger.AfterWatermark(early=trigger.AfterProcessingTime(early_firing_seconds),
+                                                late=trigger.AfterCount(1))
+                         if early_firing_seconds else trigger.DefaultTrigger())
 
     def expand(self, records):
         timed = records | "AssignEventTime" >> beam.ParDo(AssignEventTimeFn(self._lateness)).with_outputs(
@@ -137,7 +147,7 @@ class SessionizeEvents(beam.PTransform):
             | "KeyBySession" >> beam.Map(lambda kr: (kr[1]["session_id"], kr)).with_output_types(
                 typing.Tuple[str, typing.Any])
             | "SessionWindows" >> beam.WindowInto(
-                window.Sessions(self._gap), allowed_lateness=Duration(seconds=self._lateness),
+                window.Sessions(self._gap), trigger=self._trigger, allowed_lateness=Duration(seconds=self._lateness),
                 # Discarding: each firing brings only what arrived since the
                 # last one; the upsert state holds the whole session.
                 accumulation_mode=trigger.AccumulationMode.DISCARDING)
