@@ -9,7 +9,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install demo test bench stream-demo pubsub-up pubsub-down lock clean
+.PHONY: install demo test bench bench-stream stream-demo pubsub-up pubsub-down lock clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ test: install
 SIZES ?= 250000,1000000,4000000
 bench: install
 	$(PY) -m benchmarks.run --sizes $(SIZES)
+
+# publish -> silver latency and backlog drain rate of stream_ingest on the
+# Pub/Sub emulator (started and stopped here unless one is running)
+bench-stream: install
+	$(PY) -m benchmarks.stream
 
 stream-demo: install
 	rm -rf lake-stream

@@ -12,8 +12,7 @@ from transforms.bronze import normalize_email, pseudonym
 
 
 def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
-    report = run.main(["--sizes", "3000,6000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-                       "--one-core"])
+    report = run.main(["--sizes", "3000,6000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert [r["size"] for r in saved["results"]] == [3000, 6000]
@@ -29,7 +28,7 @@ def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
 
 
 def test_differential_check_reports_a_changed_value_and_a_missing_row(tmp_path):
-    run.main(["--sizes", "3000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--one-core"])
+    run.main(["--sizes", "3000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     lake, ref = tmp_path / "work" / "n3000" / "lake", tmp_path / "work" / "n3000" / "reference_gold"
     assert reference.differences(reference.compare_gold(lake, ref)) == []
 
