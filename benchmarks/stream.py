@@ -1,6 +1,6 @@
 """Streaming benchmark: ``pipelines.stream_ingest`` on the local Pub/Sub emulator.
 
-    python -m benchmarks.stream [--rate 40] [--seconds 60] [--backlog 3000] [--window-seconds 10]
+    python -m benchmarks.stream [--rate 20] [--seconds 60] [--backlog 1500] [--window-seconds 10]
                                 [--out benchmarks/results]
 
 Starts the emulator unless one runs, and ``stream_ingest`` in its own process
@@ -120,7 +120,8 @@ def _published(topic: str, messages: list[bytes], rate: float | None) -> dict:
     return first
 
 
-def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir: str) -> dict:
+def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir: str,
+        job_args: list[str] = ()) -> dict:
     lake = os.path.join(workdir, "lake")
     run_id = uuid.uuid4().hex[:8]
     topic = f"projects/{pubsub_emulator.PROJECT}/topics/bench-{run_id}"
@@ -142,7 +143,7 @@ def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir:
     log = open(os.path.join(workdir, "stream_ingest.log"), "wb")
     job = subprocess.Popen(
         [sys.executable, "-m", "pipelines.stream_ingest", "--subscription", subscription, "--lake", lake,
-         "--window-seconds", str(window_seconds), "--run-for", "86400"],
+         "--window-seconds", str(window_seconds), "--run-for", "86400", *job_args],
         stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     watcher = SilverWatcher(lake)
     try:
@@ -207,7 +208,7 @@ def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir:
         except subprocess.TimeoutExpired:
             job.kill()
         log.close()
-    return {"runner": "BundleBasedDirectRunner", "window_seconds": window_seconds,
+    return {"runner": "BundleBasedDirectRunner", "window_seconds": window_seconds, "job_args": list(job_args),
             "startup_s": _round(startup), "paced": paced_result, "backlog": backlog_result,
             "lake_rows": landed_rows(lake)}
 
@@ -218,19 +219,20 @@ def _round(value):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=float, default=40, help="paced phase: messages per second")
+    parser.add_argument("--rate", type=float, default=20, help="paced phase: messages per second")
     parser.add_argument("--seconds", type=float, default=60, help="paced phase: how long to publish")
-    parser.add_argument("--backlog", type=int, default=3000, help="backlog phase: messages published at once")
+    parser.add_argument("--backlog", type=int, default=1500, help="backlog phase: messages published at once")
     parser.add_argument("--window-seconds", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--workdir", help="keep data, lake and the job's log here (default: a temporary folder)")
+    parser.add_argument("--job-args", default="", help="more stream_ingest flags, e.g. '--early-firing-seconds 0'")
     args = parser.parse_args(argv)
     host = os.environ.get("PUBSUB_EMULATOR_HOST", pubsub_emulator.DEFAULT_HOST)
     with pubsub_emulator.running(host), tempfile.TemporaryDirectory(prefix="funnel-stream-bench-") as tmp:
         os.environ["PUBSUB_EMULATOR_HOST"] = host
         workdir = args.workdir or tmp
         os.makedirs(workdir, exist_ok=True)
-        result = run(args.rate, args.seconds, args.backlog, args.window_seconds, workdir)
+        result = run(args.rate, args.seconds, args.backlog, args.window_seconds, workdir, args.job_args.split())
     result["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

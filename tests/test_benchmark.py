@@ -63,3 +63,17 @@ def test_sql_pseudonym_is_the_pipelines_hmac():
     con.execute("DROP MACRO pii_hash")
     con.execute(reference.hmac_macro(long_key))
     assert con.execute("SELECT pii_hash('a@b.c')").fetchone()[0] == pseudonym(long_key, "a@b.c")
+
+
+def test_streaming_benchmark_counts_only_valid_identities_and_uses_nearest_rank_percentiles():
+    from benchmarks import stream
+
+    view = {"record_type": "view", "schema_version": 1, "source": "web-app",
+            "payload": {"view_id": "v-1", "session_id": "s-1", "view_timestamp": "2026-11-02T10:00:00Z"}}
+    assert stream.identity(json.dumps(view).encode()) == ("silver_views", "v-1")
+    assert stream.identity(b"{not json") is None
+    oversized = {**view, "payload": {**view["payload"], "blob": "x" * (1 << 20)}}
+    assert stream.identity(json.dumps(oversized).encode()) is None  # dead-lettered, never in silver
+    assert stream.percentile(list(range(1, 101)), 95) == 95
+    assert stream.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert stream.percentile([], 50) is None
