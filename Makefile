@@ -9,7 +9,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install demo test bench bench-stream stream-demo pubsub-up pubsub-down lock clean
+.PHONY: install demo test bench bench-stream stream-demo pubsub-up pubsub-down bq-up bq-down lock clean
 
 install: $(STAMP)
 
@@ -61,6 +61,14 @@ pubsub-up: install
 pubsub-down: install
 	$(PY) -m devtools.pubsub_emulator stop
 
+# The local BigQuery emulator (bqemulator, in its own .venv-bqemulator) on
+# 127.0.0.1:9050; the tests start and stop it themselves when none runs.
+bq-up: install
+	$(PY) -m devtools.bigquery_emulator start
+
+bq-down: install
+	$(PY) -m devtools.bigquery_emulator stop
+
 # Refresh the lock after changing a pin in setup.py or requirements-dev.txt.
 lock:
 	rm -rf /tmp/funnel-lock-venv && $(PYTHON) -m venv /tmp/funnel-lock-venv
@@ -68,4 +76,4 @@ lock:
 	/tmp/funnel-lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements-lock.txt
 
 clean:
-	rm -rf $(VENV) $(LAKE) lake-stream demo-data .pytest_cache .emulators
+	rm -rf $(VENV) .venv-bqemulator $(LAKE) lake-stream demo-data .pytest_cache .emulators

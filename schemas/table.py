@@ -76,12 +76,15 @@ class Table:
     partition_by: tuple[str, ...] = ()
     cluster_by: tuple[str, ...] = ()
     key: tuple[str, ...] = field(default=())
+    # BigQuery-only daily partition column, for tables that are not folders in the lake
+    bigquery_partition: str | None = None
 
     def __post_init__(self):
         names = [c.name for c in self.columns]
         if len(names) != len(set(names)):
             raise ValueError(f"{self.name}: duplicate column names")
-        missing = set(self.partition_by + self.cluster_by + self.key) - set(names)
+        missing = set(self.partition_by + self.cluster_by + self.key
+                      + ((self.bigquery_partition,) if self.bigquery_partition else ())) - set(names)
         if missing:
             raise ValueError(f"{self.name}: unknown columns {sorted(missing)}")
 

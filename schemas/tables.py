@@ -201,7 +201,7 @@ FACT_FUNNEL_STAGE = Table("fact_funnel_stage", "gold", "One row per (session, re
     col("stage_name", STRING, "browse, add_to_cart, payment_successful, email_confirmation, barcode_scanned.", True),
     col("reached_at", TIMESTAMP, "When the stage was reached.", True),
     col("seconds_from_previous_stage", FLOAT64, "Seconds since the previous stage; null for stage 1."),
-), partition_by=(), cluster_by=("platform",))
+), partition_by=(), cluster_by=("platform",), bigquery_partition="session_date")
 FACT_USER_ACTIVITY = Table("fact_user_activity", "gold", "One row per (user, UTC date) with any activity.", (
     col("user_id", STRING, "User.", True),
     col("activity_date", DATE, "UTC date of each record's own time.", True),
@@ -213,7 +213,7 @@ FACT_USER_ACTIVITY = Table("fact_user_activity", "gold", "One row per (user, UTC
     col("payments", INT64, "payment_successful events.", True),
     col("confirmations_sent", INT64, "Email confirmations currently sent or delivered, on their sent_at date.", True),
     col("barcode_scans", INT64, "barcode_scanned activities.", True),
-), cluster_by=("user_id",))
+), cluster_by=("user_id",), bigquery_partition="activity_date")
 DIM_USER = Table("dim_user", "gold", "One row per user seen in a user record or a session.", (
     col("user_id", STRING, "User.", True),
     col("email_hash", STRING, "HMAC-SHA256 of the normalized email."),

@@ -62,3 +62,15 @@ def pubsub_emulator():
     with pubsub_emulator.running(host):
         os.environ["PUBSUB_EMULATOR_HOST"] = host
         yield pubsub_emulator.PROJECT
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator():
+    """The real local BigQuery emulator (bqemulator, from its own virtualenv):
+    reused when one answers, else started here and stopped at the end.
+    Yields a ``google-cloud-bigquery`` client pointed at it."""
+    from devtools import bigquery_emulator
+    from transforms import bigquery_io
+
+    with bigquery_emulator.running() as host:
+        yield bigquery_io.client(bigquery_emulator.PROJECT, bigquery_emulator.endpoint(host))
