@@ -9,7 +9,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install demo test bench bench-stream stream-demo pubsub-up pubsub-down bq-up bq-down lock clean
+.PHONY: install demo demo-bq test bench bench-stream stream-demo pubsub-up pubsub-down bq-up bq-down lock clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ demo: install
 	@echo "lake:  $(abspath $(LAKE))   (raw/ bronze/ silver/ gold/ dead_letter/)"
 	@echo "chart: $(abspath $(LAKE))/reports/funnel.png"
 	@echo "page:  $(abspath $(LAKE))/reports/funnel.html"
+
+# The demo, then its gold loaded into the local BigQuery emulator and the
+# funnel read back with SQL.
+demo-bq: demo
+	@echo "==> gold -> local BigQuery emulator, read back with SQL"
+	$(PY) -m devtools.bigquery_demo --lake $(LAKE)
 
 # The tests start the Pub/Sub emulator themselves when none is running
 # (and stop it at the end), so `make test` needs no other step.

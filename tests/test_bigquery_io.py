@@ -62,7 +62,7 @@ def test_rows_written_to_an_emulator_table_read_back(bigquery_emulator):
 
 # --- gold_daily --sink bigquery ---------------------------------------------------------------
 from pipelines import backfill, gold_daily  # noqa: E402
-from tests.conftest import SAMPLE, read_table  # noqa: E402
+from tests.conftest import read_table  # noqa: E402
 
 
 def _gold_to_bigquery(lake, bq):
@@ -90,8 +90,13 @@ def _lake_rows(lake, table) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def silver_lake(tmp_path_factory):
-    lake = tmp_path_factory.mktemp("bq") / "lake"
-    backfill.main(["--lake", str(lake), "--input", str(SAMPLE)])
+    """Generated traffic (300 users, 2 days): every stage, abandoned carts, anonymous sessions."""
+    from pipelines import generate
+
+    root = tmp_path_factory.mktemp("bq")
+    generate.generate(generate.Config(users=300, days=2, seed=3), str(root / "landing"))
+    lake = root / "lake"
+    backfill.main(["--lake", str(lake), "--input", str(root / "landing" / "*.jsonl")])
     gold_daily.main(["--lake", str(lake)])
     return lake
 
@@ -128,3 +133,30 @@ def test_gold_facts_are_partitioned_by_their_date():
     assert (funnel.time_partitioning.field, funnel.clustering_fields) == ("session_date", ["platform"])
     activity = bigquery_io.bigquery_table("p", GOLD["fact_user_activity"])
     assert (activity.time_partitioning.field, activity.clustering_fields) == ("activity_date", ["user_id"])
+
+
+def test_use_case_views_read_the_loaded_gold(silver_lake, bigquery_emulator):
+    from schemas.views import VIEWS
+
+    bq = bigquery_emulator
+    _gold_to_bigquery(silver_lake, bq)
+    for view in VIEWS.values():
+        got = bq.get_table(f"{bq.project}.gold.{view.name}")
+        assert got.table_type == "VIEW" and got.description == view.description
+    stages = read_table(silver_lake / "gold" / "fact_funnel_stage")
+    per_stage = {n: sum(1 for r in stages if r["stage_number"] == n) for n in range(1, 6)}
+    dropoff = {r.stage_number: r for r in bq.query(
+        f"SELECT * FROM `{bq.project}.gold.v_funnel_dropoff`").result()}
+    assert all(per_stage.values())
+    assert {n: r.sessions for n, r in dropoff.items()} == per_stage
+    assert dropoff[2].dropped_since_previous_stage == per_stage[1] - per_stage[2]
+
+    users = {u["user_id"]: u for u in read_table(silver_lake / "gold" / "dim_user")}
+    paid = {r["session_id"] for r in stages if r["stage_number"] == 3}
+    expected = sorted({r["user_id"] for r in stages if r["stage_number"] == 2 and r["session_id"] not in paid
+                       and users.get(r["user_id"], {}).get("is_active")})
+    got = sorted(r.user_id for r in bq.query(f"SELECT user_id FROM `{bq.project}.gold.v_cart_abandoners`").result())
+    assert expected and got == expected
+
+    trend = list(bq.query(f"SELECT * FROM `{bq.project}.gold.v_conversion_trend`").result())
+    assert trend and all(r.conversion_rate_7d is None or 0 <= r.conversion_rate_7d <= 1 for r in trend)

@@ -26,6 +26,7 @@ from apache_beam.metrics import Metrics
 from google.cloud import bigquery
 
 from schemas.table import DATE, TIMESTAMP, Table
+from schemas.views import VIEWS
 
 
 def client(project: str, endpoint: str | None = None) -> bigquery.Client:
@@ -58,6 +59,23 @@ def bigquery_table(project: str, table: Table) -> bigquery.Table:
     if clustering:
         bq.clustering_fields = list(dict.fromkeys(clustering))[:4]  # BigQuery allows four
     return bq
+
+
+def create_views(bq: bigquery.Client, views) -> list[str]:
+    """(Re)creates the saved-SQL views of ``schemas.views`` in dataset ``gold``."""
+    ids = []
+    bq.create_dataset(f"{bq.project}.gold", exists_ok=True)
+    for view in views:
+        view_id = f"{bq.project}.gold.{view.name}"
+        definition = bigquery.Table(view_id)
+        definition.view_query = view.sql.format(project=bq.project)
+        definition.description = view.description
+        # Dropped and created: a view holds no data, so a reader in between
+        # gets a not-found error at worst, never wrong rows.
+        bq.delete_table(view_id, not_found_ok=True)
+        bq.create_table(definition)
+        ids.append(view_id)
+    return ids
 
 
 def ensure_tables(bq: bigquery.Client, tables) -> list[str]:
@@ -109,6 +127,7 @@ class LoadStagedFn(beam.DoFn):
             self._loaded[name].inc(arrow.num_rows)
             logging.info("loaded %s rows into %s", arrow.num_rows, table_id(self._project, table))
             yield name, arrow.num_rows
+        create_views(bq, VIEWS.values())
         FileSystems.delete([self._staging])
 
 
