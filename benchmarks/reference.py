@@ -10,7 +10,8 @@ SQL, not translated from the Beam transforms, so a bug in one implementation
 shows up as a difference. What the two share is deliberately small: the
 field list of each record type (``schemas.contract.RECORD_TYPES``, the
 contract itself, from which the validity checks below are generated), the
-gold column names (``schemas.tables.GOLD``) and the PII key.
+gold column names (``schemas.tables.GOLD``), the PII key, and the clock
+helpers (processing time, end of the as-of day).
 
 Scope, and where it is simpler than the pipeline (none of it changes gold):
 
@@ -30,16 +31,18 @@ import gzip
 import hashlib
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from schemas import contract
 from schemas.contract import ENVELOPE, MAX_FUTURE_MICROS, MAX_RECORD_BYTES, MIN_TIMESTAMP_MS, RECORD_TYPES, Field
 from schemas.table import DATE, TIMESTAMP
 from schemas.tables import GOLD
 from transforms.bronze import pii_key_from_env
+from transforms.gold import end_of_day_micros
 
 SQL_FILE = Path(__file__).with_name("reference.sql")
 NEVER = -(1 << 62)  # version of a record without one: older than any
@@ -159,11 +162,6 @@ def hmac_macro(key: bytes) -> str:
             f"sha256(unhex('{outer}') || unhex(sha256(unhex('{inner}') || encode(v))))")
 
 
-def end_of_day_micros(day: date) -> int:
-    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
-    return int(end.timestamp()) * 1_000_000
-
-
 def build(con: duckdb.DuckDBPyConnection, paths: list[str], as_of: date, now_micros: int, pii_key: bytes,
           progress=print) -> dict:
     """Loads the landing files and runs the whole reference; returns row counts per gold table."""
@@ -249,8 +247,7 @@ def main(argv=None):
         if not paths:
             parser.error(f"no input files match {args.input}")
         con = duckdb.connect()
-        now = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
-        counts = build(con, paths, args.as_of, now, pii_key_from_env())
+        counts = build(con, paths, args.as_of, contract.now_micros(), pii_key_from_env())
         write_gold(con, Path(args.out))
         print("reference gold rows: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     if args.compare:

@@ -135,7 +135,7 @@ def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir:
     generate.generate(generate.Config(users=int(needed / RECORDS_PER_USER_DAY) + 100, days=1, seed=7,
                                       start=yesterday, max_scan_lag_days=0), landing)
     messages = lines_of(sorted(glob.glob(os.path.join(landing, "*.jsonl"))))
-    warmup = [m for m in messages if identity(m) and identity(m)[0] == "silver_users"][:1]
+    warmup = [next(m for m in messages if (identity(m) or ("",))[0] == "silver_users")]
     paced, drained = messages[:paced_n], messages[paced_n:paced_n + backlog]
     if len(drained) < backlog:
         raise RuntimeError(f"generated only {len(messages)} messages, {needed} needed")

@@ -69,7 +69,7 @@ def _gold_to_bigquery(lake, bq):
     from devtools import bigquery_emulator
 
     return gold_daily.main(["--lake", str(lake), "--sink", "bigquery", f"--project={bq.project}",
-                            "--bigquery-endpoint", f"http://{bigquery_emulator.SERVICE.host()}"])
+                            "--bigquery-endpoint", bigquery_emulator.endpoint(bigquery_emulator.SERVICE.host())])
 
 
 def _bigquery_rows(bq, table) -> list[tuple]:

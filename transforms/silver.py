@@ -79,6 +79,12 @@ class JoinToSessionFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(_CHILD_TABLE[kind], {**child, **context})
 
 
+def unknown_parent_context(columns: tuple[str, ...]) -> dict:
+    """The parent's columns when the parent is unknown: nulls, except that the
+    child keeps its own platform."""
+    return {c: None for c in columns if c != "platform"}
+
+
 class AttachParentFn(beam.DoFn):
     """Children keyed by a parent id + the parent's context -> children with
     the parent's resolved columns (or their own platform when it is unknown)."""
@@ -93,7 +99,7 @@ class AttachParentFn(beam.DoFn):
         if parents:
             context = parents[0]
         else:
-            context = {c: None for c in self._columns if c != "platform"}
+            context = unknown_parent_context(self._columns)
         for child in grouped["child"]:
             if not parents:
                 self._orphans.inc()

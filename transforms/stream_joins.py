@@ -26,6 +26,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE
 from transforms.dedup import combine_fn_for, extra_copies_counter
+from transforms.silver import unknown_parent_context
 
 PARENT, CHILD = "parent", "child"
 STRING_KEYED = typing.Tuple[str, typing.Any]  # a deterministic key coder for the state
@@ -108,7 +109,7 @@ class JoinToParentFn(_ExpiringStateFn):
         state.write(current)
         context = current["context"]
         resolved = ({c: context[c] for c in self._columns} if context is not None
-                    else {c: None for c in self._columns if c != "platform"})
+                    else unknown_parent_context(self._columns))
         for child_id in changed:
             winner, copies, _ = self._combine.extract_output(current["children"][child_id])
             yield {**winner, **resolved, "copies": copies, "_version": current["version"]}
