@@ -17,6 +17,13 @@ dates are counted (``outside_date_range``) and left alone.
 
 All writes are staged and committed by one final step; a run that fails
 leaves the lake as it was.
+
+With ``--sink bigquery --project P`` the same rows also go to BigQuery
+before the lake commit (``transforms.bigquery_io``): bronze and the dead
+letter by a MERGE on where each record was received, silver by a MERGE on
+its identity. Each MERGE restates what this run's lake rule restates (the
+input's own rows, or the date range, or all of silver), so a rerun or a
+replay never duplicates a row and BigQuery holds what the lake holds.
 """
 from __future__ import annotations
 
@@ -28,13 +35,14 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.common import parse, run_pipeline, setup_logging
+from pipelines.common import add_sink_flags, bigquery_target, parse, run_pipeline, setup_logging
 from schemas import contract
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
+from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseToBronze, pii_key_from_env
 from transforms.lake_io import (CommitLakeWrites, Replace, ReadLakeTable, ReadLandingFiles, WriteStaged,
-                                expand_inputs, new_staging_dir, source_id, table_dir)
+                                expand_inputs, new_staging_dir, table_dir)
 from transforms.silver import BuildSilver
 
 
@@ -42,19 +50,18 @@ def _date_range(first: date, last: date) -> list[str]:
     return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
-def _source_ids(paths: list[str], lake: str) -> frozenset:
-    """Ids naming the bronze/dead-letter files each input produces. A raw-layer
-    file replays records of the landing files it was copied from."""
+def _source_files(paths: list[str], lake: str) -> frozenset:
+    """The landing files whose records the inputs hold (``None``: Pub/Sub). A
+    raw-layer file replays records of the landing files it was copied from."""
     raw_root = table_dir(lake, RAW).rstrip("/") + "/"
-    ids = set()
+    files = set()
     for path in paths:
         if path.startswith(raw_root):
             with FileSystems.open(path) as f:
-                files = pq.read_table(f, columns=["source_file"]).column(0).unique().to_pylist()
-            ids.update(source_id(s) for s in files)
+                files.update(pq.read_table(f, columns=["source_file"]).column(0).unique().to_pylist())
         else:
-            ids.add(source_id(path))
-    return frozenset(ids)
+            files.add(path)
+    return frozenset(files)
 
 
 class InDateRange(beam.DoFn):
@@ -70,9 +77,10 @@ class InDateRange(beam.DoFn):
 
 
 def build(p: beam.Pipeline, paths: list[str], lake: str, date_range: tuple[date, date] | None,
-          pii_key: bytes, now: int) -> None:
+          pii_key: bytes, now: int, bigquery: BigQueryTarget | None = None) -> None:
+    """``bigquery``: also merge bronze, dead letter and silver there."""
     staging = new_staging_dir(lake)
-    sources = _source_ids(paths, lake)
+    sources = _source_files(paths, lake)
     days = frozenset(_date_range(*date_range)) if date_range else None
 
     raw = p | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
@@ -99,7 +107,11 @@ def build(p: beam.Pipeline, paths: list[str], lake: str, date_range: tuple[date,
         staged.append(silver[name] | f"Stage_{name}" >> WriteStaged(table, staging))
         rules.append(Replace(table, "table"))
 
-    _ = staged | "AllStaged" >> beam.Flatten() | "Commit" >> CommitLakeWrites(lake, staging, rules)
+    staged = staged | "AllStaged" >> beam.Flatten()
+    if bigquery is not None:
+        staged = staged | "PublishToBigQuery" >> PublishToBigQuery(
+            bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules])
+    _ = staged | "Commit" >> CommitLakeWrites(lake, staging, rules)
 
 
 def main(argv=None):
@@ -109,7 +121,9 @@ def main(argv=None):
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--from", dest="date_from", type=date.fromisoformat, help="first event_date to replace")
     parser.add_argument("--to", dest="date_to", type=date.fromisoformat, help="last event_date to replace")
+    add_sink_flags(parser, "bronze, the dead letter and silver")
     args, options = parse(parser, argv)
+    bigquery = bigquery_target(parser, args, options)
     if (args.date_from is None) != (args.date_to is None):
         parser.error("--from and --to go together")
     setup_logging()
@@ -119,9 +133,10 @@ def main(argv=None):
     now = contract.now_micros()
     date_range = (args.date_from, args.date_to) if args.date_from else None
     print(f"backfill: {len(paths)} input files -> {args.lake}"
+          + (f" and BigQuery {bigquery.project}" if bigquery else "")
           + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else ""))
     return run_pipeline("backfill", options,
-                        lambda p: build(p, paths, args.lake, date_range, pii_key_from_env(), now))
+                        lambda p: build(p, paths, args.lake, date_range, pii_key_from_env(), now, bigquery))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,30 @@ def parse(parser: argparse.ArgumentParser, argv=None, local_runner: str = LOCAL_
     return args, PipelineOptions(beam_args)
 
 
+def add_sink_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--sink lake|bigquery`` and ``--bigquery-endpoint``; see ``bigquery_target``."""
+    parser.add_argument("--sink", choices=("lake", "bigquery"), default="lake",
+                        help=f"lake: the Parquet lake only (default); bigquery: {what} also go to BigQuery "
+                             "datasets of --project")
+    parser.add_argument("--bigquery-endpoint", help="with --sink bigquery: another endpoint, e.g. the local "
+                                                    "emulator http://127.0.0.1:9050")
+
+
+def bigquery_target(parser: argparse.ArgumentParser, args: argparse.Namespace, options: PipelineOptions):
+    """The BigQuery target of ``--sink bigquery``, else None. The project is
+    Beam's own ``--project``, so a Dataflow job and its tables share it."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    from transforms.bigquery_io import BigQueryTarget
+
+    if args.sink != "bigquery":
+        return None
+    project = options.view_as(GoogleCloudOptions).project
+    if not project:
+        parser.error("--sink bigquery needs --project")
+    return BigQueryTarget(project, args.bigquery_endpoint)
+
+
 def setup_logging() -> None:
     # force: Beam installs a root handler on import, which would make this a no-op.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",

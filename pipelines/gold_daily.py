@@ -8,11 +8,11 @@ earlier days) and replaces each ``gold/<table>/`` in one commit at the end.
 ``--as-of`` (default: today, UTC) leaves out records whose own time is after
 that day, to restate a past day as it was knowable then.
 
-With ``--sink bigquery`` the gold tables are replaced in BigQuery dataset
-``gold`` of ``--project`` instead (created from ``schemas/`` when missing):
-the files are staged in the lake, then each table is replaced by one load job
-with WRITE_TRUNCATE (``transforms.bigquery_io``). ``--bigquery-endpoint``
-points the same code at the local emulator.
+With ``--sink bigquery`` the gold tables are also replaced in BigQuery
+dataset ``gold`` of ``--project`` (created from ``schemas/`` when missing),
+before the lake commit: each table by one load job with WRITE_TRUNCATE, then
+the use-case views are recreated (``transforms.bigquery_io``).
+``--bigquery-endpoint`` points the same code at the local emulator.
 """
 from __future__ import annotations
 
@@ -20,28 +20,27 @@ import argparse
 from datetime import date, datetime, timezone
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from pipelines.common import parse, run_pipeline, setup_logging
+from pipelines.common import add_sink_flags, bigquery_target, parse, run_pipeline, setup_logging
 from schemas.tables import GOLD, SILVER
-from transforms.bigquery_io import LoadIntoBigQuery
+from schemas.views import VIEWS
+from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
 from transforms.gold import BuildGold, CutAtAsOf
 from transforms.lake_io import CommitLakeWrites, Replace, ReadLakeTable, WriteStaged, list_files, new_staging_dir, table_dir
 
 
-def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: tuple[str, str | None] | None = None) -> None:
-    """``bigquery``: (project, endpoint or None) to replace the tables there instead of in the lake."""
+def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | None = None) -> None:
+    """``bigquery``: also replace the tables there."""
     staging = new_staging_dir(lake)
     silver = {name: p | f"Read_{name}" >> ReadLakeTable(table, lake, list_files(table_dir(lake, table)))
               for name, table in SILVER.items()}
     gold = silver | "CutAtAsOf" >> CutAtAsOf(as_of) | "BuildGold" >> BuildGold()
     staged = [gold[name] | f"Stage_{name}" >> WriteStaged(table, staging) for name, table in GOLD.items()]
     staged = staged | "AllStaged" >> beam.Flatten()
-    if bigquery is None:
-        _ = staged | "Commit" >> CommitLakeWrites(lake, staging, [Replace(t, "table") for t in GOLD.values()])
-    else:
-        project, endpoint = bigquery
-        _ = staged | "LoadIntoBigQuery" >> LoadIntoBigQuery(project, endpoint, GOLD, staging)
+    if bigquery is not None:
+        staged = staged | "PublishToBigQuery" >> PublishToBigQuery(
+            bigquery, [BigQueryWrite(t, "truncate") for t in GOLD.values()], VIEWS.values())
+    _ = staged | "Commit" >> CommitLakeWrites(lake, staging, [Replace(t, "table") for t in GOLD.values()])
 
 
 def main(argv=None):
@@ -50,18 +49,12 @@ def main(argv=None):
     parser.add_argument("--as-of", "--as_of", dest="as_of", type=date.fromisoformat,
                         default=datetime.now(timezone.utc).date(),
                         help="last day of data to include (default: today, UTC)")
-    parser.add_argument("--sink", choices=("lake", "bigquery"), default="lake",
-                        help="where gold goes: LAKE/gold/ (default) or BigQuery dataset gold")
-    parser.add_argument("--bigquery-endpoint", help="with --sink bigquery: another endpoint, e.g. the local "
-                                                    "emulator http://127.0.0.1:9050")
+    add_sink_flags(parser, "the gold tables and the use-case views")
     args, options = parse(parser, argv)
-    project = options.view_as(GoogleCloudOptions).project  # Beam's --project serves both
-    if args.sink == "bigquery" and not project:
-        parser.error("--sink bigquery needs --project")
+    bigquery = bigquery_target(parser, args, options)
     setup_logging()
-    target = f"BigQuery {project}.gold" if args.sink == "bigquery" else f"{args.lake}/gold"
-    print(f"gold_daily: {args.lake} as of {args.as_of} -> {target}")
-    bigquery = (project, args.bigquery_endpoint) if args.sink == "bigquery" else None
+    print(f"gold_daily: {args.lake} as of {args.as_of} -> {args.lake}/gold"
+          + (f" and BigQuery {bigquery.project}.gold" if bigquery else ""))
     return run_pipeline("gold_daily", options, lambda p: build(p, args.lake, args.as_of, bigquery))
 
 

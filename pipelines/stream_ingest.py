@@ -3,6 +3,7 @@
     python -m pipelines.stream_ingest --subscription projects/P/subscriptions/S --lake DIR \\
         [--window-seconds 60] [--allowed-lateness-hours 48] [--join-state-days 30] \\
         [--early-firing-seconds N] [--run-for SECONDS] [--runner ...]
+        [--sink bigquery --project P [--bigquery-endpoint URL]]
 
 * raw: every message byte for byte, with message id, attributes, publish
   time and ingest time, one Parquet file per window pane (never rewritten);
@@ -14,6 +15,13 @@
   (``transforms.sessionize``), users, responses and scans from stateful
   upserts and joins (``transforms.stream_joins``); dedup by identity with the
   batch's own rules, so the result equals the batch's for the same input.
+
+With ``--sink bigquery`` the same rows also go to BigQuery, merged at most
+every window length (``transforms.bigquery_io``): bronze and the dead letter
+appended by a MERGE that inserts only records not received before (a
+redelivered message adds nothing), silver upserted by a MERGE on identity
+into dataset ``silver_stream`` (the daily backfill owns ``silver``, as in
+the lake).
 
 Files are windowed by ingest time (when this pipeline received a message), so
 a backlog published before the job started is written, not dropped as late.
@@ -38,10 +46,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.common import parse, setup_logging
+from pipelines.common import add_sink_flags, bigquery_target, parse, setup_logging
 from schemas import contract
 from schemas.contract import RECORD_TYPES
-from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
+from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER, SILVER_STREAM
+from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, MergeIntoBigQuery
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseToBronze, pii_key_from_env
 from transforms.lake_io import WriteCurrentSnapshot, WriteWindowedFiles, list_files, stream_snapshot_path, table_dir
@@ -77,7 +86,8 @@ class PubsubToRawFn(beam.DoFn):
 
 def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key: bytes,
           allowed_lateness: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
-          early_firing_seconds: int | None = None) -> None:
+          early_firing_seconds: int | None = None, bigquery: BigQueryTarget | None = None) -> None:
+    """``bigquery``: also merge bronze, dead letter and silver there."""
     raw = (p
            | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
            | "ToRawRows" >> beam.ParDo(PubsubToRawFn()))
@@ -106,6 +116,14 @@ def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, p
                                                   ("event_id", "session_id", "user_id", "platform"), join_expiry))
     for name, table in SILVER.items():
         _ = silver[name] | f"Upsert_{name}" >> WriteCurrentSnapshot(table, lake, window_seconds)
+
+    if bigquery is not None:
+        merges = [(parsed[name], BigQueryWrite(table, "append")) for name, table in BRONZE.items()]
+        merges.append((parsed[DEAD_LETTER_TAG], BigQueryWrite(DEAD_LETTER, "append")))
+        merges += [(silver[name], BigQueryWrite(table, "upsert")) for name, table in SILVER_STREAM.items()]
+        for rows, write in merges:
+            _ = rows | f"MergeIntoBigQuery_{write.table.layer}_{write.table.name}" >> MergeIntoBigQuery(
+                bigquery, write, window_seconds)
 
 
 def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_every: float = 10.0):
@@ -161,12 +179,15 @@ def main(argv=None, stop_when=None):
                         help="update open sessions in silver this often (default: the window length; 0: only "
                              "when a session closes, 30 minutes after its last record)")
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
+    add_sink_flags(parser, "bronze, the dead letter and silver")
     args, options = parse(parser, argv, local_runner=STREAMING_RUNNER, streaming=True)
+    bigquery = bigquery_target(parser, args, options)
     setup_logging()
-    print(f"stream_ingest: {args.subscription} -> {args.lake} ({args.window_seconds} s windows)")
+    print(f"stream_ingest: {args.subscription} -> {args.lake}"
+          + (f" and BigQuery {bigquery.project}" if bigquery else "") + f" ({args.window_seconds} s windows)")
     p = beam.Pipeline(options=options)
     build(p, args.subscription, args.lake, args.window_seconds, pii_key_from_env(),
-          int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds)
+          int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds, bigquery)
     if args.run_for is None:
         result = p.run()
         result.wait_until_finish()

@@ -5,6 +5,8 @@ of gold tables follow TABLES_AND_METRICS.md exactly.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from schemas.table import BOOL, BYTES, DATE, FLOAT64, INT64, STRING, TIMESTAMP, Table, col
 
 # --- raw ---------------------------------------------------------------------------
@@ -188,6 +190,12 @@ SILVER_USER_ACTIVITY = _silver("silver_user_activity", "One row per activity (fi
 
 SILVER = {t.name: t for t in (SILVER_USERS, SILVER_SESSIONS, SILVER_VIEWS, SILVER_CLICKS,
                               SILVER_EVENTS, SILVER_EVENT_RESPONSES, SILVER_USER_ACTIVITY)}
+# The streaming job's silver (speed layer): the same tables in their own
+# layer, because the stream sees only its own records and the daily backfill
+# restates ``silver`` from all of bronze.
+SILVER_STREAM = {name: replace(t, layer="silver_stream",
+                               description=t.description + " Kept current by the streaming job.")
+                 for name, t in SILVER.items()}
 
 # --- gold ------------------------------------------------------------------------------
 FACT_FUNNEL_STAGE = Table("fact_funnel_stage", "gold", "One row per (session, reached funnel stage).", (

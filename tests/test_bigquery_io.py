@@ -1,5 +1,6 @@
 """BigQuery tables from schemas/, created in the real local BigQuery emulator."""
 import uuid
+from datetime import date
 
 import pytest
 from google.cloud import bigquery
@@ -62,30 +63,13 @@ def test_rows_written_to_an_emulator_table_read_back(bigquery_emulator):
 
 # --- gold_daily --sink bigquery ---------------------------------------------------------------
 from pipelines import backfill, gold_daily  # noqa: E402
+from tests.bigquery_checks import (assert_bigquery_holds_the_lake, bigquery_rows, fresh_project,  # noqa: E402
+                                   lake_rows, sink_flags)
 from tests.conftest import read_table  # noqa: E402
 
 
 def _gold_to_bigquery(lake, bq):
-    from devtools import bigquery_emulator
-
-    return gold_daily.main(["--lake", str(lake), "--sink", "bigquery", f"--project={bq.project}",
-                            "--bigquery-endpoint", bigquery_emulator.endpoint(bigquery_emulator.SERVICE.host())])
-
-
-def _bigquery_rows(bq, table) -> list[tuple]:
-    got = bq.query(f"SELECT * FROM `{bigquery_io.table_id(bq.project, table)}`").result()
-    return sorted((tuple(_plain(v) for v in row.values()) for row in got), key=repr)
-
-
-def _plain(value):
-    return value.isoformat() if hasattr(value, "isoformat") else value
-
-
-def _lake_rows(lake, table) -> list[tuple]:
-    import pyarrow as pa
-    rows = read_table(lake / "gold" / table.name)
-    arrow = pa.Table.from_pylist(rows).select([c.name for c in table.columns]) if rows else None
-    return sorted((tuple(_plain(v) for v in r.values()) for r in (arrow.to_pylist() if arrow else [])), key=repr)
+    return gold_daily.main(["--lake", str(lake), *sink_flags(bq)])
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +88,14 @@ def silver_lake(tmp_path_factory):
 def test_gold_in_bigquery_equals_the_lake_gold_and_a_rerun_replaces_it(silver_lake, bigquery_emulator):
     bq = bigquery_emulator
     _gold_to_bigquery(silver_lake, bq)
-    first = {name: _bigquery_rows(bq, t) for name, t in GOLD.items()}
+    first = {name: bigquery_rows(bq, t) for name, t in GOLD.items()}
     for name, table in GOLD.items():
-        assert first[name] == _lake_rows(silver_lake, table), name
+        assert first[name] == lake_rows(silver_lake, table), name  # also written to the lake
         got = bq.get_table(bigquery_io.table_id(bq.project, table))
         assert got.description == table.description  # the load keeps the definition
     assert sum(len(rows) for rows in first.values()) > 0
     _gold_to_bigquery(silver_lake, bq)
-    assert {name: _bigquery_rows(bq, t) for name, t in GOLD.items()} == first  # replaced, not appended
+    assert {name: bigquery_rows(bq, t) for name, t in GOLD.items()} == first  # replaced, not appended
 
 
 def test_a_gold_run_that_fails_leaves_the_previous_snapshot(silver_lake, bigquery_emulator, tmp_path):
@@ -119,13 +103,13 @@ def test_a_gold_run_that_fails_leaves_the_previous_snapshot(silver_lake, bigquer
 
     bq = bigquery_emulator
     _gold_to_bigquery(silver_lake, bq)
-    before = {name: _bigquery_rows(bq, t) for name, t in GOLD.items()}
+    before = {name: bigquery_rows(bq, t) for name, t in GOLD.items()}
     broken = tmp_path / "lake"
     shutil.copytree(silver_lake, broken)
     (broken / "silver" / "silver_events" / "zz-corrupt.parquet").write_bytes(b"not parquet")
     with pytest.raises(Exception):
         _gold_to_bigquery(broken, bq)
-    assert {name: _bigquery_rows(bq, t) for name, t in GOLD.items()} == before
+    assert {name: bigquery_rows(bq, t) for name, t in GOLD.items()} == before
 
 
 def test_gold_facts_are_partitioned_by_their_date():
@@ -160,3 +144,51 @@ def test_use_case_views_read_the_loaded_gold(silver_lake, bigquery_emulator):
 
     trend = list(bq.query(f"SELECT * FROM `{bq.project}.gold.v_conversion_trend`").result())
     assert trend and all(r.conversion_rate_7d is None or 0 <= r.conversion_rate_7d <= 1 for r in trend)
+
+
+# --- backfill --sink bigquery ---------------------------------------------------------------
+def test_backfill_into_bigquery_holds_the_lake_and_reruns_and_replays_never_duplicate(bigquery_emulator, tmp_path):
+    """Bronze, dead letter and silver merged by the backfill equal the lake
+    after a first run, a rerun, a replay of the raw layer, a replay of one day
+    and a landing file sent again with lines missing (whose rows go)."""
+    from pipelines import generate
+
+    bq = fresh_project()
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    generate.generate(generate.Config(users=150, days=2, seed=11, invalid_share=0.05), str(landing))
+
+    def run(*args):
+        backfill.main([*args, "--lake", str(lake), *sink_flags(bq)])
+        return assert_bigquery_holds_the_lake(bq, lake)
+
+    first = run("--input", str(landing / "*.jsonl"))
+    assert all(first.values()), first  # every table has rows, the dead letter too
+    assert run("--input", str(landing / "*.jsonl")) == first              # a rerun restates, adds nothing
+    raw = str(lake / "raw" / "**" / "*.parquet")
+    assert run("--input", raw) == first                                   # a replay of the raw layer
+    day = min(r[0] for r in bq.query(f"SELECT MIN(event_date) FROM `{bq.project}.bronze.bronze_views`").result())
+    assert run("--input", raw, "--from", day.isoformat(), "--to", day.isoformat()) == first
+
+    resent = sorted(landing.glob("*.jsonl"))[0]
+    lines = resent.read_bytes().splitlines(keepends=True)
+    resent.write_bytes(b"".join(lines[: len(lines) // 2]))
+    fewer = run("--input", str(resent))
+    assert sum(fewer.values()) < sum(first.values())
+
+
+def test_merge_statement_restates_exactly_the_lake_rule():
+    from transforms.lake_io import Replace
+
+    views = BRONZE["bronze_views"]
+    sql, params = bigquery_io.merge_statement(
+        "p", bigquery_io.BigQueryWrite(views, "upsert", Replace(views, "sources", frozenset({"a.jsonl", None}))),
+        "p.ops.s", {"2026-11-02"})
+    assert "WHEN MATCHED THEN UPDATE" in sql
+    assert "WHEN NOT MATCHED BY SOURCE AND (T.source_file IN UNNEST(@replaced_sources) OR T.source_file IS NULL)" in sql
+    assert "T.event_date IN UNNEST(@prune_values)" in sql  # a MERGE reads only the partitions it touches
+    assert {p.name: p.values for p in params} == {"prune_values": [date(2026, 11, 2)],
+                                                    "replaced_sources": ["a.jsonl"]}
+    append, _ = bigquery_io.merge_statement("p", bigquery_io.BigQueryWrite(views, "append"), "p.ops.s", set())
+    assert "WHEN MATCHED" not in append and "NOT MATCHED BY SOURCE" not in append  # inserts only new keys
+    with pytest.raises(ValueError):
+        bigquery_io.BigQueryWrite(views, "append", Replace(views, "table"))

@@ -10,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.tables import BRONZE, RAW, SILVER
 from transforms.lake_io import (CommitLakeWrites, ReadLandingFiles, Replace, WriteStaged, list_files,
-                                new_staging_dir, source_id, table_dir)
+                                new_staging_dir, table_dir)
 from tests.conftest import T0, local_pipeline, read_table
 
 LINES = [b'{"record_type":"view","n":1}', b"", b"\xff\xfe not utf-8", b'{"record_type":"view","n":2}\r']
@@ -80,7 +80,7 @@ def test_replace_rules_remove_exactly_what_they_name(tmp_path):
     assert sorted(r["click_id"] for r in read_table(lake / "bronze" / table.name)) == ["c1", "c2", "c3"]
 
     # Re-ingesting source f1 replaces f1's rows only.
-    _write(lake, table, [click("c1b", "2026-11-01", "f1")], Replace(table, "sources", frozenset({source_id("f1")})))
+    _write(lake, table, [click("c1b", "2026-11-01", "f1")], Replace(table, "sources", frozenset({"f1"})))
     assert sorted(r["click_id"] for r in read_table(lake / "bronze" / table.name)) == ["c1b", "c3"]
 
     # A date range replaces exactly its partitions, whatever the source.

@@ -10,6 +10,8 @@ from google.protobuf import timestamp_pb2
 from pipelines import backfill, generate, stream_ingest
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
 from schemas.contract import RECORD_TYPES
+from schemas.tables import SILVER_STREAM
+from tests.bigquery_checks import assert_bigquery_holds_the_lake, fresh_project, sink_flags
 from tests.conftest import read_table
 
 
@@ -81,7 +83,9 @@ def _rows_by_key(rows, key):
     return {r[key]: r for r in rows}
 
 
-def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulator, tmp_path):
+def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulator, bigquery_emulator, tmp_path):
+    """... in the lake and in BigQuery, where a redelivered message is one row."""
+    bq = fresh_project()
     run = uuid.uuid4().hex[:8]
     topic = f"projects/{pubsub_emulator}/topics/raw-events-{run}"
     subscription = f"projects/{pubsub_emulator}/subscriptions/stream-ingest-{run}"
@@ -113,8 +117,10 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
         return complete and time.time() - max(p.stat().st_mtime for p in snapshots) > 12
 
     stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
-                        "--run-for", "300"], stop_when=caught_up)
+                        "--run-for", "300", *sink_flags(bq)], stop_when=caught_up)
     assert caught_up()
+    streamed_to_bigquery = assert_bigquery_holds_the_lake(bq, lake, SILVER_STREAM)
+    assert streamed_to_bigquery["bronze_views"] < len(read_table(lake / "bronze" / "bronze_views"))  # redelivered
     streamed = {t: read_table(lake / "silver_stream" / t) for t in keyed}
     for table, key in keyed.items():
         keys = [r[key] for r in streamed[table]]
@@ -131,7 +137,8 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
     assert any(r["copies"] > 1 for r in streamed["silver_event_responses"])     # status versions merged
 
     # The batch path over the very raw files the stream wrote.
-    backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake)])
+    backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake), *sink_flags(bq)])
+    assert_bigquery_holds_the_lake(bq, lake)
     for table, key in keyed.items():
         batch = _rows_by_key(read_table(lake / "silver" / table), key)
         stream = _rows_by_key(streamed[table], key)

@@ -1,4 +1,5 @@
-"""BigQuery as a sink: datasets and tables created from ``schemas/``.
+"""BigQuery as a sink: tables created from ``schemas/``, written by load
+jobs and MERGE statements.
 
 The same code talks to BigQuery and to the local emulator; only the endpoint
 and the credentials differ (``client``). Every table comes from its one
@@ -9,24 +10,52 @@ clustering columns: bronze is partitioned by ``event_date`` and clustered by
 ``platform``, the gold facts by their date and clustered by ``platform`` /
 ``user_id``.
 
-Datasets follow the layers: ``bronze``, ``silver``, ``gold`` and ``ops``
-(the dead letter).
+Datasets follow the layers: ``bronze``, ``silver``, ``silver_stream`` (the
+streaming job's silver), ``gold`` and ``ops`` (the dead letter, and the
+short-lived scratch tables a MERGE reads from).
+
+How a run's rows go in (``BigQueryWrite``):
+
+* ``truncate`` (gold): one load job with WRITE_TRUNCATE per table. A load
+  job replaces its table atomically: readers see the old or the new rows.
+* ``upsert`` (silver, and bronze from the batch): the rows are loaded into a
+  scratch table, then one MERGE on the row's key updates the rows it has,
+  inserts the new ones and, given the run's lake ``Replace`` rule, deletes
+  the rows that rule covers which the run no longer produced. So a rerun or a
+  replay restates rows instead of adding them, and BigQuery ends up holding
+  what the lake holds. One MERGE is one atomic statement.
+* ``append`` (bronze and dead letter from the stream): the same MERGE, but it
+  only inserts rows whose key is new, so a redelivered message adds nothing.
+
+Keys: silver rows by their identity (``Table.key``). Bronze keeps every copy
+a producer sent, so a bronze (or dead-letter) row is identified by where it
+was received: the Pub/Sub message id, else the landing file and line.
 """
 from __future__ import annotations
 
 import io
 import logging
+import uuid
 from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from google.cloud import bigquery
 
 from schemas.table import DATE, TIMESTAMP, Table
-from schemas.views import VIEWS
+from transforms.lake_io import BatchEvery, Replace, newest_per_key, read_parquet_arrow
+
+
+SCRATCH_DATASET = "ops"
+# Rows per load job when a MERGE's rows are staged: bounds a worker's memory.
+ROWS_PER_LOAD = 500_000
+# Where a bronze row was received: a Pub/Sub message, else a landing file line.
+PROVENANCE = "COALESCE({t}.message_id, CONCAT({t}.source_file, '#', CAST({t}.source_line AS STRING)))"
 
 
 def client(project: str, endpoint: str | None = None) -> bigquery.Client:
@@ -79,8 +108,10 @@ def create_views(bq: bigquery.Client, views) -> list[str]:
 
 
 def ensure_tables(bq: bigquery.Client, tables) -> list[str]:
-    """Creates the datasets and tables that do not exist yet; returns the table ids."""
+    """Creates the datasets and tables that do not exist yet (and the scratch
+    dataset); returns the table ids."""
     ids = []
+    bq.create_dataset(f"{bq.project}.{SCRATCH_DATASET}", exists_ok=True)
     for table in tables:
         bq.create_dataset(f"{bq.project}.{table.layer}", exists_ok=True)
         bq.create_table(bigquery_table(bq.project, table), exists_ok=True)
@@ -88,58 +119,225 @@ def ensure_tables(bq: bigquery.Client, tables) -> list[str]:
     return ids
 
 
-# --- truncate and load ---------------------------------------------------------------------
-class LoadStagedFn(beam.DoFn):
-    """All staged files of a run -> one load job per table with WRITE_TRUNCATE.
+@dataclass(frozen=True)
+class BigQueryTarget:
+    """Where the tables go: a project, and another endpoint for the local emulator."""
+    project: str
+    endpoint: str | None = None
 
-    A load job replaces its table atomically: readers see the old or the new
-    rows, never a mix, and a job that fails leaves the old rows. The loads run
-    only after every file is staged, so a run that fails earlier changes
-    nothing. Each table is replaced on its own (there is no cross-table
-    transaction): a failure between two loads leaves the tables loaded so far
-    new and the others as they were, each whole. The staged files of a table
-    are combined into one Parquet upload, so the same call serves a local
-    lake and ``gs://`` alike."""
+    def client(self) -> bigquery.Client:
+        return client(self.project, self.endpoint)
 
-    def __init__(self, project: str, endpoint: str | None, tables: dict, staging: str):
-        self._project, self._endpoint, self._tables, self._staging = project, endpoint, tables, staging
-        self._loaded = {name: Metrics.counter("funnel", f"rows_loaded_{name}") for name in tables}
+
+@dataclass(frozen=True)
+class BigQueryWrite:
+    """How one run's rows of ``table`` go in: ``mode`` is ``truncate``,
+    ``upsert`` or ``append`` (see the module docstring); ``replace`` (upsert
+    only) is the run's lake rule, whose rows the run restates."""
+    table: Table
+    mode: str
+    replace: Replace | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("truncate", "upsert", "append"):
+            raise ValueError(self.mode)
+        if self.replace is not None and self.mode != "upsert":
+            raise ValueError("only an upsert restates the rows of a Replace rule")
+
+
+def merge_key(table: Table) -> tuple[str, str | None]:
+    """The SQL expression identifying a row (``{t}`` stands for the table
+    alias) and the partition column a MERGE can prune on: ``event_date``,
+    which a record keeps however often it is received (unlike ``ingest_date``)."""
+    if table.layer in ("silver", "silver_stream"):
+        return "{t}." + table.key[0], None
+    return PROVENANCE, ("event_date" if "event_date" in table.partition_by else None)
+
+
+def _parameter(name: str, column_type: str, values) -> bigquery.ArrayQueryParameter:
+    values = sorted(values, key=str)
+    if column_type == DATE:
+        values = [v if isinstance(v, date) else date.fromisoformat(v) for v in values]
+    return bigquery.ArrayQueryParameter(name, column_type, values)
+
+
+def _deletes(rule: Replace) -> tuple[str, list]:
+    """The lake rule as a condition on the target rows (alias ``T``)."""
+    if rule.scope == "table":
+        return "TRUE", []
+    if rule.scope == "sources":
+        files = [f for f in rule.values if f is not None]
+        condition = "T.source_file IN UNNEST(@replaced_sources)"
+        if None in rule.values:
+            condition += " OR T.source_file IS NULL"
+        return condition, [bigquery.ArrayQueryParameter("replaced_sources", "STRING", sorted(files))]
+    column = {v.split("=", 1)[0] for v in rule.values}
+    if len(column) > 1:
+        raise ValueError(f"partitions of one column only, not {sorted(column)}")
+    name = column.pop() if column else rule.table.partition_by[0]
+    types = {c.name: c.type for c in rule.table.columns}
+    return (f"T.{name} IN UNNEST(@replaced_partitions)",
+            [_parameter("replaced_partitions", types[name], (v.split("=", 1)[1] for v in rule.values))])
+
+
+def merge_statement(project: str, write: BigQueryWrite, scratch: str, prune_values) -> tuple[str, list]:
+    """The MERGE of ``scratch`` into the table, and its query parameters.
+
+    The source is deduplicated on the key first (the first received copy
+    wins), since a MERGE may match each target row at most once."""
+    table = write.table
+    key, prune = merge_key(table)
+    columns = table.column_names
+    order = " ORDER BY R.ingested_at" if "ingested_at" in columns else ""
+    on = f"{key.format(t='T')} = {key.format(t='S')}"
+    params = []
+    if prune is not None:
+        on += f" AND T.{prune} IN UNNEST(@prune_values)"
+        types = {c.name: c.type for c in table.columns}
+        params.append(_parameter("prune_values", types[prune], prune_values))
+    sql = [f"MERGE `{table_id(project, table)}` T",
+           f"USING (SELECT * FROM `{scratch}` R WHERE TRUE "
+           f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {key.format(t='R')}{order}) = 1) S",
+           f"ON {on}"]
+    if write.mode == "upsert":
+        sql.append("WHEN MATCHED THEN UPDATE SET " + ", ".join(f"{c} = S.{c}" for c in columns))
+    sql.append(f"WHEN NOT MATCHED BY TARGET THEN INSERT ({', '.join(columns)}) "
+               f"VALUES ({', '.join('S.' + c for c in columns)})")
+    if write.replace is not None:
+        condition, replace_params = _deletes(write.replace)
+        sql.append(f"WHEN NOT MATCHED BY SOURCE AND ({condition}) THEN DELETE")
+        params += replace_params
+    return "\n".join(sql), params
+
+
+def _load(bq: bigquery.Client, arrow: pa.Table, destination: str, table: Table, disposition: str) -> None:
+    upload = io.BytesIO()
+    pq.write_table(arrow, upload)
+    upload.seek(0)
+    # The schema is given, so a truncating load keeps the declared modes and descriptions.
+    bq.load_table_from_file(upload, destination, job_config=bigquery.LoadJobConfig(
+        source_format=bigquery.SourceFormat.PARQUET, schema=table.bigquery_schema(),
+        write_disposition=disposition)).result()
+
+
+def write_rows(bq: bigquery.Client, write: BigQueryWrite, chunks) -> int:
+    """Arrow ``chunks`` (every column of the table) -> the table, per
+    ``write.mode``; returns the rows loaded (truncate) or merged."""
+    table = write.table
+    if write.mode == "truncate":
+        parts = [c for c in chunks if c.num_rows]
+        arrow = pa.concat_tables(parts) if parts else table.arrow_schema().empty_table()
+        _load(bq, arrow, table_id(bq.project, table), table, bigquery.WriteDisposition.WRITE_TRUNCATE)
+        return arrow.num_rows
+    scratch = f"{bq.project}.{SCRATCH_DATASET}._merge_{table.name}_{uuid.uuid4().hex[:12]}"
+    definition = bigquery.Table(scratch, schema=table.bigquery_schema())
+    definition.expires = datetime.now(timezone.utc) + timedelta(days=1)  # a crashed run leaves no litter
+    bq.create_table(definition)
+    try:
+        _, prune = merge_key(table)
+        prune_values = set()
+        for chunk in chunks:
+            if chunk.num_rows:
+                _load(bq, chunk, scratch, table, bigquery.WriteDisposition.WRITE_APPEND)
+                if prune is not None:
+                    prune_values.update(pc.unique(chunk.column(prune)).to_pylist())
+        sql, params = merge_statement(bq.project, write, scratch, prune_values)
+        job = bq.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
+        job.result()
+        return job.num_dml_affected_rows or 0
+    finally:
+        bq.delete_table(scratch, not_found_ok=True)
+
+
+# --- batch: the staged files of a run -------------------------------------------------------
+def _staged_chunks(table: Table, files: list[tuple[str, str]]):
+    """Staged ``(relative path, path)`` files -> Arrow chunks of at most about ``ROWS_PER_LOAD`` rows."""
+    parts, rows = [], 0
+    for relpath, path in sorted(files):
+        part = read_parquet_arrow(path, table, relpath)
+        parts.append(part)
+        rows += part.num_rows
+        if rows >= ROWS_PER_LOAD:
+            yield pa.concat_tables(parts)
+            parts, rows = [], 0
+    if parts:
+        yield pa.concat_tables(parts)
+
+
+class PublishStagedFn(beam.DoFn):
+    """All staged files of a run -> every table written to BigQuery by its
+    ``BigQueryWrite``, then the views (re)created; the files are passed on
+    unchanged, for the lake commit that follows.
+
+    It runs only after every file is staged, so a run that fails earlier
+    changes nothing. Each table is written on its own (there is no
+    cross-table transaction): a failure between two tables leaves those
+    written so far new and the others as they were, each whole; since every
+    write is idempotent, rerunning the job completes it."""
+
+    def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite], views=()):
+        self._target, self._writes, self._views = target, writes, tuple(views)
+        self._rows = {w.table.name: Metrics.counter("funnel", f"bigquery_rows_{w.table.name}") for w in writes}
 
     def process(self, staged_files: list):
-        bq = client(self._project, self._endpoint)
-        ensure_tables(bq, self._tables.values())
+        bq = self._target.client()
+        ensure_tables(bq, [w.table for w in self._writes])
         by_table = defaultdict(list)
-        for name, _, path in staged_files:
-            by_table[name].append(path)
-        for name, table in self._tables.items():
-            parts = []
-            for path in sorted(by_table[name]):
-                with FileSystems.open(path) as f:
-                    parts.append(pq.read_table(io.BytesIO(f.read())))
-            arrow = pa.concat_tables(parts) if parts else table.arrow_schema().empty_table()
-            upload = io.BytesIO()
-            pq.write_table(arrow, upload)
-            upload.seek(0)
-            job = bq.load_table_from_file(upload, table_id(self._project, table), job_config=bigquery.LoadJobConfig(
-                source_format=bigquery.SourceFormat.PARQUET,
-                write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE))
-            job.result()
-            self._loaded[name].inc(arrow.num_rows)
-            logging.info("loaded %s rows into %s", arrow.num_rows, table_id(self._project, table))
-            yield name, arrow.num_rows
-        create_views(bq, VIEWS.values())
-        FileSystems.delete([self._staging])
+        for name, relpath, path in staged_files:
+            by_table[name].append((relpath, path))
+        for write in self._writes:
+            n = write_rows(bq, write, _staged_chunks(write.table, by_table[write.table.name]))
+            self._rows[write.table.name].inc(n)
+            logging.info("%s %s: %d rows", write.mode, table_id(bq.project, write.table), n)
+        if self._views:
+            create_views(bq, self._views)
+        yield from staged_files
 
 
-class LoadIntoBigQuery(beam.PTransform):
-    """Staged files ``(table name, relative path, staged path)`` -> the tables
-    replaced in BigQuery, in one final step."""
+class PublishToBigQuery(beam.PTransform):
+    """Staged files ``(table name, relative path, staged path)`` -> written to
+    BigQuery in one final step; emits the same files."""
 
-    def __init__(self, project: str, endpoint: str | None, tables: dict, staging: str):
+    def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite], views=()):
         super().__init__()
-        self._fn = LoadStagedFn(project, endpoint, tables, staging)
+        self._fn = PublishStagedFn(target, writes, views)
 
     def expand(self, staged):
         return (staged
                 | "AllStagedFiles" >> beam.combiners.ToList()
-                | "TruncateAndLoad" >> beam.ParDo(self._fn))
+                | "WriteTables" >> beam.ParDo(self._fn))
+
+
+# --- streaming: batches of rows ------------------------------------------------------------
+class MergeBatchFn(beam.DoFn):
+    """(None, rows) -> one MERGE into the table; an upsert keeps the newest
+    ``_version`` of each key from the batch."""
+
+    def __init__(self, target: BigQueryTarget, write: BigQueryWrite):
+        self._target, self._write = target, write
+        self._rows = Metrics.counter("funnel", f"bigquery_rows_{write.table.name}")
+
+    def setup(self):
+        self._bq = self._target.client()
+        ensure_tables(self._bq, [self._write.table])
+
+    def process(self, keyed):
+        rows = list(keyed[1])
+        if self._write.mode == "upsert":
+            rows = list(newest_per_key(rows, self._write.table.key[0]).values())
+        n = write_rows(self._bq, self._write, [self._write.table.to_arrow(rows, with_partition_columns=True)])
+        self._rows.inc(n)
+        yield n
+
+
+class MergeIntoBigQuery(beam.PTransform):
+    """Streaming rows -> merged into a BigQuery table at most every ``seconds``."""
+
+    def __init__(self, target: BigQueryTarget, write: BigQueryWrite, seconds: int):
+        super().__init__()
+        self._target, self._write, self._seconds = target, write, seconds
+
+    def expand(self, rows):
+        return (rows
+                | "BatchEvery" >> BatchEvery(self._seconds)
+                | "Merge" >> beam.ParDo(MergeBatchFn(self._target, self._write)))

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -99,14 +100,17 @@ def write_parquet(path: str, table: Table, rows: list[dict]) -> None:
 
 def read_parquet_rows(path: str, table: Table, root: str) -> list[dict]:
     """Rows of one lake file, partition columns restored from its path."""
+    return table.from_arrow(read_parquet_arrow(path, table, path[len(root):].lstrip("/")))
+
+
+def read_parquet_arrow(path: str, table: Table, relpath: str) -> pa.Table:
+    """One lake or staged file as Arrow with every column of ``table``, the
+    partition columns restored from ``relpath`` (its path below the table)."""
     with FileSystems.open(path) as f:
         arrow = pq.read_table(io.BytesIO(f.read()))
-    rows = table.from_arrow(arrow)
-    parts = partition_values(path[len(root):].lstrip("/"))
-    if parts:
-        for r in rows:
-            r.update(parts)
-    return rows
+    for name, value in partition_values(relpath).items():
+        arrow = arrow.append_column(name, pa.array([value] * arrow.num_rows, pa.string()))
+    return arrow.select(table.column_names).cast(table.arrow_schema())
 
 
 # --- reading landing files ---------------------------------------------------------------
@@ -358,10 +362,7 @@ class MergeIntoSnapshotFn(beam.DoFn):
 
     def process(self, keyed):
         key = self._key
-        newest = {}
-        for row in keyed[1]:
-            if row[key] not in newest or row["_version"] > newest[row[key]]["_version"]:
-                newest[row[key]] = row
+        newest = newest_per_key(keyed[1], key)
         current = ({r[key]: r for r in read_parquet_rows(self._path, self._table, self._root)}
                    if FileSystems.exists(self._path) else {})
         current.update(newest)
@@ -372,13 +373,40 @@ class MergeIntoSnapshotFn(beam.DoFn):
         yield len(current)
 
 
+def newest_per_key(rows, key: str) -> dict:
+    """Streaming upserts -> the one with the highest ``_version`` per key."""
+    newest = {}
+    for row in rows:
+        if row[key] not in newest or row["_version"] > newest[row[key]]["_version"]:
+            newest[row[key]] = row
+    return newest
+
+
+class BatchEvery(beam.PTransform):
+    """Streaming rows -> ``(None, rows)`` batches, one at most every
+    ``seconds`` of processing time, for sinks that rewrite or merge a table.
+
+    A processing-time trigger, not event-time windows: the sink follows the
+    clock, so a watermark held back (by a backlog, or by a local runner that
+    advances it only between pulls) never delays it. One key: a table's
+    batches are applied one after the other, never concurrently."""
+
+    def __init__(self, seconds: int):
+        super().__init__()
+        self._seconds = seconds
+
+    def expand(self, rows):
+        return (rows
+                | "EverySeconds" >> beam.WindowInto(
+                    GlobalWindows(), trigger=trigger.Repeatedly(trigger.AfterProcessingTime(self._seconds)),
+                    accumulation_mode=trigger.AccumulationMode.DISCARDING)
+                | "OneKey" >> beam.Map(lambda r: (None, r))
+                | "GroupBatch" >> beam.GroupByKey())
+
+
 class WriteCurrentSnapshot(beam.PTransform):
     """Streaming upserts -> ``silver_stream/<table>/current.parquet``, merged
-    at most every ``window_seconds`` of processing time.
-
-    A processing-time trigger, not event-time windows: the snapshot follows
-    the clock, so a watermark held back (by a backlog, or by a local runner
-    that advances it only between pulls) never delays silver."""
+    at most every ``window_seconds`` of processing time (``BatchEvery``)."""
 
     def __init__(self, table: Table, lake: str, window_seconds: int):
         super().__init__()
@@ -386,33 +414,33 @@ class WriteCurrentSnapshot(beam.PTransform):
 
     def expand(self, rows):
         return (rows
-                | "EveryWindowSeconds" >> beam.WindowInto(
-                    GlobalWindows(), trigger=trigger.Repeatedly(trigger.AfterProcessingTime(self._seconds)),
-                    accumulation_mode=trigger.AccumulationMode.DISCARDING)
-                | "OneBatch" >> beam.Map(lambda r: (None, r))
-                | "GroupWindow" >> beam.GroupByKey()
+                | "BatchEvery" >> BatchEvery(self._seconds)
                 | "MergeIntoSnapshot" >> beam.ParDo(MergeIntoSnapshotFn(self._table, self._lake)))
 
 
 @dataclass(frozen=True)
 class Replace:
-    """Which existing files of ``table`` a commit removes:
-    ``scope='table'`` all of them (truncate and load); ``'sources'`` those
-    written from the given source ids; ``'partitions'`` those under the given
-    first-level partition folders (e.g. ``event_date=2026-11-02``)."""
+    """Which existing rows of ``table`` a run restates, and so which files a
+    commit removes: ``scope='table'`` all of them (truncate and load);
+    ``'sources'`` those read from the given landing files (``None``: from
+    Pub/Sub); ``'partitions'`` those under the given first-level partition
+    folders (e.g. ``event_date=2026-11-02``). ``transforms.bigquery_io`` reads
+    the same rule as the rows a MERGE deletes."""
 
     table: Table
     scope: str
     values: frozenset = field(default_factory=frozenset)
 
+    def __post_init__(self):
+        if self.scope not in ("table", "sources", "partitions"):
+            raise ValueError(self.scope)
+
     def replaces(self, relpath: str) -> bool:
         if self.scope == "table":
             return True
         if self.scope == "sources":
-            return posixpath.basename(relpath).split("-", 1)[0] in self.values
-        if self.scope == "partitions":
-            return relpath.split("/", 1)[0] in self.values
-        raise ValueError(self.scope)
+            return posixpath.basename(relpath).split("-", 1)[0] in {source_id(s) for s in self.values}
+        return relpath.split("/", 1)[0] in self.values
 
     def surviving_files(self, lake: str) -> list[str]:
         root = table_dir(lake, self.table)
