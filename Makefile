@@ -35,11 +35,11 @@ demo: install
 	@echo "chart: $(abspath $(LAKE))/reports/funnel.png"
 	@echo "page:  $(abspath $(LAKE))/reports/funnel.html"
 
-# The demo, then its gold loaded into the local BigQuery emulator and the
-# funnel read back with SQL.
+# The demo, then its backfill and gold again into the local BigQuery
+# emulator, and the funnel read back with SQL.
 demo-bq: demo
-	@echo "==> gold -> local BigQuery emulator, read back with SQL"
-	$(PY) -m devtools.bigquery_demo --lake $(LAKE)
+	@echo "==> backfill + gold with --sink bigquery (local BigQuery emulator), read back with SQL"
+	$(PY) -m devtools.bigquery_demo --input '$(DEMO_DATA)/*.jsonl' --lake $(LAKE)
 
 # The tests start the Pub/Sub emulator themselves when none is running
 # (and stop it at the end), so `make test` needs no other step.

@@ -65,7 +65,9 @@ def load_lines(con: duckdb.DuckDBPyConnection, paths: list[str]) -> int:
         batch = pa.table({"source_file": pa.array([path] * len(numbered), pa.string()),
                           "source_line": pa.array([n for n, _ in numbered], pa.int64()),
                           "data": pa.array([line for _, line in numbered], pa.binary())})
+        con.register("batch", batch)
         con.execute("INSERT INTO lines SELECT * FROM batch")
+        con.unregister("batch")
         total += len(numbered)
     return total
 

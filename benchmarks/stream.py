@@ -42,7 +42,6 @@ from pipelines import generate
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
 from pipelines.stream_ingest import landed_rows
 from schemas import contract
-from schemas.contract import RECORD_TYPES
 from schemas.tables import SILVER
 from transforms.bronze import decode_record
 from transforms.lake_io import stream_snapshot_path

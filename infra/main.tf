@@ -49,10 +49,11 @@ resource "google_storage_bucket" "lake" {
 # --- warehouse ----------------------------------------------------------------
 locals {
   datasets = {
-    bronze = "Typed, normalized, PII-hashed rows per record type."
-    silver = "One current row per identity, joined."
-    gold   = "Funnel facts, dimensions and marts (truncate and load)."
-    ops    = "Dead letter and operational alerts."
+    bronze        = "Typed, normalized, PII-hashed rows per record type."
+    silver        = "One current row per identity, joined (daily backfill)."
+    silver_stream = "One current row per identity, joined, kept current by the streaming job."
+    gold          = "Funnel facts, dimensions and marts (truncate and load)."
+    ops           = "Dead letter, operational alerts, and the short-lived scratch tables MERGEs read from."
   }
 }
 
@@ -118,5 +119,12 @@ resource "google_pubsub_subscription_iam_member" "dataflow_subscriber" {
 resource "google_project_iam_member" "dataflow_worker" {
   project = var.project
   role    = "roles/dataflow.worker"
+  member  = "serviceAccount:${google_service_account.dataflow.email}"
+}
+
+# Load jobs and the MERGE queries run as jobs in the project.
+resource "google_project_iam_member" "dataflow_bigquery_jobs" {
+  project = var.project
+  role    = "roles/bigquery.jobUser"
   member  = "serviceAccount:${google_service_account.dataflow.email}"
 }

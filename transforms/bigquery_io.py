@@ -187,7 +187,7 @@ def merge_statement(project: str, write: BigQueryWrite, scratch: str, prune_valu
     wins), since a MERGE may match each target row at most once."""
     table = write.table
     key, prune = merge_key(table)
-    columns = table.column_names
+    columns = table.column_names  # quoted in the SQL: bronze_events has a column named `timestamp`
     order = " ORDER BY R.ingested_at" if "ingested_at" in columns else ""
     on = f"{key.format(t='T')} = {key.format(t='S')}"
     params = []
@@ -200,9 +200,9 @@ def merge_statement(project: str, write: BigQueryWrite, scratch: str, prune_valu
            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {key.format(t='R')}{order}) = 1) S",
            f"ON {on}"]
     if write.mode == "upsert":
-        sql.append("WHEN MATCHED THEN UPDATE SET " + ", ".join(f"{c} = S.{c}" for c in columns))
-    sql.append(f"WHEN NOT MATCHED BY TARGET THEN INSERT ({', '.join(columns)}) "
-               f"VALUES ({', '.join('S.' + c for c in columns)})")
+        sql.append("WHEN MATCHED THEN UPDATE SET " + ", ".join(f"`{c}` = S.`{c}`" for c in columns))
+    sql.append(f"WHEN NOT MATCHED BY TARGET THEN INSERT ({', '.join(f'`{c}`' for c in columns)}) "
+               f"VALUES ({', '.join(f'S.`{c}`' for c in columns)})")
     if write.replace is not None:
         condition, replace_params = _deletes(write.replace)
         sql.append(f"WHEN NOT MATCHED BY SOURCE AND ({condition}) THEN DELETE")
