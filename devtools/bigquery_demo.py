@@ -37,7 +37,7 @@ def main(argv=None):
         for table in [*BRONZE.values(), DEAD_LETTER, *SILVER.values(), *GOLD.values()]:
             table_id = bigquery_io.table_id(project, table)
             n = next(iter(bq.query(f"SELECT COUNT(*) AS n FROM `{table_id}`").result())).n
-            print(f"  {table.layer}.{table.name:<28}{n:>10,} rows")
+            print(f"  {table.layer + '.' + table.name:<36}{n:>10,} rows")
         sql = FUNNEL_SQL.format(project=project)
         rows = list(bq.query(sql).result())
         print(f"\n  {sql}\n")
