@@ -50,7 +50,7 @@ from pipelines.common import add_sink_flags, bigquery_target, parse, setup_loggi
 from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER, SILVER_STREAM
-from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, MergeIntoBigQuery
+from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, MergeIntoBigQuery
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseToBronze, pii_key_from_env
 from transforms.lake_io import WriteCurrentSnapshot, WriteWindowedFiles, list_files, stream_snapshot_path, table_dir
@@ -121,6 +121,7 @@ def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, p
         merges = [(parsed[name], BigQueryWrite(table, "append")) for name, table in BRONZE.items()]
         merges.append((parsed[DEAD_LETTER_TAG], BigQueryWrite(DEAD_LETTER, "append")))
         merges += [(silver[name], BigQueryWrite(table, "upsert")) for name, table in SILVER_STREAM.items()]
+        _ = p | "EnsureBigQueryTables" >> EnsureTables(bigquery, [write.table for _, write in merges])
         for rows, write in merges:
             _ = rows | f"MergeIntoBigQuery_{write.table.layer}_{write.table.name}" >> MergeIntoBigQuery(
                 bigquery, write, window_seconds)

@@ -10,9 +10,10 @@ from google.protobuf import timestamp_pb2
 from pipelines import backfill, generate, stream_ingest
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
 from schemas.contract import RECORD_TYPES
-from schemas.tables import SILVER_STREAM
+from schemas.tables import BRONZE, DEAD_LETTER, SILVER_STREAM
 from tests.bigquery_checks import assert_bigquery_holds_the_lake, fresh_project, sink_flags
 from tests.conftest import read_table
+from transforms import bigquery_io
 
 
 class Deliveries:
@@ -46,7 +47,9 @@ def _lake_counts(lake):
     return landed["raw"], landed["bronze"], landed["dead letter"]
 
 
-def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator, tmp_path):
+def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator, bigquery_emulator, tmp_path):
+    """... in the lake, and in BigQuery once per message however often it was delivered."""
+    bq = fresh_project()
     run = uuid.uuid4().hex[:8]
     topic = f"projects/{pubsub_emulator}/topics/raw-events-{run}"
     subscription = f"projects/{pubsub_emulator}/subscriptions/stream-ingest-{run}"
@@ -62,8 +65,14 @@ def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator
     # Published before the job starts: a backlog must be written, not dropped
     # as late. The retried publishes then come again as Pub/Sub redeliveries.
     deliveries = Deliveries(topic, subscription, messages, redelivered=25)
-    stream_ingest.main(["--subscription", subscription, "--lake", str(lake),
-                        "--window-seconds", "5", "--run-for", "240"], stop_when=lambda: deliveries.landed(lake))
+
+    def in_bigquery() -> int:
+        return sum(next(iter(bq.query(f"SELECT COUNT(*) AS n FROM `{bigquery_io.table_id(bq.project, t)}`")
+                             .result())).n for t in [*BRONZE.values(), DEAD_LETTER])
+
+    stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
+                        "--run-for", "240", *sink_flags(bq)],
+                       stop_when=lambda: deliveries.landed(lake) and in_bigquery() == len(messages))
 
     raw = read_table(lake / "raw")
     delivered = messages + deliveries.redelivered
@@ -77,6 +86,9 @@ def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator
     reasons = Counter(r["reason"] for r in read_table(lake / "dead_letter"))
     assert dict(reasons) == manifest["invalid_by_reason"]
     assert {r["pipeline"] for r in read_table(lake / "dead_letter")} == {"stream_ingest"}
+    in_bigquery = assert_bigquery_holds_the_lake(bq, lake, silver={})
+    assert in_bigquery["dead_letter"] == sum(reasons.values())        # invalid messages are not redelivered
+    assert sum(in_bigquery.values()) == len(messages)                 # a redelivered message once
 
 
 def _rows_by_key(rows, key):

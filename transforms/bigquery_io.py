@@ -309,6 +309,21 @@ class PublishToBigQuery(beam.PTransform):
 
 
 # --- streaming: batches of rows ------------------------------------------------------------
+class EnsureTables(beam.PTransform):
+    """Creates the tables once when the job starts, so a table the stream has
+    no rows for yet exists (empty) for its readers."""
+
+    def __init__(self, target: BigQueryTarget, tables):
+        super().__init__()
+        self._target, self._tables = target, list(tables)
+
+    def expand(self, pbegin):
+        target, tables = self._target, self._tables
+        return (pbegin
+                | "Once" >> beam.Create([None])
+                | "CreateTables" >> beam.FlatMap(lambda _: ensure_tables(target.client(), tables)))
+
+
 class MergeBatchFn(beam.DoFn):
     """(None, rows) -> one MERGE into the table; an upsert keeps the newest
     ``_version`` of each key from the batch."""
@@ -319,7 +334,7 @@ class MergeBatchFn(beam.DoFn):
 
     def setup(self):
         self._bq = self._target.client()
-        ensure_tables(self._bq, [self._write.table])
+        ensure_tables(self._bq, [self._write.table])  # EnsureTables may not have run yet
 
     def process(self, keyed):
         rows = list(keyed[1])
