@@ -10,8 +10,10 @@ that day, to restate a past day as it was knowable then.
 
 With ``--sink bigquery`` the gold tables are also replaced in BigQuery
 dataset ``gold`` of ``--project`` (created from ``schemas/`` when missing),
-before the lake commit: each table by one load job with WRITE_TRUNCATE, then
-the use-case views are recreated (``transforms.bigquery_io``).
+before the lake commit: the rows are loaded into scratch tables, then one
+transaction replaces every gold table, so readers see the old gold or the
+new, never a mix; then the use-case views are recreated
+(``transforms.bigquery_io``).
 ``--bigquery-endpoint`` points the same code at the local emulator.
 """
 from __future__ import annotations

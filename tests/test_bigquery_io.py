@@ -112,6 +112,38 @@ def test_a_gold_run_that_fails_leaves_the_previous_snapshot(silver_lake, bigquer
     assert {name: bigquery_rows(bq, t) for name, t in GOLD.items()} == before
 
 
+def test_a_gold_run_failing_midway_through_its_writes_changes_no_table(silver_lake, bigquery_emulator, tmp_path):
+    """The gold tables are replaced in one transaction: when the last
+    table's insert fails, the tables replaced before it in the same run are
+    rolled back too, and the lake is not committed either."""
+    import shutil
+
+    lake, other_lake = tmp_path / "lake", tmp_path / "other"
+    shutil.copytree(silver_lake, lake)
+    shutil.copytree(silver_lake, other_lake)
+    bq = fresh_project()
+    _gold_to_bigquery(lake, bq)
+    before = {name: bigquery_rows(bq, t) for name, t in GOLD.items()}
+    first_day = next(iter(bq.query(f"SELECT MIN(session_date) AS d FROM `{bq.project}.gold.fact_funnel_stage`")
+                          .result())).d.isoformat()
+
+    # A gold run as of the first day changes the facts ...
+    elsewhere = fresh_project()
+    gold_daily.main(["--lake", str(other_lake), "--as-of", first_day, *sink_flags(elsewhere)])
+    assert bigquery_rows(elsewhere, GOLD["fact_funnel_stage"]) != before["fact_funnel_stage"]
+
+    # ... but not when the last table it writes was broken (its insert fails).
+    *earlier, last = GOLD.values()
+    bq.delete_table(bigquery_io.table_id(bq.project, last))
+    bq.create_table(bigquery.Table(bigquery_io.table_id(bq.project, last),
+                                   schema=[bigquery.SchemaField("unrelated", "STRING")]))
+    with pytest.raises(Exception):
+        gold_daily.main(["--lake", str(lake), "--as-of", first_day, *sink_flags(bq)])
+    for table in earlier:
+        assert bigquery_rows(bq, table) == before[table.name], table.name
+        assert lake_rows(lake, table) == before[table.name], table.name  # nor the lake
+
+
 def test_gold_facts_are_partitioned_by_their_date():
     funnel = bigquery_io.bigquery_table("p", GOLD["fact_funnel_stage"])
     assert (funnel.time_partitioning.field, funnel.clustering_fields) == ("session_date", ["platform"])

@@ -1,5 +1,5 @@
-"""BigQuery as a sink: tables created from ``schemas/``, written by load
-jobs and MERGE statements.
+"""BigQuery as a sink: tables created from ``schemas/``, rows loaded into
+scratch tables by load jobs, then applied by a MERGE or a transaction.
 
 The same code talks to BigQuery and to the local emulator; only the endpoint
 and the credentials differ (``client``). Every table comes from its one
@@ -12,12 +12,14 @@ clustering columns: bronze is partitioned by ``event_date`` and clustered by
 
 Datasets follow the layers: ``bronze``, ``silver``, ``silver_stream`` (the
 streaming job's silver), ``gold`` and ``ops`` (the dead letter, and the
-short-lived scratch tables a MERGE reads from).
+short-lived scratch tables the writes read from).
 
 How a run's rows go in (``BigQueryWrite``):
 
-* ``truncate`` (gold): one load job with WRITE_TRUNCATE per table. A load
-  job replaces its table atomically: readers see the old or the new rows.
+* ``truncate`` (gold): every table's rows are loaded into a scratch table,
+  then one transaction deletes and inserts all of them, so readers see
+  yesterday's gold or today's, never a mix, and a failure at any point
+  leaves every table as it was.
 * ``upsert`` (silver, and bronze from the batch): the rows are loaded into a
   scratch table, then one MERGE on the row's key updates the rows it has,
   inserts the new ones and, given the run's lake ``Replace`` rule, deletes
@@ -37,6 +39,7 @@ import io
 import logging
 import uuid
 from collections import defaultdict
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -52,7 +55,7 @@ from transforms.lake_io import BatchEvery, Replace, newest_per_key, read_parquet
 
 
 SCRATCH_DATASET = "ops"
-# Rows per load job when a MERGE's rows are staged: bounds a worker's memory.
+# Rows per load job into a scratch table: bounds a worker's memory.
 ROWS_PER_LOAD = 500_000
 # Where a bronze row was received: a Pub/Sub message, else a landing file line.
 PROVENANCE = "COALESCE({t}.message_id, CONCAT({t}.source_file, '#', CAST({t}.source_line AS STRING)))"
@@ -210,43 +213,66 @@ def merge_statement(project: str, write: BigQueryWrite, scratch: str, prune_valu
     return "\n".join(sql), params
 
 
-def _load(bq: bigquery.Client, arrow: pa.Table, destination: str, table: Table, disposition: str) -> None:
+def _load(bq: bigquery.Client, arrow: pa.Table, destination: str, table: Table) -> None:
     upload = io.BytesIO()
     pq.write_table(arrow, upload)
     upload.seek(0)
-    # The schema is given, so a truncating load keeps the declared modes and descriptions.
     bq.load_table_from_file(upload, destination, job_config=bigquery.LoadJobConfig(
         source_format=bigquery.SourceFormat.PARQUET, schema=table.bigquery_schema(),
-        write_disposition=disposition)).result()
+        write_disposition=bigquery.WriteDisposition.WRITE_APPEND)).result()
 
 
-def write_rows(bq: bigquery.Client, write: BigQueryWrite, chunks) -> int:
-    """Arrow ``chunks`` (every column of the table) -> the table, per
-    ``write.mode``; returns the rows loaded (truncate) or merged."""
-    table = write.table
-    if write.mode == "truncate":
-        parts = [c for c in chunks if c.num_rows]
-        arrow = pa.concat_tables(parts) if parts else table.arrow_schema().empty_table()
-        _load(bq, arrow, table_id(bq.project, table), table, bigquery.WriteDisposition.WRITE_TRUNCATE)
-        return arrow.num_rows
-    scratch = f"{bq.project}.{SCRATCH_DATASET}._merge_{table.name}_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def scratch_table(bq: bigquery.Client, table: Table, chunks):
+    """Arrow ``chunks`` (every column of ``table``) loaded into a new scratch
+    table in ``ops``; yields its id, its row count and the values of the
+    MERGE's prune column among the rows, and drops it afterwards."""
+    scratch = f"{bq.project}.{SCRATCH_DATASET}._scratch_{table.name}_{uuid.uuid4().hex[:12]}"
     definition = bigquery.Table(scratch, schema=table.bigquery_schema())
     definition.expires = datetime.now(timezone.utc) + timedelta(days=1)  # a crashed run leaves no litter
     bq.create_table(definition)
     try:
         _, prune = merge_key(table)
-        prune_values = set()
+        rows, prune_values = 0, set()
         for chunk in chunks:
             if chunk.num_rows:
-                _load(bq, chunk, scratch, table, bigquery.WriteDisposition.WRITE_APPEND)
+                _load(bq, chunk, scratch, table)
+                rows += chunk.num_rows
                 if prune is not None:
                     prune_values.update(pc.unique(chunk.column(prune)).to_pylist())
+        yield scratch, rows, prune_values
+    finally:
+        bq.delete_table(scratch, not_found_ok=True)
+
+
+def merge_rows(bq: bigquery.Client, write: BigQueryWrite, chunks) -> int:
+    """Arrow ``chunks`` -> one MERGE into the table (``upsert``/``append``);
+    returns the rows it inserted, updated or deleted."""
+    with scratch_table(bq, write.table, chunks) as (scratch, _, prune_values):
         sql, params = merge_statement(bq.project, write, scratch, prune_values)
         job = bq.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
         job.result()
         return job.num_dml_affected_rows or 0
-    finally:
-        bq.delete_table(scratch, not_found_ok=True)
+
+
+def replace_tables(bq: bigquery.Client, chunks_by_table: dict) -> dict:
+    """{Table: Arrow chunks} -> every table's rows replaced in one transaction:
+    readers see all the old tables or all the new ones, and a failure at any
+    point (a load, a statement) leaves every table as it was. Returns the
+    rows per table name."""
+    if not chunks_by_table:
+        return {}
+    with ExitStack() as stack:
+        statements, rows = ["BEGIN TRANSACTION;"], {}
+        for table, chunks in chunks_by_table.items():
+            scratch, rows[table.name], _ = stack.enter_context(scratch_table(bq, table, chunks))
+            columns = ", ".join(f"`{c}`" for c in table.column_names)
+            statements += [f"DELETE FROM `{table_id(bq.project, table)}` WHERE TRUE;",
+                           f"INSERT INTO `{table_id(bq.project, table)}` ({columns}) "
+                           f"SELECT {columns} FROM `{scratch}`;"]
+        statements.append("COMMIT TRANSACTION;")
+        bq.query("\n".join(statements)).result()
+        return rows
 
 
 # --- batch: the staged files of a run -------------------------------------------------------
@@ -270,10 +296,11 @@ class PublishStagedFn(beam.DoFn):
     unchanged, for the lake commit that follows.
 
     It runs only after every file is staged, so a run that fails earlier
-    changes nothing. Each table is written on its own (there is no
-    cross-table transaction): a failure between two tables leaves those
-    written so far new and the others as they were, each whole; since every
-    write is idempotent, rerunning the job completes it."""
+    changes nothing. The ``truncate`` tables are replaced together in one
+    transaction (``replace_tables``). Each MERGE is atomic on its own table;
+    a failure between two MERGEs leaves some tables merged and the others as
+    they were, each whole, and since a MERGE is idempotent, rerunning the job
+    completes it."""
 
     def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite], views=()):
         self._target, self._writes, self._views = target, writes, tuple(views)
@@ -285,10 +312,18 @@ class PublishStagedFn(beam.DoFn):
         by_table = defaultdict(list)
         for name, relpath, path in staged_files:
             by_table[name].append((relpath, path))
+
+        def chunks(table):
+            return _staged_chunks(table, by_table[table.name])
+
+        changed = {}
         for write in self._writes:
-            n = write_rows(bq, write, _staged_chunks(write.table, by_table[write.table.name]))
-            self._rows[write.table.name].inc(n)
-            logging.info("%s %s: %d rows", write.mode, table_id(bq.project, write.table), n)
+            if write.mode != "truncate":
+                changed[write.table.name] = merge_rows(bq, write, chunks(write.table))
+        changed.update(replace_tables(bq, {w.table: chunks(w.table) for w in self._writes if w.mode == "truncate"}))
+        for name, n in changed.items():
+            self._rows[name].inc(n)
+            logging.info("BigQuery %s.%s: %d rows written", bq.project, name, n)
         if self._views:
             create_views(bq, self._views)
         yield from staged_files
@@ -340,7 +375,7 @@ class MergeBatchFn(beam.DoFn):
         rows = list(keyed[1])
         if self._write.mode == "upsert":
             rows = list(newest_per_key(rows, self._write.table.key[0]).values())
-        n = write_rows(self._bq, self._write, [self._write.table.to_arrow(rows, with_partition_columns=True)])
+        n = merge_rows(self._bq, self._write, [self._write.table.to_arrow(rows, with_partition_columns=True)])
         self._rows.inc(n)
         yield n
 
