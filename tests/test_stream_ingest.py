@@ -66,13 +66,13 @@ def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator
     # as late. The retried publishes then come again as Pub/Sub redeliveries.
     deliveries = Deliveries(topic, subscription, messages, redelivered=25)
 
-    def in_bigquery() -> int:
+    def rows_in_bigquery() -> int:
         return sum(next(iter(bq.query(f"SELECT COUNT(*) AS n FROM `{bigquery_io.table_id(bq.project, t)}`")
                              .result())).n for t in [*BRONZE.values(), DEAD_LETTER])
 
     stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
                         "--run-for", "240", *sink_flags(bq)],
-                       stop_when=lambda: deliveries.landed(lake) and in_bigquery() == len(messages))
+                       stop_when=lambda: deliveries.landed(lake) and rows_in_bigquery() == len(messages))
 
     raw = read_table(lake / "raw")
     delivered = messages + deliveries.redelivered
