@@ -28,6 +28,7 @@ replay never duplicates a row and BigQuery holds what the lake holds.
 from __future__ import annotations
 
 import argparse
+import posixpath
 from datetime import date, timedelta
 
 import apache_beam as beam
@@ -42,12 +43,24 @@ from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQu
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseToBronze, pii_key_from_env
 from transforms.lake_io import (CommitLakeWrites, Replace, ReadLakeTable, ReadLandingFiles, WriteStaged,
-                                expand_inputs, new_staging_dir, table_dir)
+                                STREAM_SOURCE, expand_inputs, list_files, new_staging_dir, table_dir)
 from transforms.silver import BuildSilver
 
 
 def _date_range(first: date, last: date) -> list[str]:
     return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
+def _stream_raw_files_left_out(paths: list[str], lake: str) -> list[str]:
+    """Raw-layer files of the streaming job that ``paths`` leave out. Rows from
+    Pub/Sub carry no landing file, so replaying any of them restates all of
+    them (``Replace`` scope ``sources``, value ``None``): a replay without
+    ``--from/--to`` must hold every one, or the records of the others would
+    leave bronze."""
+    raw_root = table_dir(lake, RAW)
+    given = set(paths)
+    return [f for f in list_files(raw_root)
+            if posixpath.basename(f).startswith(STREAM_SOURCE + "-") and f not in given]
 
 
 def _source_files(paths: list[str], lake: str) -> frozenset:
@@ -76,11 +89,12 @@ class InDateRange(beam.DoFn):
             self._outside.inc()
 
 
-def build(p: beam.Pipeline, paths: list[str], lake: str, date_range: tuple[date, date] | None,
-          pii_key: bytes, now: int, bigquery: BigQueryTarget | None = None) -> None:
-    """``bigquery``: also merge bronze, dead letter and silver there."""
+def build(p: beam.Pipeline, paths: list[str], sources: frozenset, lake: str,
+          date_range: tuple[date, date] | None, pii_key: bytes, now: int,
+          bigquery: BigQueryTarget | None = None) -> None:
+    """``sources``: the landing files the inputs hold (``_source_files``);
+    ``bigquery``: also merge bronze, dead letter and silver there."""
     staging = new_staging_dir(lake)
-    sources = _source_files(paths, lake)
     days = frozenset(_date_range(*date_range)) if date_range else None
 
     raw = p | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
@@ -132,11 +146,17 @@ def main(argv=None):
         parser.error(f"no input files match {args.input}")
     now = contract.now_micros()
     date_range = (args.date_from, args.date_to) if args.date_from else None
+    sources = _source_files(paths, args.lake)
+    left_out = _stream_raw_files_left_out(paths, args.lake) if date_range is None and None in sources else []
+    if left_out:
+        parser.error(f"the input replays records from Pub/Sub but leaves out {len(left_out)} of the raw layer's "
+                     f"stream files (e.g. {left_out[0]}); replay them all (--input 'LAKE/raw/**/*.parquet') "
+                     "or replace a date range (--from/--to)")
     print(f"backfill: {len(paths)} input files -> {args.lake}"
           + (f" and BigQuery {bigquery.project}" if bigquery else "")
           + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else ""))
     return run_pipeline("backfill", options,
-                        lambda p: build(p, paths, args.lake, date_range, pii_key_from_env(), now, bigquery))
+                        lambda p: build(p, paths, sources, args.lake, date_range, pii_key_from_env(), now, bigquery))
 
 
 if __name__ == "__main__":

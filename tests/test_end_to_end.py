@@ -188,6 +188,40 @@ def test_a_date_range_backfill_replaces_exactly_that_range(generated, tmp_path):
     assert _snapshot(lake, SILVER, "silver") == _snapshot(generated["lake"], SILVER, "silver")
 
 
+def test_a_replay_of_some_stream_raw_files_is_refused_unless_it_names_a_date_range(tmp_path):
+    """Rows from Pub/Sub carry no landing file, so a replay restates all of
+    them: leaving some stream files out would drop their records from bronze."""
+    from schemas.tables import RAW
+    from transforms.lake_io import write_parquet
+
+    lake = tmp_path / "lake"
+    lines = [line for line in SAMPLE.read_bytes().splitlines() if line.strip()]
+    received = 1_793_700_000_000_000  # 2026-11-03T11:20:00Z
+    stream_files = []
+    for n, half in enumerate((lines[0::2], lines[1::2])):
+        path = lake / "raw" / "ingest_date=2026-11-03" / f"stream-20261103T1120{n}0-p0-{n:012x}.parquet"
+        write_parquet(str(path), RAW, [
+            {"ingest_date": "2026-11-03", "message_id": f"m-{n}-{i}", "publish_time": received,
+             "attributes_json": None, "ingested_at": received, "source_file": None, "source_line": None,
+             "data": data} for i, data in enumerate(half)])
+        stream_files.append(str(path))
+
+    with pytest.raises(SystemExit):
+        run_backfill(lake, "--input", stream_files[0])
+    assert not (lake / "bronze").exists()
+
+    run_backfill(lake, "--input", str(lake / "raw" / "**" / "*.parquet"))
+    everything = {(str(r["event_date"]), r["message_id"]) for r in bronze_rows(lake)}
+    assert {m.split("-")[1] for _, m in everything} == {"0", "1"}
+    # With a date range only that range is restated, so one file is enough.
+    day = "2026-11-02"
+    assert any(d == day and m.startswith("m-1-") for d, m in everything)  # the day has records of both files
+    run_backfill(lake, "--input", stream_files[0], "--from", day, "--to", day)
+    after = {(str(r["event_date"]), r["message_id"]) for r in bronze_rows(lake)}
+    assert {x for x in after if x[0] != day} == {x for x in everything if x[0] != day}
+    assert {x for x in after if x[0] == day} == {x for x in everything if x[0] == day and x[1].startswith("m-0-")}
+
+
 def test_parquet_landing_files(tmp_path):
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     manifest = generate.generate(generate.Config(users=300, days=3, seed=11, format="parquet"), str(landing))
