@@ -126,7 +126,12 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
         # ... and no snapshot changed for a while: late updates (a response
         # resolved once its event arrives) have landed too.
         snapshots = list((lake / "silver_stream").rglob("current.parquet"))
-        return complete and time.time() - max(p.stat().st_mtime for p in snapshots) > 12
+        if not complete or time.time() - max(p.stat().st_mtime for p in snapshots) <= 12:
+            return False
+        # ... and BigQuery's silver_stream, merged on its own clock, has every identity too.
+        return all({row[0] for row in bq.query(
+            f"SELECT {keyed[t]} FROM `{bigquery_io.table_id(bq.project, SILVER_STREAM[t])}`").result()} == ids
+            for t, ids in expected.items())
 
     stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
                         "--run-for", "300", *sink_flags(bq)], stop_when=caught_up)
