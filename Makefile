@@ -9,7 +9,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install demo demo-bq test bench bench-stream stream-demo pubsub-up pubsub-down bq-up bq-down lock clean
+.PHONY: install demo demo-bq test bench bench-stream stream-demo pubsub-up pubsub-down bq-up bq-down infra-check lock clean
 
 install: $(STAMP)
 
@@ -76,10 +76,14 @@ bq-down: install
 	$(PY) -m devtools.bigquery_emulator stop
 
 # Refresh the lock after changing a pin in setup.py or requirements-dev.txt.
+# Policy scan of infra/ (checkov, offline, from its own .venv-checkov); also part of make test.
+infra-check: install
+	$(PY) -m devtools.infra_check
+
 lock:
 	rm -rf /tmp/funnel-lock-venv && $(PYTHON) -m venv /tmp/funnel-lock-venv
 	/tmp/funnel-lock-venv/bin/pip install --quiet -e . -r requirements-dev.txt
 	/tmp/funnel-lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements-lock.txt
 
 clean:
-	rm -rf $(VENV) .venv-bqemulator $(LAKE) lake-stream demo-data .pytest_cache .emulators
+	rm -rf $(VENV) .venv-bqemulator .venv-checkov $(LAKE) lake-stream demo-data .pytest_cache .emulators

@@ -12,11 +12,11 @@ next port. Point ``google-cloud-bigquery`` at it with
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 from devtools.local_service import LocalService
+from devtools.tool_venv import ensure_venv as ensure_tool_venv
 
 DEFAULT_HOST = "127.0.0.1:9050"
 PROJECT = "funnel-local"
@@ -31,15 +31,7 @@ def _python() -> Path:
 
 
 def ensure_venv() -> None:
-    """Creates or refreshes the emulator's virtualenv when the pins changed."""
-    stamp = VENV / ".installed-requirements"
-    if stamp.exists() and stamp.read_text() == REQUIREMENTS.read_text():
-        return
-    print(f"installing the BigQuery emulator into {VENV} (first time: about 30 s)", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "-r", str(REQUIREMENTS)], check=True)
-    stamp.write_text(REQUIREMENTS.read_text())
+    ensure_tool_venv(VENV, REQUIREMENTS, "the BigQuery emulator")
 
 
 def _command(host: str) -> list[str]:

@@ -16,6 +16,33 @@ provider "google" {
 }
 
 # --- the lake ---------------------------------------------------------------
+# Access logs of the lake go to a bucket of their own: a bucket logging to
+# itself would log its own log writes.
+resource "google_storage_bucket" "access_logs" {
+  #checkov:skip=CKV_GCP_62:the access-log bucket does not log access to itself
+  name                        = "${var.lake_bucket}-access-logs"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  versioning {
+    enabled = true
+  }
+
+  encryption {
+    default_kms_key_name = var.kms_key
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 365
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
 resource "google_storage_bucket" "lake" {
   name                        = var.lake_bucket
   location                    = var.region
@@ -32,7 +59,7 @@ resource "google_storage_bucket" "lake" {
   }
 
   logging {
-    log_bucket = var.lake_bucket
+    log_bucket = google_storage_bucket.access_logs.name
   }
 
   lifecycle_rule {
