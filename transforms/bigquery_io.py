@@ -154,10 +154,14 @@ def merge_key(table: Table) -> tuple[str, str | None]:
     which a record keeps however often it is received (unlike ``ingest_date``)."""
     if table.layer in ("silver", "silver_stream"):
         return "{t}." + table.key[0], None
-    return PROVENANCE, ("event_date" if "event_date" in table.partition_by else None)
+    if table.layer in ("bronze", "ops"):
+        return PROVENANCE, ("event_date" if "event_date" in table.partition_by else None)
+    raise ValueError(f"{table.name}: {table.layer} tables are replaced, not merged")
 
 
-def _parameter(name: str, column_type: str, values) -> bigquery.ArrayQueryParameter:
+def _parameter(name: str, table: Table, column: str, values) -> bigquery.ArrayQueryParameter:
+    """An array parameter of values of ``table.column``, typed as that column."""
+    column_type = next(c.type for c in table.columns if c.name == column)
     values = sorted(values, key=str)
     if column_type == DATE:
         values = [v if isinstance(v, date) else date.fromisoformat(v) for v in values]
@@ -178,9 +182,8 @@ def _deletes(rule: Replace) -> tuple[str, list]:
     if len(column) > 1:
         raise ValueError(f"partitions of one column only, not {sorted(column)}")
     name = column.pop() if column else rule.table.partition_by[0]
-    types = {c.name: c.type for c in rule.table.columns}
     return (f"T.{name} IN UNNEST(@replaced_partitions)",
-            [_parameter("replaced_partitions", types[name], (v.split("=", 1)[1] for v in rule.values))])
+            [_parameter("replaced_partitions", rule.table, name, (v.split("=", 1)[1] for v in rule.values))])
 
 
 def merge_statement(project: str, write: BigQueryWrite, scratch: str, prune_values) -> tuple[str, list]:
@@ -196,8 +199,7 @@ def merge_statement(project: str, write: BigQueryWrite, scratch: str, prune_valu
     params = []
     if prune is not None:
         on += f" AND T.{prune} IN UNNEST(@prune_values)"
-        types = {c.name: c.type for c in table.columns}
-        params.append(_parameter("prune_values", types[prune], prune_values))
+        params.append(_parameter("prune_values", table, prune, prune_values))
     sql = [f"MERGE `{table_id(project, table)}` T",
            f"USING (SELECT * FROM `{scratch}` R WHERE TRUE "
            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {key.format(t='R')}{order}) = 1) S",
@@ -223,16 +225,15 @@ def _load(bq: bigquery.Client, arrow: pa.Table, destination: str, table: Table) 
 
 
 @contextmanager
-def scratch_table(bq: bigquery.Client, table: Table, chunks):
+def scratch_table(bq: bigquery.Client, table: Table, chunks, prune: str | None = None):
     """Arrow ``chunks`` (every column of ``table``) loaded into a new scratch
-    table in ``ops``; yields its id, its row count and the values of the
-    MERGE's prune column among the rows, and drops it afterwards."""
+    table in ``ops``; yields its id, its row count and the distinct values of
+    column ``prune`` among the rows, and drops it afterwards."""
     scratch = f"{bq.project}.{SCRATCH_DATASET}._scratch_{table.name}_{uuid.uuid4().hex[:12]}"
     definition = bigquery.Table(scratch, schema=table.bigquery_schema())
     definition.expires = datetime.now(timezone.utc) + timedelta(days=1)  # a crashed run leaves no litter
     bq.create_table(definition)
     try:
-        _, prune = merge_key(table)
         rows, prune_values = 0, set()
         for chunk in chunks:
             if chunk.num_rows:
@@ -248,7 +249,7 @@ def scratch_table(bq: bigquery.Client, table: Table, chunks):
 def merge_rows(bq: bigquery.Client, write: BigQueryWrite, chunks) -> int:
     """Arrow ``chunks`` -> one MERGE into the table (``upsert``/``append``);
     returns the rows it inserted, updated or deleted."""
-    with scratch_table(bq, write.table, chunks) as (scratch, _, prune_values):
+    with scratch_table(bq, write.table, chunks, prune=merge_key(write.table)[1]) as (scratch, _, prune_values):
         sql, params = merge_statement(bq.project, write, scratch, prune_values)
         job = bq.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
         job.result()

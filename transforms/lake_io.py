@@ -30,6 +30,7 @@ import posixpath
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import apache_beam as beam
 import orjson
@@ -435,11 +436,16 @@ class Replace:
         if self.scope not in ("table", "sources", "partitions"):
             raise ValueError(self.scope)
 
+    @cached_property
+    def _source_ids(self) -> frozenset:
+        """The file-name prefixes of the sources' files (hashed once, not per file)."""
+        return frozenset(source_id(s) for s in self.values)
+
     def replaces(self, relpath: str) -> bool:
         if self.scope == "table":
             return True
         if self.scope == "sources":
-            return posixpath.basename(relpath).split("-", 1)[0] in {source_id(s) for s in self.values}
+            return posixpath.basename(relpath).split("-", 1)[0] in self._source_ids
         return relpath.split("/", 1)[0] in self.values
 
     def surviving_files(self, lake: str) -> list[str]:
