@@ -34,17 +34,17 @@ from datetime import date, timedelta
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from pipelines.common import add_sink_flags, bigquery_target, parse, run_pipeline, setup_logging
 from schemas import contract
+from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
-from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
-from transforms.bronze import ParseToBronze, pii_key_from_env
+from transforms.bronze import pii_key_from_env
+from transforms.bronze_columnar import ParseChunkFn
 from transforms.lake_io import (CommitLakeWrites, Replace, ReadLakeTable, ReadLandingFiles, WriteStaged,
                                 STREAM_SOURCE, expand_inputs, list_files, new_staging_dir, table_dir)
-from transforms.silver import BuildSilver
+from transforms.silver import BuildSilver, shuffled_columns
 
 
 def _date_range(first: date, last: date) -> list[str]:
@@ -77,49 +77,48 @@ def _source_files(paths: list[str], lake: str) -> frozenset:
     return frozenset(files)
 
 
-class InDateRange(beam.DoFn):
-    def __init__(self, days: frozenset):
-        self._days = days
-        self._outside = Metrics.counter("funnel", "outside_date_range")
+# Bytes of input per shard of the silver shuffles: a shard is what one step
+# holds in memory at once (about 100k records).
+BYTES_PER_SHARD = 32 << 20
 
-    def process(self, row):
-        if row["event_date"] in self._days:
-            yield row
-        else:
-            self._outside.inc()
+
+def shard_count(paths: list[str], kept_bronze: list[str]) -> int:
+    """Shards for the silver shuffles, from the size of what the run reads."""
+    sizes = [m.size_in_bytes for result in FileSystems.match(paths + kept_bronze) for m in result.metadata_list]
+    return max(1, min(512, -(-sum(sizes) // BYTES_PER_SHARD)))
 
 
 def build(p: beam.Pipeline, paths: list[str], sources: frozenset, lake: str,
           date_range: tuple[date, date] | None, pii_key: bytes, now: int,
-          bigquery: BigQueryTarget | None = None) -> None:
+          bigquery: BigQueryTarget | None = None, shards: int | None = None) -> None:
     """``sources``: the landing files the inputs hold (``_source_files``);
-    ``bigquery``: also merge bronze, dead letter and silver there."""
+    ``bigquery``: also merge bronze, dead letter and silver there;
+    ``shards``: of the silver shuffles (default: from the input size)."""
     staging = new_staging_dir(lake)
     days = frozenset(_date_range(*date_range)) if date_range else None
+    if date_range is not None:
+        rules = [Replace(t, "partitions", frozenset(f"event_date={d}" for d in days)) for t in BRONZE.values()]
+    else:
+        rules = [Replace(t, "sources", sources) for t in BRONZE.values()]
+    kept = {rule.table.name: rule.surviving_files(lake) for rule in rules}
+    shards = shards or shard_count(paths, [f for files in kept.values() for f in files])
 
-    raw = p | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
-    parsed = raw | "ParseToBronze" >> ParseToBronze(pii_key, "backfill", now_micros=now)
-
-    staged, rules, bronze = [], [], {}
-    for name, table in BRONZE.items():
-        rows = parsed[name]
-        if days is not None:
-            rows = rows | f"InDateRange_{name}" >> beam.ParDo(InDateRange(days))
-            rule = Replace(table, "partitions", frozenset(f"event_date={d}" for d in days))
-        else:
-            rule = Replace(table, "sources", sources)
-        staged.append(rows | f"Stage_{name}" >> WriteStaged(table, staging, group_by_source=True))
-        rules.append(rule)
-        existing = p | f"ReadKept_{name}" >> ReadLakeTable(table, lake, rule.surviving_files(lake))
-        bronze[name] = (rows, existing) | f"AllOf_{name}" >> beam.Flatten()
-
-    staged.append(parsed[DEAD_LETTER_TAG] | "Stage_dead_letter" >> WriteStaged(DEAD_LETTER, staging, group_by_source=True))
+    parsed = (p
+              | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
+              | "ParseToBronze" >> beam.ParDo(ParseChunkFn(pii_key, "backfill", now, days))
+              .with_outputs(DEAD_LETTER.name, main="bronze"))
+    staged = [(parsed.bronze, parsed[DEAD_LETTER.name]) | "BronzeAndDeadLetter" >> beam.Flatten()
+              | "StageBronze" >> WriteStaged([*BRONZE.values(), DEAD_LETTER], staging,
+                                             by_source=(*BRONZE, DEAD_LETTER.name))]
     rules.append(Replace(DEAD_LETTER, "sources", sources))
 
-    silver = bronze | "BuildSilver" >> BuildSilver()
-    for name, table in SILVER.items():
-        staged.append(silver[name] | f"Stage_{name}" >> WriteStaged(table, staging))
-        rules.append(Replace(table, "table"))
+    existing = [p | f"ReadKept_{rt.bronze_table}" >> ReadLakeTable(
+        BRONZE[rt.bronze_table], lake, kept[rt.bronze_table], columns=shuffled_columns(rt.name))
+        for rt in RECORD_TYPES.values()]
+    silver = ((parsed.bronze, *existing) | "AllBronze" >> beam.Flatten()
+              | "BuildSilver" >> BuildSilver(shards))
+    staged.append(silver | "StageSilver" >> WriteStaged(list(SILVER.values()), staging))
+    rules += [Replace(table, "table") for table in SILVER.values()]
 
     staged = staged | "AllStaged" >> beam.Flatten()
     if bigquery is not None:

@@ -181,43 +181,35 @@ def decode_record(data: bytes, attributes: dict | None):
     return obj
 
 
-class ParseRecordFn(beam.DoFn):
-    """One raw row in, one bronze row (tagged with its table) or one dead letter out."""
+def parse_record(raw: dict, pii_key: bytes, pipeline: str, now: int) -> tuple[str, dict]:
+    """The contract applied to one raw-layer row (``schemas.tables.RAW``, in-pipeline
+    types): -> ``(bronze table name, bronze row)``, or ``(DEAD_LETTER, dead-letter row)``.
 
-    def __init__(self, pii_key: bytes, pipeline: str, now_micros: int | None = None):
-        self._pii_key = pii_key
-        self._pipeline = pipeline
-        self._now = now_micros
-        self._read = Metrics.counter(METRICS_NAMESPACE, "records_read")
-        self._valid = {t: Metrics.counter(METRICS_NAMESPACE, f"valid_{t}") for t in BRONZE}
-        self._rejected = {r: Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{r}") for r in contract.REASONS}
+    This is the definition; the batch path's vectorized parse
+    (``transforms.bronze_columnar``) is a fast path for the records it can
+    prove valid with column operations and hands every other record to this
+    function (a property test checks the two agree)."""
+    obj = None
+    try:
+        attributes = orjson.loads(raw["attributes_json"]) if raw.get("attributes_json") else None
+        obj = decode_record(raw["data"], attributes)
+        rt, envelope, payload, extra = contract.validate_record(obj, now)
+    except Rejected as rejected:
+        record_type = obj.get("record_type") if isinstance(obj, dict) else None
+        return DEAD_LETTER, dead_letter_row(raw, pipeline, rejected, record_type)
+    return rt.bronze_table, to_bronze_row(rt, envelope, payload, extra, raw, pii_key)
 
-    def process(self, raw: dict):
-        self._read.inc()
-        obj = None
-        try:
-            attributes = orjson.loads(raw["attributes_json"]) if raw.get("attributes_json") else None
-            obj = decode_record(raw["data"], attributes)
-            # Streaming passes no fixed "now": processing time is the clock.
-            rt, envelope, payload, extra = contract.validate_record(obj, self._now or contract.now_micros())
-        except Rejected as rejected:
-            self._rejected[rejected.reason].inc()
-            record_type = obj.get("record_type") if isinstance(obj, dict) else None
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(raw, self._pipeline, rejected, record_type))
+
+class ParseCounters:
+    """The parse's counters: ``records_read``, ``valid_<table>``, ``dead_letter_<reason>``."""
+
+    def __init__(self):
+        self.read = Metrics.counter(METRICS_NAMESPACE, "records_read")
+        self.valid = {t: Metrics.counter(METRICS_NAMESPACE, f"valid_{t}") for t in BRONZE}
+        self.rejected = {r: Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{r}") for r in contract.REASONS}
+
+    def count(self, table: str, row: dict, n: int = 1) -> None:
+        if table == DEAD_LETTER:
+            self.rejected[row["reason"]].inc(n)
         else:
-            self._valid[rt.bronze_table].inc()
-            yield beam.pvalue.TaggedOutput(rt.bronze_table,
-                                           to_bronze_row(rt, envelope, payload, extra, raw, self._pii_key))
-
-
-class ParseToBronze(beam.PTransform):
-    """Raw rows -> ``{bronze table name: rows, 'dead_letter': rows}``."""
-
-    def __init__(self, pii_key: bytes, pipeline: str, now_micros: int | None = None):
-        super().__init__()
-        self._fn = ParseRecordFn(pii_key, pipeline, now_micros)
-
-    def expand(self, raw):
-        tables = [rt.bronze_table for rt in RECORD_TYPES.values()]
-        tagged = raw | "ValidateAndNormalize" >> beam.ParDo(self._fn).with_outputs(*tables, DEAD_LETTER)
-        return {name: tagged[name] for name in tables + [DEAD_LETTER]}
+            self.valid[table].inc(n)

@@ -15,12 +15,18 @@ associative merges let the runner pre-combine before the shuffle.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from schemas.contract import RECORD_TYPES
 from schemas.table import Table
-from schemas.tables import BRONZE_ENVELOPE
+from schemas.tables import BRONZE, BRONZE_ENVELOPE
+from transforms.columnar import first_of_groups, group_ids
 
 _ENVELOPE = frozenset(c.name for c in BRONZE_ENVELOPE) | {"event_date"}
 _NEVER = -(1 << 62)
@@ -34,7 +40,7 @@ def ingest_order(row: dict) -> tuple:
 
 def content(row: dict, table: Table) -> tuple:
     """What a producer said about the entity (envelope and ingest metadata excluded)."""
-    return tuple(row.get(c) for c in table.column_names if c not in _ENVELOPE)
+    return tuple(row.get(c) for c in content_columns(table))
 
 
 class _KeepOneFn(beam.CombineFn):
@@ -169,3 +175,114 @@ class DedupByIdentity(beam.PTransform):
                 | "KeyByIdentity" >> beam.Map(lambda r: (r[key], r))
                 | "PickCurrent" >> beam.CombinePerKey(combine_fn_for(self._rt.name, self._table))
                 | "CountCopies" >> beam.ParDo(CountCopiesFn(self._rt.name)))
+
+
+# --- the same rules on Arrow tables (batch) ----------------------------------------------------
+INGEST_ORDER = ("ingested_at", "source_file", "source_line", "message_id")
+
+
+@dataclass(frozen=True)
+class DedupCounts:
+    unique: int
+    extra_copies: int
+    conflicts: int
+
+
+def _ingest_order_keys(table: pa.Table, order: str) -> tuple[pa.Table, list]:
+    """Sort keys for ``ingest_order`` (nulls as '' and 0, as there)."""
+    filled = {"_ingested_at": table.column("ingested_at"),
+              "_source_file": pc.fill_null(table.column("source_file"), ""),
+              "_source_line": pc.fill_null(table.column("source_line"), 0),
+              "_message_id": pc.fill_null(table.column("message_id"), "")}
+    for name, values in filled.items():
+        table = table.append_column(name, values)
+    return table, [(name, order) for name in filled]
+
+
+def _version(table: pa.Table, fields: tuple[str, ...]) -> pa.Array:
+    return pc.coalesce(*(table.column(f).cast(pa.int64()) for f in fields), pa.scalar(_NEVER, pa.int64()))
+
+
+def _same(a, b) -> np.ndarray:
+    """Row-wise equality where null equals null."""
+    equal = pc.equal(a, b)
+    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+    return np.asarray(pc.fill_null(pc.or_(pc.fill_null(equal, False), both_null), False)
+                      .to_numpy(zero_copy_only=False), bool)
+
+
+def dedup_table(record_type: str, table: pa.Table) -> tuple[pa.Table, DedupCounts]:
+    """Bronze rows of one record type (Arrow) -> one row per key with
+    ``copies``, by the rules of the module docstring (the CombineFns above
+    are their per-element form; a property test checks both agree)."""
+    rt = RECORD_TYPES[record_type]
+    key = rt.key
+    columns = table.column_names
+    if table.num_rows == 0:
+        return table.append_column("copies", pa.array([], pa.int64())), DedupCounts(0, 0, 0)
+    if record_type == "session":
+        return _merge_non_null(table, key)
+    newest = record_type in _NEWEST_VERSION
+    if newest:
+        table = table.append_column("_version", _version(table, _NEWEST_VERSION[record_type]))
+    table, ingest_keys = _ingest_order_keys(table, "descending" if newest else "ascending")
+    sort_keys = [(key, "ascending")] + ([("_version", "descending")] if newest else []) + ingest_keys
+    ordered = table.sort_by(sort_keys)
+    starts = first_of_groups(ordered.column(key))
+    groups = group_ids(starts)
+    first_rows = np.flatnonzero(starts)
+    copies = np.diff(np.append(first_rows, ordered.num_rows))
+    conflicts = 0
+    if not newest:
+        winner_of_row = pa.array(first_rows[groups])
+        differs = np.zeros(ordered.num_rows, bool)
+        for c in content_columns(BRONZE[rt.bronze_table]):
+            if c in columns:
+                column = ordered.column(c)
+                differs |= ~_same(column, column.take(winner_of_row))
+        conflicts = int(np.count_nonzero(np.bincount(groups, weights=differs)))
+    winners = ordered.take(pa.array(first_rows)).select(columns)
+    winners = winners.append_column("copies", pa.array(copies, pa.int64()))
+    return winners, DedupCounts(len(first_rows), int(ordered.num_rows - len(first_rows)), conflicts)
+
+
+_NEWEST_VERSION = {"user": ("updated_at", "emitted_at"), "event_response": ("emitted_at",)}
+
+
+def _merge_non_null(table: pa.Table, key: str) -> tuple[pa.Table, DedupCounts]:
+    """Sessions: per column, the value of the newest version that has it
+    (a platform of 'unknown' counts as null)."""
+    table = table.set_column(table.column_names.index("platform"), "platform",
+                             pc.if_else(pc.equal(table.column("platform"), "unknown"),
+                                        pa.scalar(None, pa.string()), table.column("platform")))
+    table = table.append_column("_version", _version(table, ("emitted_at",)))
+    table, ingest_keys = _ingest_order_keys(table, "descending")
+    ordered = table.sort_by([(key, "ascending"), ("_version", "descending")] + ingest_keys)
+    values = [c for c in table.column_names if c != key and not c.startswith("_")]
+    merged = pa.TableGroupBy(ordered, key, use_threads=False).aggregate(
+        [(c, "first") for c in values] + [(key, "count")])
+    merged = merged.rename_columns([n.removesuffix("_first") if n != f"{key}_count" else "copies"
+                                    for n in merged.column_names])
+    merged = merged.set_column(merged.column_names.index("platform"), "platform",
+                               pc.fill_null(merged.column("platform"), "unknown"))
+    merged = merged.select([key] + values + ["copies"])
+    return merged, DedupCounts(merged.num_rows, table.num_rows - merged.num_rows, 0)
+
+
+def content_columns(table: Table) -> list[str]:
+    """The columns ``content`` compares."""
+    return [c for c in table.column_names if c not in _ENVELOPE]
+
+
+class DedupCounters:
+    """``unique_<type>``, ``duplicates_<type>``/``superseded_<type>``, ``conflicts_<type>``."""
+
+    def __init__(self):
+        self._unique = {t: Metrics.counter("funnel", f"unique_{t}") for t in RECORD_TYPES}
+        self._extra = {t: extra_copies_counter(t) for t in RECORD_TYPES}
+        self._conflicts = {t: Metrics.counter("funnel", f"conflicts_{t}") for t in RECORD_TYPES}
+
+    def count(self, record_type: str, counts: DedupCounts) -> None:
+        self._unique[record_type].inc(counts.unique)
+        self._extra[record_type].inc(counts.extra_copies)
+        self._conflicts[record_type].inc(counts.conflicts)

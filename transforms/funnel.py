@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 STAGES = ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned")
 CONFIRMED = frozenset(("sent", "delivered"))
 _COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
@@ -85,3 +89,90 @@ def funnel_stage_rows(summary: dict, country: str | None) -> list[dict]:
         })
         previous = reached_at
     return rows
+
+
+# --- the same rules on Arrow tables (batch) ----------------------------------------------------
+def _micros(column) -> pa.Array:
+    return column.cast(pa.int64()) if pa.types.is_timestamp(column.type) else column
+
+
+def min_per_key(keys, values) -> tuple[pa.Array, pa.Array]:
+    """Distinct non-null-valued keys and the least value of each."""
+    table = pa.table({"k": keys, "v": values}).filter(pc.is_valid(values))
+    grouped = table.group_by("k", use_threads=False).aggregate([("v", "min")])
+    return grouped.column("k"), grouped.column("v_min")
+
+
+def lookup(keys, table_keys, table_values) -> pa.Array:
+    """``table_values`` at the row whose ``table_keys`` equals each key (null when absent)."""
+    return pc.take(table_values, pc.index_in(keys, value_set=table_keys))
+
+
+def stage_times(session_ids, views: pa.Table, events: pa.Table, responses: pa.Table | None = None,
+                activities: pa.Table | None = None) -> list[pa.Array]:
+    """The five stages' reach times (int micros, null from the first stage
+    not reached) of every session in ``session_ids``; ``reached_stages`` is
+    the per-session form (a property test checks both agree).
+
+    Columns: views (session_id, view_timestamp); events (session_id,
+    event_id, event_type, timestamp); responses (session_id, response_id,
+    event_id, response_type, status, sent_at); activities (session_id,
+    response_id, activity_type, activity_time). A response or activity
+    counts for the session it is resolved to."""
+    session_ids = session_ids.combine_chunks() if isinstance(session_ids, pa.ChunkedArray) else session_ids
+    e_session, e_time, e_type = events.column("session_id"), _micros(events.column("timestamp")), events.column("event_type")
+
+    def of_type(event_type):
+        mask = pc.equal(e_type, event_type)
+        return e_session.filter(mask), e_time.filter(mask)
+
+    browse_events = of_type("browse")
+    k, first = min_per_key(pa.concat_arrays([_chunk(views.column("session_id")), _chunk(browse_events[0])]),
+                           pa.concat_arrays([_chunk(_micros(views.column("view_timestamp"))),
+                                             _chunk(browse_events[1])]))
+    reached = [lookup(session_ids, k, first)]
+    for event_type in ("add_to_cart", "payment_successful"):
+        sessions_, times = of_type(event_type)
+        after = pc.greater_equal(times, lookup(sessions_, session_ids, reached[-1]))
+        k, first = min_per_key(sessions_.filter(after), times.filter(after))
+        reached.append(lookup(session_ids, k, first))
+    nothing = pa.nulls(len(session_ids), pa.int64())
+    if responses is None or responses.num_rows == 0:
+        return reached + [nothing, nothing]
+
+    # confirmations: current status sent/delivered, email, answering a payment event of the same session
+    r_session = responses.column("session_id")
+    event_row = pc.index_in(responses.column("event_id"), value_set=events.column("event_id"))
+    of_payment = pc.and_(pc.equal(pc.take(e_type, event_row), "payment_successful"),
+                         pc.equal(pc.take(e_session, event_row), r_session))
+    confirmed = pc.fill_null(pc.and_(of_payment, pc.and_(
+        pc.equal(responses.column("response_type"), "email_confirmation"),
+        pc.is_in(responses.column("status"), pa.array(sorted(CONFIRMED))))), False)
+    confirmations = responses.filter(confirmed)
+    k, first = min_per_key(confirmations.column("session_id"), _micros(confirmations.column("sent_at")))
+    reached.append(pc.if_else(pc.is_valid(reached[-1]), lookup(session_ids, k, first), nothing))
+    if activities is None or activities.num_rows == 0:
+        return reached + [nothing]
+
+    # scans of a confirmation of the same session
+    confirmation_row = pc.index_in(activities.column("response_id"), value_set=confirmations.column("response_id"))
+    scanned = pc.fill_null(pc.and_(
+        pc.equal(activities.column("activity_type"), "barcode_scanned"),
+        pc.equal(pc.take(confirmations.column("session_id"), confirmation_row), activities.column("session_id"))),
+        False)
+    scans = activities.filter(scanned)
+    k, first = min_per_key(scans.column("session_id"), _micros(scans.column("activity_time")))
+    reached.append(pc.if_else(pc.is_valid(reached[-1]), lookup(session_ids, k, first), nothing))
+    return reached
+
+
+def _chunk(values) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks() if values.num_chunks else pa.array([], values.type)
+    return values
+
+
+def reached_count(reached: list[pa.Array]) -> np.ndarray:
+    """How many stages each session reached (stages are sequential, so the
+    reached ones are the non-null ones)."""
+    return sum(np.asarray(pc.is_valid(t).to_numpy(zero_copy_only=False), np.int64) for t in reached)

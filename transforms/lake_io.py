@@ -35,6 +35,7 @@ from functools import cached_property
 import apache_beam as beam
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -47,13 +48,14 @@ from apache_beam.utils.windowed_value import WindowedValue
 from schemas import contract
 from schemas.table import Table
 from schemas.tables import RAW
+from transforms.columnar import split_by_shard
 
 NAMESPACE = "funnel"
 ROWS_PER_FILE = 200_000
 # A writer holds at most this many rows across all its partitions, then
 # writes the largest partition out: memory stays bounded however large the
 # bundle (on FnApiRunner a batch bundle is the whole input).
-ROWS_BUFFERED = 50_000
+ROWS_BUFFERED = 200_000
 _READ_CHUNK = 8 << 20
 STREAM_SOURCE = "stream"  # file group of rows that came from Pub/Sub
 
@@ -93,10 +95,16 @@ def partition_values(relpath: str) -> dict:
     return dict(part.split("=", 1) for part in relpath.split("/")[:-1] if "=" in part)
 
 
-def write_parquet(path: str, table: Table, rows: list[dict]) -> None:
+def write_parquet(path: str, table: Table, rows: list[dict] | pa.Table) -> None:
+    """Rows (in-pipeline dicts, or Arrow with every column) -> one Parquet
+    file of the table's file columns (partition columns live in the path)."""
     _makedirs(posixpath.dirname(path))
+    if isinstance(rows, pa.Table):
+        arrow = rows.select([c.name for c in table.file_columns]).cast(table.arrow_schema(False))
+    else:
+        arrow = table.to_arrow(rows)
     with FileSystems.create(path) as f:
-        pq.write_table(table.to_arrow(rows), f, compression="zstd")
+        pq.write_table(arrow, f, compression="zstd")
 
 
 def read_parquet_rows(path: str, table: Table, root: str) -> list[dict]:
@@ -104,28 +112,44 @@ def read_parquet_rows(path: str, table: Table, root: str) -> list[dict]:
     return table.from_arrow(read_parquet_arrow(path, table, path[len(root):].lstrip("/")))
 
 
-def read_parquet_arrow(path: str, table: Table, relpath: str) -> pa.Table:
-    """One lake or staged file as Arrow with every column of ``table``, the
-    partition columns restored from ``relpath`` (its path below the table)."""
+def read_parquet_arrow(path: str, table: Table, relpath: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """One lake or staged file as Arrow with every column of ``table`` (or
+    ``columns``), the partition columns restored from ``relpath`` (its path
+    below the table)."""
+    wanted = list(columns) if columns is not None else table.column_names
+    partitions = partition_values(relpath)
     with FileSystems.open(path) as f:
-        arrow = pq.read_table(io.BytesIO(f.read()))
-    for name, value in partition_values(relpath).items():
-        arrow = arrow.append_column(name, pa.array([value] * arrow.num_rows, pa.string()))
-    return arrow.select(table.column_names).cast(table.arrow_schema())
+        arrow = pq.read_table(io.BytesIO(f.read()), columns=[c for c in wanted if c not in partitions])
+    for name, value in partitions.items():
+        if name in wanted:
+            arrow = arrow.append_column(name, pa.array([value] * arrow.num_rows, pa.string()))
+    schema = table.arrow_schema()
+    return arrow.select(wanted).cast(pa.schema([schema.field(c) for c in wanted]))
 
 
 # --- reading landing files ---------------------------------------------------------------
-def _iter_lines(f):
-    pending = b""
+# Lines per raw chunk, the element the batch path passes on: big enough that
+# Beam's per-element cost vanishes, small enough to bound a step's memory.
+RAW_CHUNK_ROWS = 50_000
+
+
+def _landing_lines(stream, digest):
+    """A landing file's lines (split on \\n, a trailing \\r removed), in
+    lists; ``digest`` gets the content, with a final newline if it lacks one."""
+    pending, last = b"", b"\n"
     while True:
-        chunk = f.read(_READ_CHUNK)
-        if not chunk:
+        block = stream.read(_READ_CHUNK)
+        if not block:
             break
-        lines = (pending + chunk).split(b"\n")
+        digest.update(block)
+        last = block[-1:]
+        lines = (pending + block).split(b"\n")
         pending = lines.pop()
-        yield from lines
+        yield [line[:-1] if line[-1:] == b"\r" else line for line in lines]
     if pending:
-        yield pending
+        yield [pending[:-1] if pending[-1:] == b"\r" else pending]
+    if last != b"\n":
+        digest.update(b"\n")
 
 
 def _default(value):
@@ -134,11 +158,23 @@ def _default(value):
     raise TypeError
 
 
+def raw_chunk(data: list[bytes], lines: list[int], source_file: str | None, ingested_at: int) -> pa.Table:
+    """Raw-layer rows (``RAW``, Arrow) of landing-file records."""
+    n = len(data)
+    when = pa.array([ingested_at] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")) if n else \
+        pa.array([], pa.timestamp("us", tz="UTC"))
+    return pa.Table.from_arrays([
+        when.cast(pa.date32()), pa.nulls(n, pa.string()), pa.nulls(n, pa.timestamp("us", tz="UTC")),
+        pa.nulls(n, pa.string()), when, pa.array([source_file] * n, pa.string()), pa.array(lines, pa.int64()),
+        pa.array(data, pa.binary())], schema=RAW.arrow_schema())
+
+
 class ReadLandingFileFn(beam.DoFn):
     """One landing file (JSONL, JSONL.gz, Parquet, or a raw-layer Parquet
-    file) -> raw rows. Landing files are also copied into the raw layer,
-    named by the SHA-256 of their content, so ingesting the same file again
-    never duplicates or rewrites raw."""
+    file) -> raw chunks (Arrow, at most ``RAW_CHUNK_ROWS`` rows). Landing
+    files are also copied into the raw layer, named by the SHA-256 of their
+    content, so ingesting the same file again never duplicates or rewrites
+    raw."""
 
     def __init__(self, lake: str, ingested_at: int, total_files: int = 0):
         self._raw_root = table_dir(lake, RAW)
@@ -154,7 +190,9 @@ class ReadLandingFileFn(beam.DoFn):
         self._done += 1
         if path.startswith(self._raw_root.rstrip("/") + "/"):
             # Already in the raw layer: replay it as it was ingested.
-            yield from read_parquet_rows(path, RAW, self._raw_root)
+            arrow = read_parquet_arrow(path, RAW, path[len(self._raw_root):].lstrip("/"))
+            for start in range(0, arrow.num_rows, RAW_CHUNK_ROWS):
+                yield arrow.slice(start, RAW_CHUNK_ROWS)
             self._files.inc()
             return
         digest = hashlib.sha256()
@@ -164,22 +202,24 @@ class ReadLandingFileFn(beam.DoFn):
         n = 0
         with FileSystems.create(staged) as out:
             writer = pq.ParquetWriter(out, RAW.arrow_schema(with_partition_columns=False), compression="zstd")
-            batch = []
-            for data in self._records(path, digest):
-                n += 1
-                if not data.strip():
-                    self._blank.inc()
-                    continue
-                row = {"ingest_date": ingest_date, "message_id": None, "publish_time": None,
-                       "attributes_json": None, "ingested_at": self._ingested_at,
-                       "source_file": path, "source_line": n, "data": data}
-                batch.append(row)
-                yield row
-                if len(batch) >= ROWS_PER_FILE:
-                    writer.write_table(RAW.to_arrow(batch))
-                    batch = []
-            if batch:
-                writer.write_table(RAW.to_arrow(batch))
+            data, lines = [], []
+            for block in self._records(path, digest):
+                for record in block:
+                    n += 1
+                    if record.strip():
+                        data.append(record)
+                        lines.append(n)
+                    else:
+                        self._blank.inc()
+                while len(data) >= RAW_CHUNK_ROWS:
+                    chunk = raw_chunk(data[:RAW_CHUNK_ROWS], lines[:RAW_CHUNK_ROWS], path, self._ingested_at)
+                    del data[:RAW_CHUNK_ROWS], lines[:RAW_CHUNK_ROWS]
+                    writer.write_table(chunk.drop_columns(["ingest_date"]))
+                    yield chunk
+            if data:
+                chunk = raw_chunk(data, lines, path, self._ingested_at)
+                writer.write_table(chunk.drop_columns(["ingest_date"]))
+                yield chunk
             writer.close()
         name = f"{digest.hexdigest()}.parquet"
         if list(m for m in FileSystems.match([f"{self._raw_root}/ingest_date=*/{name}"])[0].metadata_list):
@@ -194,24 +234,24 @@ class ReadLandingFileFn(beam.DoFn):
 
     @staticmethod
     def _records(path: str, digest):
+        """Lists of records: JSONL lines, or Parquet rows as canonical JSON."""
         if path.endswith(".parquet"):
             with FileSystems.open(path) as f:
                 parquet = pq.ParquetFile(io.BytesIO(f.read()))
             for batch in parquet.iter_batches(batch_size=50_000):
-                for row in batch.to_pylist():
-                    data = orjson.dumps({k: v for k, v in row.items() if v is not None}, default=_default)
+                block = [orjson.dumps({k: v for k, v in row.items() if v is not None}, default=_default)
+                         for row in batch.to_pylist()]
+                for data in block:
                     digest.update(data)
-                    yield data
+                yield block
             return
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             stream = gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
-            for line in _iter_lines(stream):
-                digest.update(line + b"\n")
-                yield line[:-1] if line.endswith(b"\r") else line
+            yield from _landing_lines(stream, digest)
 
 
 class ReadLandingFiles(beam.PTransform):
-    """File paths (resolved when the pipeline is built) -> raw rows."""
+    """File paths (resolved when the pipeline is built) -> raw chunks."""
 
     def __init__(self, paths: list[str], lake: str, ingested_at: int):
         super().__init__()
@@ -220,6 +260,8 @@ class ReadLandingFiles(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "ListFiles" >> beam.Create(self._paths)
+                # one file per worker on a distributed runner (Create alone would fuse them into one)
+                | "SpreadFiles" >> beam.Reshuffle()
                 | "ReadEachFile" >> beam.ParDo(ReadLandingFileFn(self._lake, self._ingested_at, len(self._paths))))
 
 
@@ -234,69 +276,97 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 
 
 class ReadLakeTable(beam.PTransform):
-    """Given lake files of one table -> its rows (partition columns restored)."""
+    """Given lake files of one table -> ``(table name, Arrow rows)`` per file,
+    partition columns restored; ``columns``: only those."""
 
-    def __init__(self, table: Table, lake: str, files: list[str]):
+    def __init__(self, table: Table, lake: str, files: list[str], columns: tuple[str, ...] | None = None):
         super().__init__()
-        self._table, self._root, self._files = table, table_dir(lake, table), files
+        self._table, self._root, self._files, self._columns = table, table_dir(lake, table), files, columns
 
     def expand(self, pbegin):
-        table, root = self._table, self._root
+        table, root, columns = self._table, self._root, self._columns
         return (pbegin
                 | "ListFiles" >> beam.Create(self._files)
-                | "ReadParquet" >> beam.FlatMap(lambda path: read_parquet_rows(path, table, root)))
+                | "ReadParquet" >> beam.Map(lambda path: (table.name, read_parquet_arrow(
+                    path, table, path[len(root):].lstrip("/"), columns))))
 
 
 # --- staged writes and the commit ------------------------------------------------------------
-class WriteStagedFn(beam.DoFn):
-    """Buffers rows per (partition, file group), writes Parquet files to
-    staging, emits ``(table name, relative path, staged path)``."""
+def _partitioned(table: Table, rows: pa.Table, by_source: bool):
+    """-> ((partition values..., file group), rows) for every partition (and
+    source file, with ``by_source``) the rows fall in."""
+    parts = [rows.column(c).cast(pa.string()) for c in table.partition_by]
+    if by_source:
+        parts.append(pc.fill_null(rows.column("source_file"), ""))
+    if not parts:
+        yield ("",), rows
+        return
+    combined = pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
+    encoded = combined.combine_chunks().dictionary_encode() if isinstance(combined, pa.ChunkedArray) \
+        else combined.dictionary_encode()
+    for index, part in split_by_shard(rows, encoded.indices.to_numpy(zero_copy_only=False), len(encoded.dictionary)):
+        values = encoded.dictionary[index].as_py().split("\x1f")
+        if by_source:
+            *values, source = values
+            group = source_id(source or None)
+        else:
+            group = ""
+        yield tuple(values) + (group,), part
 
-    def __init__(self, table: Table, staging: str, group_by_source: bool):
-        self._table, self._staging, self._by_source = table, staging, group_by_source
-        self._rows = Metrics.counter(NAMESPACE, f"rows_written_{table.name}")
+
+class WriteStagedFn(beam.DoFn):
+    """``(table name, Arrow rows)`` -> Parquet files in staging, one per
+    partition (and source file, for tables in ``by_source``) of at most
+    ``ROWS_PER_FILE`` rows; emits ``(table name, relative path, staged path)``.
+    Buffers at most ``ROWS_BUFFERED`` rows across partitions, writing the
+    largest out first."""
+
+    def __init__(self, tables: list[Table], staging: str, by_source: tuple[str, ...] = ()):
+        self._tables = {t.name: t for t in tables}
+        self._staging, self._by_source = staging, frozenset(by_source)
+        self._rows = {t.name: Metrics.counter(NAMESPACE, f"rows_written_{t.name}") for t in tables}
 
     def start_bundle(self):
         self._buffers = defaultdict(list)
+        self._sizes = defaultdict(int)
         self._buffered = 0
-        self._sources = {}
 
-    def process(self, row: dict):
-        group = ""
-        if self._by_source:
-            src = row.get("source_file")
-            group = self._sources.get(src) or self._sources.setdefault(src, source_id(src))
-        key = tuple(row[c] for c in self._table.partition_by) + (group,)
-        buffer = self._buffers[key]
-        buffer.append(row)
-        self._buffered += 1
-        if len(buffer) >= ROWS_PER_FILE:
-            yield self._flush(key)
-        elif self._buffered >= ROWS_BUFFERED:
-            yield self._flush(max(self._buffers, key=lambda k: len(self._buffers[k])))
+    def process(self, tagged):
+        name, rows = tagged
+        table = self._tables[name]
+        for key, part in _partitioned(table, rows, name in self._by_source):
+            key = (name,) + key
+            self._buffers[key].append(part)
+            self._sizes[key] += part.num_rows
+            self._buffered += part.num_rows
+            if self._sizes[key] >= ROWS_PER_FILE:
+                yield self._flush(key)
+        while self._buffered >= ROWS_BUFFERED:
+            yield self._flush(max(self._sizes, key=self._sizes.get))
 
     def finish_bundle(self):
         for key in list(self._buffers):
-            if self._buffers[key]:
-                yield WindowedValue(self._flush(key), MIN_TIMESTAMP, [GlobalWindow()])
+            yield WindowedValue(self._flush(key), MIN_TIMESTAMP, [GlobalWindow()])
 
     def _flush(self, key):
-        rows = self._buffers.pop(key)
-        self._buffered -= len(rows)
-        *parts, group = key
-        folders = [f"{c}={v}" for c, v in zip(self._table.partition_by, parts)]
-        name = f"{group + '-' if group else ''}{uuid.uuid4().hex}.parquet"
-        relpath = "/".join(folders + [name])
-        staged = posixpath.join(self._staging, self._table.name, relpath)
-        write_parquet(staged, self._table, rows)
-        self._rows.inc(len(rows))
-        return self._table.name, relpath, staged
+        rows = pa.concat_tables(self._buffers.pop(key))
+        self._buffered -= self._sizes.pop(key)
+        name, *parts, group = key
+        table = self._tables[name]
+        folders = [f"{c}={v}" for c, v in zip(table.partition_by, parts)]
+        relpath = "/".join(folders + [f"{group + '-' if group else ''}{uuid.uuid4().hex}.parquet"])
+        staged = posixpath.join(self._staging, name, relpath)
+        write_parquet(staged, table, rows)
+        self._rows[name].inc(rows.num_rows)
+        return name, relpath, staged
 
 
 class WriteStaged(beam.PTransform):
-    def __init__(self, table: Table, staging: str, group_by_source: bool = False):
+    """``(table name, Arrow rows)`` of ``tables`` -> staged files (see ``WriteStagedFn``)."""
+
+    def __init__(self, tables: list[Table], staging: str, by_source: tuple[str, ...] = ()):
         super().__init__()
-        self._fn = WriteStagedFn(table, staging, group_by_source)
+        self._fn = WriteStagedFn(tables, staging, by_source)
 
     def expand(self, rows):
         return rows | "WriteParquet" >> beam.ParDo(self._fn)

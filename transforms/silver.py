@@ -1,6 +1,9 @@
 """Bronze -> silver: one current row per identity, joined.
 
-Joins of the contract, each tolerant of either side missing:
+``JOINS`` is the one definition of how silver rows are resolved, read by
+the batch composite here and by the streaming one
+(``transforms.stream_silver``); each join is tolerant of either side
+missing:
 
 * view / click / event -> session by ``session_id`` (a session whose record
   never arrived is inferred from its earliest view/click/event: that date
@@ -10,28 +13,87 @@ Joins of the contract, each tolerant of either side missing:
 
 Every silver row carries ``session_id``, ``user_id`` and ``platform``
 resolved as far as the data allows; when the parent is unknown the row keeps
-its own platform and null session/user.
+its own platform and null session/user (``unknown_parent_context``).
+
+The rules exist in two forms: per session or per child in plain Python
+(``resolve_session``, ``unknown_parent_context``; the streaming upserts
+apply them to one key's rows) and on Arrow tables (``resolve_sessions``,
+``attach_parent``; the batch applies them to a shard's rows). A property
+test checks that both give the same rows.
+
+``BuildSilver`` (batch): four shuffles of Arrow shards -- by identity
+(dedup), by session (resolve sessions, attach their children), by event
+(attach responses), by response (attach activities).
 """
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from schemas import contract
 from schemas.contract import RECORD_TYPES
-from schemas.tables import BRONZE
-from transforms.dedup import DedupByIdentity
-from transforms.funnel import reached_stages
-
-_CHILD_TIME = {"view": "view_timestamp", "click": "click_timestamp", "event": "timestamp"}
-_CHILD_TABLE = {"view": "silver_views", "click": "silver_clicks", "event": "silver_events"}
+from schemas.tables import BRONZE, SILVER
+from transforms.columnar import ShardedShuffle, concat, first_of_groups, key_column
+from transforms.dedup import INGEST_ORDER, DedupCounters, content_columns, dedup_table
+from transforms.funnel import lookup, reached_count, reached_stages, stage_times
 
 
+@dataclass(frozen=True)
+class ParentJoin:
+    """Silver rows of ``child`` take the ``context`` columns of the silver row
+    of their ``parent``, found by the child's ``key`` column (the parent's
+    identity). ``orphan_counter`` counts children whose parent is unknown
+    (None: it is inferred, never unknown); ``time_column`` is the child's own
+    time."""
+    child: str
+    parent: str
+    key: str
+    context: tuple[str, ...]
+    orphan_counter: str | None
+    time_column: str
+
+    @property
+    def table(self) -> str:
+        return RECORD_TYPES[self.child].silver_table
+
+
+JOINS = (
+    ParentJoin("view", "session", "session_id", ("user_id", "platform"), None, "view_timestamp"),
+    ParentJoin("click", "session", "session_id", ("user_id", "platform"), None, "click_timestamp"),
+    ParentJoin("event", "session", "session_id", ("user_id", "platform"), None, "timestamp"),
+    ParentJoin("event_response", "event", "event_id", ("session_id", "user_id", "platform"),
+               "responses_without_event", "sent_at"),
+    ParentJoin("user_activity", "event_response", "response_id", ("event_id", "session_id", "user_id", "platform"),
+               "activities_without_response", "activity_time"),
+)
+SESSION_CHILDREN = tuple(j for j in JOINS if j.parent == "session")
+RESPONSE_JOIN, ACTIVITY_JOIN = (j for j in JOINS if j.parent != "session")
+_SESSION_FIELDS = ("user_id", "platform", "session_start_time", "session_end_time", "device_type",
+                   "geo_location", "experiments_json", "source", "emitted_at", "copies")
+
+
+def parent_context(join: ParentJoin, parent_row: dict) -> dict:
+    """The columns a child takes from its parent's silver row."""
+    return {c: parent_row[c] for c in join.context}
+
+
+def unknown_parent_context(columns: tuple[str, ...]) -> dict:
+    """The parent's columns when the parent is unknown: nulls, except that the
+    child keeps its own platform."""
+    return {c: None for c in columns if c != "platform"}
+
+
+# --- per session (streaming) -------------------------------------------------------------------
 def resolve_session(session_id: str, session: dict | None, children: dict[str, list[dict]]) -> dict:
-    """The silver_sessions row of one session from its (deduped) record and children."""
-    times = [(c[_CHILD_TIME[kind]], c) for kind, rows in children.items() for c in rows]
+    """The silver_sessions row of one session from its (deduped) record and
+    children (``{child kind: rows}``, in-pipeline types)."""
+    times = [(c[j.time_column], c) for j in SESSION_CHILDREN for c in children[j.child]]
     first = min(times, key=lambda tc: (tc[0], tc[1]["platform"])) if times else None
     row = {
         "session_id": session_id,
@@ -42,9 +104,7 @@ def resolve_session(session_id: str, session: dict | None, children: dict[str, l
         "events": len(children["event"]),
     }
     if session is not None:
-        row.update({k: session.get(k) for k in (
-            "user_id", "platform", "session_start_time", "session_end_time", "device_type",
-            "geo_location", "experiments_json", "source", "emitted_at", "copies")})
+        row.update({k: session.get(k) for k in _SESSION_FIELDS})
         row["has_session_record"] = True
     else:
         row.update({"user_id": None, "platform": first[1]["platform"], "session_start_time": first[0],
@@ -61,91 +121,226 @@ def resolve_session(session_id: str, session: dict | None, children: dict[str, l
     return row
 
 
-class JoinToSessionFn(beam.DoFn):
+# --- per shard (batch) -------------------------------------------------------------------------
+def _micros(column) -> pa.ChunkedArray:
+    return column.cast(pa.int64())
+
+
+def _per_session_count(ids: pa.Array, session_ids, mask=None) -> pa.Array:
+    """How many of ``session_ids`` (where ``mask``) equal each id."""
+    if mask is not None:
+        session_ids = session_ids.filter(mask)
+    counts = pa.table({"k": session_ids}).group_by("k", use_threads=False).aggregate([("k", "count")])
+    return pc.fill_null(lookup(ids, counts.column("k"), counts.column("k_count")), 0)
+
+
+def resolve_sessions(sessions: pa.Table, children: dict[str, pa.Table]) -> pa.Table:
+    """``resolve_session`` for every session of a shard: merged session
+    records (``dedup_table``) and the deduped children -> silver_sessions."""
+    kids = concat([pa.table({"session_id": children[j.child].column("session_id"),
+                             "time": _micros(children[j.child].column(j.time_column)),
+                             "platform": children[j.child].column("platform")}) for j in SESSION_CHILDREN],
+                  pa.schema([("session_id", pa.string()), ("time", pa.int64()), ("platform", pa.string())]))
+    ids = pc.unique(pa.chunked_array(sessions.column("session_id").chunks + kids.column("session_id").chunks,
+                                     pa.string()))
+    ordered = kids.sort_by([("session_id", "ascending"), ("time", "ascending"), ("platform", "ascending")])
+    firsts = ordered.filter(pa.array(first_of_groups(ordered.column("session_id"))))
+    last = kids.group_by("session_id", use_threads=False).aggregate([("time", "max")])
+    first_time = lookup(ids, firsts.column("session_id"), firsts.column("time"))
+
+    record = pc.index_in(ids, value_set=sessions.column("session_id"))
+    has_record = pc.is_valid(record)
+
+    def of_record(c):
+        return pc.take(sessions.column(c), record)
+
+    events = children["event"]
+    start = pc.if_else(has_record, _micros(of_record("session_start_time")), first_time)
+    end = _micros(of_record("session_end_time"))
+    last_time = lookup(ids, last.column("session_id"), last.column("time_max"))
+    reached = stage_times(ids, children["view"], events)[:3]
+    columns = {
+        "session_id": ids,
+        "user_id": of_record("user_id"),
+        "platform": pc.if_else(has_record, of_record("platform"),
+                               lookup(ids, firsts.column("session_id"), firsts.column("platform"))),
+        "has_session_record": has_record,
+        "session_date": start.cast(pa.timestamp("us", tz="UTC")).cast(pa.date32()),
+        "session_start_time": start,
+        "session_end_time": end,
+        **{c: of_record(c) for c in ("device_type", "geo_location", "experiments_json", "source", "emitted_at")},
+        "first_activity_at": first_time,
+        "last_activity_at": last_time,
+        "duration_seconds": pc.divide(pc.subtract(pc.coalesce(end, last_time), start).cast(pa.float64()), 1e6),
+        "copies": pc.fill_null(of_record("copies"), 0),
+        **{j.table.removeprefix("silver_"): _per_session_count(ids, children[j.child].column("session_id"))
+           for j in SESSION_CHILDREN},
+        **{measure: _per_session_count(ids, events.column("session_id"), pc.equal(events.column("event_type"), t))
+           for measure, t in (("browse_events", "browse"), ("add_to_cart_events", "add_to_cart"),
+                              ("payment_events", "payment_successful"))},
+        "furthest_stage_in_session": pa.array(reached_count(reached), pa.int64()),
+    }
+    return _as_table("silver_sessions", columns)
+
+
+def _as_table(name: str, columns: dict) -> pa.Table:
+    table = SILVER[name]
+    schema = table.arrow_schema()
+    return pa.Table.from_arrays([pc.cast(columns[c], schema.field(c).type) for c in table.column_names], schema=schema)
+
+
+def attach_parent(children: pa.Table, parents: pa.Table, join: ParentJoin) -> tuple[pa.Table, int]:
+    """Children (deduped rows of ``join.child``) with the context columns of
+    their parent's silver row, or ``unknown_parent_context``; -> (the
+    child's silver rows, how many had no parent)."""
+    row = pc.index_in(children.column(join.key), value_set=parents.column(join.key))
+    found = pc.is_valid(row)
+    columns = {c: children.column(c) for c in children.column_names}
+    for c in join.context:
+        values = pc.take(parents.column(c), row)
+        columns[c] = pc.if_else(found, values, children.column(c)) if c == "platform" else values
+    return _as_table(join.table, columns), children.num_rows - pc.sum(found).as_py() if children.num_rows else 0
+
+
+# --- the batch composite -----------------------------------------------------------------------
+def shuffled_columns(record_type: str) -> tuple[str, ...]:
+    """What the dedup shuffle carries of a bronze table: the columns silver
+    keeps, what ``content`` compares, and the ingest order."""
+    rt = RECORD_TYPES[record_type]
+    bronze = BRONZE[rt.bronze_table]
+    keep = set(SILVER[rt.silver_table].column_names) | set(content_columns(bronze)) | set(INGEST_ORDER)
+    return tuple(c for c in bronze.column_names if c in keep)
+
+
+def _empty(tag: str) -> pa.Table:
+    if tag in BRONZE:
+        table = BRONZE[tag]
+        return table.arrow_schema().empty_table().select(list(shuffled_columns(
+            next(rt.name for rt in RECORD_TYPES.values() if rt.bronze_table == tag))))
+    raise KeyError(tag)
+
+
+_CONTEXT = "context"  # tag of a parent's context rows in the response and activity shuffles
+
+
+class DedupShardFn(beam.DoFn):
+    """A shard of bronze rows by identity -> ``silver_users`` (done), and the
+    current rows of every other type, tagged for the shuffle that joins them."""
+
+    def __init__(self):
+        self._counters = DedupCounters()
+
+    def process(self, keyed):
+        _, by_table = keyed
+        for rt in RECORD_TYPES.values():
+            rows = by_table.get(rt.bronze_table)
+            if rows is None:
+                continue
+            winners, counts = dedup_table(rt.name, rows)
+            self._counters.count(rt.name, counts)
+            if rt.name == "user":
+                yield rt.silver_table, _as_table(rt.silver_table, {c: winners.column(c)
+                                                                   for c in winners.column_names})
+            else:
+                yield beam.pvalue.TaggedOutput(_next_shuffle(rt.name), (rt.name, winners))
+
+
+def _next_shuffle(record_type: str) -> str:
+    if record_type == "session" or any(j.child == record_type for j in SESSION_CHILDREN):
+        return "by_session"
+    return "by_event" if record_type == RESPONSE_JOIN.child else "by_response"
+
+
+class SessionJoinFn(beam.DoFn):
+    """A shard of sessions and their children -> silver_sessions and the
+    children's silver rows; the events' context goes on to the responses."""
+
     def __init__(self):
         self._inferred = Metrics.counter("funnel", "sessions_inferred_without_record")
 
     def process(self, keyed):
-        session_id, grouped = keyed
-        sessions = list(grouped["session"])
-        children = {kind: list(grouped[kind]) for kind in _CHILD_TABLE}
-        session = resolve_session(session_id, sessions[0] if sessions else None, children)
-        if not sessions:
-            self._inferred.inc()
-        yield beam.pvalue.TaggedOutput("silver_sessions", session)
-        context = {"session_id": session_id, "user_id": session["user_id"], "platform": session["platform"]}
-        for kind, rows in children.items():
-            for child in rows:
-                yield beam.pvalue.TaggedOutput(_CHILD_TABLE[kind], {**child, **context})
+        _, by_kind = keyed
+        sessions = by_kind.get("session")
+        if sessions is None:
+            sessions = _merged_session_schema().empty_table()
+        children = {j.child: by_kind.get(j.child, _winner_schema(j.child).empty_table()) for j in SESSION_CHILDREN}
+        silver_sessions = resolve_sessions(sessions, children)
+        self._inferred.inc(silver_sessions.num_rows - pc.sum(silver_sessions.column("has_session_record")).as_py()
+                           if silver_sessions.num_rows else 0)
+        yield "silver_sessions", silver_sessions
+        for join in SESSION_CHILDREN:
+            silver_rows, _ = attach_parent(children[join.child], silver_sessions, join)
+            yield join.table, silver_rows
+            if join.child == RESPONSE_JOIN.parent:
+                yield beam.pvalue.TaggedOutput("by_event", (_CONTEXT, silver_rows.select(
+                    [RESPONSE_JOIN.key, *RESPONSE_JOIN.context])))
 
 
-def unknown_parent_context(columns: tuple[str, ...]) -> dict:
-    """The parent's columns when the parent is unknown: nulls, except that the
-    child keeps its own platform."""
-    return {c: None for c in columns if c != "platform"}
+class AttachParentShardFn(beam.DoFn):
+    """A shard of children and their parents' context -> the children's silver
+    rows (and, for responses, their context for the activities)."""
 
-
-class AttachParentFn(beam.DoFn):
-    """Children keyed by a parent id + the parent's context -> children with
-    the parent's resolved columns (or their own platform when it is unknown)."""
-
-    def __init__(self, context_columns: tuple[str, ...], counter: str):
-        self._columns = context_columns
-        self._orphans = Metrics.counter("funnel", counter)
+    def __init__(self, join: ParentJoin, pass_on: ParentJoin | None = None):
+        self._join, self._pass_on = join, pass_on
+        self._orphans = Metrics.counter("funnel", join.orphan_counter)
 
     def process(self, keyed):
-        _, grouped = keyed
-        parents = list(grouped["parent"])
-        if parents:
-            context = parents[0]
-        else:
-            context = unknown_parent_context(self._columns)
-        for child in grouped["child"]:
-            if not parents:
-                self._orphans.inc()
-            yield {**child, **context}
+        _, by_tag = keyed
+        join = self._join
+        children = by_tag.get(join.child)
+        if children is None:
+            return
+        parents = by_tag.get(_CONTEXT)
+        if parents is None:
+            parents = pa.table({c: pa.array([], pa.string()) for c in (join.key, *join.context)})
+        silver_rows, orphans = attach_parent(children, parents, join)
+        self._orphans.inc(orphans)
+        yield join.table, silver_rows
+        if self._pass_on is not None:
+            yield beam.pvalue.TaggedOutput("context", (_CONTEXT, silver_rows.select(
+                [self._pass_on.key, *self._pass_on.context])))
 
 
-class AttachParent(beam.PTransform):
-    def __init__(self, child_key: str, parent_key: str, context_columns: tuple[str, ...], counter: str):
-        super().__init__()
-        self._child_key, self._parent_key, self._columns, self._counter = child_key, parent_key, context_columns, counter
+def _winner_schema(record_type: str) -> pa.Schema:
+    rt = RECORD_TYPES[record_type]
+    schema = BRONZE[rt.bronze_table].arrow_schema()
+    return pa.schema([schema.field(c) for c in shuffled_columns(record_type)] + [pa.field("copies", pa.int64())])
 
-    def expand(self, pcolls):
-        children, parents = pcolls
-        ck, pk, cols = self._child_key, self._parent_key, self._columns
-        return ({"child": children | "KeyChild" >> beam.Map(lambda r: (r[ck], r)),
-                 "parent": parents | "KeyParentContext" >> beam.Map(lambda r: (r[pk], {c: r[c] for c in cols}))}
-                | "CoGroup" >> beam.CoGroupByKey()
-                | "Attach" >> beam.ParDo(AttachParentFn(cols, self._counter)))
+
+def _merged_session_schema() -> pa.Schema:
+    return _winner_schema("session")
 
 
 class BuildSilver(beam.PTransform):
-    """``{bronze table: rows}`` -> ``{silver table: rows}``."""
+    """``(bronze table name, Arrow rows)`` -> ``(silver table name, Arrow rows)``.
+    ``shards``: how many parts each shuffle splits the rows into (a shard is
+    what one call of a step holds in memory)."""
 
-    def expand(self, bronze: dict):
-        current = {
-            rt.name: bronze[rt.bronze_table] | f"Dedup_{rt.name}" >> DedupByIdentity(rt.name, BRONZE[rt.bronze_table])
-            for rt in RECORD_TYPES.values()
-        }
-        by_session = (
-            {kind: current[kind] | f"KeyBySession_{kind}" >> beam.Map(lambda r: (r["session_id"], r))
-             for kind in ("session", "view", "click", "event")}
-            | "CoGroupBySession" >> beam.CoGroupByKey()
-            | "JoinToSession" >> beam.ParDo(JoinToSessionFn()).with_outputs("silver_sessions", *_CHILD_TABLE.values())
-        )
-        responses = ((current["event_response"], by_session["silver_events"])
-                     | "ResponsesToEvents" >> AttachParent("event_id", "event_id",
-                                                           ("session_id", "user_id", "platform"),
-                                                           "responses_without_event"))
-        activities = ((current["user_activity"], responses)
-                      | "ActivitiesToResponses" >> AttachParent("response_id", "response_id",
-                                                                ("event_id", "session_id", "user_id", "platform"),
-                                                                "activities_without_response"))
-        return {
-            "silver_users": current["user"],
-            "silver_sessions": by_session["silver_sessions"],
-            **{name: by_session[name] for name in _CHILD_TABLE.values()},
-            "silver_event_responses": responses,
-            "silver_user_activity": activities,
-        }
+    def __init__(self, shards: int):
+        super().__init__()
+        self._shards = shards
+
+    def expand(self, bronze):
+        shards = self._shards
+        deduped = (bronze
+                   | "ByIdentity" >> ShardedShuffle(
+                       {rt.bronze_table: key_column(rt.key) for rt in RECORD_TYPES.values()}, shards,
+                       {rt.bronze_table: shuffled_columns(rt.name) for rt in RECORD_TYPES.values()})
+                   | "Dedup" >> beam.ParDo(DedupShardFn()).with_outputs("by_session", "by_event", "by_response",
+                                                                        main="silver"))
+        by_session = (deduped.by_session
+                      | "BySession" >> ShardedShuffle(
+                          {"session": key_column("session_id"),
+                           **{j.child: key_column("session_id") for j in SESSION_CHILDREN}}, shards)
+                      | "ResolveSessions" >> beam.ParDo(SessionJoinFn()).with_outputs("by_event", main="silver"))
+        by_event = (((deduped.by_event, by_session.by_event) | "ToEventShuffle" >> beam.Flatten())
+                    | "ByEvent" >> ShardedShuffle({RESPONSE_JOIN.child: key_column(RESPONSE_JOIN.key),
+                                                  _CONTEXT: key_column(RESPONSE_JOIN.key)}, shards)
+                    | "AttachResponses" >> beam.ParDo(AttachParentShardFn(RESPONSE_JOIN, ACTIVITY_JOIN))
+                    .with_outputs("context", main="silver"))
+        by_response = (((deduped.by_response, by_event.context) | "ToResponseShuffle" >> beam.Flatten())
+                       | "ByResponse" >> ShardedShuffle({ACTIVITY_JOIN.child: key_column(ACTIVITY_JOIN.key),
+                                                        _CONTEXT: key_column(ACTIVITY_JOIN.key)}, shards)
+                       | "AttachActivities" >> beam.ParDo(AttachParentShardFn(ACTIVITY_JOIN)))
+        return ((deduped.silver, by_session.silver, by_event.silver, by_response)
+                | "AllSilver" >> beam.Flatten())
