@@ -22,23 +22,36 @@ import argparse
 from datetime import date, datetime, timezone
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from pipelines.common import add_sink_flags, bigquery_target, parse, run_pipeline, setup_logging
 from schemas.tables import GOLD, SILVER
 from schemas.views import VIEWS
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
-from transforms.gold import BuildGold, CutAtAsOf
+from transforms.gold import GOLD_INPUTS, BuildGold, CutAtAsOfFn
 from transforms.lake_io import CommitLakeWrites, Replace, ReadLakeTable, WriteStaged, list_files, new_staging_dir, table_dir
 
 
-def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | None = None) -> None:
-    """``bigquery``: also replace the tables there."""
+# Bytes of silver Parquet per shard of the gold shuffle (about 100k rows).
+BYTES_PER_SHARD = 8 << 20
+
+
+def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | None = None,
+          shards: int | None = None) -> None:
+    """``bigquery``: also replace the tables there; ``shards``: of the gold
+    shuffle (default: from the size of silver)."""
     staging = new_staging_dir(lake)
-    silver = {name: p | f"Read_{name}" >> ReadLakeTable(table, lake, list_files(table_dir(lake, table)))
-              for name, table in SILVER.items()}
-    gold = silver | "CutAtAsOf" >> CutAtAsOf(as_of) | "BuildGold" >> BuildGold()
-    staged = [gold[name] | f"Stage_{name}" >> WriteStaged(table, staging) for name, table in GOLD.items()]
-    staged = staged | "AllStaged" >> beam.Flatten()
+    files = {name: list_files(table_dir(lake, table)) for name, table in SILVER.items()}
+    if shards is None:
+        sizes = [m.size_in_bytes for result in FileSystems.match([f for fs in files.values() for f in fs])
+                 for m in result.metadata_list] if any(files.values()) else []
+        shards = max(1, min(512, -(-sum(sizes) // BYTES_PER_SHARD)))
+    silver = [p | f"Read_{name}" >> ReadLakeTable(SILVER[name], lake, files[name], GOLD_INPUTS[name])
+              for name in GOLD_INPUTS]
+    gold = (silver | "AllSilver" >> beam.Flatten()
+            | "CutAtAsOf" >> beam.ParDo(CutAtAsOfFn(as_of))
+            | "BuildGold" >> BuildGold(shards))
+    staged = gold | "StageGold" >> WriteStaged(list(GOLD.values()), staging)
     if bigquery is not None:
         staged = staged | "PublishToBigQuery" >> PublishToBigQuery(
             bigquery, [BigQueryWrite(t, "truncate") for t in GOLD.values()], VIEWS.values())

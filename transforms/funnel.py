@@ -62,13 +62,18 @@ def reached_stages(views: list[dict], events: list[dict], responses: list[dict],
     return reached
 
 
+def country_code(geo_location: str | None) -> str | None:
+    """A session's geo_location when it is an alpha-2 country code (not 'lat,lon')."""
+    geo = (geo_location or "").strip().upper()
+    return geo if _COUNTRY_CODE.match(geo) else None
+
+
 def country_of(user: dict | None, session: dict) -> str | None:
-    """The user's country; for sessions without a known user, the session's
-    geo_location when it is an alpha-2 country code (not 'lat,lon')."""
+    """The user's country; for sessions without a known user (or country),
+    the session's geo_location when it is a country code."""
     if user and user.get("country"):
         return user["country"]
-    geo = (session.get("geo_location") or "").strip().upper()
-    return geo if _COUNTRY_CODE.match(geo) else None
+    return country_code(session.get("geo_location"))
 
 
 def funnel_stage_rows(summary: dict, country: str | None) -> list[dict]:

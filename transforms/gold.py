@@ -1,8 +1,14 @@
 """Silver -> the gold facts, dimension and marts of TABLES_AND_METRICS.md.
 
-One shuffle groups each session with its views, events, responses and
-activities (``SummarizeSessions``); the funnel, the user dimension and both
-marts are built from those per-session summaries.
+One shuffle (``ByUser``) brings every silver row of a user -- the user
+record, the user's sessions and everything resolved to them -- into one
+shard; rows of anonymous sessions go by session, unresolved rows by their
+own key. Each shard then computes, vectorized, its sessions' funnel stages
+(``transforms.funnel.stage_times``), ``fact_funnel_stage``, ``dim_user``,
+``fact_user_activity`` and partial marts; the partial marts (a few rows
+per period and platform) are summed in one last step. Distinct counts add
+up across shards because a user, a session and a payment live in exactly
+one shard.
 """
 from __future__ import annotations
 
@@ -10,260 +16,39 @@ import statistics
 from datetime import date, datetime, time, timedelta, timezone
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from schemas import contract
-from transforms.funnel import country_of, funnel_stage_rows, is_confirmation, reached_stages
+from schemas.tables import GOLD, SILVER
+from transforms.columnar import ShardedShuffle, coalesce_key, concat, first_of_groups
+from transforms.funnel import CONFIRMED, STAGES, country_code, lookup, reached_count, stage_times
 
 GRAINS = ("day", "month", "year")
 ALL_PLATFORMS = "all"
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
-
-def period_start(day: str, grain: str) -> str:
-    return {"day": day, "month": day[:7] + "-01", "year": day[:4] + "-01-01"}[grain]
-
-
-def ratio(numerator: int, denominator: int) -> float | None:
-    return numerator / denominator if denominator else None
-
-
-def periods(day: str, platform: str):
-    """Every (grain, period_start, platform) a record of this day and platform counts in."""
-    for grain in GRAINS:
-        start = period_start(day, grain)
-        yield grain, start, platform
-        yield grain, start, ALL_PLATFORMS
-
-
-# --- per-session summaries ------------------------------------------------------------------
-def _pick(*columns):
-    return lambda r: (r["session_id"], {c: r[c] for c in columns})
-
-
-class SummarizeSessionFn(beam.DoFn):
-    """(session_id, grouped silver rows) -> a summary (main output) and the
-    session's barcode scans (tag ``scans``)."""
-
-    def process(self, keyed):
-        session_id, g = keyed
-        sessions = list(g["session"])
-        if sessions:  # none when --as-of cut the session but not a late child
-            yield from self._summarize(session_id, sessions[0], g)
-
-    @staticmethod
-    def _summarize(session_id, s, g):
-        events, responses, activities = list(g["event"]), list(g["response"]), list(g["activity"])
-        reached = reached_stages(list(g["view"]), events, responses, activities)
-        times = [t for t in ([s["session_start_time"], s["first_activity_at"], s["last_activity_at"]]
-                             + [r["sent_at"] for r in responses] + [a["activity_time"] for a in activities])
-                 if t is not None]
-        payments = {e["event_id"]: e["timestamp"] for e in events if e["event_type"] == "payment_successful"}
-        yield {
-            "session_id": session_id, "user_id": s["user_id"], "session_date": s["session_date"],
-            "session_start_time": s["session_start_time"], "platform": s["platform"],
-            "device_type": s["device_type"], "geo_location": s["geo_location"],
-            "reached": reached, "payment_event_ids": sorted(payments),
-            "first_seen_at": min(times), "last_seen_at": max(times),
-        }
-        response_event = {r["response_id"]: r["event_id"] for r in responses}
-        for a in activities:
-            if a["activity_type"] != "barcode_scanned":
-                continue
-            payment_id = response_event.get(a["response_id"])
-            paid_at = payments.get(payment_id)
-            yield beam.pvalue.TaggedOutput("scans", {
-                "activity_id": a["activity_id"], "activity_time": a["activity_time"],
-                "user_id": s["user_id"], "platform": s["platform"],
-                "payment_event_id": payment_id if paid_at is not None else None,
-                "seconds_payment_to_scan": None if paid_at is None else (a["activity_time"] - paid_at) / 1e6,
-            })
-
-
-class SummarizeSessions(beam.PTransform):
-    def expand(self, silver):
-        resolved = lambda r: r["session_id"] is not None  # noqa: E731
-        grouped = {
-            "session": silver["silver_sessions"] | "KeySessions" >> beam.Map(lambda r: (r["session_id"], r)),
-            "view": silver["silver_views"] | "KeyViews" >> beam.Map(_pick("view_timestamp")),
-            "event": silver["silver_events"] | "KeyEvents" >> beam.Map(_pick("event_id", "event_type", "timestamp")),
-            "response": (silver["silver_event_responses"] | "ResolvedResponses" >> beam.Filter(resolved)
-                         | "KeyResponses" >> beam.Map(_pick("response_id", "event_id", "response_type",
-                                                            "status", "sent_at"))),
-            "activity": (silver["silver_user_activity"] | "ResolvedActivities" >> beam.Filter(resolved)
-                         | "KeyActivities" >> beam.Map(_pick("activity_id", "response_id", "activity_type",
-                                                             "activity_time"))),
-        } | "CoGroupBySession" >> beam.CoGroupByKey()
-        return grouped | "Summarize" >> beam.ParDo(SummarizeSessionFn()).with_outputs("scans", main="sessions")
-
-
-# --- users: dim_user and the funnel facts (they need the user's country) ----------------------
-class JoinUsersFn(beam.DoFn):
-    """(user_id, {user, sessions}) -> dim_user row (tag ``dim_user``) and
-    fact_funnel_stage rows (main)."""
-
-    def process(self, keyed):
-        user_id, g = keyed
-        users, sessions = list(g["user"]), sorted(g["session"], key=lambda s: (s["session_start_time"], s["session_id"]))
-        user = users[0] if users else None
-        for s in sessions:
-            yield from funnel_stage_rows(s, country_of(user, s))
-        yield beam.pvalue.TaggedOutput("dim_user", {
-            "user_id": user_id,
-            **{c: user[c] if user else None for c in ("email_hash", "country", "is_active", "signup_date")},
-            "first_seen_at": min((s["first_seen_at"] for s in sessions), default=None),
-            "last_seen_at": max((s["last_seen_at"] for s in sessions), default=None),
-            "first_platform": sessions[0]["platform"] if sessions else None,
-            "lifetime_sessions": len(sessions),
-            "lifetime_payments": len({p for s in sessions for p in s["payment_event_ids"]}),
-            "furthest_stage_number": max((len(s["reached"]) for s in sessions), default=0),
-        })
-
-
-# --- marts -----------------------------------------------------------------------------------
-class ConversionFn(beam.CombineFn):
-    """(reached stage count, user_id) per session -> mart_conversion_rate measures."""
-
-    def create_accumulator(self):
-        return [[0] * 5, set(), set()]
-
-    def add_input(self, acc, session):
-        stages, user_id = session
-        for i in range(stages):
-            acc[0][i] += 1
-        if user_id is not None and stages >= 1:
-            acc[1].add(user_id)
-        if user_id is not None and stages >= 3:
-            acc[2].add(user_id)
-        return acc
-
-    def merge_accumulators(self, accs):
-        merged = self.create_accumulator()
-        for counts, browse, pay in accs:
-            merged[0] = [a + b for a, b in zip(merged[0], counts)]
-            merged[1] |= browse
-            merged[2] |= pay
-        return merged
-
-    def extract_output(self, acc):
-        (browse, cart, pay, confirm, scan), users_browse, users_pay = acc
-        return {
-            "sessions_browse": browse, "sessions_add_to_cart": cart, "sessions_payment": pay,
-            "sessions_email_confirmation": confirm, "sessions_barcode_scanned": scan,
-            "users_browse": len(users_browse), "users_payment": len(users_pay),
-            "conversion_rate": ratio(pay, browse), "cart_rate": ratio(cart, browse),
-            "checkout_rate": ratio(pay, cart), "confirmation_rate": ratio(confirm, pay),
-            "scan_rate": ratio(scan, confirm),
-        }
-
-
-class BarcodeFn(beam.CombineFn):
-    """Scans -> mart_barcode_activity measures. Accumulator:
-    [activity ids, users, payment events, seconds payment -> scan]."""
-
-    def create_accumulator(self):
-        return [set(), set(), set(), []]
-
-    def add_input(self, acc, scan):
-        acc[0].add(scan["activity_id"])
-        if scan["user_id"] is not None:
-            acc[1].add(scan["user_id"])
-        if scan["payment_event_id"] is not None:
-            acc[2].add(scan["payment_event_id"])
-            acc[3].append(scan["seconds_payment_to_scan"])
-        return acc
-
-    def merge_accumulators(self, accs):
-        merged = self.create_accumulator()
-        for ids, users, orders, seconds in accs:
-            merged[0] |= ids
-            merged[1] |= users
-            merged[2] |= orders
-            merged[3].extend(seconds)
-        return merged
-
-    def extract_output(self, acc):
-        ids, users, orders, seconds = acc
-        return {"barcode_scans": len(ids), "scanning_users": len(users), "scanned_orders": len(orders),
-                "median_seconds_payment_to_scan": statistics.median(seconds) if seconds else None}
-
-
-def _period_row(keyed):
-    (grain, start, platform), measures = keyed
-    return {"period_grain": grain, "period_start": start, "platform": platform, **measures}
-
-
-class PeriodMart(beam.PTransform):
-    """Rows -> one row per (grain, period_start, platform incl. 'all')."""
-
-    def __init__(self, day_of, value_of, combine_fn):
-        super().__init__()
-        self._day_of, self._value_of, self._combine_fn = day_of, value_of, combine_fn
-
-    def expand(self, rows):
-        day_of, value_of = self._day_of, self._value_of
-        return (rows
-                | "ToPeriods" >> beam.FlatMap(lambda r: ((k, value_of(r)) for k in periods(day_of(r), r["platform"])))
-                | "Aggregate" >> beam.CombinePerKey(self._combine_fn)
-                | "ToRow" >> beam.Map(_period_row))
-
-
-# --- fact_user_activity -----------------------------------------------------------------------
-_ACTIVITY_MEASURES = ("sessions", "views", "clicks", "browse_events", "add_to_cart_events", "payments",
-                      "confirmations_sent", "barcode_scans")
-_EVENT_MEASURE = {"browse": "browse_events", "add_to_cart": "add_to_cart_events", "payment_successful": "payments"}
-
-
-def _activity(measure: str, time_column: str):
-    def to_counts(row):
-        if row["user_id"] is None or row[time_column] is None or measure is None:
-            return []
-        day = row[time_column] if time_column == "session_date" else contract.micros_to_date(row[time_column])
-        return [((row["user_id"], day), _ACTIVITY_MEASURES.index(measure))]
-    return to_counts
-
-
-class CountMeasuresFn(beam.CombineFn):
-    """Measure indexes -> a count per measure of _ACTIVITY_MEASURES."""
-
-    def create_accumulator(self):
-        return [0] * len(_ACTIVITY_MEASURES)
-
-    def add_input(self, acc, index):
-        acc[index] += 1
-        return acc
-
-    def merge_accumulators(self, accs):
-        return [sum(counts) for counts in zip(*accs)]
-
-    def extract_output(self, acc):
-        return acc
-
-
-class UserActivity(beam.PTransform):
-    def expand(self, silver):
-        sources = [
-            silver["silver_sessions"] | "SessionDays" >> beam.FlatMap(_activity("sessions", "session_date")),
-            silver["silver_views"] | "ViewDays" >> beam.FlatMap(_activity("views", "view_timestamp")),
-            silver["silver_clicks"] | "ClickDays" >> beam.FlatMap(_activity("clicks", "click_timestamp")),
-            silver["silver_events"] | "EventDays" >> beam.FlatMap(
-                lambda r: _activity(_EVENT_MEASURE.get(r["event_type"]), "timestamp")(r)),
-            silver["silver_event_responses"] | "ConfirmationDays" >> beam.FlatMap(
-                lambda r: _activity("confirmations_sent" if is_confirmation(r) else None, "sent_at")(r)),
-            silver["silver_user_activity"] | "ScanDays" >> beam.FlatMap(
-                lambda r: _activity("barcode_scans" if r["activity_type"] == "barcode_scanned" else None,
-                                    "activity_time")(r)),
-        ]
-        return (sources
-                | "AllActivity" >> beam.Flatten()
-                | "CountPerUserDay" >> beam.CombinePerKey(CountMeasuresFn())
-                | "ToRow" >> beam.Map(lambda kv: {"user_id": kv[0][0], "activity_date": kv[0][1],
-                                                  **dict(zip(_ACTIVITY_MEASURES, kv[1]))}))
-
-
-# --- as-of cut --------------------------------------------------------------------------------
+# What gold reads of each silver table.
+GOLD_INPUTS = {
+    "silver_users": ("user_id", "email_hash", "country", "is_active", "signup_date"),
+    "silver_sessions": ("session_id", "user_id", "session_date", "session_start_time", "platform", "device_type",
+                        "geo_location", "first_activity_at", "last_activity_at"),
+    "silver_views": ("view_id", "session_id", "user_id", "view_timestamp"),
+    "silver_clicks": ("click_id", "session_id", "user_id", "click_timestamp"),
+    "silver_events": ("event_id", "session_id", "user_id", "event_type", "timestamp"),
+    "silver_event_responses": ("response_id", "event_id", "session_id", "user_id", "response_type", "status",
+                               "sent_at"),
+    "silver_user_activity": ("activity_id", "response_id", "session_id", "user_id", "activity_type",
+                             "activity_time", "platform"),
+}
+# A silver row's own time, for the as-of cut.
 _OWN_TIME = {"silver_sessions": "session_start_time", "silver_views": "view_timestamp",
              "silver_clicks": "click_timestamp", "silver_events": "timestamp",
              "silver_event_responses": "sent_at", "silver_user_activity": "activity_time"}
+# The shard key: the user, else the session, else the row's own identity.
+_SHARD_KEY = {name: coalesce_key(*(["user_id", "session_id"] if name != "silver_users" else ["user_id"]),
+                                 SILVER[name].key[0]) for name in GOLD_INPUTS}
 
 
 def end_of_day_micros(day: date) -> int:
@@ -271,59 +56,329 @@ def end_of_day_micros(day: date) -> int:
     return (end - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
 
 
-class CutAtAsOf(beam.PTransform):
-    """Keeps the records whose own time is on or before the as-of date, so a
+class CutAtAsOfFn(beam.DoFn):
+    """Keeps the rows whose own time is on or before the as-of date, so a
     recompute "as of" a past day restates that day as it was then knowable."""
 
     def __init__(self, as_of: date):
-        super().__init__()
         self._end = end_of_day_micros(as_of)
         self._dropped = Metrics.counter("funnel", "gold_records_after_as_of")
 
-    def expand(self, silver):
-        end, dropped = self._end, self._dropped
+    def process(self, tagged):
+        name, rows = tagged
+        if name in _OWN_TIME:
+            t = rows.column(_OWN_TIME[name]).cast(pa.int64())
+            keep = pc.fill_null(pc.less(t, self._end), True)
+            kept = rows.filter(keep)
+            self._dropped.inc(rows.num_rows - kept.num_rows)
+            rows = kept
+        yield name, rows
 
-        def keep(row, column):
-            t = row[column]
-            if t is None or t < end:
-                return True
-            dropped.inc()
-            return False
 
-        return {name: (rows if name not in _OWN_TIME else
-                       rows | f"AsOf_{name}" >> beam.Filter(keep, _OWN_TIME[name]))
-                for name, rows in silver.items()}
+# --- one shard ---------------------------------------------------------------------------------
+def _micros(column) -> pa.Array:
+    return column.cast(pa.int64())
+
+
+def _table(name: str, columns: dict) -> pa.Table:
+    table = GOLD[name]
+    schema = table.arrow_schema()
+    return pa.Table.from_arrays([pc.cast(columns[c], schema.field(c).type) for c in table.column_names],
+                                schema=schema)
+
+
+def _date_of(micros) -> pa.Array:
+    return pc.cast(pc.cast(micros, _TIMESTAMP), pa.date32())
+
+
+def _min_of(*arrays) -> pa.Array:
+    return pc.min_element_wise(*arrays, skip_nulls=True)
+
+
+def _group(table: pa.Table, keys: list[str], aggregations: list) -> pa.Table:
+    return pa.TableGroupBy(table, keys, use_threads=False).aggregate(aggregations)
+
+
+def session_summaries(g: dict[str, pa.Table]) -> pa.Table:
+    """Per session of the shard: its columns, reach time of each stage
+    (``reached_1`` ..), stage count, payment count and first/last seen."""
+    sessions, events = g["silver_sessions"], g["silver_events"]
+    responses = g["silver_event_responses"].filter(pc.is_valid(g["silver_event_responses"].column("session_id")))
+    activities = g["silver_user_activity"].filter(pc.is_valid(g["silver_user_activity"].column("session_id")))
+    ids = sessions.column("session_id")
+    reached = stage_times(ids, g["silver_views"], events, responses, activities)
+
+    seen = [(responses.column("session_id"), _micros(responses.column("sent_at"))),
+            (activities.column("session_id"), _micros(activities.column("activity_time")))]
+    seen_at = pa.table({"s": pa.chunked_array([c for s, _ in seen for c in s.chunks], pa.string()),
+                        "t": pa.chunked_array([c for _, t in seen for c in t.chunks], pa.int64())})
+    seen_at = _group(seen_at.filter(pc.is_valid(seen_at.column("t"))), ["s"], [("t", "min"), ("t", "max")])
+    own = [_micros(sessions.column(c)) for c in ("session_start_time", "first_activity_at", "last_activity_at")]
+    payments = events.filter(pc.equal(events.column("event_type"), "payment_successful"))
+    payment_counts = _group(payments, ["session_id"], [("event_id", "count")])
+    columns = {c: sessions.column(c) for c in sessions.column_names}
+    columns.update({f"reached_{i}": t for i, t in enumerate(reached, start=1)})
+    columns["stages"] = pa.array(reached_count(reached), pa.int64())
+    columns["payments"] = pc.fill_null(lookup(ids, payment_counts.column("session_id"),
+                                              payment_counts.column("event_id_count")), 0)
+    columns["first_seen_at"] = _min_of(*own, lookup(ids, seen_at.column("s"), seen_at.column("t_min")))
+    columns["last_seen_at"] = pc.max_element_wise(*own, lookup(ids, seen_at.column("s"), seen_at.column("t_max")),
+                                                  skip_nulls=True)
+    return pa.table(columns)
+
+
+def user_country(sessions: pa.Table, users: pa.Table) -> pa.Array:
+    """``country_of`` for every session: the user's country, else the
+    session's geo_location when it is a country code."""
+    from_user = lookup(sessions.column("user_id"), users.column("user_id"), users.column("country"))
+    has_country = pc.fill_null(pc.greater(pc.utf8_length(from_user), 0), False)
+    distinct = pc.unique(sessions.column("geo_location"))
+    codes = pa.array([country_code(v) for v in distinct.to_pylist()], pa.string())
+    from_geo = codes.take(pc.index_in(sessions.column("geo_location"), value_set=distinct))
+    return pc.if_else(has_country, from_user, from_geo)
+
+
+def fact_funnel_stage(summary: pa.Table, users: pa.Table) -> pa.Table:
+    country = user_country(summary, users)
+    parts = []
+    for number, stage in enumerate(STAGES, start=1):
+        reached_at = summary.column(f"reached_{number}")
+        mask = pc.is_valid(reached_at)
+        previous = (pa.nulls(len(summary), pa.float64()) if number == 1 else
+                    pc.divide(pc.subtract(reached_at, summary.column(f"reached_{number - 1}")).cast(pa.float64()),
+                              1e6))
+        part = {c: summary.column(c) for c in ("session_id", "user_id", "session_date", "platform", "device_type")}
+        part.update(country=country, stage_number=pa.array(np.full(len(summary), number), pa.int64()),
+                    stage_name=pa.array([stage] * len(summary), pa.string()), reached_at=reached_at,
+                    seconds_from_previous_stage=previous)
+        parts.append(_table("fact_funnel_stage", part).filter(mask))
+    return concat(parts, GOLD["fact_funnel_stage"].arrow_schema())
+
+
+def dim_user(summary: pa.Table, users: pa.Table) -> pa.Table:
+    with_user = summary.filter(pc.is_valid(summary.column("user_id")))
+    ids = pc.unique(pa.chunked_array(users.column("user_id").chunks + with_user.column("user_id").chunks,
+                                     pa.string()))
+    per_user = _group(with_user, ["user_id"], [("first_seen_at", "min"), ("last_seen_at", "max"),
+                                               ("session_id", "count"), ("payments", "sum"), ("stages", "max")])
+    ordered = with_user.sort_by([("user_id", "ascending"), ("session_start_time", "ascending"),
+                                 ("session_id", "ascending")])
+    first = ordered.filter(pa.array(first_of_groups(ordered.column("user_id"))))
+
+    def of_user(column):
+        return lookup(ids, per_user.column("user_id"), per_user.column(column))
+
+    columns = {"user_id": ids,
+               **{c: lookup(ids, users.column("user_id"), users.column(c))
+                  for c in ("email_hash", "country", "is_active", "signup_date")},
+               "first_seen_at": of_user("first_seen_at_min"), "last_seen_at": of_user("last_seen_at_max"),
+               "first_platform": lookup(ids, first.column("user_id"), first.column("platform")),
+               "lifetime_sessions": pc.fill_null(of_user("session_id_count"), 0),
+               "lifetime_payments": pc.fill_null(of_user("payments_sum"), 0),
+               "furthest_stage_number": pc.fill_null(of_user("stages_max"), 0)}
+    return _table("dim_user", columns)
+
+
+_ACTIVITY_MEASURES = ("sessions", "views", "clicks", "browse_events", "add_to_cart_events", "payments",
+                      "confirmations_sent", "barcode_scans")
+
+
+def fact_user_activity(g: dict[str, pa.Table]) -> pa.Table:
+    """Per (user, UTC date of each record's own time): counts of each measure."""
+    events, responses, activities = g["silver_events"], g["silver_event_responses"], g["silver_user_activity"]
+    confirmed = pc.and_(pc.equal(responses.column("response_type"), "email_confirmation"),
+                        pc.is_in(responses.column("status"), pa.array(sorted(CONFIRMED))))
+    sources = [
+        ("sessions", g["silver_sessions"], g["silver_sessions"].column("session_date"), None),
+        ("views", g["silver_views"], _date_of(g["silver_views"].column("view_timestamp")), None),
+        ("clicks", g["silver_clicks"], _date_of(g["silver_clicks"].column("click_timestamp")), None),
+        *((measure, events, _date_of(events.column("timestamp")), pc.equal(events.column("event_type"), t))
+          for measure, t in (("browse_events", "browse"), ("add_to_cart_events", "add_to_cart"),
+                             ("payments", "payment_successful"))),
+        ("confirmations_sent", responses, _date_of(responses.column("sent_at")), confirmed),
+        ("barcode_scans", activities, _date_of(activities.column("activity_time")),
+         pc.equal(activities.column("activity_type"), "barcode_scanned")),
+    ]
+    long = []
+    for measure, rows, day, mask in sources:
+        part = pa.table({"user_id": rows.column("user_id"), "activity_date": day,
+                         "m": pa.array(np.full(rows.num_rows, _ACTIVITY_MEASURES.index(measure)), pa.int8())})
+        keep = pc.and_(pc.is_valid(part.column("user_id")), pc.is_valid(part.column("activity_date")))
+        if mask is not None:
+            keep = pc.and_(keep, pc.fill_null(mask, False))
+        long.append(part.filter(keep))
+    long = concat(long, pa.schema([("user_id", pa.string()), ("activity_date", pa.date32()), ("m", pa.int8())]))
+    indicators = {name: pc.cast(pc.equal(long.column("m"), i), pa.int64()) for i, name in enumerate(_ACTIVITY_MEASURES)}
+    for name, values in indicators.items():
+        long = long.append_column(name, values)
+    counted = _group(long, ["user_id", "activity_date"], [(name, "sum") for name in _ACTIVITY_MEASURES])
+    return _table("fact_user_activity", {"user_id": counted.column("user_id"),
+                                          "activity_date": counted.column("activity_date"),
+                                          **{name: counted.column(f"{name}_sum") for name in _ACTIVITY_MEASURES}})
+
+
+def _periods(day: pa.Array) -> list[tuple[str, pa.Array]]:
+    return [("day", day), ("month", pc.floor_temporal(day, unit="month")),
+            ("year", pc.floor_temporal(day, unit="year"))]
+
+
+def _by_period(rows: pa.Table, day: pa.Array) -> pa.Table:
+    """Every row once per (grain, period) and once more with platform 'all'."""
+    parts = []
+    for grain, start in _periods(day):
+        for platform in (rows.column("platform"), pa.array([ALL_PLATFORMS] * rows.num_rows, pa.string())):
+            parts.append(rows.set_column(rows.column_names.index("platform"), "platform", platform)
+                         .append_column("period_grain", pa.array([grain] * rows.num_rows, pa.string()))
+                         .append_column("period_start", start))
+    return pa.concat_tables(parts)
+
+
+_PERIOD_KEYS = ["period_grain", "period_start", "platform"]
+
+
+def conversion_partials(summary: pa.Table) -> pa.Table:
+    """Per (grain, period, platform): sessions reaching each stage, distinct
+    users reaching browse and payment (distinct within the shard)."""
+    stages = summary.column("stages")
+    rows = pa.table({"platform": summary.column("platform"),
+                     **{f"s{k}": pc.cast(pc.greater_equal(stages, k), pa.int64()) for k in range(1, 6)},
+                     "u_browse": pc.if_else(pc.greater_equal(stages, 1), summary.column("user_id"),
+                                            pa.scalar(None, pa.string())),
+                     "u_payment": pc.if_else(pc.greater_equal(stages, 3), summary.column("user_id"),
+                                             pa.scalar(None, pa.string()))})
+    grouped = _group(_by_period(rows, summary.column("session_date")), _PERIOD_KEYS,
+                     [(f"s{k}", "sum") for k in range(1, 6)]
+                     + [("u_browse", "count_distinct", pc.CountOptions(mode="only_valid")),
+                        ("u_payment", "count_distinct", pc.CountOptions(mode="only_valid"))])
+    return grouped
+
+
+def scans(summary: pa.Table, g: dict[str, pa.Table]) -> pa.Table:
+    """Barcode scans with their user, platform and (when their confirmation
+    answers a payment of the session) the payment and seconds to the scan."""
+    activities = g["silver_user_activity"]
+    activities = activities.filter(pc.equal(activities.column("activity_type"), "barcode_scanned"))
+    resolved = activities.filter(pc.is_in(activities.column("session_id"), summary.column("session_id")))
+    unresolved = activities.filter(pc.is_null(activities.column("session_id")))
+    responses, events = g["silver_event_responses"], g["silver_events"]
+    response = pc.index_in(resolved.column("response_id"), value_set=responses.column("response_id"))
+    same_session = pc.equal(pc.take(responses.column("session_id"), response), resolved.column("session_id"))
+    event_id = pc.if_else(same_session, pc.take(responses.column("event_id"), response), pa.scalar(None, pa.string()))
+    event = pc.index_in(event_id, value_set=events.column("event_id"))
+    is_payment = pc.fill_null(pc.and_(pc.equal(pc.take(events.column("event_type"), event), "payment_successful"),
+                                      pc.equal(pc.take(events.column("session_id"), event),
+                                               resolved.column("session_id"))), False)
+    paid_at = pc.if_else(is_payment, _micros(pc.take(events.column("timestamp"), event)),
+                         pa.scalar(None, pa.int64()))
+    session = pc.index_in(resolved.column("session_id"), value_set=summary.column("session_id"))
+    linked = pa.table({
+        "activity_id": resolved.column("activity_id"), "activity_time": _micros(resolved.column("activity_time")),
+        "user_id": pc.take(summary.column("user_id"), session), "platform": pc.take(summary.column("platform"), session),
+        "payment_event_id": pc.if_else(is_payment, event_id, pa.scalar(None, pa.string())),
+        "seconds": pc.divide(pc.subtract(_micros(resolved.column("activity_time")), paid_at).cast(pa.float64()), 1e6)})
+    alone = pa.table({
+        "activity_id": unresolved.column("activity_id"), "activity_time": _micros(unresolved.column("activity_time")),
+        "user_id": pa.nulls(unresolved.num_rows, pa.string()), "platform": unresolved.column("platform"),
+        "payment_event_id": pa.nulls(unresolved.num_rows, pa.string()),
+        "seconds": pa.nulls(unresolved.num_rows, pa.float64())})
+    return pa.concat_tables([linked, alone])
+
+
+def barcode_partials(all_scans: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """-> (distinct scans, users and orders per (grain, period, platform);
+    the seconds payment -> scan of each linked scan there, for the median)."""
+    periods = _by_period(all_scans, _date_of(all_scans.column("activity_time")))
+    counts = _group(periods, _PERIOD_KEYS, [("activity_id", "count_distinct", pc.CountOptions(mode="only_valid")),
+                                            ("user_id", "count_distinct", pc.CountOptions(mode="only_valid")),
+                                            ("payment_event_id", "count_distinct",
+                                             pc.CountOptions(mode="only_valid"))])
+    seconds = periods.select(_PERIOD_KEYS + ["seconds"]).filter(pc.is_valid(periods.column("seconds")))
+    return counts, seconds
+
+
+def _ratio(numerator, denominator) -> pa.Array:
+    return pc.if_else(pc.equal(denominator, 0), pa.scalar(None, pa.float64()),
+                      pc.divide(pc.cast(numerator, pa.float64()), pc.cast(denominator, pa.float64())))
+
+
+def mart_conversion_rate(partials: pa.Table) -> pa.Table:
+    summed = _group(partials, _PERIOD_KEYS, [(c, "sum") for c in partials.column_names if c not in _PERIOD_KEYS])
+    browse, cart, pay, confirm, scan = (summed.column(f"s{k}_sum_sum") for k in range(1, 6))
+    return _table("mart_conversion_rate", {
+        **{c: summed.column(c) for c in _PERIOD_KEYS},
+        "sessions_browse": browse, "sessions_add_to_cart": cart, "sessions_payment": pay,
+        "sessions_email_confirmation": confirm, "sessions_barcode_scanned": scan,
+        "users_browse": summed.column("u_browse_count_distinct_sum"),
+        "users_payment": summed.column("u_payment_count_distinct_sum"),
+        "conversion_rate": _ratio(pay, browse), "cart_rate": _ratio(cart, browse), "checkout_rate": _ratio(pay, cart),
+        "confirmation_rate": _ratio(confirm, pay), "scan_rate": _ratio(scan, confirm)})
+
+
+def mart_barcode_activity(partials: pa.Table, seconds: pa.Table) -> pa.Table:
+    summed = _group(partials, _PERIOD_KEYS, [("activity_id_count_distinct", "sum"),
+                                             ("user_id_count_distinct", "sum"),
+                                             ("payment_event_id_count_distinct", "sum")])
+    listed = _group(seconds, _PERIOD_KEYS, [("seconds", "list")])
+    median_of = {tuple(key): statistics.median(values) for *key, values in zip(
+        *(listed.column(c).to_pylist() for c in _PERIOD_KEYS + ["seconds_list"]))}
+    medians = [median_of.get(key) for key in zip(*(summed.column(c).to_pylist() for c in _PERIOD_KEYS))]
+    return _table("mart_barcode_activity", {
+        **{c: summed.column(c) for c in _PERIOD_KEYS},
+        "barcode_scans": summed.column("activity_id_count_distinct_sum"),
+        "scanning_users": summed.column("user_id_count_distinct_sum"),
+        "scanned_orders": summed.column("payment_event_id_count_distinct_sum"),
+        "median_seconds_payment_to_scan": pa.array(medians, pa.float64())})
+
+
+def _empty_inputs() -> dict[str, pa.Table]:
+    return {name: pa.schema([SILVER[name].arrow_schema().field(c) for c in columns]).empty_table()
+            for name, columns in GOLD_INPUTS.items()}
+
+
+class GoldShardFn(beam.DoFn):
+    """A shard of silver (by user) -> its gold fact and dimension rows, and
+    (output ``partials``) its partial marts."""
+
+    def process(self, keyed):
+        _, by_table = keyed
+        g = {**_empty_inputs(), **{name: rows.combine_chunks() for name, rows in by_table.items()}}
+        summary = session_summaries(g)
+        users = g["silver_users"]
+        yield "fact_funnel_stage", fact_funnel_stage(summary, users)
+        yield "dim_user", dim_user(summary, users)
+        yield "fact_user_activity", fact_user_activity(g)
+        yield beam.pvalue.TaggedOutput("partials", ("mart_conversion_rate", conversion_partials(summary)))
+        counts, seconds = barcode_partials(scans(summary, g))
+        yield beam.pvalue.TaggedOutput("partials", ("mart_barcode_activity", counts))
+        yield beam.pvalue.TaggedOutput("partials", (_SECONDS, seconds))
+
+
+_SECONDS = "mart_barcode_activity#seconds"
+
+
+def _finish_marts(keyed):
+    _, parts = keyed
+    by_mart = {}
+    for name, table in parts:
+        by_mart.setdefault(name, []).append(table)
+    yield "mart_conversion_rate", mart_conversion_rate(pa.concat_tables(by_mart["mart_conversion_rate"]))
+    yield "mart_barcode_activity", mart_barcode_activity(pa.concat_tables(by_mart["mart_barcode_activity"]),
+                                                         pa.concat_tables(by_mart[_SECONDS]))
 
 
 class BuildGold(beam.PTransform):
-    """``{silver table: rows}`` -> ``{gold table: rows}``."""
+    """``(silver table name, Arrow rows)`` -> ``(gold table name, Arrow rows)``."""
+
+    def __init__(self, shards: int):
+        super().__init__()
+        self._shards = shards
 
     def expand(self, silver):
-        summaries = silver | "SummarizeSessions" >> SummarizeSessions()
-        sessions = summaries.sessions
-        with_user = sessions | "WithUser" >> beam.Filter(lambda s: s["user_id"] is not None)
-        anonymous = sessions | "Anonymous" >> beam.Filter(lambda s: s["user_id"] is None)
-        joined = ({"user": silver["silver_users"] | "KeyUsers" >> beam.Map(lambda u: (u["user_id"], u)),
-                   "session": with_user | "KeySessionsByUser" >> beam.Map(lambda s: (s["user_id"], s))}
-                  | "CoGroupByUser" >> beam.CoGroupByKey()
-                  | "JoinUsers" >> beam.ParDo(JoinUsersFn()).with_outputs("dim_user", main="funnel"))
-        anonymous_funnel = anonymous | "AnonymousFunnel" >> beam.FlatMap(
-            lambda s: funnel_stage_rows(s, country_of(None, s)))
-        unresolved_scans = (silver["silver_user_activity"]
-                            | "UnresolvedScans" >> beam.Filter(
-                                lambda a: a["session_id"] is None and a["activity_type"] == "barcode_scanned")
-                            | "AsScan" >> beam.Map(lambda a: {
-                                "activity_id": a["activity_id"], "activity_time": a["activity_time"],
-                                "user_id": None, "platform": a["platform"], "payment_event_id": None,
-                                "seconds_payment_to_scan": None}))
-        return {
-            "fact_funnel_stage": (joined.funnel, anonymous_funnel) | "AllFunnelRows" >> beam.Flatten(),
-            "dim_user": joined.dim_user,
-            "fact_user_activity": silver | "FactUserActivity" >> UserActivity(),
-            "mart_conversion_rate": sessions | "MartConversionRate" >> PeriodMart(
-                lambda s: s["session_date"], lambda s: (len(s["reached"]), s["user_id"]), ConversionFn()),
-            "mart_barcode_activity": ((summaries.scans, unresolved_scans) | "AllScans" >> beam.Flatten()
-                                      | "MartBarcodeActivity" >> PeriodMart(
-                                          lambda s: contract.micros_to_date(s["activity_time"]),
-                                          lambda s: s, BarcodeFn())),
-        }
+        shards = (silver
+                  | "ByUser" >> ShardedShuffle(_SHARD_KEY, self._shards, GOLD_INPUTS)
+                  | "PerShard" >> beam.ParDo(GoldShardFn()).with_outputs("partials", main="facts"))
+        marts = (shards.partials
+                 | "OneKey" >> beam.Map(lambda part: (None, part))
+                 | "AllPartials" >> beam.GroupByKey()
+                 | "FinishMarts" >> beam.FlatMap(_finish_marts))
+        return (shards.facts, marts) | "AllGold" >> beam.Flatten()
