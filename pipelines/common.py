@@ -10,6 +10,8 @@ from typing import Callable
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms import metrics
+
 # The local default. DirectRunner would first try Prism, which downloads a
 # binary and fails offline; FnApiRunner is what DirectRunner falls back to.
 LOCAL_RUNNER = "FnApiRunner"
@@ -61,10 +63,10 @@ def setup_logging() -> None:
 
 
 def counters(result) -> dict[str, int]:
-    """The pipeline's ``funnel`` counters by name (committed where the runner has them)."""
+    """The pipeline's counters (``metrics.NAMESPACE``) by name (committed where the runner has them)."""
     out = {}
     for c in result.metrics().query()["counters"]:
-        if c.key.metric.namespace == "funnel":
+        if c.key.metric.namespace == metrics.NAMESPACE:
             value = c.committed if c.committed is not None else c.attempted
             out[c.key.metric.name] = out.get(c.key.metric.name, 0) + value
     return dict(sorted(out.items()))

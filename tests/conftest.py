@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import apache_beam as beam
 import pyarrow.dataset as ds
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -38,6 +39,29 @@ def bronze(table: str, line: int, **values) -> dict:
                ingested_at=T0 + 10 * MIN, source_file="a.jsonl", source_line=line)
     row.update(values)
     return row
+
+
+def tagged_arrow(tables: dict, rows_by_table: dict) -> list:
+    """{table name: dict rows} -> ``(table name, Arrow rows)`` elements, as
+    the batch transforms pass them."""
+    return [(name, tables[name].to_arrow(rows, with_partition_columns=True))
+            for name, rows in rows_by_table.items() if rows]
+
+
+class rows_of_table(dict):
+    """``(table name, Arrow rows)`` PCollection -> {table name: PCollection of
+    dict rows}, made on first use."""
+
+    def __init__(self, tagged):
+        super().__init__()
+        self._tagged = tagged
+
+    def __missing__(self, name):
+        from schemas.tables import ALL_TABLES
+        table = ALL_TABLES[name]
+        self[name] = self._tagged | f"RowsOf_{name}" >> beam.FlatMap(
+            lambda kv: table.from_arrow(kv[1]) if kv[0] == name else [])
+        return self[name]
 
 
 def read_table(path) -> list[dict]:

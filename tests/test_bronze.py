@@ -1,14 +1,16 @@
-"""ParseToBronze: good and bad records together; normalization; PII hashing."""
+"""Parsing raw records to bronze: good and bad records together; normalization;
+PII hashing. Both the per-record definition and the columnar batch parse."""
 import hashlib
+from collections import defaultdict
 
-import apache_beam as beam
 import orjson
 import pytest
-from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.bronze import (DEAD_LETTER, ParseToBronze, normalize_email, normalize_event_type,
-                               normalize_phone, normalize_platform, pseudonym)
-from tests.conftest import local_pipeline, ts
+from schemas.tables import ALL_TABLES, RAW
+from transforms.bronze import (DEAD_LETTER, normalize_email, normalize_event_type, normalize_phone,
+                               normalize_platform, parse_record, pseudonym)
+from transforms.bronze_columnar import parse_chunk
+from tests.conftest import ts
 
 KEY = b"test-key"
 NOW = ts("2026-11-25T00:00:00Z")
@@ -48,7 +50,23 @@ def test_pii_normalization():
     assert pseudonym(KEY, "a@b.c") != pseudonym(b"other-key", "a@b.c")
 
 
-def test_good_and_bad_records_split_into_bronze_and_typed_dead_letters():
+def _per_record(records) -> dict[str, list[dict]]:
+    out = defaultdict(list)
+    for raw_row in records:
+        table, row = parse_record(raw_row, KEY, "backfill", NOW)
+        out[table].append(row)
+    return out
+
+
+def _columnar(records) -> dict[str, list[dict]]:
+    parsed = parse_chunk(RAW.to_arrow(records, with_partition_columns=True), KEY, "backfill", NOW)
+    out = defaultdict(list, {name: ALL_TABLES[name].from_arrow(t) for name, t in parsed.bronze.items()})
+    out[DEAD_LETTER] = ALL_TABLES["dead_letter"].from_arrow(parsed.dead_letter)
+    return out
+
+
+@pytest.mark.parametrize("parse", [_per_record, _columnar], ids=["per-record", "columnar"])
+def test_good_and_bad_records_split_into_bronze_and_typed_dead_letters(parse):
     user = {"record_type": "user", "schema_version": 1, "source": "accounts-api", "platform": "web",
             "emitted_at": "2026-11-02T09:00:00Z",
             "payload": {"user_id": "u-1", "email": " Ana@Example.com ", "phone_number": "+34 600 123 456",
@@ -65,27 +83,21 @@ def test_good_and_bad_records_split_into_bronze_and_typed_dead_letters():
                raw({"record_type": "refund", "schema_version": 1, "source": "x", "payload": {}}, 5),
                raw(response_via_attributes, 6, attributes={"record_type": "event_response", "source": "mailer"}),
                raw(b"{" + b" " * (1024 * 1024) + b"}", 7)]
-    with local_pipeline() as p:
-        out = p | beam.Create(records) | ParseToBronze(KEY, "backfill", NOW)
-        assert_that(out["bronze_users"], equal_to([{
-            "user_id": "u-1", "email_hash": pseudonym(KEY, "ana@example.com"),
-            "email_sha256": hashlib.sha256(b"ana@example.com").hexdigest(),
-            "phone_number_hash": pseudonym(KEY, "+34600123456"), "country": "ES", "is_active": True,
-            "signup_date": "2025-03-14", "updated_at": None, "event_date": "2026-11-02", "platform": "web",
-            "platform_raw": None, "source": "accounts-api", "region": None, "schema_version": 1,
-            "emitted_at": ts("2026-11-02T09:00:00Z"), "extra_json": None, "ingested_at": INGESTED,
-            "source_file": "landing/a.jsonl", "source_line": 1, "message_id": None}]), label="users")
-        assert_that(out["bronze_events"] | "EventView" >> beam.Map(
-            lambda r: (r["event_type"], r["event_type_raw"], r["platform"], r["article_id"], r["price"],
-                       r["extra_json"], r["event_date"])),
-            equal_to([("add_to_cart", "ADD_TO_CART", "android", "a-7", 12.5, '{"payload":{"app_build":"7.4.1"}}',
-                       "2026-11-02")]), label="events")
-        assert_that(out["bronze_event_responses"] | "ResponseView" >> beam.Map(
-            lambda r: (r["response_id"], r["source"], r["sent_at"], r["sent_email_hash"])),
-            equal_to([("r-1", "mailer", ts("2026-11-02T10:00:00Z"), pseudonym(KEY, "ana@example.com"))]),
-            label="responses")
-        assert_that(out[DEAD_LETTER] | "DeadView" >> beam.Map(
-            lambda r: (r["source_line"], r["reason"], r["record_type"], r["pipeline"])),
-            equal_to([(3, "invalid_json", None, "backfill"), (4, "invalid_encoding", None, "backfill"),
-                      (5, "unknown_record_type", "refund", "backfill"), (7, "oversized", None, "backfill")]),
-            label="dead")
+    out = parse(records)
+    assert out["bronze_users"] == [{
+        "user_id": "u-1", "email_hash": pseudonym(KEY, "ana@example.com"),
+        "email_sha256": hashlib.sha256(b"ana@example.com").hexdigest(),
+        "phone_number_hash": pseudonym(KEY, "+34600123456"), "country": "ES", "is_active": True,
+        "signup_date": "2025-03-14", "updated_at": None, "event_date": "2026-11-02", "platform": "web",
+        "platform_raw": None, "source": "accounts-api", "region": None, "schema_version": 1,
+        "emitted_at": ts("2026-11-02T09:00:00Z"), "extra_json": None, "ingested_at": INGESTED,
+        "source_file": "landing/a.jsonl", "source_line": 1, "message_id": None}]
+    assert [(r["event_type"], r["event_type_raw"], r["platform"], r["article_id"], r["price"], r["extra_json"],
+             r["event_date"]) for r in out["bronze_events"]] == [
+        ("add_to_cart", "ADD_TO_CART", "android", "a-7", 12.5, '{"payload":{"app_build":"7.4.1"}}', "2026-11-02")]
+    assert [(r["response_id"], r["source"], r["sent_at"], r["sent_email_hash"])
+            for r in out["bronze_event_responses"]] == [
+        ("r-1", "mailer", ts("2026-11-02T10:00:00Z"), pseudonym(KEY, "ana@example.com"))]
+    assert sorted((r["source_line"], r["reason"], r["record_type"], r["pipeline"]) for r in out[DEAD_LETTER]) == [
+        (3, "invalid_json", None, "backfill"), (4, "invalid_encoding", None, "backfill"),
+        (5, "unknown_record_type", "refund", "backfill"), (7, "oversized", None, "backfill")]

@@ -7,9 +7,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.tables import BRONZE
 from transforms.funnel import reached_stages
-from transforms.gold import BuildGold, CutAtAsOf
+from transforms.gold import BuildGold, CutAtAsOfFn
 from transforms.silver import BuildSilver
-from tests.conftest import DAY, MIN, T0, bronze, local_pipeline
+from tests.conftest import DAY, MIN, T0, bronze, local_pipeline, rows_of_table, tagged_arrow
 
 
 def view(t):
@@ -116,11 +116,10 @@ def _scenario():
 
 def _gold(as_of=None):
     p = local_pipeline()
-    rows = _scenario()
-    silver = {name: p | f"Create_{name}" >> beam.Create(rows.get(name, [])) for name in BRONZE} | BuildSilver()
+    silver = p | beam.Create(tagged_arrow(BRONZE, _scenario())) | BuildSilver(shards=3)
     if as_of:
-        silver = silver | CutAtAsOf(as_of)
-    return p, silver | BuildGold()
+        silver = silver | beam.ParDo(CutAtAsOfFn(as_of))
+    return p, rows_of_table(silver | BuildGold(shards=3))
 
 
 def _select(label, pcoll, *columns):

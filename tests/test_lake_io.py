@@ -18,7 +18,7 @@ LINES = [b'{"record_type":"view","n":1}', b"", b"\xff\xfe not utf-8", b'{"record
 
 def _read(lake, paths, expected):
     with local_pipeline() as p:
-        rows = p | ReadLandingFiles([str(x) for x in paths], str(lake), ingested_at=T0)
+        rows = p | ReadLandingFiles([str(x) for x in paths], str(lake), ingested_at=T0) | beam.FlatMap(RAW.from_arrow)
         assert_that(rows | beam.Map(lambda r: (os.path.basename(r["source_file"]), r["source_line"], r["data"])),
                     equal_to(expected))
 
@@ -60,9 +60,11 @@ def test_raw_layer_files_replay_as_they_were_ingested(tmp_path):
 
 
 def _write(lake, table, rows, rule):
+    """Each row its own element, so a writer's buffering across elements is exercised."""
     staging = new_staging_dir(str(lake))
     with local_pipeline() as p:
-        _ = (p | beam.Create(rows) | WriteStaged(table, staging, group_by_source=rule.scope == "sources")
+        _ = (p | beam.Create([(table.name, table.to_arrow([row], with_partition_columns=True)) for row in rows])
+             | WriteStaged([table], staging, by_source=(table.name,) if rule.scope == "sources" else ())
              | CommitLakeWrites(str(lake), staging, [rule]))
     assert not os.path.exists(staging)
 
@@ -116,7 +118,7 @@ def test_a_failing_run_leaves_the_lake_as_it_was(tmp_path):
     try:
         with local_pipeline() as p:
             _ = (p | beam.Create([{"click_id": "x"}]) | beam.Map(explode)
-                 | WriteStaged(table, staging) | CommitLakeWrites(str(lake), staging, [Replace(table, "table")]))
+                 | WriteStaged([table], staging) | CommitLakeWrites(str(lake), staging, [Replace(table, "table")]))
     except Exception as error:  # noqa: BLE001 - the runner wraps the user error
         assert "boom" in str(error)
     else:

@@ -1,14 +1,21 @@
-"""DedupByIdentity and BuildSilver on handcrafted bronze rows."""
+"""Dedup and BuildSilver on handcrafted bronze rows."""
 import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.tables import BRONZE
-from transforms.dedup import DedupByIdentity
+from transforms.dedup import dedup_table
 from transforms.silver import BuildSilver
-from tests.conftest import MIN, T0, bronze, local_pipeline
+from tests.conftest import MIN, T0, bronze, local_pipeline, rows_of_table, tagged_arrow
+
 
 def project(*columns):
     return f"Project_{'_'.join(columns)}" >> beam.Map(lambda r: tuple(r[c] for c in columns))
+
+
+def dedup(record_type, table, rows, *columns):
+    """``dedup_table`` on dict rows -> the chosen columns of each current row."""
+    winners, _ = dedup_table(record_type, BRONZE[table].to_arrow(rows, with_partition_columns=True))
+    return sorted(tuple(r[c] for c in columns) for r in BRONZE[table].from_arrow(winners))
 
 
 def test_immutable_first_copy_wins_and_conflicts_are_still_duplicates():
@@ -16,10 +23,8 @@ def test_immutable_first_copy_wins_and_conflicts_are_still_duplicates():
             bronze("bronze_views", 2, view_id="v-1", session_id="s-1", view_timestamp=T0, page_type="checkout"),
             bronze("bronze_views", 9, view_id="v-1", session_id="s-1", view_timestamp=T0, page_type="landing"),
             bronze("bronze_views", 1, view_id="v-2", session_id="s-1", view_timestamp=T0)]
-    with local_pipeline() as p:
-        out = p | beam.Create(rows) | DedupByIdentity("view", BRONZE["bronze_views"])
-        assert_that(out | (project("view_id", "page_type", "source_line", "copies")),
-                    equal_to([("v-1", "checkout", 2, 3), ("v-2", None, 1, 1)]))
+    assert dedup("view", "bronze_views", rows, "view_id", "page_type", "source_line", "copies") == [
+        ("v-1", "checkout", 2, 3), ("v-2", None, 1, 1)]
 
 
 def test_user_newest_updated_at_wins_even_when_it_arrives_first():
@@ -28,10 +33,7 @@ def test_user_newest_updated_at_wins_even_when_it_arrives_first():
             # no updated_at: emitted_at decides
             bronze("bronze_users", 3, user_id="u-2", country="FR", emitted_at=T0 + MIN),
             bronze("bronze_users", 4, user_id="u-2", country="IT", emitted_at=T0)]
-    with local_pipeline() as p:
-        out = p | beam.Create(rows) | DedupByIdentity("user", BRONZE["bronze_users"])
-        assert_that(out | (project("user_id", "country", "copies")),
-                    equal_to([("u-1", "DE", 2), ("u-2", "FR", 2)]))
+    assert dedup("user", "bronze_users", rows, "user_id", "country", "copies") == [("u-1", "DE", 2), ("u-2", "FR", 2)]
 
 
 def test_session_versions_merge_and_null_never_replaces_a_value():
@@ -39,11 +41,9 @@ def test_session_versions_merge_and_null_never_replaces_a_value():
                    session_end_time=T0 + 20 * MIN, emitted_at=T0 + 20 * MIN),
             bronze("bronze_sessions", 1, session_id="s-1", session_start_time=T0, user_id="u-1", platform="ios",
                    device_type="mobile", experiments_json='{"checkout_button":"B"}', emitted_at=T0)]
-    with local_pipeline() as p:
-        out = p | beam.Create(rows) | DedupByIdentity("session", BRONZE["bronze_sessions"])
-        assert_that(out | (project("session_id", "user_id", "platform", "device_type", "experiments_json",
-                                           "session_end_time", "copies")),
-                    equal_to([("s-1", "u-1", "ios", "mobile", '{"checkout_button":"B"}', T0 + 20 * MIN, 2)]))
+    assert dedup("session", "bronze_sessions", rows, "session_id", "user_id", "platform", "device_type",
+                 "experiments_json", "session_end_time", "copies") == [
+        ("s-1", "u-1", "ios", "mobile", '{"checkout_button":"B"}', T0 + 20 * MIN, 2)]
 
 
 def test_response_status_newest_emitted_at_wins():
@@ -51,16 +51,13 @@ def test_response_status_newest_emitted_at_wins():
                    response_type="email_confirmation", emitted_at=T0 + 2 * MIN),
             bronze("bronze_event_responses", 2, response_id="r-1", event_id="e-1", status="sent",
                    response_type="email_confirmation", emitted_at=T0 + MIN)]
-    with local_pipeline() as p:
-        out = p | beam.Create(rows) | DedupByIdentity("event_response", BRONZE["bronze_event_responses"])
-        assert_that(out | (project("response_id", "status")), equal_to([("r-1", "delivered")]))
+    assert dedup("event_response", "bronze_event_responses", rows, "response_id", "status") == [("r-1", "delivered")]
 
 
 def _silver(rows_by_table):
     p = local_pipeline()
-    bronze_pcolls = {name: p | f"Create_{name}" >> beam.Create(rows_by_table.get(name, []))
-                     for name in BRONZE}
-    return p, bronze_pcolls | BuildSilver()
+    silver = p | beam.Create(tagged_arrow(BRONZE, rows_by_table)) | BuildSilver(shards=3)
+    return p, rows_of_table(silver)
 
 
 def test_joins_resolve_session_user_and_platform_through_every_hop():

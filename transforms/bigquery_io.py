@@ -47,11 +47,11 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.metrics import Metrics
 from google.cloud import bigquery
 
 from schemas.table import DATE, TIMESTAMP, Table
 from transforms.lake_io import BatchEvery, Replace, newest_per_key, read_parquet_arrow
+from transforms import metrics
 
 
 SCRATCH_DATASET = "ops"
@@ -305,7 +305,7 @@ class PublishStagedFn(beam.DoFn):
 
     def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite], views=()):
         self._target, self._writes, self._views = target, writes, tuple(views)
-        self._rows = {w.table.name: Metrics.counter("funnel", f"bigquery_rows_{w.table.name}") for w in writes}
+        self._rows = {w.table.name: metrics.counter(f"bigquery_rows_{w.table.name}") for w in writes}
 
     def process(self, staged_files: list):
         bq = self._target.client()
@@ -366,7 +366,7 @@ class MergeBatchFn(beam.DoFn):
 
     def __init__(self, target: BigQueryTarget, write: BigQueryWrite):
         self._target, self._write = target, write
-        self._rows = Metrics.counter("funnel", f"bigquery_rows_{write.table.name}")
+        self._rows = metrics.counter(f"bigquery_rows_{write.table.name}")
 
     def setup(self):
         self._bq = self._target.client()

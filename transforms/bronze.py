@@ -14,14 +14,13 @@ import re
 
 import apache_beam as beam
 import orjson
-from apache_beam.metrics import Metrics
 
 from schemas import contract
 from schemas.contract import RECORD_TYPES, Rejected
 from schemas.tables import BRONZE
+from transforms import metrics
 
 DEAD_LETTER = "dead_letter"
-METRICS_NAMESPACE = "funnel"
 
 # Local-only default so the demo runs without set-up; production passes a
 # secret through FUNNEL_PII_KEY (see README, "PII").
@@ -204,9 +203,9 @@ class ParseCounters:
     """The parse's counters: ``records_read``, ``valid_<table>``, ``dead_letter_<reason>``."""
 
     def __init__(self):
-        self.read = Metrics.counter(METRICS_NAMESPACE, "records_read")
-        self.valid = {t: Metrics.counter(METRICS_NAMESPACE, f"valid_{t}") for t in BRONZE}
-        self.rejected = {r: Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{r}") for r in contract.REASONS}
+        self.read = metrics.counter("records_read")
+        self.valid = {t: metrics.counter(f"valid_{t}") for t in BRONZE}
+        self.rejected = {r: metrics.counter(f"dead_letter_{r}") for r in contract.REASONS}
 
     def count(self, table: str, row: dict, n: int = 1) -> None:
         if table == DEAD_LETTER:

@@ -29,13 +29,14 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.metrics import Metrics
 
 from schemas import contract
 from schemas.contract import ENVELOPE, MAX_FUTURE_MICROS, MAX_RECORD_BYTES, MIN_TIMESTAMP_MS, RECORD_TYPES, Field
 from schemas.tables import BRONZE, DEAD_LETTER as DEAD_LETTER_TABLE
 from transforms.bronze import (DEAD_LETTER, ParseCounters, _json_text, _metadata_columns, normalize_email,
                                normalize_event_type, normalize_phone, normalize_platform, parse_record, pseudonym)
+from transforms import metrics
+from transforms.columnar import count_true
 
 # The ISO-8601 shapes the fast path converts: date, 'T', time to the second,
 # optional 1-6 fraction digits, optional 'Z' or +hh:mm offset (no offset =
@@ -331,19 +332,19 @@ class ParseChunkFn(beam.DoFn):
         self._pii_key, self._pipeline, self._now = pii_key, pipeline, now_micros
         self._days = None if days is None else sorted(days)
         self._counters = ParseCounters()
-        self._outside = Metrics.counter("funnel", "outside_date_range")
+        self._outside = metrics.counter("outside_date_range")
 
     def process(self, raw: pa.Table):
         parsed = parse_chunk(raw, self._pii_key, self._pipeline, self._now)
-        self._counters.read.inc(raw.num_rows)
+        metrics.add(self._counters.read, raw.num_rows)
         for name, n in parsed.valid.items():
-            self._counters.valid[name].inc(n)
+            metrics.add(self._counters.valid[name], n)
         for reason, n in parsed.rejected.items():
-            self._counters.rejected[reason].inc(n)
+            metrics.add(self._counters.rejected[reason], n)
         for name, table in parsed.bronze.items():
             if self._days is not None:
                 inside = pc.is_in(table.column("event_date"), pa.array(self._days).cast(pa.date32()))
-                self._outside.inc(table.num_rows - pc.sum(inside).as_py())
+                metrics.add(self._outside, table.num_rows - count_true(inside))
                 table = table.filter(inside)
             if table.num_rows:
                 yield name, table

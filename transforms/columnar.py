@@ -81,6 +81,11 @@ def first_of_groups(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return starts
 
 
+def count_true(mask) -> int:
+    """How many values of a boolean array are true (0 for an empty one)."""
+    return pc.sum(mask).as_py() or 0
+
+
 def group_ids(starts: np.ndarray) -> np.ndarray:
     """Group number of every row, from ``first_of_groups``."""
     return np.cumsum(starts) - 1

@@ -21,12 +21,12 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.metrics import Metrics
 
 from schemas.contract import RECORD_TYPES
 from schemas.table import Table
 from schemas.tables import BRONZE, BRONZE_ENVELOPE
 from transforms.columnar import first_of_groups, group_ids
+from transforms import metrics
 
 _ENVELOPE = frozenset(c.name for c in BRONZE_ENVELOPE) | {"event_date"}
 _NEVER = -(1 << 62)
@@ -142,14 +142,14 @@ def extra_copies_counter(record_type: str):
     """``duplicates_<type>``, or ``superseded_<type>`` for mutable types, whose
     extra copies are mostly newer versions. Batch and streaming count alike."""
     kind = "superseded" if RECORD_TYPES[record_type].mutable else "duplicates"
-    return Metrics.counter("funnel", f"{kind}_{record_type}")
+    return metrics.counter(f"{kind}_{record_type}")
 
 
 class CountCopiesFn(beam.DoFn):
     def __init__(self, record_type: str):
         self._duplicates = extra_copies_counter(record_type)
-        self._conflicts = Metrics.counter("funnel", f"conflicts_{record_type}")
-        self._unique = Metrics.counter("funnel", f"unique_{record_type}")
+        self._conflicts = metrics.counter(f"conflicts_{record_type}")
+        self._unique = metrics.counter(f"unique_{record_type}")
 
     def process(self, keyed):
         _, (row, copies, conflict) = keyed
@@ -278,11 +278,11 @@ class DedupCounters:
     """``unique_<type>``, ``duplicates_<type>``/``superseded_<type>``, ``conflicts_<type>``."""
 
     def __init__(self):
-        self._unique = {t: Metrics.counter("funnel", f"unique_{t}") for t in RECORD_TYPES}
+        self._unique = {t: metrics.counter(f"unique_{t}") for t in RECORD_TYPES}
         self._extra = {t: extra_copies_counter(t) for t in RECORD_TYPES}
-        self._conflicts = {t: Metrics.counter("funnel", f"conflicts_{t}") for t in RECORD_TYPES}
+        self._conflicts = {t: metrics.counter(f"conflicts_{t}") for t in RECORD_TYPES}
 
     def count(self, record_type: str, counts: DedupCounts) -> None:
-        self._unique[record_type].inc(counts.unique)
-        self._extra[record_type].inc(counts.extra_copies)
-        self._conflicts[record_type].inc(counts.conflicts)
+        metrics.add(self._unique[record_type], counts.unique)
+        metrics.add(self._extra[record_type], counts.extra_copies)
+        metrics.add(self._conflicts[record_type], counts.conflicts)

@@ -19,11 +19,11 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.metrics import Metrics
 
 from schemas.tables import GOLD, SILVER
 from transforms.columnar import ShardedShuffle, coalesce_key, concat, first_of_groups
 from transforms.funnel import CONFIRMED, STAGES, country_code, lookup, reached_count, stage_times
+from transforms import metrics
 
 GRAINS = ("day", "month", "year")
 ALL_PLATFORMS = "all"
@@ -62,7 +62,7 @@ class CutAtAsOfFn(beam.DoFn):
 
     def __init__(self, as_of: date):
         self._end = end_of_day_micros(as_of)
-        self._dropped = Metrics.counter("funnel", "gold_records_after_as_of")
+        self._dropped = metrics.counter("gold_records_after_as_of")
 
     def process(self, tagged):
         name, rows = tagged
@@ -70,7 +70,7 @@ class CutAtAsOfFn(beam.DoFn):
             t = rows.column(_OWN_TIME[name]).cast(pa.int64())
             keep = pc.fill_null(pc.less(t, self._end), True)
             kept = rows.filter(keep)
-            self._dropped.inc(rows.num_rows - kept.num_rows)
+            metrics.add(self._dropped, rows.num_rows - kept.num_rows)
             rows = kept
         yield name, rows
 

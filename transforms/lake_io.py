@@ -39,7 +39,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger
 from apache_beam.transforms.window import FixedWindows, GlobalWindow, GlobalWindows
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
@@ -49,8 +48,8 @@ from schemas import contract
 from schemas.table import Table
 from schemas.tables import RAW
 from transforms.columnar import split_by_shard
+from transforms import metrics
 
-NAMESPACE = "funnel"
 ROWS_PER_FILE = 200_000
 # A writer holds at most this many rows across all its partitions, then
 # writes the largest partition out: memory stays bounded however large the
@@ -180,8 +179,8 @@ class ReadLandingFileFn(beam.DoFn):
         self._raw_root = table_dir(lake, RAW)
         self._ingested_at = ingested_at
         self._total = total_files
-        self._files = Metrics.counter(NAMESPACE, "files_read")
-        self._blank = Metrics.counter(NAMESPACE, "blank_lines_skipped")
+        self._files = metrics.counter("files_read")
+        self._blank = metrics.counter("blank_lines_skipped")
 
     def start_bundle(self):
         self._done = 0
@@ -324,7 +323,7 @@ class WriteStagedFn(beam.DoFn):
     def __init__(self, tables: list[Table], staging: str, by_source: tuple[str, ...] = ()):
         self._tables = {t.name: t for t in tables}
         self._staging, self._by_source = staging, frozenset(by_source)
-        self._rows = {t.name: Metrics.counter(NAMESPACE, f"rows_written_{t.name}") for t in tables}
+        self._rows = {t.name: metrics.counter(f"rows_written_{t.name}") for t in tables}
 
     def start_bundle(self):
         self._buffers = defaultdict(list)
@@ -357,7 +356,7 @@ class WriteStagedFn(beam.DoFn):
         relpath = "/".join(folders + [f"{group + '-' if group else ''}{uuid.uuid4().hex}.parquet"])
         staged = posixpath.join(self._staging, name, relpath)
         write_parquet(staged, table, rows)
-        self._rows[name].inc(rows.num_rows)
+        metrics.add(self._rows[name], rows.num_rows)
         return name, relpath, staged
 
 
@@ -379,7 +378,7 @@ class WriteWindowFileFn(beam.DoFn):
 
     def __init__(self, table: Table, lake: str):
         self._table, self._root = table, table_dir(lake, table)
-        self._rows = Metrics.counter(NAMESPACE, f"rows_written_{table.name}")
+        self._rows = metrics.counter(f"rows_written_{table.name}")
 
     def process(self, keyed, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         parts, rows = keyed
@@ -429,7 +428,7 @@ class MergeIntoSnapshotFn(beam.DoFn):
         self._table, self._path = table, stream_snapshot_path(lake, table)
         self._root = posixpath.dirname(self._path)
         self._key = table.key[0]
-        self._rows = Metrics.counter(NAMESPACE, f"rows_upserted_{table.name}")
+        self._rows = metrics.counter(f"rows_upserted_{table.name}")
 
     def process(self, keyed):
         key = self._key

@@ -34,14 +34,14 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.metrics import Metrics
 
 from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, SILVER
-from transforms.columnar import ShardedShuffle, concat, first_of_groups, key_column
+from transforms.columnar import ShardedShuffle, concat, count_true, first_of_groups, key_column
 from transforms.dedup import INGEST_ORDER, DedupCounters, content_columns, dedup_table
 from transforms.funnel import lookup, reached_count, reached_stages, stage_times
+from transforms import metrics
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def attach_parent(children: pa.Table, parents: pa.Table, join: ParentJoin) -> tu
     for c in join.context:
         values = pc.take(parents.column(c), row)
         columns[c] = pc.if_else(found, values, children.column(c)) if c == "platform" else values
-    return _as_table(join.table, columns), children.num_rows - pc.sum(found).as_py() if children.num_rows else 0
+    return _as_table(join.table, columns), children.num_rows - count_true(found)
 
 
 # --- the batch composite -----------------------------------------------------------------------
@@ -256,7 +256,7 @@ class SessionJoinFn(beam.DoFn):
     children's silver rows; the events' context goes on to the responses."""
 
     def __init__(self):
-        self._inferred = Metrics.counter("funnel", "sessions_inferred_without_record")
+        self._inferred = metrics.counter("sessions_inferred_without_record")
 
     def process(self, keyed):
         _, by_kind = keyed
@@ -265,8 +265,7 @@ class SessionJoinFn(beam.DoFn):
             sessions = _merged_session_schema().empty_table()
         children = {j.child: by_kind.get(j.child, _winner_schema(j.child).empty_table()) for j in SESSION_CHILDREN}
         silver_sessions = resolve_sessions(sessions, children)
-        self._inferred.inc(silver_sessions.num_rows - pc.sum(silver_sessions.column("has_session_record")).as_py()
-                           if silver_sessions.num_rows else 0)
+        metrics.add(self._inferred, silver_sessions.num_rows - count_true(silver_sessions.column("has_session_record")))
         yield "silver_sessions", silver_sessions
         for join in SESSION_CHILDREN:
             silver_rows, _ = attach_parent(children[join.child], silver_sessions, join)
@@ -282,7 +281,7 @@ class AttachParentShardFn(beam.DoFn):
 
     def __init__(self, join: ParentJoin, pass_on: ParentJoin | None = None):
         self._join, self._pass_on = join, pass_on
-        self._orphans = Metrics.counter("funnel", join.orphan_counter)
+        self._orphans = metrics.counter(join.orphan_counter)
 
     def process(self, keyed):
         _, by_tag = keyed
@@ -294,7 +293,7 @@ class AttachParentShardFn(beam.DoFn):
         if parents is None:
             parents = pa.table({c: pa.array([], pa.string()) for c in (join.key, *join.context)})
         silver_rows, orphans = attach_parent(children, parents, join)
-        self._orphans.inc(orphans)
+        metrics.add(self._orphans, orphans)
         yield join.table, silver_rows
         if self._pass_on is not None:
             yield beam.pvalue.TaggedOutput("context", (_CONTEXT, silver_rows.select(
