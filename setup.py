@@ -13,6 +13,8 @@ setuptools.setup(
         "pyarrow==25.0.1",
         "fastavro==1.13.1",
         "orjson==3.13.0",
+        "msgspec==0.22.0",
+        "mmh3==5.3.1",
         "google-cloud-bigquery==3.47.0",
         "google-cloud-pubsub==2.44.0",
         "matplotlib==3.11.2",

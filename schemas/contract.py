@@ -31,6 +31,7 @@ REASONS = (OVERSIZED, INVALID_ENCODING, INVALID_JSON, UNKNOWN_RECORD_TYPE,
 MAX_RECORD_BYTES = 1024 * 1024
 MIN_TIMESTAMP_MS = 946684800000            # 2000-01-01T00:00:00Z
 MAX_FUTURE_MICROS = 24 * 3600 * 1_000_000  # one day ahead of processing time
+MAX_INT64 = (1 << 63) - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -258,6 +259,8 @@ def validate_record(obj, now: int):
         envelope[f.name] = _check(f, obj.get(f.name), now, "")
     if envelope["schema_version"] < 1:
         raise Rejected(INVALID_VALUE, "schema_version", "schema_version: must be >= 1")
+    if envelope["schema_version"] > MAX_INT64:  # bronze stores it as INT64
+        raise Rejected(INVALID_VALUE, "schema_version", "schema_version: larger than a 64-bit integer")
     raw_payload = envelope.pop("payload")
     payload = {f.name: _check(f, raw_payload.get(f.name), now, "payload.") for f in rt.fields}
     extra = {}

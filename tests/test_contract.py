@@ -40,6 +40,7 @@ def test_every_timestamp_format_means_the_same_utc_instant(value):
     ({k: v for k, v in VIEW.items() if k != "source"}, contract.MISSING_FIELD, "source"),
     ({**VIEW, "schema_version": "1"}, contract.INVALID_TYPE, "schema_version"),
     ({**VIEW, "schema_version": 0}, contract.INVALID_VALUE, "schema_version"),
+    ({**VIEW, "schema_version": 2 ** 63}, contract.INVALID_VALUE, "schema_version"),  # bronze stores INT64
     ({**VIEW, "payload": "x"}, contract.INVALID_TYPE, "payload"),
     (with_payload(view_id=None), contract.MISSING_FIELD, "payload.view_id"),
     (with_payload(view_id=""), contract.MISSING_FIELD, "payload.view_id"),

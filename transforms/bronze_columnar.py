@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas import contract
-from schemas.contract import ENVELOPE, MAX_FUTURE_MICROS, MAX_RECORD_BYTES, MIN_TIMESTAMP_MS, RECORD_TYPES, Field
+from schemas.contract import (ENVELOPE, MAX_FUTURE_MICROS, MAX_INT64, MAX_RECORD_BYTES, MIN_TIMESTAMP_MS,
+                              RECORD_TYPES, Field)
 from schemas.tables import BRONZE, DEAD_LETTER as DEAD_LETTER_TABLE
 from transforms.bronze import (DEAD_LETTER, ParseCounters, _json_text, _metadata_columns, normalize_email,
                                normalize_event_type, normalize_phone, normalize_platform, parse_record, pseudonym)
@@ -45,7 +46,6 @@ _ISO_TIMESTAMP = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0
                   r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$")
 _HAS_ZONE = r"(Z|[+-][0-9]{2}:[0-9]{2})$"
 _ISO_DATE_PREFIX = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-_INT64_MAX = (1 << 63) - 1
 _ENVELOPE_FIELDS = {f.name: f for f in ENVELOPE if f.name not in ("record_type", "payload")}
 _ENVELOPE_NAMES = frozenset(f.name for f in ENVELOPE)
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -73,9 +73,9 @@ def _struct_type(f: Field):
     elif kind == "bool":
         t = bool
     elif kind == "int":
-        t = Annotated[int, msgspec.Meta(ge=1, le=_INT64_MAX)]
+        t = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT64)]
     elif kind == "timestamp":
-        t = Union[str, Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP_MS, le=_INT64_MAX // 1000)]]
+        t = Union[str, Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP_MS, le=MAX_INT64 // 1000)]]
     elif kind == "date":
         t = str
     elif kind == "object":
@@ -316,7 +316,7 @@ def parse_chunk(raw: pa.Table, pii_key: bytes, pipeline: str, now: int, fast: bo
         if tag != DEAD_LETTER:
             parts[tag].append(BRONZE[tag].to_arrow(bronze_rows, with_partition_columns=True))
     dead = DEAD_LETTER_TABLE.to_arrow(by_tag.get(DEAD_LETTER, []), with_partition_columns=True)
-    bronze = {name: pa.concat_tables(tables) for name, tables in parts.items()}
+    bronze = {name: pa.concat_tables(tables) for name, tables in parts.items() if any(t.num_rows for t in tables)}
     return ParsedChunk(bronze=bronze, dead_letter=dead,
                        valid=Counter({name: t.num_rows for name, t in bronze.items()}),
                        rejected=Counter(r["reason"] for r in by_tag.get(DEAD_LETTER, [])))
