@@ -107,20 +107,19 @@ def build(p: beam.Pipeline, paths: list[str], sources: frozenset, lake: str,
               | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
               | "ParseToBronze" >> beam.ParDo(ParseChunkFn(pii_key, "backfill", now, days))
               .with_outputs(DEAD_LETTER.name, main="bronze"))
-    staged = [(parsed.bronze, parsed[DEAD_LETTER.name]) | "BronzeAndDeadLetter" >> beam.Flatten()
+    staged = [(parsed.bronze, parsed[DEAD_LETTER.name])
               | "StageBronze" >> WriteStaged([*BRONZE.values(), DEAD_LETTER], staging,
                                              by_source=(*BRONZE, DEAD_LETTER.name))]
     rules.append(Replace(DEAD_LETTER, "sources", sources))
 
-    existing = [p | f"ReadKept_{rt.bronze_table}" >> ReadLakeTable(
+    existing = tuple(p | f"ReadKept_{rt.bronze_table}" >> ReadLakeTable(
         BRONZE[rt.bronze_table], lake, kept[rt.bronze_table], columns=shuffled_columns(rt.name))
-        for rt in RECORD_TYPES.values()]
-    silver = ((parsed.bronze, *existing) | "AllBronze" >> beam.Flatten()
-              | "BuildSilver" >> BuildSilver(shards))
+        for rt in RECORD_TYPES.values())
+    silver = (parsed.bronze, *existing) | "BuildSilver" >> BuildSilver(shards)
     staged.append(silver | "StageSilver" >> WriteStaged(list(SILVER.values()), staging))
     rules += [Replace(table, "table") for table in SILVER.values()]
 
-    staged = staged | "AllStaged" >> beam.Flatten()
+    staged = tuple(staged) | "AllStaged" >> beam.Flatten()
     if bigquery is not None:
         staged = staged | "PublishToBigQuery" >> PublishToBigQuery(
             bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules])

@@ -46,11 +46,9 @@ def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | N
         sizes = [m.size_in_bytes for result in FileSystems.match([f for fs in files.values() for f in fs])
                  for m in result.metadata_list] if any(files.values()) else []
         shards = max(1, min(512, -(-sum(sizes) // BYTES_PER_SHARD)))
-    silver = [p | f"Read_{name}" >> ReadLakeTable(SILVER[name], lake, files[name], GOLD_INPUTS[name])
-              for name in GOLD_INPUTS]
-    gold = (silver | "AllSilver" >> beam.Flatten()
-            | "CutAtAsOf" >> beam.ParDo(CutAtAsOfFn(as_of))
-            | "BuildGold" >> BuildGold(shards))
+    silver = tuple(p | f"Read_{name}" >> ReadLakeTable(SILVER[name], lake, files[name], GOLD_INPUTS[name])
+                   | f"CutAtAsOf_{name}" >> beam.ParDo(CutAtAsOfFn(as_of)) for name in GOLD_INPUTS)
+    gold = silver | "BuildGold" >> BuildGold(shards)
     staged = gold | "StageGold" >> WriteStaged(list(GOLD.values()), staging)
     if bigquery is not None:
         staged = staged | "PublishToBigQuery" >> PublishToBigQuery(

@@ -49,18 +49,19 @@ def tagged_arrow(tables: dict, rows_by_table: dict) -> list:
 
 
 class rows_of_table(dict):
-    """``(table name, Arrow rows)`` PCollection -> {table name: PCollection of
-    dict rows}, made on first use."""
+    """``(table name, Arrow rows)`` PCollections -> {table name: PCollection
+    of dict rows}, made on first use."""
 
     def __init__(self, tagged):
         super().__init__()
-        self._tagged = tagged
+        self._tagged = list(tagged) if isinstance(tagged, (list, tuple)) else [tagged]
 
     def __missing__(self, name):
         from schemas.tables import ALL_TABLES
         table = ALL_TABLES[name]
-        self[name] = self._tagged | f"RowsOf_{name}" >> beam.FlatMap(
-            lambda kv: table.from_arrow(kv[1]) if kv[0] == name else [])
+        rows = [pcoll | f"RowsOf_{name}_{i}" >> beam.FlatMap(lambda kv: table.from_arrow(kv[1]) if kv[0] == name else [])
+                for i, pcoll in enumerate(self._tagged)]
+        self[name] = tuple(rows) | f"AllRowsOf_{name}" >> beam.Flatten()
         return self[name]
 
 

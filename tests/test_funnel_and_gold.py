@@ -118,7 +118,7 @@ def _gold(as_of=None):
     p = local_pipeline()
     silver = p | beam.Create(tagged_arrow(BRONZE, _scenario())) | BuildSilver(shards=3)
     if as_of:
-        silver = silver | beam.ParDo(CutAtAsOfFn(as_of))
+        silver = tuple(part | f"CutAtAsOf{i}" >> beam.ParDo(CutAtAsOfFn(as_of)) for i, part in enumerate(silver))
     return p, rows_of_table(silver | BuildGold(shards=3))
 
 

@@ -367,7 +367,9 @@ def _finish_marts(keyed):
 
 
 class BuildGold(beam.PTransform):
-    """``(silver table name, Arrow rows)`` -> ``(gold table name, Arrow rows)``."""
+    """``(silver table name, Arrow rows)`` (one PCollection or several) ->
+    ``(gold table name, Arrow rows)`` as two PCollections: the facts and
+    dimension, and the marts."""
 
     def __init__(self, shards: int):
         super().__init__()
@@ -381,4 +383,4 @@ class BuildGold(beam.PTransform):
                  | "OneKey" >> beam.Map(lambda part: (None, part))
                  | "AllPartials" >> beam.GroupByKey()
                  | "FinishMarts" >> beam.FlatMap(_finish_marts))
-        return (shards.facts, marts) | "AllGold" >> beam.Flatten()
+        return shards.facts, marts

@@ -160,12 +160,11 @@ def _default(value):
 def raw_chunk(data: list[bytes], lines: list[int], source_file: str | None, ingested_at: int) -> pa.Table:
     """Raw-layer rows (``RAW``, Arrow) of landing-file records."""
     n = len(data)
-    when = pa.array([ingested_at] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")) if n else \
-        pa.array([], pa.timestamp("us", tz="UTC"))
+    when = pa.repeat(pa.scalar(ingested_at, pa.timestamp("us", tz="UTC")), n)
     return pa.Table.from_arrays([
         when.cast(pa.date32()), pa.nulls(n, pa.string()), pa.nulls(n, pa.timestamp("us", tz="UTC")),
-        pa.nulls(n, pa.string()), when, pa.array([source_file] * n, pa.string()), pa.array(lines, pa.int64()),
-        pa.array(data, pa.binary())], schema=RAW.arrow_schema())
+        pa.nulls(n, pa.string()), when, pa.repeat(pa.scalar(source_file, pa.string()), n),
+        pa.array(lines, pa.int64()), pa.array(data, pa.binary())], schema=RAW.arrow_schema())
 
 
 class ReadLandingFileFn(beam.DoFn):
@@ -200,7 +199,9 @@ class ReadLandingFileFn(beam.DoFn):
         _makedirs(posixpath.dirname(staged))
         n = 0
         with FileSystems.create(staged) as out:
-            writer = pq.ParquetWriter(out, RAW.arrow_schema(with_partition_columns=False), compression="zstd")
+            # no dictionary for the record bytes: they are all distinct
+            writer = pq.ParquetWriter(out, RAW.arrow_schema(with_partition_columns=False), compression="zstd",
+                                      use_dictionary=["source_file", "attributes_json"])
             data, lines = [], []
             for block in self._records(path, digest):
                 for record in block:
@@ -361,14 +362,19 @@ class WriteStagedFn(beam.DoFn):
 
 
 class WriteStaged(beam.PTransform):
-    """``(table name, Arrow rows)`` of ``tables`` -> staged files (see ``WriteStagedFn``)."""
+    """``(table name, Arrow rows)`` of ``tables`` -> staged files (see
+    ``WriteStagedFn``). Takes one PCollection or several: each is written
+    where it is produced and only the file names are flattened (a runner
+    materializes what it flattens)."""
 
     def __init__(self, tables: list[Table], staging: str, by_source: tuple[str, ...] = ()):
         super().__init__()
         self._fn = WriteStagedFn(tables, staging, by_source)
 
     def expand(self, rows):
-        return rows | "WriteParquet" >> beam.ParDo(self._fn)
+        inputs = list(rows) if isinstance(rows, (list, tuple)) else [rows]
+        staged = [pcoll | f"WriteParquet{i or ''}" >> beam.ParDo(self._fn) for i, pcoll in enumerate(inputs)]
+        return staged[0] if len(staged) == 1 else tuple(staged) | "AllFiles" >> beam.Flatten()
 
 
 class WriteWindowFileFn(beam.DoFn):

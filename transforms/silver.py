@@ -212,14 +212,6 @@ def shuffled_columns(record_type: str) -> tuple[str, ...]:
     return tuple(c for c in bronze.column_names if c in keep)
 
 
-def _empty(tag: str) -> pa.Table:
-    if tag in BRONZE:
-        table = BRONZE[tag]
-        return table.arrow_schema().empty_table().select(list(shuffled_columns(
-            next(rt.name for rt in RECORD_TYPES.values() if rt.bronze_table == tag))))
-    raise KeyError(tag)
-
-
 _CONTEXT = "context"  # tag of a parent's context rows in the response and activity shuffles
 
 
@@ -311,9 +303,12 @@ def _merged_session_schema() -> pa.Schema:
 
 
 class BuildSilver(beam.PTransform):
-    """``(bronze table name, Arrow rows)`` -> ``(silver table name, Arrow rows)``.
-    ``shards``: how many parts each shuffle splits the rows into (a shard is
-    what one call of a step holds in memory)."""
+    """``(bronze table name, Arrow rows)`` -> ``(silver table name, Arrow rows)``,
+    as a tuple of PCollections (one per step that produces silver rows: so
+    each can be written where it is produced, see ``ShardedShuffle``).
+    Takes one PCollection of bronze or several. ``shards``: how many parts
+    each shuffle splits the rows into (a shard is what one call of a step
+    holds in memory)."""
 
     def __init__(self, shards: int):
         super().__init__()
@@ -332,14 +327,13 @@ class BuildSilver(beam.PTransform):
                           {"session": key_column("session_id"),
                            **{j.child: key_column("session_id") for j in SESSION_CHILDREN}}, shards)
                       | "ResolveSessions" >> beam.ParDo(SessionJoinFn()).with_outputs("by_event", main="silver"))
-        by_event = (((deduped.by_event, by_session.by_event) | "ToEventShuffle" >> beam.Flatten())
+        by_event = ((deduped.by_event, by_session.by_event)
                     | "ByEvent" >> ShardedShuffle({RESPONSE_JOIN.child: key_column(RESPONSE_JOIN.key),
                                                   _CONTEXT: key_column(RESPONSE_JOIN.key)}, shards)
                     | "AttachResponses" >> beam.ParDo(AttachParentShardFn(RESPONSE_JOIN, ACTIVITY_JOIN))
                     .with_outputs("context", main="silver"))
-        by_response = (((deduped.by_response, by_event.context) | "ToResponseShuffle" >> beam.Flatten())
+        by_response = ((deduped.by_response, by_event.context)
                        | "ByResponse" >> ShardedShuffle({ACTIVITY_JOIN.child: key_column(ACTIVITY_JOIN.key),
                                                         _CONTEXT: key_column(ACTIVITY_JOIN.key)}, shards)
                        | "AttachActivities" >> beam.ParDo(AttachParentShardFn(ACTIVITY_JOIN)))
-        return ((deduped.silver, by_session.silver, by_event.silver, by_response)
-                | "AllSilver" >> beam.Flatten())
+        return deduped.silver, by_session.silver, by_event.silver, by_response
