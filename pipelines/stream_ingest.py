@@ -5,16 +5,18 @@
         [--early-firing-seconds N] [--run-for SECONDS] [--runner ...]
         [--sink bigquery --project P [--bigquery-endpoint URL]]
 
+The job is ``transforms.streaming.StreamingLakehouse`` fed by Pub/Sub:
+
 * raw: every message byte for byte, with message id, attributes, publish
   time and ingest time, one Parquet file per window pane (never rewritten);
-* bronze: the batch path's ``ParseToBronze``, appended per record type in
+* bronze: the batch path's per-record parse, appended per record type in
   ``event_date``/``platform`` partitions; dead letter likewise;
 * silver (``silver_stream/<table>/current.parquet``, one current row per
   key): sessions from event-time session windows with early (every window
-  length, while the session is open) and late updates
-  (``transforms.sessionize``), users, responses and scans from stateful
-  upserts and joins (``transforms.stream_joins``); dedup by identity with the
-  batch's own rules, so the result equals the batch's for the same input.
+  length, while the session is open) and late updates, users, responses and
+  scans from stateful upserts and joins (``transforms.stream_silver``); dedup
+  by identity and joins with the batch's own rules, so the result equals
+  the batch's for the same input.
 
 With ``--sink bigquery`` the same rows also go to BigQuery, merged at most
 every window length (``transforms.bigquery_io``): bronze and the dead letter
@@ -40,91 +42,30 @@ import logging
 import time
 
 import apache_beam as beam
-import orjson
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.common import add_sink_flags, bigquery_target, parse, setup_logging
-from schemas import contract
-from schemas.contract import RECORD_TYPES
-from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER, SILVER_STREAM
-from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, MergeIntoBigQuery
-from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
-from transforms.bronze import ParseToBronze, pii_key_from_env
-from transforms.lake_io import WriteCurrentSnapshot, WriteWindowedFiles, list_files, stream_snapshot_path, table_dir
-from transforms.sessionize import ALLOWED_LATENESS_SECONDS, KINDS as SESSION_KINDS, SessionizeEvents
-from transforms.stream_joins import JoinToParent, UpsertUsers
+from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
+from transforms.bigquery_io import BigQueryTarget
+from transforms.bronze import pii_key_from_env
+from transforms.lake_io import list_files, stream_snapshot_path, table_dir
+from transforms.stream_silver import ALLOWED_LATENESS_SECONDS
+from transforms.streaming import StreamingLakehouse
 
 STREAMING_RUNNER = "BundleBasedDirectRunner"
-
-
-class PubsubToRawFn(beam.DoFn):
-    """PubsubMessage -> raw-layer row, timestamped with its ingest time."""
-
-    def __init__(self):
-        self._messages = Metrics.counter("funnel", "messages_read")
-
-    def process(self, message):
-        self._messages.inc()
-        ingested = contract.now_micros()
-        publish = message.publish_time
-        row = {
-            "ingest_date": contract.micros_to_date(ingested),
-            "message_id": message.message_id,
-            "publish_time": None if publish is None else int(publish.timestamp() * 1_000_000),
-            "attributes_json": orjson.dumps(dict(message.attributes), option=orjson.OPT_SORT_KEYS).decode()
-            if message.attributes else None,
-            "ingested_at": ingested,
-            "source_file": None,
-            "source_line": None,
-            "data": message.data,
-        }
-        yield beam.window.TimestampedValue(row, Timestamp(micros=ingested))
 
 
 def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key: bytes,
           allowed_lateness: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
           early_firing_seconds: int | None = None, bigquery: BigQueryTarget | None = None) -> None:
     """``bigquery``: also merge bronze, dead letter and silver there."""
-    raw = (p
-           | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
-           | "ToRawRows" >> beam.ParDo(PubsubToRawFn()))
-    _ = raw | "AppendRaw" >> WriteWindowedFiles(RAW, lake, window_seconds)
-    parsed = raw | "ParseToBronze" >> ParseToBronze(pii_key, "stream_ingest")
-    for name, table in BRONZE.items():
-        _ = parsed[name] | f"Append_{name}" >> WriteWindowedFiles(table, lake, window_seconds)
-    _ = parsed[DEAD_LETTER_TAG] | "AppendDeadLetter" >> WriteWindowedFiles(DEAD_LETTER, lake, window_seconds)
-
-    session_records = (
-        [parsed[RECORD_TYPES[kind].bronze_table] | f"Tag_{kind}" >> beam.Map(lambda r, k=kind: (k, r))
-         for kind in SESSION_KINDS]
-        | "SessionRecords" >> beam.Flatten())
-    silver = session_records | "SessionizeEvents" >> SessionizeEvents(
-        allowed_lateness_seconds=allowed_lateness,
-        early_firing_seconds=window_seconds if early_firing_seconds is None else early_firing_seconds)
-    join_expiry = join_state_days * 24 * 3600
-    silver["silver_users"] = parsed["bronze_users"] | "UpsertUsers" >> UpsertUsers(join_expiry)
-    silver["silver_event_responses"] = (
-        (parsed["bronze_event_responses"], silver["silver_events"])
-        | "ResponsesToEvents" >> JoinToParent("event_response", "event_id", ("session_id", "user_id", "platform"),
-                                              join_expiry))
-    silver["silver_user_activity"] = (
-        (parsed["bronze_user_activity"], silver["silver_event_responses"])
-        | "ActivitiesToResponses" >> JoinToParent("user_activity", "response_id",
-                                                  ("event_id", "session_id", "user_id", "platform"), join_expiry))
-    for name, table in SILVER.items():
-        _ = silver[name] | f"Upsert_{name}" >> WriteCurrentSnapshot(table, lake, window_seconds)
-
-    if bigquery is not None:
-        merges = [(parsed[name], BigQueryWrite(table, "append")) for name, table in BRONZE.items()]
-        merges.append((parsed[DEAD_LETTER_TAG], BigQueryWrite(DEAD_LETTER, "append")))
-        merges += [(silver[name], BigQueryWrite(table, "upsert")) for name, table in SILVER_STREAM.items()]
-        _ = p | "EnsureBigQueryTables" >> EnsureTables(bigquery, [write.table for _, write in merges])
-        for rows, write in merges:
-            _ = rows | f"MergeIntoBigQuery_{write.table.layer}_{write.table.name}" >> MergeIntoBigQuery(
-                bigquery, write, window_seconds)
+    _ = (p
+         | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
+         | "Lakehouse" >> StreamingLakehouse(
+             lake, pii_key, window_seconds, allowed_lateness, join_state_days,
+             early_firing_seconds=window_seconds if early_firing_seconds is None else early_firing_seconds,
+             sink_every_seconds=window_seconds, bigquery=bigquery))
 
 
 def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_every: float = 10.0):

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from google.cloud import bigquery
 
 from schemas.table import DATE, TIMESTAMP, Table
-from transforms.lake_io import BatchEvery, Replace, newest_per_key, read_parquet_arrow
+from transforms.lake_io import Replace, newest_per_key, read_parquet_arrow
 from transforms import metrics
 
 
@@ -360,35 +360,28 @@ class EnsureTables(beam.PTransform):
                 | "CreateTables" >> beam.FlatMap(lambda _: ensure_tables(target.client(), tables)))
 
 
-class MergeBatchFn(beam.DoFn):
-    """(None, rows) -> one MERGE into the table; an upsert keeps the newest
-    ``_version`` of each key from the batch."""
+class MergeBatchesFn(beam.DoFn):
+    """(table name, rows of one batch) -> one MERGE into that table, by its
+    ``BigQueryWrite``; an upsert keeps the newest ``_version`` of each key
+    from the batch. Batches of tables without a write pass by."""
 
-    def __init__(self, target: BigQueryTarget, write: BigQueryWrite):
-        self._target, self._write = target, write
-        self._rows = metrics.counter(f"bigquery_rows_{write.table.name}")
+    def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite]):
+        self._target, self._writes = target, {w.table.name: w for w in writes}
+        self._rows = {w.table.name: metrics.counter(f"bigquery_rows_{w.table.name}") for w in writes}
 
     def setup(self):
         self._bq = self._target.client()
-        ensure_tables(self._bq, [self._write.table])  # EnsureTables may not have run yet
+        # EnsureTables may not have run yet
+        ensure_tables(self._bq, [w.table for w in self._writes.values()])
 
-    def process(self, keyed):
-        rows = list(keyed[1])
-        if self._write.mode == "upsert":
-            rows = list(newest_per_key(rows, self._write.table.key[0]).values())
-        n = merge_rows(self._bq, self._write, [self._write.table.to_arrow(rows, with_partition_columns=True)])
-        self._rows.inc(n)
-        yield n
-
-
-class MergeIntoBigQuery(beam.PTransform):
-    """Streaming rows -> merged into a BigQuery table at most every ``seconds``."""
-
-    def __init__(self, target: BigQueryTarget, write: BigQueryWrite, seconds: int):
-        super().__init__()
-        self._target, self._write, self._seconds = target, write, seconds
-
-    def expand(self, rows):
-        return (rows
-                | "BatchEvery" >> BatchEvery(self._seconds)
-                | "Merge" >> beam.ParDo(MergeBatchFn(self._target, self._write)))
+    def process(self, batch):
+        name, rows = batch
+        write = self._writes.get(name)
+        if write is None:
+            return
+        rows = list(rows)
+        if write.mode == "upsert":
+            rows = list(newest_per_key(rows, write.table.key[0]).values())
+        n = merge_rows(self._bq, write, [write.table.to_arrow(rows, with_partition_columns=True)])
+        self._rows[name].inc(n)
+        yield name, n

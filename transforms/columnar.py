@@ -26,7 +26,9 @@ _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 def to_ipc(table: pa.Table) -> bytes:
-    """A table as compressed Arrow IPC stream bytes (what a shuffle carries)."""
+    """A table as compressed Arrow IPC stream bytes (what a shuffle carries),
+    without the schema's descriptions (every message would repeat them)."""
+    table = pa.Table.from_arrays(table.columns, names=table.column_names)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)

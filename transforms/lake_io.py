@@ -129,7 +129,7 @@ def read_parquet_arrow(path: str, table: Table, relpath: str, columns: tuple[str
 # --- reading landing files ---------------------------------------------------------------
 # Lines per raw chunk, the element the batch path passes on: big enough that
 # Beam's per-element cost vanishes, small enough to bound a step's memory.
-RAW_CHUNK_ROWS = 50_000
+RAW_CHUNK_ROWS = 200_000
 
 
 def _landing_lines(stream, digest):
@@ -378,46 +378,53 @@ class WriteStaged(beam.PTransform):
 
 
 class WriteWindowFileFn(beam.DoFn):
-    """(partition values, rows of one window pane) -> one Parquet file,
-    written aside and renamed into place so readers never see half a file.
-    Named by window and pane: a late pane adds a file, never replaces one."""
+    """((table name, partition values), row values of one window pane) -> one
+    Parquet file, written aside and renamed into place so readers never see
+    half a file. Named by window and pane: a late pane adds a file, never
+    replaces one."""
 
-    def __init__(self, table: Table, lake: str):
-        self._table, self._root = table, table_dir(lake, table)
-        self._rows = metrics.counter(f"rows_written_{table.name}")
+    def __init__(self, tables: list[Table], lake: str):
+        self._tables, self._lake = {t.name: t for t in tables}, lake
+        self._rows = {t.name: metrics.counter(f"rows_written_{t.name}") for t in tables}
 
     def process(self, keyed, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        parts, rows = keyed
-        rows = list(rows)
-        folders = [f"{c}={v}" for c, v in zip(self._table.partition_by, parts)]
+        (name, parts), rows = keyed
+        table = self._tables[name]
+        names = table.column_names
+        rows = [dict(zip(names, values)) for values in rows]
+        root = table_dir(self._lake, table)
+        folders = [f"{c}={v}" for c, v in zip(table.partition_by, parts)]
         start = window.start.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
-        name = f"{STREAM_SOURCE}-{start}-p{pane.index}-{uuid.uuid4().hex[:12]}.parquet"
-        incoming = posixpath.join(self._root, "_incoming", name)
-        write_parquet(incoming, self._table, rows)
-        final = posixpath.join(self._root, *folders, name)
+        file_name = f"{STREAM_SOURCE}-{start}-p{pane.index}-{uuid.uuid4().hex[:12]}.parquet"
+        incoming = posixpath.join(root, "_incoming", file_name)
+        write_parquet(incoming, table, rows)
+        final = posixpath.join(root, *folders, file_name)
         _makedirs(posixpath.dirname(final))
         FileSystems.rename([incoming], [final])
-        self._rows.inc(len(rows))
+        self._rows[name].inc(len(rows))
         yield final
 
 
-class WriteWindowedFiles(beam.PTransform):
-    """Streaming append: rows -> one file per (fixed window, pane, partition).
-    Rows must be timestamped by ingest time, so a window closes once its
-    minute of arrivals is over."""
+def lake_element(table: Table, row: dict) -> tuple:
+    """A row as ``WriteWindowedFiles`` takes it: ((table name, partition
+    values), values of every column in the table's order)."""
+    return (table.name, tuple(row[c] for c in table.partition_by)), tuple(row.get(c) for c in table.column_names)
 
-    def __init__(self, table: Table, lake: str, window_seconds: int):
+
+class WriteWindowedFiles(beam.PTransform):
+    """Streaming append: ``lake_element`` rows of ``tables`` -> one file per
+    (table, partition, fixed window, pane). Rows must be timestamped by
+    ingest time, so a window closes once its minute of arrivals is over."""
+
+    def __init__(self, tables: list[Table], lake: str, window_seconds: int):
         super().__init__()
-        self._table, self._lake, self._seconds = table, lake, window_seconds
+        self._tables, self._lake, self._seconds = tables, lake, window_seconds
 
     def expand(self, rows):
-        columns = self._table.partition_by
         return (rows
-                | "Window" >> beam.WindowInto(FixedWindows(self._seconds),
-                                              allowed_lateness=self._seconds)
-                | "KeyByPartition" >> beam.Map(lambda r: (tuple(r[c] for c in columns), r))
+                | "Window" >> beam.WindowInto(FixedWindows(self._seconds), allowed_lateness=self._seconds)
                 | "GroupWindowPane" >> beam.GroupByKey()
-                | "WriteFile" >> beam.ParDo(WriteWindowFileFn(self._table, self._lake)))
+                | "WriteFile" >> beam.ParDo(WriteWindowFileFn(self._tables, self._lake)))
 
 
 def stream_snapshot_path(lake: str, table: Table) -> str:
@@ -425,28 +432,32 @@ def stream_snapshot_path(lake: str, table: Table) -> str:
     return posixpath.join(lake, "silver_stream", table.name, "current.parquet")
 
 
-class MergeIntoSnapshotFn(beam.DoFn):
-    """(None, upserted rows of one window) -> the table's snapshot rewritten with
-    them: the newest ``_version`` per key wins, other keys stay. The new file
-    replaces the old one by rename, so a reader sees one or the other."""
+class MergeSnapshotsFn(beam.DoFn):
+    """(silver table name, upserted rows of one batch) -> the table's snapshot
+    rewritten with them: the newest ``_version`` per key wins, other keys
+    stay. The new file replaces the old one by rename, so a reader sees one
+    or the other. Batches of other tables pass by."""
 
-    def __init__(self, table: Table, lake: str):
-        self._table, self._path = table, stream_snapshot_path(lake, table)
-        self._root = posixpath.dirname(self._path)
-        self._key = table.key[0]
-        self._rows = metrics.counter(f"rows_upserted_{table.name}")
+    def __init__(self, tables: list[Table], lake: str):
+        self._tables, self._lake = {t.name: t for t in tables}, lake
+        self._rows = {t.name: metrics.counter(f"rows_upserted_{t.name}") for t in tables}
 
-    def process(self, keyed):
-        key = self._key
-        newest = newest_per_key(keyed[1], key)
-        current = ({r[key]: r for r in read_parquet_rows(self._path, self._table, self._root)}
-                   if FileSystems.exists(self._path) else {})
+    def process(self, batch):
+        name, rows = batch
+        table = self._tables.get(name)
+        if table is None:
+            return
+        path = stream_snapshot_path(self._lake, table)
+        root = posixpath.dirname(path)
+        key = table.key[0]
+        newest = newest_per_key(rows, key)
+        current = ({r[key]: r for r in read_parquet_rows(path, table, root)} if FileSystems.exists(path) else {})
         current.update(newest)
-        incoming = posixpath.join(self._root, "_incoming", f"{uuid.uuid4().hex}.parquet")
-        write_parquet(incoming, self._table, list(current.values()))
-        FileSystems.rename([incoming], [self._path])
-        self._rows.inc(len(newest))
-        yield len(current)
+        incoming = posixpath.join(root, "_incoming", f"{uuid.uuid4().hex}.parquet")
+        write_parquet(incoming, table, list(current.values()))
+        FileSystems.rename([incoming], [path])
+        self._rows[name].inc(len(newest))
+        yield name, len(current)
 
 
 def newest_per_key(rows, key: str) -> dict:
@@ -459,39 +470,28 @@ def newest_per_key(rows, key: str) -> dict:
 
 
 class BatchEvery(beam.PTransform):
-    """Streaming rows -> ``(None, rows)`` batches, one at most every
-    ``seconds`` of processing time, for sinks that rewrite or merge a table.
+    """Streaming ``(table name, row)`` -> ``(table name, rows)`` batches, one
+    per table at most every ``seconds`` of processing time, for sinks that
+    rewrite or merge a table.
 
     A processing-time trigger, not event-time windows: the sink follows the
     clock, so a watermark held back (by a backlog, or by a local runner that
-    advances it only between pulls) never delays it. One key: a table's
-    batches are applied one after the other, never concurrently."""
+    advances it only between pulls) never delays it. One key per table: a
+    table's batches are applied one after the other, never concurrently.
+    ``seconds=None``: one batch when the input ends (bounded runs, and
+    runners without processing-time triggers such as FnApiRunner)."""
 
-    def __init__(self, seconds: int):
+    def __init__(self, seconds: int | None):
         super().__init__()
         self._seconds = seconds
 
     def expand(self, rows):
+        when = (trigger.Repeatedly(trigger.AfterProcessingTime(self._seconds)) if self._seconds
+                else trigger.DefaultTrigger())
         return (rows
-                | "EverySeconds" >> beam.WindowInto(
-                    GlobalWindows(), trigger=trigger.Repeatedly(trigger.AfterProcessingTime(self._seconds)),
-                    accumulation_mode=trigger.AccumulationMode.DISCARDING)
-                | "OneKey" >> beam.Map(lambda r: (None, r))
+                | "EverySeconds" >> beam.WindowInto(GlobalWindows(), trigger=when,
+                                                    accumulation_mode=trigger.AccumulationMode.DISCARDING)
                 | "GroupBatch" >> beam.GroupByKey())
-
-
-class WriteCurrentSnapshot(beam.PTransform):
-    """Streaming upserts -> ``silver_stream/<table>/current.parquet``, merged
-    at most every ``window_seconds`` of processing time (``BatchEvery``)."""
-
-    def __init__(self, table: Table, lake: str, window_seconds: int):
-        super().__init__()
-        self._table, self._lake, self._seconds = table, lake, window_seconds
-
-    def expand(self, rows):
-        return (rows
-                | "BatchEvery" >> BatchEvery(self._seconds)
-                | "MergeIntoSnapshot" >> beam.ParDo(MergeIntoSnapshotFn(self._table, self._lake)))
 
 
 @dataclass(frozen=True)
