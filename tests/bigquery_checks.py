@@ -54,6 +54,12 @@ def _duplicate_keys(bq, table) -> int:
                               f"FROM `{bigquery_io.table_id(bq.project, table)}` X").result())).n
 
 
+def bigquery_holds_the_lake(bq, lake, tables) -> bool:
+    """Whether BigQuery's rows of ``tables`` (silver layers) equal the lake's
+    -- for a test that waits for a streaming job to catch up."""
+    return all(bigquery_rows(bq, t) == lake_rows(lake, t) for t in tables)
+
+
 def assert_bigquery_holds_the_lake(bq, lake, silver=SILVER) -> dict:
     """Bronze and dead letter: the lake's rows, a redelivered message once;
     ``silver``: the lake's rows exactly; no key twice. Returns rows per table."""

@@ -35,6 +35,7 @@ was received: the Pub/Sub message id, else the landing file and line.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import uuid
@@ -345,6 +346,15 @@ class PublishToBigQuery(beam.PTransform):
 
 
 # --- streaming: batches of rows ------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _client_with_tables(target: BigQueryTarget, tables: tuple) -> bigquery.Client:
+    """A client of ``target`` whose ``tables`` exist (``EnsureTables`` may not
+    have run yet), made once per process and target."""
+    bq = target.client()
+    ensure_tables(bq, tables)
+    return bq
+
+
 class EnsureTables(beam.PTransform):
     """Creates the tables once when the job starts, so a table the stream has
     no rows for yet exists (empty) for its readers."""
@@ -370,9 +380,8 @@ class MergeBatchesFn(beam.DoFn):
         self._rows = {w.table.name: metrics.counter(f"bigquery_rows_{w.table.name}") for w in writes}
 
     def setup(self):
-        self._bq = self._target.client()
-        # EnsureTables may not have run yet
-        ensure_tables(self._bq, [w.table for w in self._writes.values()])
+        # Once per process: a local runner calls setup for every bundle.
+        self._bq = _client_with_tables(self._target, tuple(w.table for w in self._writes.values()))
 
     def process(self, batch):
         name, rows = batch

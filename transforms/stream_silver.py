@@ -60,6 +60,9 @@ INPUT_OF_TABLE = {
 }
 KIND_OF_TABLE = {rt.bronze_table: rt.name for rt in RECORD_TYPES.values()}
 STRING_KEYED = typehints.KV[str, typing.Any]
+# A DoFn's main output type is otherwise inferred from its yields, tagged
+# outputs included, which a GroupByKey downstream rejects.
+SILVER_ROW = typehints.KV[str, typing.Any]
 
 
 def compact(kind: str, row: dict) -> tuple:
@@ -143,8 +146,10 @@ class UpsertSessionFn(_ExpiringFn):
                 expiry=beam.DoFn.TimerParam(EXPIRY), pane_end=beam.DoFn.TimestampParam):
         session_id, pane = keyed
         pane = list(pane)
-        if not pane:  # an on-time pane after early ones that brought everything
-            return
+        if pane:  # empty: an on-time pane after early ones that brought everything
+            yield from self._upsert(session_id, pane, rows, expires, expiry, pane_end)
+
+    def _upsert(self, session_id, pane, rows, expires, expiry, pane_end):
         blobs = list(rows.read())
         rows.add(_pack(pane))
         version = len(blobs) + 1
@@ -245,21 +250,39 @@ class JoinToParentFn(_ExpiringFn):
         context = pickle.loads(blob) if blob is not None else None
         arrived = _unpacked(children.read())
         if side == PARENT:
-            if context is not None and value["_version"] <= context["_version"]:
-                return  # a stale or replayed context
-            context = value
-            stored.write(_pack(value))
-            changed = {expand(self._join.child, v)[self._key] for v in arrived}
+            changed = self._parent(value, context, arrived, stored)
+            if changed is None:  # stale, replayed, or the same context again: the children's rows stand
+                changed = set()
+            else:
+                context = value
         else:
-            child_id = expand(self._join.child, value)[self._key]
-            if any(expand(self._join.child, v)[self._key] == child_id for v in arrived):
-                self._extra_copies.inc()
-            children.add(_pack([value]))
-            arrived.append(value)
-            changed = {child_id}
-        current = (version.read() or 0) + 1
-        version.write(current)
+            changed = self._child(value, arrived, children)
+        if changed:
+            current = (version.read() or 0) + 1
+            version.write(current)
+            yield from self._rows(arrived, changed, context, current)
         self._keep_until(expires, expiry, timestamp)
+
+    def _parent(self, context: dict, stored_context: dict | None, arrived: list, stored) -> set | None:
+        """A parent's context arrived: -> the children to emit again, or None."""
+        if stored_context is not None and context["_version"] <= stored_context["_version"]:
+            return None
+        stored.write(_pack(context))
+        if stored_context is not None and \
+                parent_context(self._join, context) == parent_context(self._join, stored_context):
+            return None
+        return {expand(self._join.child, v)[self._key] for v in arrived}
+
+    def _child(self, values: tuple, arrived: list, children) -> set:
+        """A child arrived: kept, and emitted."""
+        child_id = expand(self._join.child, values)[self._key]
+        if any(expand(self._join.child, v)[self._key] == child_id for v in arrived):
+            self._extra_copies.inc()
+        children.add(_pack([values]))
+        arrived.append(values)
+        return {child_id}
+
+    def _rows(self, arrived: list, changed: set, context: dict | None, version: int):
         resolved = (parent_context(self._join, context) if context is not None
                     else unknown_parent_context(self._join.context))
         accumulators = {}
@@ -270,11 +293,11 @@ class JoinToParentFn(_ExpiringFn):
                     accumulators.get(row[self._key]) or self._combine.create_accumulator(), row)
         for acc in accumulators.values():
             winner, copies, _ = self._combine.extract_output(acc)
-            silver_row = {**winner, **resolved, "copies": copies, "_version": current}
+            silver_row = {**winner, **resolved, "copies": copies, "_version": version}
             yield self._join.table, silver_row
             if self._pass_on is not None:
                 yield beam.pvalue.TaggedOutput(CONTEXT, (silver_row[self._pass_on.key], (PARENT, {
-                    **parent_context(self._pass_on, silver_row), "_version": current})))
+                    **parent_context(self._pass_on, silver_row), "_version": version})))
 
     @on_timer(EXPIRY)
     def expire(self, children=beam.DoFn.StateParam(CHILDREN), stored=beam.DoFn.StateParam(PARENT_CONTEXT),
@@ -307,8 +330,8 @@ class UpsertSessions(beam.PTransform):
                     accumulation_mode=trigger.AccumulationMode.DISCARDING)
                 | "GroupSessionPane" >> beam.GroupByKey()
                 | "ToGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-                | "Upsert" >> beam.ParDo(UpsertSessionFn(self._gap + self._lateness)).with_outputs(
-                    CONTEXT, main=SILVER_ROWS))
+                | "Upsert" >> beam.ParDo(UpsertSessionFn(self._gap + self._lateness)).with_output_types(SILVER_ROW)
+                .with_outputs(CONTEXT, main=SILVER_ROWS))
 
 
 class JoinToParent(beam.PTransform):
@@ -323,7 +346,7 @@ class JoinToParent(beam.PTransform):
     def expand(self, pcolls):
         return (pcolls
                 | "BothSides" >> beam.Flatten().with_output_types(STRING_KEYED)
-                | "Join" >> beam.ParDo(self._fn).with_outputs(CONTEXT, main=SILVER_ROWS))
+                | "Join" >> beam.ParDo(self._fn).with_output_types(SILVER_ROW).with_outputs(CONTEXT, main=SILVER_ROWS))
 
 
 class StreamingSilver(beam.PTransform):
@@ -339,7 +362,8 @@ class StreamingSilver(beam.PTransform):
     def expand(self, inputs):
         sessions = inputs["sessions"] | "Sessions" >> UpsertSessions(
             allowed_lateness_seconds=self._lateness, early_firing_seconds=self._early)
-        users = keyed_by_string(inputs["users"]) | "Users" >> beam.ParDo(UpsertUserFn(self._join_expiry))
+        users = keyed_by_string(inputs["users"]) | "Users" >> beam.ParDo(
+            UpsertUserFn(self._join_expiry)).with_output_types(SILVER_ROW)
         responses = ((inputs[RESPONSE_JOIN.child], sessions[CONTEXT])
                      | "ResponsesToEvents" >> JoinToParent(RESPONSE_JOIN, self._join_expiry, pass_on=ACTIVITY_JOIN))
         activities = ((inputs[ACTIVITY_JOIN.child], responses[CONTEXT])

@@ -27,6 +27,7 @@ from __future__ import annotations
 import orjson
 import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas import contract
@@ -36,9 +37,13 @@ from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, 
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseCounters, parse_record
 from transforms.lake_io import BatchEvery, MergeSnapshotsFn, WriteWindowedFiles, lake_element
-from transforms.stream_silver import ALLOWED_LATENESS_SECONDS, SILVER_INPUTS, StreamingSilver, silver_input
+from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, SILVER_INPUTS, SILVER_ROW, StreamingSilver,
+                                      silver_input)
 
 LAKE_TABLES = {t.name: t for t in (RAW, *BRONZE.values(), DEAD_LETTER)}
+# ((table name, partition values), row values): declared, as the inferred
+# type would include the tagged outputs
+LAKE_ELEMENT = typehints.KV[typehints.Tuple[str, typehints.Any], typehints.Any]
 
 
 def raw_row(message, ingested_micros: int) -> dict:
@@ -81,14 +86,12 @@ class ParseMessageFn(beam.DoFn):
         table, row = parse_record(raw, self._pii_key, "stream_ingest", ingested)
         self._counters.count(table, row)
         yield TimestampedValue(lake_element(LAKE_TABLES[table], row), at_ingest)  # bronze or dead_letter
-        if table == DEAD_LETTER_TAG:
-            return
-        routed = silver_input(table, row, ingested, self._lateness)
-        if routed is None:
+        routed = None if table == DEAD_LETTER_TAG else silver_input(table, row, ingested, self._lateness)
+        if routed is not None:
+            tag, element, at = routed
+            yield beam.pvalue.TaggedOutput(tag, TimestampedValue(element, Timestamp(micros=at)))
+        elif table != DEAD_LETTER_TAG:
             self._late.inc()
-            return
-        tag, element, at = routed
-        yield beam.pvalue.TaggedOutput(tag, TimestampedValue(element, Timestamp(micros=at)))
 
 
 def _with_names(element):
@@ -114,16 +117,16 @@ class StreamingLakehouse(beam.PTransform):
         self._early, self._sink_every, self._bigquery = early_firing_seconds, sink_every_seconds, bigquery
 
     def expand(self, messages):
-        parsed = messages | "Parse" >> beam.ParDo(ParseMessageFn(self._pii_key, self._lateness)).with_outputs(
-            *SILVER_INPUTS, main="lake")
+        parsed = messages | "Parse" >> beam.ParDo(ParseMessageFn(self._pii_key, self._lateness)).with_output_types(
+            LAKE_ELEMENT).with_outputs(*SILVER_INPUTS, main="lake")
         files = parsed.lake | "AppendToLake" >> WriteWindowedFiles(list(LAKE_TABLES.values()), self._lake,
                                                                    self._window)
         silver = {tag: parsed[tag] for tag in SILVER_INPUTS} | "Silver" >> StreamingSilver(
             self._lateness, self._join_days, self._early)
         sink_rows = silver
         if self._bigquery is not None:
-            sink_rows = (silver, parsed.lake | "BronzeForBigQuery" >> beam.FlatMap(_with_names)) \
-                | "AllSinkRows" >> beam.Flatten()
+            sink_rows = (silver, parsed.lake | "BronzeForBigQuery" >> beam.FlatMap(_with_names)
+                         .with_output_types(SILVER_ROW)) | "AllSinkRows" >> beam.Flatten()
         batches = sink_rows | "Sinks" >> BatchEvery(self._sink_every)
         _ = batches | "MergeSnapshots" >> beam.ParDo(MergeSnapshotsFn(list(SILVER.values()), self._lake))
         if self._bigquery is not None:
