@@ -1,18 +1,23 @@
-"""Batch benchmark: backfill + gold end to end at several sizes.
+"""Batch benchmark: backfill + gold end to end at several sizes, this code
+and the previous release side by side.
 
     python -m benchmarks.run [--sizes 250000,1000000,4000000] [--workdir DIR] [--out benchmarks/results]
+                             [--baseline REF|none] [--workers N]
 
 For each size it generates raw data (not timed), then runs ``pipelines.backfill``
 and ``pipelines.gold_daily`` as separate processes on ``FnApiRunner`` (one
 worker, see ``worker_args``), and records per step and in total: wall time,
 raw records per second, CPU seconds per million records and peak resident
-memory. It writes ``results.json`` and ``scaling.png`` (time and memory
-against size) to ``--out`` and prints a table.
+memory. The same runs are made, in the same sitting and over the same files,
+with the code at ``--baseline`` (default ``benchmarks.baseline.BASELINE``,
+checked out in a git worktree), so the figures compare as ratios. It writes
+``results.json`` and ``scaling.png`` (time and memory against size) to
+``--out`` and prints a table.
 
 Then it runs the independent DuckDB reference (``benchmarks.reference``) over
 the same landing files, reports the time ratio (pipeline / reference) and
 compares every gold table of the two: any difference is printed and fails the
-benchmark (exit status 1).
+benchmark (exit status 1). The baseline's gold is compared too and reported.
 
 Timings are never asserted in tests; targets live in BENCHMARKS.md.
 """
@@ -21,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks import reference
+from benchmarks import baseline, reference
 from pipelines import generate
 
 RECORDS_PER_USER_WEEK = 14.8  # what the generator produces per user over 7 days
@@ -80,10 +86,12 @@ print(json.dumps({"cpu_s": u.ru_utime + u.ru_stime, "tree_peak_kib": peak, "larg
 """
 
 
-def _measured(command: list[str]) -> dict:
-    """Wall seconds, CPU seconds and peak memory of a command and its worker processes."""
+def _measured(command: list[str], tree: Path | None = None) -> dict:
+    """Wall seconds, CPU seconds and peak memory of a command and its worker
+    processes; ``tree``: run it from that checkout (the baseline)."""
     started = time.time()
-    done = subprocess.run([sys.executable, "-c", _WRAPPER, *command], check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", _WRAPPER, *command], check=True, capture_output=True, text=True,
+                          cwd=tree, env=baseline.environment(tree) if tree else None)
     wall = time.time() - started
     usage = json.loads(done.stdout.strip().splitlines()[-1])
     return {"wall_s": round(wall, 2), "cpu_s": round(usage["cpu_s"], 2),
@@ -91,30 +99,53 @@ def _measured(command: list[str]) -> dict:
             "largest_process_rss_mib": round(usage["largest_process_kib"] / 1024, 1)}
 
 
-def run_size(size: int, workdir: Path, extra_args: list[str]) -> dict:
+def _pipelines(landing: Path, lake: Path, extra_args: list[str], tree: Path | None = None) -> dict:
+    python = sys.executable
+    return {
+        "backfill": _measured([python, "-m", "pipelines.backfill", "--input", str(landing / "*.jsonl"),
+                               "--lake", str(lake), *extra_args], tree),
+        "gold_daily": _measured([python, "-m", "pipelines.gold_daily", "--lake", str(lake), *extra_args], tree),
+    }
+
+
+def _totals(steps: dict, records: int) -> dict:
+    wall = sum(s["wall_s"] for s in steps.values())
+    cpu = sum(s["cpu_s"] for s in steps.values())
+    return {"wall_s": round(wall, 2), "records_per_s": round(records / wall),
+            "cpu_s_per_million": round(cpu / records * 1e6, 1),
+            "peak_rss_mib": max(s["peak_rss_mib"] for s in steps.values())}
+
+
+def run_size(size: int, workdir: Path, extra_args: list[str], baseline_tree: Path | None = None) -> dict:
     landing, lake = workdir / f"n{size}" / "landing", workdir / f"n{size}" / "lake"
     reference_gold = workdir / f"n{size}" / "reference_gold"
     users = max(1, round(size / RECORDS_PER_USER_WEEK))
     manifest = generate.generate(generate.Config(users=users, days=7, seed=1), str(landing))
     records = manifest["records_total"]
-    python = sys.executable
-    steps = {
-        "backfill": _measured([python, "-m", "pipelines.backfill", "--input", str(landing / "*.jsonl"),
-                               "--lake", str(lake), *extra_args]),
-        "gold_daily": _measured([python, "-m", "pipelines.gold_daily", "--lake", str(lake), *extra_args]),
-    }
-    wall = sum(s["wall_s"] for s in steps.values())
-    cpu = sum(s["cpu_s"] for s in steps.values())
-    ref = _measured([python, "-m", "benchmarks.reference", "--input", str(landing / "*.jsonl"),
+    for old in (lake, workdir / f"n{size}" / "baseline_lake"):
+        shutil.rmtree(old, ignore_errors=True)  # a rerun starts from an empty lake
+    steps = _pipelines(landing, lake, extra_args)
+    result = {"size": size, "records": records, "steps": steps, **_totals(steps, records)}
+    if baseline_tree is not None:
+        baseline_lake = workdir / f"n{size}" / "baseline_lake"
+        old_steps = _pipelines(landing, baseline_lake, extra_args, baseline_tree)
+        result["baseline"] = {"tree": baseline_tree.name, "steps": old_steps, **_totals(old_steps, records)}
+    ref = _measured([sys.executable, "-m", "benchmarks.reference", "--input", str(landing / "*.jsonl"),
                      "--out", str(reference_gold)])
     compared = reference.compare_gold(lake, reference_gold)
-    return {"size": size, "records": records, "steps": steps, "wall_s": round(wall, 2),
-            "records_per_s": round(records / wall), "cpu_s_per_million": round(cpu / records * 1e6, 1),
-            "peak_rss_mib": max(s["peak_rss_mib"] for s in steps.values()),
-            "reference": {**ref, "records_per_s": round(records / ref["wall_s"]),
-                          "time_ratio": round(wall / ref["wall_s"], 2)},
-            "gold_rows": {name: r["rows"] for name, r in compared.items()},
-            "differences": reference.differences(compared)}
+    result.update({
+        "reference": {**ref, "records_per_s": round(records / ref["wall_s"]),
+                      "time_ratio": round(result["wall_s"] / ref["wall_s"], 2)},
+        "gold_rows": {name: r["rows"] for name, r in compared.items()},
+        "differences": reference.differences(compared)})
+    if baseline_tree is not None:
+        old = result["baseline"]
+        old["differences"] = reference.differences(reference.compare_gold(baseline_lake, reference_gold))
+        old["time_ratio"] = round(old["wall_s"] / ref["wall_s"], 2)
+        result["speedup"] = {"time_x": round(old["wall_s"] / result["wall_s"], 2),
+                             "cpu_x": round(old["cpu_s_per_million"] / result["cpu_s_per_million"], 2),
+                             "memory_x": round(old["peak_rss_mib"] / result["peak_rss_mib"], 2)}
+    return result
 
 
 def growth(results: list[dict]) -> list[dict]:
@@ -133,15 +164,23 @@ def chart(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     records = [r["records"] / 1e6 for r in results]
+    with_baseline = [r for r in results if "baseline" in r]
+    old_records = [r["records"] / 1e6 for r in with_baseline]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(records, [r["wall_s"] for r in results], marker="o", label="Beam pipelines (backfill + gold)")
+    left.plot(records, [r["wall_s"] for r in results], marker="o", label="Beam pipelines, columnar (backfill + gold)")
+    if with_baseline:
+        left.plot(old_records, [r["baseline"]["wall_s"] for r in with_baseline], marker="o", color="#8064a2",
+                  linestyle=":", label=f"previous release ({with_baseline[0]['baseline']['tree']})")
     left.plot(records, [r["reference"]["wall_s"] for r in results], marker="o", color="#9bbb59",
               label="DuckDB SQL reference")
     left.set_xlabel("raw records (millions)")
     left.set_ylabel("wall time, raw to gold (s)")
     left.legend()
-    right.plot(records, [r["peak_rss_mib"] / 1024 for r in results], marker="o", color="#c0504d")
-    right.axhline(3, linestyle="--", color="grey", label="target at 4M records: 3 GiB")
+    right.plot(records, [r["peak_rss_mib"] / 1024 for r in results], marker="o", color="#c0504d", label="columnar")
+    if with_baseline:
+        right.plot(old_records, [r["baseline"]["peak_rss_mib"] / 1024 for r in with_baseline], marker="o",
+                   color="#8064a2", linestyle=":", label="previous release")
+    right.axhline(2.5, linestyle="--", color="grey", label="target at 4M records: 2.5 GiB")
     right.set_xlabel("raw records (millions)")
     right.set_ylabel("peak resident memory (GiB)")
     right.legend()
@@ -155,12 +194,18 @@ def chart(results: list[dict], path: Path) -> None:
 
 def table(results: list[dict]) -> str:
     lines = [f"{'records':>10} {'wall s':>8} {'rec/s':>8} {'CPU s/M':>8} {'peak MiB':>9}  {'backfill / gold s':>17}"
-             f"  {'reference s':>11} {'ratio':>6}  gold identical"]
+             f"  {'reference s':>11} {'ratio':>6}  {'gold identical':>14}  {'previous: wall s':>16} "
+             f"{'CPU s/M':>8} {'peak MiB':>9}  {'speedup':>7}"]
     for r in results:
         steps = f"{r['steps']['backfill']['wall_s']} / {r['steps']['gold_daily']['wall_s']}"
-        lines.append(f"{r['records']:>10,} {r['wall_s']:>8} {r['records_per_s']:>8,} {r['cpu_s_per_million']:>8} "
-                     f"{r['peak_rss_mib']:>9}  {steps:>17}  {r['reference']['wall_s']:>11} "
-                     f"{r['reference']['time_ratio']:>6}  {'yes' if not r['differences'] else 'NO'}")
+        line = (f"{r['records']:>10,} {r['wall_s']:>8} {r['records_per_s']:>8,} {r['cpu_s_per_million']:>8} "
+                f"{r['peak_rss_mib']:>9}  {steps:>17}  {r['reference']['wall_s']:>11} "
+                f"{r['reference']['time_ratio']:>6}  {'yes' if not r['differences'] else 'NO':>14}")
+        if "baseline" in r:
+            old = r["baseline"]
+            line += (f"  {old['wall_s']:>16} {old['cpu_s_per_million']:>8} {old['peak_rss_mib']:>9}  "
+                     f"{r['speedup']['time_x']:>6}x")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -169,18 +214,26 @@ def main(argv=None):
     parser.add_argument("--sizes", default="250000,1000000,4000000", help="raw records per run, comma-separated")
     parser.add_argument("--workdir", default="/tmp/funnel-bench")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--baseline", default=baseline.BASELINE,
+                        help="git ref of the code to compare with, side by side (default: the previous release); "
+                             "'none' to measure this tree only")
     parser.add_argument("--workers", type=int, default=1,
                         help="FnApiRunner worker processes (default 1; 2 loses rows at 4M, see BENCHMARKS.md)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     out, workdir = Path(args.out), Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
+    baseline_tree = None if args.baseline == "none" else baseline.worktree(args.baseline, workdir)
+    if args.baseline != "none" and baseline_tree is None:
+        print(f"baseline {args.baseline}: not in this checkout's git history; measuring this tree only")
     results = []
     for size in sizes:
-        print(f"size {size:,}: generating and running backfill + gold ...", flush=True)
-        results.append(run_size(size, workdir, worker_args(args.workers)))
+        print(f"size {size:,}: generating and running backfill + gold"
+              + (f" (and the baseline, {baseline_tree.name})" if baseline_tree else "") + " ...", flush=True)
+        results.append(run_size(size, workdir, worker_args(args.workers), baseline_tree))
         print(table(results[-1:]).splitlines()[-1], flush=True)
     report = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+              "baseline": args.baseline if baseline_tree else None,
               "runner": f"FnApiRunner, {args.workers} worker process{'es' if args.workers > 1 else ''}",
               "results": results, "growth": growth(results)}
     (out / "results.json").write_text(json.dumps(report, indent=2))

@@ -45,6 +45,9 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from apache_beam.options.pipeline_options import StandardOptions
+
+from pipelines import local_runner
 from pipelines.common import add_sink_flags, bigquery_target, parse, setup_logging
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bigquery_io import BigQueryTarget
@@ -127,6 +130,8 @@ def main(argv=None, stop_when=None):
     setup_logging()
     print(f"stream_ingest: {args.subscription} -> {args.lake}"
           + (f" and BigQuery {bigquery.project}" if bigquery else "") + f" ({args.window_seconds} s windows)")
+    if options.view_as(StandardOptions).runner == STREAMING_RUNNER:
+        local_runner.tune()
     p = beam.Pipeline(options=options)
     build(p, args.subscription, args.lake, args.window_seconds, pii_key_from_env(),
           int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds, bigquery)

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2
 from pipelines import backfill, generate, stream_ingest
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
 from schemas.contract import RECORD_TYPES
+from transforms.silver import ACTIVITY_JOIN, RESPONSE_JOIN
 from schemas.tables import BRONZE, DEAD_LETTER, SILVER_STREAM
 from tests.bigquery_checks import assert_bigquery_holds_the_lake, bigquery_holds_the_lake, fresh_project, sink_flags
 from tests.conftest import read_table
@@ -122,24 +123,29 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
         return {r[rt.key] for r in read_table(lake / "bronze" / rt.bronze_table)}
 
     def complete():
+        """Every delivered message landed, and streaming silver holds all of
+        it: every identity, every delivered copy counted, every child joined
+        to its parent where the parent is known; BigQuery holds the same."""
         if not deliveries.landed(lake):
             return False
-        expected = {rt.silver_table: bronze_ids(rt.name) for rt in RECORD_TYPES.values()}
-        expected["silver_sessions"] |= {r["session_id"] for kind in ("view", "click", "event")
-                                        for r in read_table(lake / "bronze" / RECORD_TYPES[kind].bronze_table)}
-        return (all({r[keyed[t]] for r in read_table(lake / "silver_stream" / t)} == ids
-                    for t, ids in expected.items())
-                # ... and BigQuery's silver_stream, merged on its own clock, holds the same rows.
-                and bigquery_holds_the_lake(bq, lake, SILVER_STREAM.values()))
-
-    def caught_up():
-        # complete, and no snapshot changed for a while: late updates (a
-        # response resolved once its event arrives) have landed too.
-        snapshots = list((lake / "silver_stream").rglob("current.parquet"))
-        return bool(snapshots) and time.time() - max(p.stat().st_mtime for p in snapshots) > 12 and complete()
+        bronze = {rt.name: read_table(lake / "bronze" / rt.bronze_table) for rt in RECORD_TYPES.values()}
+        streamed = {t: read_table(lake / "silver_stream" / t) for t in keyed}
+        expected = {rt.silver_table: {r[rt.key] for r in bronze[rt.name]} for rt in RECORD_TYPES.values()}
+        expected["silver_sessions"] |= {r["session_id"] for kind in ("view", "click", "event") for r in bronze[kind]}
+        if any({r[keyed[t]] for r in streamed[t]} != ids for t, ids in expected.items()):
+            return False
+        if any(sum(r["copies"] for r in streamed[rt.silver_table]) != len(bronze[rt.name])
+               for rt in RECORD_TYPES.values()):
+            return False
+        for join in (RESPONSE_JOIN, ACTIVITY_JOIN):
+            parents = {r[join.key]: r for r in streamed[RECORD_TYPES[join.parent].silver_table]}
+            if any(r[c] != parents[r[join.key]][c] for r in streamed[join.table] if r[join.key] in parents
+                   for c in join.context):
+                return False
+        return bigquery_holds_the_lake(bq, lake, SILVER_STREAM.values())
 
     stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
-                        "--run-for", str(DEADLINE_SECONDS), *sink_flags(bq)], stop_when=caught_up)
+                        "--run-for", str(DEADLINE_SECONDS), *sink_flags(bq)], stop_when=complete)
     assert complete()
     streamed_to_bigquery = assert_bigquery_holds_the_lake(bq, lake, SILVER_STREAM)
     assert streamed_to_bigquery["bronze_views"] < len(read_table(lake / "bronze" / "bronze_views"))  # redelivered

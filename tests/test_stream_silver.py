@@ -8,13 +8,14 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.window import FixedWindows, TimestampedValue
+from apache_beam.transforms.trigger import AccumulationMode, AfterWatermark
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas import contract
 from transforms.silver import RESPONSE_JOIN
-from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, CHILD, PARENT, SILVER_ROWS, JoinToParent,
-                                      UpsertSessions, UpsertUserFn, keyed_by_string, silver_input)
+from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, PARENT, SILVER_ROWS, JoinToParent, ShardedUpsert,
+                                      UpsertSessions, UpsertUsersFn, silver_input)
 from transforms.streaming import ParseMessageFn
 from pipelines.common import counters
 from tests.conftest import DAY, MIN, T0, bronze, local_pipeline
@@ -49,8 +50,16 @@ def select(label, pcoll, table, *columns):
             | f"Select_{label}" >> beam.Map(lambda tr: tuple(tr[1][c] for c in columns)))
 
 
+BATCH = 10  # seconds of processing time between the upserts' batches
+
+
 def sessions_of(p, stream, **options):
-    return (p | stream | UpsertSessions(**options))[SILVER_ROWS]
+    return (p | stream | UpsertSessions(batch_seconds=BATCH, shards=4, **options))[SILVER_ROWS]
+
+
+def fired(stream):
+    """Processing time passes: the pending batch of upserts is applied."""
+    return stream.advance_processing_time(BATCH + 1)
 
 
 def test_session_windows_dedup_and_join():
@@ -67,8 +76,8 @@ def test_session_windows_dedup_and_join():
                   arriving("view", T0 + 5 * MIN, view_id="v-9", session_id="s-2", view_timestamp=T0 + 4 * MIN,
                            platform="android"),
               ])
-              .advance_watermark_to(watermark(T0 + 120 * MIN))
-              .advance_watermark_to_infinity())
+              .advance_watermark_to(watermark(T0 + 120 * MIN)))
+    stream = fired(stream).advance_watermark_to_infinity()
     with streaming_pipeline() as p:
         silver = sessions_of(p, stream)
         assert_that(select("sessions", silver, "silver_sessions", "session_id", "_version", "user_id", "platform",
@@ -80,13 +89,13 @@ def test_session_windows_dedup_and_join():
 
 
 def test_a_late_record_updates_its_session():
-    stream = (test_stream.TestStream()
-              .add_elements([arriving("view", T0 + MIN, view_id="v-1", session_id="s-1", view_timestamp=T0)])
-              .advance_watermark_to(watermark(T0 + 120 * MIN))              # the session fires on time
-              .add_elements([arriving("view", T0 + 180 * MIN, view_id="v-2", session_id="s-1",
-                                      view_timestamp=T0 + 10 * MIN)])      # late, within allowed lateness
-              .advance_watermark_to(watermark(T0 + 240 * MIN))
-              .advance_watermark_to_infinity())
+    stream = fired(test_stream.TestStream()
+                   .add_elements([arriving("view", T0 + MIN, view_id="v-1", session_id="s-1", view_timestamp=T0)])
+                   .advance_watermark_to(watermark(T0 + 120 * MIN)))        # the session fires on time
+    stream = fired(stream
+                   .add_elements([arriving("view", T0 + 180 * MIN, view_id="v-2", session_id="s-1",
+                                           view_timestamp=T0 + 10 * MIN)])  # late, within allowed lateness
+                   .advance_watermark_to(watermark(T0 + 240 * MIN))).advance_watermark_to_infinity()
     with streaming_pipeline() as p:
         silver = sessions_of(p, stream)
         assert_that(select("versions", silver, "silver_sessions", "session_id", "_version", "views",
@@ -95,13 +104,13 @@ def test_a_late_record_updates_its_session():
 
 
 def test_a_session_record_arriving_after_its_views_resolves_them():
-    stream = (test_stream.TestStream()
-              .add_elements([arriving("view", T0 + MIN, view_id="v-1", session_id="s-1", view_timestamp=T0 + MIN,
-                                      platform="web")])
-              .advance_watermark_to(watermark(T0 + 120 * MIN))
-              .add_elements([arriving("session", T0 + 300 * MIN, session_id="s-1", user_id="u-7",
-                                      platform="android", session_start_time=T0, emitted_at=T0)])
-              .advance_watermark_to_infinity())
+    stream = fired(test_stream.TestStream()
+                   .add_elements([arriving("view", T0 + MIN, view_id="v-1", session_id="s-1",
+                                           view_timestamp=T0 + MIN, platform="web")])
+                   .advance_watermark_to(watermark(T0 + 120 * MIN)))
+    stream = fired(stream.add_elements([arriving("session", T0 + 300 * MIN, session_id="s-1", user_id="u-7",
+                                                 platform="android", session_start_time=T0, emitted_at=T0)])
+                   ).advance_watermark_to_infinity()
     with streaming_pipeline() as p:
         silver = sessions_of(p, stream)
         assert_that(select("views", silver, "silver_views", "view_id", "_version", "user_id", "platform"),
@@ -124,7 +133,7 @@ def test_a_record_beyond_allowed_lateness_is_counted_not_sessionized():
     parsed = (p | beam.Create([_message("v-new", "s-new", recent), _message("v-old", "s-old", old)])
               | beam.ParDo(ParseMessageFn(b"k", ALLOWED_LATENESS_SECONDS)).with_outputs("sessions", main="lake"))
     assert_that(parsed.sessions | beam.Map(lambda kv: kv[0]), equal_to(["s-new"]), label="sessionized")
-    assert_that(parsed.lake | beam.Map(lambda element: element[0][0]),
+    assert_that(parsed.lake | beam.Map(lambda element: element[0]),
                 equal_to(["raw_messages", "raw_messages", "bronze_views", "bronze_views"]), label="in the lake")
     result = p.run()
     result.wait_until_finish()
@@ -140,12 +149,13 @@ def test_early_firings_put_a_live_session_in_silver_before_it_closes():
                                       session_start_time=T0, emitted_at=T0),
                              arriving("view", T0, view_id="v-1", session_id="s-1", view_timestamp=T0)])
               .advance_watermark_to(watermark(T0 + MIN))
-              .advance_processing_time(11)                                  # > early_firing_seconds
+              .advance_processing_time(11))                                 # > early_firing_seconds
+    stream = (fired(stream)
               .add_elements([arriving("view", T0 + 5 * MIN, view_id="v-2", session_id="s-1",
                                       view_timestamp=T0 + 5 * MIN)])
               .advance_watermark_to(watermark(T0 + 6 * MIN))
-              .advance_processing_time(11)
-              .advance_watermark_to_infinity())
+              .advance_processing_time(11))
+    stream = fired(stream).advance_watermark_to_infinity()
     with streaming_pipeline() as p:
         silver = sessions_of(p, stream, early_firing_seconds=10)
         assert_that(select("versions", silver, "silver_sessions", "session_id", "_version", "views", "user_id"),
@@ -170,25 +180,25 @@ def event_context(event_id, session_id, user_id, platform, version):
 
 
 def test_responses_join_their_event_whichever_arrives_first():
-    responses = (test_stream.TestStream()
-                 .add_elements([at(T0, response(1, response_id="r-1", event_id="e-1", status="sent",
-                                                emitted_at=T0)),
-                                at(T0 + MIN, response(2, response_id="r-1", event_id="e-1", status="delivered",
-                                                      emitted_at=T0 + MIN))])
-                 .advance_watermark_to(Timestamp(micros=T0 + 10 * MIN))
-                 .add_elements([at(T0 + 11 * MIN, response(3, response_id="r-2", event_id="e-2", status="sent",
-                                                           emitted_at=T0))])
-                 .advance_watermark_to_infinity())
+    responses = fired(test_stream.TestStream()
+                      .add_elements([at(T0, response(1, response_id="r-1", event_id="e-1", status="sent",
+                                                     emitted_at=T0)),
+                                     at(T0 + MIN, response(2, response_id="r-1", event_id="e-1",
+                                                           status="delivered", emitted_at=T0 + MIN))])
+                      .advance_watermark_to(Timestamp(micros=T0 + 10 * MIN)))
+    responses = fired(responses.add_elements([at(T0 + 11 * MIN, response(3, response_id="r-2", event_id="e-2",
+                                                                         status="sent", emitted_at=T0))])
+                      ).advance_watermark_to_infinity()
     with streaming_pipeline() as p:
         events = (p | "Events" >> beam.Create([event_context("e-1", "s-1", "u-1", "ios", 1),
                                               event_context("e-2", "s-2", None, "web", 1),
                                               event_context("e-1", "s-1", "u-1", "ios", 1)])  # replayed: stale
                   | "AtT0" >> beam.Map(lambda r: at(T0, r)))
         joined = ((p | "Responses" >> responses, events)
-                  | JoinToParent(RESPONSE_JOIN, 30 * DAY))[SILVER_ROWS]
+                  | JoinToParent(RESPONSE_JOIN, 30 * DAY, shards=4, batch_seconds=BATCH))[SILVER_ROWS]
         # The final row per response (arrival order between the two inputs varies).
         latest = (joined
-                  | beam.WindowInto(FixedWindows(365 * 24 * 3600))
+                  | beam.WindowInto(GlobalWindows(), trigger=AfterWatermark(), accumulation_mode=AccumulationMode.DISCARDING)
                   | beam.Map(lambda tr: (tr[1]["response_id"], tr[1]))
                   | beam.CombinePerKey(lambda rows: max(rows, key=lambda r: r["_version"], default=None)))
         assert_that(latest | beam.Map(lambda kv: (kv[0], kv[1]["status"], kv[1]["copies"], kv[1]["session_id"],
@@ -197,13 +207,12 @@ def test_responses_join_their_event_whichever_arrives_first():
 
 
 def test_a_child_without_its_parent_keeps_its_own_platform_until_the_parent_arrives():
-    children = (test_stream.TestStream()
-                .add_elements([at(T0, response(1, response_id="r-1", event_id="e-1", status="sent",
-                                               emitted_at=T0))])
-                .advance_watermark_to_infinity())
+    children = fired(test_stream.TestStream()
+                     .add_elements([at(T0, response(1, response_id="r-1", event_id="e-1", status="sent",
+                                                    emitted_at=T0))])).advance_watermark_to_infinity()
     with streaming_pipeline() as p:
         joined = ((p | "Responses" >> children, p | "NoEvents" >> beam.Create([]))
-                  | JoinToParent(RESPONSE_JOIN, 30 * DAY))[SILVER_ROWS]
+                  | JoinToParent(RESPONSE_JOIN, 30 * DAY, shards=4, batch_seconds=BATCH))[SILVER_ROWS]
         assert_that(select("orphan", joined, "silver_event_responses", "response_id", "session_id", "user_id",
                            "platform"),
                     equal_to([("r-1", None, None, "email")]))
@@ -216,11 +225,11 @@ def user(line, ingest, **values):
 
 
 def test_users_newest_version_wins_even_arriving_first():
-    users = (test_stream.TestStream()
-             .add_elements([user(1, T0, user_id="u-1", country="DE", updated_at=T0 + DAY)])
-             .add_elements([user(2, T0 + MIN, user_id="u-1", country="ES", updated_at=T0)])
-             .advance_watermark_to_infinity())
+    users = fired(fired(test_stream.TestStream()
+                        .add_elements([user(1, T0, user_id="u-1", country="DE", updated_at=T0 + DAY)]))
+                  .add_elements([user(2, T0 + MIN, user_id="u-1", country="ES", updated_at=T0)])
+                  ).advance_watermark_to_infinity()
     with streaming_pipeline() as p:
-        upserts = keyed_by_string(p | users) | beam.ParDo(UpsertUserFn(30 * DAY))
+        upserts = p | users | ShardedUpsert(UpsertUsersFn(30 * DAY), shards=4, batch_seconds=BATCH)
         assert_that(select("users", upserts, "silver_users", "user_id", "_version", "country", "copies"),
                     equal_to([("u-1", 1, "DE", 1), ("u-1", 2, "DE", 2)]))

@@ -388,7 +388,9 @@ class MergeBatchesFn(beam.DoFn):
         write = self._writes.get(name)
         if write is None:
             return
-        rows = list(rows)
+        names = write.table.column_names
+        # bronze and dead-letter rows come as value tuples in the table's order
+        rows = [row if isinstance(row, dict) else dict(zip(names, row)) for row in rows]
         if write.mode == "upsert":
             rows = list(newest_per_key(rows, write.table.key[0]).values())
         n = merge_rows(self._bq, write, [write.table.to_arrow(rows, with_partition_columns=True)])

@@ -23,6 +23,7 @@ leaves the previous lake state untouched (only its staging folder remains).
 from __future__ import annotations
 
 import gzip
+from datetime import datetime, timezone
 import hashlib
 import io
 import logging
@@ -30,6 +31,7 @@ import posixpath
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+import functools
 from functools import cached_property
 
 import apache_beam as beam
@@ -40,7 +42,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import trigger
-from apache_beam.transforms.window import FixedWindows, GlobalWindow, GlobalWindows
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -377,54 +379,45 @@ class WriteStaged(beam.PTransform):
         return staged[0] if len(staged) == 1 else tuple(staged) | "AllFiles" >> beam.Flatten()
 
 
-class WriteWindowFileFn(beam.DoFn):
-    """((table name, partition values), row values of one window pane) -> one
-    Parquet file, written aside and renamed into place so readers never see
-    half a file. Named by window and pane: a late pane adds a file, never
-    replaces one."""
+class WriteBatchFilesFn(beam.DoFn):
+    """(table name, rows of one batch) -> one Parquet file per partition the
+    rows fall in, written aside and renamed into place so readers never see
+    half a file; named by the batch's time and a unique id, so a file is
+    never replaced. Rows are value tuples in the table's column order (as
+    ``lake_element`` makes them). Batches of other tables pass by."""
 
     def __init__(self, tables: list[Table], lake: str):
         self._tables, self._lake = {t.name: t for t in tables}, lake
         self._rows = {t.name: metrics.counter(f"rows_written_{t.name}") for t in tables}
 
-    def process(self, keyed, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        (name, parts), rows = keyed
-        table = self._tables[name]
+    def process(self, batch):
+        name, rows = batch
+        table = self._tables.get(name)
+        if table is None:
+            return
         names = table.column_names
-        rows = [dict(zip(names, values)) for values in rows]
+        by_partition = defaultdict(list)
+        for values in rows:
+            row = dict(zip(names, values))
+            by_partition[tuple(row[c] for c in table.partition_by)].append(row)
         root = table_dir(self._lake, table)
-        folders = [f"{c}={v}" for c, v in zip(table.partition_by, parts)]
-        start = window.start.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
-        file_name = f"{STREAM_SOURCE}-{start}-p{pane.index}-{uuid.uuid4().hex[:12]}.parquet"
-        incoming = posixpath.join(root, "_incoming", file_name)
-        write_parquet(incoming, table, rows)
-        final = posixpath.join(root, *folders, file_name)
-        _makedirs(posixpath.dirname(final))
-        FileSystems.rename([incoming], [final])
-        self._rows[name].inc(len(rows))
-        yield final
+        started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        for parts, partition_rows in by_partition.items():
+            folders = [f"{c}={v}" for c, v in zip(table.partition_by, parts)]
+            file_name = f"{STREAM_SOURCE}-{started}-{uuid.uuid4().hex[:12]}.parquet"
+            incoming = posixpath.join(root, "_incoming", file_name)
+            write_parquet(incoming, table, partition_rows)
+            final = posixpath.join(root, *folders, file_name)
+            _makedirs(posixpath.dirname(final))
+            FileSystems.rename([incoming], [final])
+            self._rows[name].inc(len(partition_rows))
+            yield final
 
 
 def lake_element(table: Table, row: dict) -> tuple:
-    """A row as ``WriteWindowedFiles`` takes it: ((table name, partition
-    values), values of every column in the table's order)."""
-    return (table.name, tuple(row[c] for c in table.partition_by)), tuple(row.get(c) for c in table.column_names)
-
-
-class WriteWindowedFiles(beam.PTransform):
-    """Streaming append: ``lake_element`` rows of ``tables`` -> one file per
-    (table, partition, fixed window, pane). Rows must be timestamped by
-    ingest time, so a window closes once its minute of arrivals is over."""
-
-    def __init__(self, tables: list[Table], lake: str, window_seconds: int):
-        super().__init__()
-        self._tables, self._lake, self._seconds = tables, lake, window_seconds
-
-    def expand(self, rows):
-        return (rows
-                | "Window" >> beam.WindowInto(FixedWindows(self._seconds), allowed_lateness=self._seconds)
-                | "GroupWindowPane" >> beam.GroupByKey()
-                | "WriteFile" >> beam.ParDo(WriteWindowFileFn(self._tables, self._lake)))
+    """A row as the streaming sinks take it: (table name, values of every
+    column in the table's order)."""
+    return table.name, tuple(row.get(c) for c in table.column_names)
 
 
 def stream_snapshot_path(lake: str, table: Table) -> str:
@@ -460,6 +453,23 @@ class MergeSnapshotsFn(beam.DoFn):
         yield name, len(current)
 
 
+def batch_window(seconds: int | None) -> beam.WindowInto:
+    """The global window, fired every ``seconds`` of processing time, or
+    (``None``) only when the input ends -- then with Beam's default
+    windowing, which runners group on their fast path."""
+    if not seconds:
+        return beam.WindowInto(GlobalWindows())
+    return beam.WindowInto(GlobalWindows(), trigger=_every(seconds),
+                           accumulation_mode=trigger.AccumulationMode.DISCARDING)
+
+
+@functools.lru_cache(maxsize=None)
+def _every(seconds: int):
+    # One trigger object per period: triggers compare by identity, and the
+    # inputs of a Flatten must share their windowing.
+    return trigger.Repeatedly(trigger.AfterProcessingTime(seconds))
+
+
 def newest_per_key(rows, key: str) -> dict:
     """Streaming upserts -> the one with the highest ``_version`` per key."""
     newest = {}
@@ -470,9 +480,10 @@ def newest_per_key(rows, key: str) -> dict:
 
 
 class BatchEvery(beam.PTransform):
-    """Streaming ``(table name, row)`` -> ``(table name, rows)`` batches, one
-    per table at most every ``seconds`` of processing time, for sinks that
-    rewrite or merge a table.
+    """Streaming ``(table name, row)`` (one PCollection or several) ->
+    ``(table name, rows)`` batches, one per table at most every ``seconds``
+    of processing time, for the sinks (files appended, snapshots rewritten,
+    tables merged).
 
     A processing-time trigger, not event-time windows: the sink follows the
     clock, so a watermark held back (by a backlog, or by a local runner that
@@ -486,12 +497,15 @@ class BatchEvery(beam.PTransform):
         self._seconds = seconds
 
     def expand(self, rows):
-        when = (trigger.Repeatedly(trigger.AfterProcessingTime(self._seconds)) if self._seconds
-                else trigger.DefaultTrigger())
-        return (rows
-                | "EverySeconds" >> beam.WindowInto(GlobalWindows(), trigger=when,
-                                                    accumulation_mode=trigger.AccumulationMode.DISCARDING)
-                | "GroupBatch" >> beam.GroupByKey())
+        return batched(rows, self._seconds) | "GroupBatch" >> beam.GroupByKey()
+
+
+def batched(pcolls, seconds: int | None):
+    """One PCollection or several, each put in ``batch_window`` before they are
+    flattened (inputs of a Flatten must share their windowing)."""
+    inputs = list(pcolls) if isinstance(pcolls, (list, tuple)) else [pcolls]
+    windowed = [pcoll | f"EverySeconds{i or ''}" >> batch_window(seconds) for i, pcoll in enumerate(inputs)]
+    return windowed[0] if len(windowed) == 1 else tuple(windowed) | "AllBatched" >> beam.Flatten()
 
 
 @dataclass(frozen=True)

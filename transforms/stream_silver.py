@@ -1,52 +1,68 @@
-"""Streaming silver: stateful upserts per session, user, event and response.
+"""Streaming silver: upserts of sessions, users and joined children, in state
+kept per shard.
 
 The rules are the batch's own (``transforms.silver.JOINS``, the dedup
-``CombineFn``s, ``resolve_session``), applied to one key's rows:
+``CombineFn``s, ``resolve_session``), applied to one identity's rows:
 
-* sessions (keyed by ``session_id``, event-time session windows with a
-  30-minute gap, optional early firings, late firings within the allowed
-  lateness): every firing upserts the session, its views, clicks and events
-  and emits their current silver rows, and the events' context for the
-  responses;
-* users (keyed by ``user_id``): the newest version;
-* responses (keyed by ``event_id``) and activities (keyed by
-  ``response_id``): joined to their parent's context whichever arrives
-  first; a child is emitted when it arrives (with its own platform while the
-  parent is unknown) and all children again when the parent's context
-  arrives or changes.
+* sessions (event-time session windows per ``session_id``, 30-minute gap,
+  optional early firings, late firings within the allowed lateness): each
+  firing upserts the session, its views, clicks and events and emits their
+  current silver rows, and the events' context for the responses;
+* users: the newest version;
+* responses (by ``event_id``) and activities (by ``response_id``): joined to
+  their parent's context whichever arrives first; a child is emitted with
+  its own platform while the parent is unknown, and again when the parent's
+  context arrives or changes.
 
-State is small and append-only, because the SDK harness (the same on
-Dataflow) sizes every state value it caches by walking its objects: each
-key holds a bag of bytes blobs (the compact rows that arrived, one blob per
-firing or element), an int version and an int expiry, and a watermark timer
-clears the key when nothing can update it any more. Rows travel as tuples of
-the columns silver needs (``CARRIED``), not dicts.
+**Why shards.** The SDK harness (the same on Dataflow) weighs every state
+value it caches with ``objsize``, and every such call first walks the
+globals of all loaded modules: about 0.7 ms here whatever the value's size
+(BENCHMARKS.md). State per identity, touched per record, therefore cost
+milliseconds per record. Instead every upsert step groups its input by shard
+(a hash of the identity, ``shards`` of them) once per ``batch_seconds`` of
+processing time (``None``: when the input ends, for bounded runs), and keeps
+one bag per shard: pickled ``{identity: entry}`` blobs, the newest blob
+with an identity winning, appended once per batch and compacted into one
+blob every ``COMPACT_AFTER`` blobs; a watermark timer drops the entries no
+later record can update (``expires``). State work is then per shard and
+batch, not per record.
 
-Every emitted row carries ``_version`` (increasing per state key) so a sink
+Every emitted row carries ``_version`` (increasing per identity) so a sink
 keeps the newest row per key.
 """
 from __future__ import annotations
 
 import pickle
 import typing
+from collections import defaultdict
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder, VarIntCoder
+import mmh3
+from apache_beam.coders import BytesCoder
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE
 from transforms import metrics
 from transforms.dedup import combine_fn_for, extra_copies_counter
+from transforms.lake_io import batched
 from transforms.silver import (ACTIVITY_JOIN, JOINS, RESPONSE_JOIN, SESSION_CHILDREN, ParentJoin,
                                parent_context, resolve_session, shuffled_columns, unknown_parent_context)
 
 SESSION_GAP_SECONDS = 30 * 60
 ALLOWED_LATENESS_SECONDS = 2 * 24 * 3600
+SHARDS = 64
+COMPACT_AFTER = 8
+# Expiry times are rounded up to whole days: a shard's timer then fires once
+# a day, not once per identity (and at the end of a bounded input, where the
+# watermark jumps to the end, once per distinct expiry time). State lives at
+# most a day longer than its rule says.
+EXPIRY_GRANULARITY_MICROS = 24 * 3600 * 1_000_000
 SESSION_KINDS = ("session",) + tuple(j.child for j in SESSION_CHILDREN)
 PARENT, CHILD = "parent", "child"
 SILVER_ROWS, CONTEXT = "silver", "context"
@@ -59,10 +75,12 @@ INPUT_OF_TABLE = {
     **{RECORD_TYPES[j.child].bronze_table: (j.child, j.key) for j in (RESPONSE_JOIN, ACTIVITY_JOIN)},
 }
 KIND_OF_TABLE = {rt.bronze_table: rt.name for rt in RECORD_TYPES.values()}
+SILVER_INPUTS = ("sessions", "users") + tuple(j.child for j in JOINS if j.parent != "session")
 STRING_KEYED = typehints.KV[str, typing.Any]
 # A DoFn's main output type is otherwise inferred from its yields, tagged
 # outputs included, which a GroupByKey downstream rejects.
 SILVER_ROW = typehints.KV[str, typing.Any]
+SHARD_BATCH = typehints.KV[int, typing.Any]
 
 
 def compact(kind: str, row: dict) -> tuple:
@@ -82,7 +100,8 @@ def event_time(kind: str, row: dict, ingested_micros: int) -> int:
 def silver_input(bronze_table: str, row: dict, ingested_micros: int, lateness_micros: int):
     """Where a bronze row goes in streaming silver: ``(tag, (key, value),
     timestamp micros)``, or None when it is more than the allowed lateness
-    behind ingest (it reaches silver through the daily batch)."""
+    behind ingest (it reaches silver through the daily batch). Sessions'
+    records are timestamped at their event time, the others at ingest."""
     tag, key_column = INPUT_OF_TABLE[bronze_table]
     kind = KIND_OF_TABLE[bronze_table]
     values = compact(kind, row)
@@ -98,75 +117,113 @@ def silver_input(bronze_table: str, row: dict, ingested_micros: int, lateness_mi
 
 def keyed_by_string(pcoll):
     """Declares ``(str key, value)`` elements, so runners use a deterministic
-    key coder for the state (a tagged output carries no type hint of its own)."""
+    key coder (a tagged output carries no type hint of its own)."""
     pcoll.element_type = STRING_KEYED
     return pcoll
 
 
-def _pack(values: list) -> bytes:
-    return pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+def shard_of(key: str, shards: int) -> int:
+    return mmh3.hash(key, signed=False) % shards
 
 
-def _unpacked(blobs) -> list:
-    return [v for blob in blobs for v in pickle.loads(blob)]
+def _rounded_up(micros: int) -> int:
+    return -(-micros // EXPIRY_GRANULARITY_MICROS) * EXPIRY_GRANULARITY_MICROS
 
 
-class _ExpiringFn(beam.DoFn):
-    """Keeps a key's state ``expiry_seconds`` past the latest time that can
-    still update it, then clears it (each subclass has its own ``EXPIRY``
-    timer: a timer has one callback)."""
-
-    EXPIRES = ReadModifyWriteStateSpec("expires", VarIntCoder())
-
-    def __init__(self, expiry_seconds: int):
-        self._expiry = expiry_seconds
-
-    def _keep_until(self, expires, timer, timestamp: Timestamp) -> None:
-        until = max(expires.read() or 0, (timestamp + Duration(seconds=self._expiry)).micros)
-        expires.write(until)
-        timer.set(Timestamp(micros=until))
+def _pack(value) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-class UpsertSessionFn(_ExpiringFn):
-    """(session_id, the pane's new (kind, values)) -> current silver rows of
-    the session and its children (main), and the events' context (tag
-    ``context``) keyed by event_id."""
+def _entries(blobs: list[bytes]) -> dict:
+    entries = {}
+    for blob in blobs:
+        entries.update(pickle.loads(blob))
+    return entries
+
+
+class _ShardStateFn(beam.DoFn):
+    """(shard, [(identity, value), ...] of one batch) -> upserts. State: a bag
+    of pickled ``{identity: entry}`` blobs (see the module docstring); an
+    entry is a dict with at least ``expires`` (micros) and ``version``.
+    Subclasses implement ``upsert(identity, entry, values) -> (entry, rows)``
+    and define ``EXPIRY`` (a timer has one callback)."""
+
+    ENTRIES = BagStateSpec("entries", BytesCoder())
+
+    def _apply(self, keyed, state, timer):
+        _, batch = keyed
+        by_identity = defaultdict(list)
+        for identity, value in batch:
+            by_identity[identity].append(value)
+        blobs = list(state.read())
+        entries = _entries(blobs)
+        changed = {}
+        for identity, values in by_identity.items():
+            entry, rows = self.upsert(identity, entries.get(identity), values)
+            changed[identity] = entry
+            yield from rows
+        if len(blobs) + 1 >= COMPACT_AFTER:
+            entries.update(changed)
+            state.clear()
+            state.add(_pack(entries))
+        else:
+            state.add(_pack(changed))
+            entries.update(changed)
+        timer.set(Timestamp(micros=min(e["expires"] for e in entries.values())))
+
+    def _expire(self, state, timer, now: Timestamp):
+        entries = _entries(list(state.read()))
+        live = {k: e for k, e in entries.items() if e["expires"] > now.micros}
+        state.clear()
+        if live:
+            state.add(_pack(live))
+            timer.set(Timestamp(micros=min(e["expires"] for e in live.values())))
+
+    def upsert(self, identity, entry: dict | None, values: list) -> tuple[dict, list]:
+        raise NotImplementedError
+
+
+class UpsertSessionsFn(_ShardStateFn):
+    """Per session of the batch, its panes' new records ``(window end micros,
+    [(kind, values)])`` -> the session's and its children's silver rows
+    (main), and its events' context keyed by event_id (``context``).
+    Entries: the session's records, kept until no window of it can fire."""
 
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
-    ROWS = BagStateSpec("rows", BytesCoder())
-
-    def __init__(self, expiry_seconds: int):
-        super().__init__(expiry_seconds)
+    def __init__(self, keep_seconds: int):
+        self._keep = keep_seconds * 1_000_000
         self._fns = {kind: combine_fn_for(kind, BRONZE[RECORD_TYPES[kind].bronze_table]) for kind in SESSION_KINDS}
         self._duplicates = {k: extra_copies_counter(k) for k in SESSION_KINDS}
         self._updates = metrics.counter("stream_session_updates")
 
-    def process(self, keyed, rows=beam.DoFn.StateParam(ROWS), expires=beam.DoFn.StateParam(_ExpiringFn.EXPIRES),
-                expiry=beam.DoFn.TimerParam(EXPIRY), pane_end=beam.DoFn.TimestampParam):
-        session_id, pane = keyed
-        pane = list(pane)
-        if pane:  # empty: an on-time pane after early ones that brought everything
-            yield from self._upsert(session_id, pane, rows, expires, expiry, pane_end)
+    def process(self, keyed, state=beam.DoFn.StateParam(_ShardStateFn.ENTRIES),
+                timer=beam.DoFn.TimerParam(EXPIRY)):
+        yield from self._apply(keyed, state, timer)
 
-    def _upsert(self, session_id, pane, rows, expires, expiry, pane_end):
-        blobs = list(rows.read())
-        rows.add(_pack(pane))
-        version = len(blobs) + 1
-        # The pane's timestamp is the end of its session window: state lives
-        # until no window of the session can fire again.
-        self._keep_until(expires, expiry, pane_end)
-        self._updates.inc()
+    @on_timer(EXPIRY)
+    def expire(self, state=beam.DoFn.StateParam(_ShardStateFn.ENTRIES), timer=beam.DoFn.TimerParam(EXPIRY),
+               now=beam.DoFn.TimestampParam):
+        self._expire(state, timer, now)
+
+    def upsert(self, session_id, entry, panes):
+        entry = entry or {"records": [], "version": 0, "expires": 0}
         accumulators = {}
-        for arrived, rows_ in ((False, _unpacked(blobs)), (True, pane)):
-            for kind, values in rows_:
+        for arrived, records in ((False, entry["records"]), (True, [r for _, rows in panes for r in rows])):
+            for kind, values in records:
                 row = expand(kind, values)
                 identity = (kind, row[RECORD_TYPES[kind].key])
-                fn = self._fns[kind]
                 if arrived and identity in accumulators:
                     self._duplicates[kind].inc()
+                fn = self._fns[kind]
                 accumulators[identity] = fn.add_input(accumulators.get(identity) or fn.create_accumulator(), row)
-        yield from self._rows(session_id, accumulators, version)
+        records = entry["records"] + [r for _, rows in panes for r in rows]
+        version = entry["version"] + 1
+        # A session's state lives until no window of it can fire again.
+        expires = max([entry["expires"]] + [_rounded_up(end + self._keep) for end, _ in panes])
+        self._updates.inc()
+        return ({"records": records, "version": version, "expires": expires},
+                list(self._rows(session_id, accumulators, version)))
 
     def _rows(self, session_id, accumulators, version):
         winners = {kind: [] for kind in SESSION_KINDS}
@@ -185,112 +242,98 @@ class UpsertSessionFn(_ExpiringFn):
                     yield beam.pvalue.TaggedOutput(CONTEXT, (silver_row[RESPONSE_JOIN.key], (PARENT, {
                         **parent_context(RESPONSE_JOIN, silver_row), "_version": version})))
 
-    @on_timer(EXPIRY)
-    def expire(self, rows=beam.DoFn.StateParam(ROWS), expires=beam.DoFn.StateParam(_ExpiringFn.EXPIRES)):
-        rows.clear()
-        expires.clear()
 
-
-class UpsertUserFn(_ExpiringFn):
-    """(user_id, values) -> the user's current silver row."""
+class UpsertUsersFn(_ShardStateFn):
+    """Per user of the batch, its new versions -> the user's current silver row.
+    Entries: every version received, kept ``keep_seconds`` (of processing
+    time, as ingest time is) past the newest arrival."""
 
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
-    ROWS = BagStateSpec("rows", BytesCoder())
-
-    def __init__(self, expiry_seconds: int):
-        super().__init__(expiry_seconds)
+    def __init__(self, keep_seconds: int):
+        self._keep = keep_seconds * 1_000_000
         self._combine = combine_fn_for("user", BRONZE[RECORD_TYPES["user"].bronze_table])
         self._extra_copies = extra_copies_counter("user")
 
-    def process(self, keyed, rows=beam.DoFn.StateParam(ROWS), expires=beam.DoFn.StateParam(_ExpiringFn.EXPIRES),
-                expiry=beam.DoFn.TimerParam(EXPIRY), timestamp=beam.DoFn.TimestampParam):
-        _, values = keyed
-        earlier = list(rows.read())
-        rows.add(_pack([values]))
-        self._keep_until(expires, expiry, timestamp)
-        if earlier:
-            self._extra_copies.inc()
-        acc = self._combine.create_accumulator()
-        for v in _unpacked(earlier) + [values]:
-            acc = self._combine.add_input(acc, expand("user", v))
-        winner, copies, _ = self._combine.extract_output(acc)
-        yield "silver_users", {**winner, "copies": copies, "_version": len(earlier) + 1}
+    def process(self, keyed, state=beam.DoFn.StateParam(_ShardStateFn.ENTRIES),
+                timer=beam.DoFn.TimerParam(EXPIRY)):
+        yield from self._apply(keyed, state, timer)
 
     @on_timer(EXPIRY)
-    def expire(self, rows=beam.DoFn.StateParam(ROWS), expires=beam.DoFn.StateParam(_ExpiringFn.EXPIRES)):
-        rows.clear()
-        expires.clear()
+    def expire(self, state=beam.DoFn.StateParam(_ShardStateFn.ENTRIES), timer=beam.DoFn.TimerParam(EXPIRY),
+               now=beam.DoFn.TimestampParam):
+        self._expire(state, timer, now)
+
+    def upsert(self, user_id, entry, versions):
+        entry = entry or {"versions": [], "version": 0, "expires": 0}
+        self._extra_copies.inc(len(versions) - (0 if entry["versions"] else 1))
+        every = entry["versions"] + versions
+        acc = self._combine.create_accumulator()
+        for values in every:
+            acc = self._combine.add_input(acc, expand("user", values))
+        winner, copies, _ = self._combine.extract_output(acc)
+        version = entry["version"] + 1
+        expires = max(entry["expires"], _rounded_up(contract.now_micros() + self._keep))
+        return ({"versions": every, "version": version, "expires": expires},
+                [("silver_users", {**winner, "copies": copies, "_version": version})])
 
 
-class JoinToParentFn(_ExpiringFn):
-    """(parent id, (PARENT, context) | (CHILD, values)) -> the children's
-    current silver rows (main), and with ``pass_on`` their own context for
-    the next join (tag ``context``)."""
+class JoinToParentFn(_ShardStateFn):
+    """Per parent of the batch, its children's new copies ``(CHILD, values)``
+    and its context ``(PARENT, context)`` -> the children's current silver
+    rows (main), and with ``pass_on`` their own context for the next join
+    (``context``). Entries: the parent's context and every child copy, kept
+    ``keep_seconds`` past the newest arrival."""
 
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
-    CHILDREN = BagStateSpec("children", BytesCoder())
-    PARENT_CONTEXT = ReadModifyWriteStateSpec("context", BytesCoder())
-    VERSION = ReadModifyWriteStateSpec("version", VarIntCoder())
-
-    def __init__(self, join: ParentJoin, expiry_seconds: int, pass_on: ParentJoin | None = None):
-        super().__init__(expiry_seconds)
-        self._join, self._pass_on = join, pass_on
+    def __init__(self, join: ParentJoin, keep_seconds: int, pass_on: ParentJoin | None = None):
+        self._join, self._pass_on, self._keep = join, pass_on, keep_seconds * 1_000_000
         self._combine = combine_fn_for(join.child, BRONZE[RECORD_TYPES[join.child].bronze_table])
         self._extra_copies = extra_copies_counter(join.child)
-        self._key = RECORD_TYPES[join.child].key
+        self._key = CARRIED[join.child].index(RECORD_TYPES[join.child].key)
 
-    def process(self, keyed, children=beam.DoFn.StateParam(CHILDREN),
-                stored=beam.DoFn.StateParam(PARENT_CONTEXT), version=beam.DoFn.StateParam(VERSION),
-                expires=beam.DoFn.StateParam(_ExpiringFn.EXPIRES), expiry=beam.DoFn.TimerParam(EXPIRY),
-                timestamp=beam.DoFn.TimestampParam):
-        _, (side, value) = keyed
-        blob = stored.read()
-        context = pickle.loads(blob) if blob is not None else None
-        arrived = _unpacked(children.read())
-        if side == PARENT:
-            changed = self._parent(value, context, arrived, stored)
-            if changed is None:  # stale, replayed, or the same context again: the children's rows stand
-                changed = set()
-            else:
+    def process(self, keyed, state=beam.DoFn.StateParam(_ShardStateFn.ENTRIES),
+                timer=beam.DoFn.TimerParam(EXPIRY)):
+        yield from self._apply(keyed, state, timer)
+
+    @on_timer(EXPIRY)
+    def expire(self, state=beam.DoFn.StateParam(_ShardStateFn.ENTRIES), timer=beam.DoFn.TimerParam(EXPIRY),
+               now=beam.DoFn.TimestampParam):
+        self._expire(state, timer, now)
+
+    def upsert(self, parent_id, entry, arrivals):
+        entry = entry or {"context": None, "children": [], "version": 0, "expires": 0}
+        context, children, changed = entry["context"], list(entry["children"]), set()
+        seen = {c[self._key] for c in children}
+        for side, value in arrivals:
+            if side == PARENT:
+                if context is not None and value["_version"] <= context["_version"]:
+                    continue  # a stale or replayed context
+                if context is None or parent_context(self._join, value) != parent_context(self._join, context):
+                    changed.update(seen)  # a new or changed context: every child again
                 context = value
-        else:
-            changed = self._child(value, arrived, children)
-        if changed:
-            current = (version.read() or 0) + 1
-            version.write(current)
-            yield from self._rows(arrived, changed, context, current)
-        self._keep_until(expires, expiry, timestamp)
+            else:
+                child_id = value[self._key]
+                if child_id in seen:
+                    self._extra_copies.inc()
+                seen.add(child_id)
+                children.append(value)
+                changed.add(child_id)
+        version = entry["version"] + (1 if changed else 0)
+        updated = {"context": context, "children": children, "version": version,
+                   "expires": max(entry["expires"], _rounded_up(contract.now_micros() + self._keep))}
+        return updated, list(self._rows(children, changed, context, version))
 
-    def _parent(self, context: dict, stored_context: dict | None, arrived: list, stored) -> set | None:
-        """A parent's context arrived: -> the children to emit again, or None."""
-        if stored_context is not None and context["_version"] <= stored_context["_version"]:
-            return None
-        stored.write(_pack(context))
-        if stored_context is not None and \
-                parent_context(self._join, context) == parent_context(self._join, stored_context):
-            return None
-        return {expand(self._join.child, v)[self._key] for v in arrived}
-
-    def _child(self, values: tuple, arrived: list, children) -> set:
-        """A child arrived: kept, and emitted."""
-        child_id = expand(self._join.child, values)[self._key]
-        if any(expand(self._join.child, v)[self._key] == child_id for v in arrived):
-            self._extra_copies.inc()
-        children.add(_pack([values]))
-        arrived.append(values)
-        return {child_id}
-
-    def _rows(self, arrived: list, changed: set, context: dict | None, version: int):
+    def _rows(self, children, changed, context, version):
         resolved = (parent_context(self._join, context) if context is not None
                     else unknown_parent_context(self._join.context))
         accumulators = {}
-        for v in arrived:
-            row = expand(self._join.child, v)
-            if row[self._key] in changed:
-                accumulators[row[self._key]] = self._combine.add_input(
-                    accumulators.get(row[self._key]) or self._combine.create_accumulator(), row)
+        for values in children:
+            if values[self._key] in changed:
+                row = expand(self._join.child, values)
+                accumulators[values[self._key]] = self._combine.add_input(
+                    accumulators.get(values[self._key]) or self._combine.create_accumulator(), row)
         for acc in accumulators.values():
             winner, copies, _ = self._combine.extract_output(acc)
             silver_row = {**winner, **resolved, "copies": copies, "_version": version}
@@ -299,11 +342,34 @@ class JoinToParentFn(_ExpiringFn):
                 yield beam.pvalue.TaggedOutput(CONTEXT, (silver_row[self._pass_on.key], (PARENT, {
                     **parent_context(self._pass_on, silver_row), "_version": version})))
 
-    @on_timer(EXPIRY)
-    def expire(self, children=beam.DoFn.StateParam(CHILDREN), stored=beam.DoFn.StateParam(PARENT_CONTEXT),
-               version=beam.DoFn.StateParam(VERSION), expires=beam.DoFn.StateParam(_ExpiringFn.EXPIRES)):
-        for state in (children, stored, version, expires):
-            state.clear()
+
+class ShardedUpsert(beam.PTransform):
+    """``(identity, value)`` (one PCollection or several) -> the upsert
+    ``fn``'s outputs: the values grouped by shard once per ``batch_seconds``
+    of processing time (``None``: when the input ends) and applied to the
+    shard's state in one call."""
+
+    def __init__(self, fn: _ShardStateFn, shards: int = SHARDS, batch_seconds: int | None = None,
+                 outputs: tuple[str, ...] = ()):
+        super().__init__()
+        self._fn, self._shards, self._outputs, self._batch = fn, shards, outputs, batch_seconds
+
+    def expand(self, keyed):
+        shards = self._shards
+        batches = (batched(keyed, self._batch)
+                   | "ToShard" >> beam.Map(lambda kv: (shard_of(kv[0], shards), kv)).with_output_types(SHARD_BATCH)
+                   | "GroupShard" >> beam.GroupByKey())
+        upsert = beam.ParDo(self._fn).with_output_types(SILVER_ROW)
+        if self._outputs:
+            upsert = upsert.with_outputs(*self._outputs, main=SILVER_ROWS)
+        return batches | "Upsert" >> upsert
+
+
+def _with_window_end(keyed, end=beam.DoFn.TimestampParam):
+    session_id, records = keyed
+    records = list(records)
+    if records:
+        yield session_id, (end.micros, records)
 
 
 class UpsertSessions(beam.PTransform):
@@ -312,9 +378,9 @@ class UpsertSessions(beam.PTransform):
 
     def __init__(self, gap_seconds: int = SESSION_GAP_SECONDS,
                  allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS,
-                 early_firing_seconds: int | None = None):
+                 early_firing_seconds: int | None = None, shards: int = SHARDS, batch_seconds: int | None = None):
         super().__init__()
-        self._gap, self._lateness = gap_seconds, allowed_lateness_seconds
+        self._gap, self._lateness, self._shards, self._batch = gap_seconds, allowed_lateness_seconds, shards, batch_seconds
         # Early and late panes are safe: the upsert state, not the pane, holds the session.
         self._trigger = (trigger.AfterWatermark(early=trigger.AfterProcessingTime(early_firing_seconds),
                                                 late=trigger.AfterCount(1))
@@ -329,9 +395,11 @@ class UpsertSessions(beam.PTransform):
                     # last one; the upsert state holds the whole session.
                     accumulation_mode=trigger.AccumulationMode.DISCARDING)
                 | "GroupSessionPane" >> beam.GroupByKey()
-                | "ToGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-                | "Upsert" >> beam.ParDo(UpsertSessionFn(self._gap + self._lateness)).with_output_types(SILVER_ROW)
-                .with_outputs(CONTEXT, main=SILVER_ROWS))
+                # An on-time pane after early ones that brought everything is
+                # empty: it carries nothing to upsert.
+                | "WithWindowEnd" >> beam.FlatMap(_with_window_end).with_output_types(STRING_KEYED)
+                | "Upsert" >> ShardedUpsert(UpsertSessionsFn(self._gap + self._lateness), self._shards,
+                                            self._batch, outputs=(CONTEXT,)))
 
 
 class JoinToParent(beam.PTransform):
@@ -339,14 +407,14 @@ class JoinToParent(beam.PTransform):
     ``(silver table, row)`` (main) and, with ``pass_on``, the children's
     context for the next join (``context``)."""
 
-    def __init__(self, join: ParentJoin, expiry_seconds: int, pass_on: ParentJoin | None = None):
+    def __init__(self, join: ParentJoin, keep_seconds: int, pass_on: ParentJoin | None = None,
+                 shards: int = SHARDS, batch_seconds: int | None = None):
         super().__init__()
-        self._fn = JoinToParentFn(join, expiry_seconds, pass_on)
+        self._upsert = ShardedUpsert(JoinToParentFn(join, keep_seconds, pass_on), shards, batch_seconds,
+                                     outputs=(CONTEXT,))
 
     def expand(self, pcolls):
-        return (pcolls
-                | "BothSides" >> beam.Flatten().with_output_types(STRING_KEYED)
-                | "Join" >> beam.ParDo(self._fn).with_output_types(SILVER_ROW).with_outputs(CONTEXT, main=SILVER_ROWS))
+        return pcolls | "Join" >> self._upsert
 
 
 class StreamingSilver(beam.PTransform):
@@ -354,22 +422,21 @@ class StreamingSilver(beam.PTransform):
     ``(silver table, row)`` of all seven tables."""
 
     def __init__(self, allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
-                 early_firing_seconds: int | None = None):
+                 early_firing_seconds: int | None = None, shards: int = SHARDS, batch_seconds: int | None = None):
         super().__init__()
-        self._lateness, self._early = allowed_lateness_seconds, early_firing_seconds
-        self._join_expiry = join_state_days * 24 * 3600
+        self._lateness, self._early, self._shards, self._batch = (allowed_lateness_seconds, early_firing_seconds,
+                                                                  shards, batch_seconds)
+        self._keep = join_state_days * 24 * 3600
 
     def expand(self, inputs):
+        shards, batch = self._shards, self._batch
         sessions = inputs["sessions"] | "Sessions" >> UpsertSessions(
-            allowed_lateness_seconds=self._lateness, early_firing_seconds=self._early)
-        users = keyed_by_string(inputs["users"]) | "Users" >> beam.ParDo(
-            UpsertUserFn(self._join_expiry)).with_output_types(SILVER_ROW)
+            allowed_lateness_seconds=self._lateness, early_firing_seconds=self._early, shards=shards,
+            batch_seconds=batch)
+        users = inputs["users"] | "Users" >> ShardedUpsert(UpsertUsersFn(self._keep), shards, batch)
         responses = ((inputs[RESPONSE_JOIN.child], sessions[CONTEXT])
-                     | "ResponsesToEvents" >> JoinToParent(RESPONSE_JOIN, self._join_expiry, pass_on=ACTIVITY_JOIN))
+                     | "ResponsesToEvents" >> JoinToParent(RESPONSE_JOIN, self._keep, ACTIVITY_JOIN, shards, batch))
         activities = ((inputs[ACTIVITY_JOIN.child], responses[CONTEXT])
-                      | "ActivitiesToResponses" >> JoinToParent(ACTIVITY_JOIN, self._join_expiry))
+                      | "ActivitiesToResponses" >> JoinToParent(ACTIVITY_JOIN, self._keep, None, shards, batch))
         return ((sessions[SILVER_ROWS], users, responses[SILVER_ROWS], activities[SILVER_ROWS])
                 | "AllSilver" >> beam.Flatten())
-
-
-SILVER_INPUTS = ("sessions", "users") + tuple(j.child for j in JOINS if j.parent != "session")

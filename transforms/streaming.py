@@ -36,14 +36,14 @@ from transforms import metrics
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, MergeBatchesFn
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseCounters, parse_record
-from transforms.lake_io import BatchEvery, MergeSnapshotsFn, WriteWindowedFiles, lake_element
-from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, SILVER_INPUTS, SILVER_ROW, StreamingSilver,
-                                      silver_input)
+from transforms.lake_io import BatchEvery, MergeSnapshotsFn, WriteBatchFilesFn, lake_element
+from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, SHARDS, SILVER_INPUTS, SILVER_ROW,
+                                      StreamingSilver, silver_input)
 
 LAKE_TABLES = {t.name: t for t in (RAW, *BRONZE.values(), DEAD_LETTER)}
-# ((table name, partition values), row values): declared, as the inferred
-# type would include the tagged outputs
-LAKE_ELEMENT = typehints.KV[typehints.Tuple[str, typehints.Any], typehints.Any]
+# (table name, row values): declared, as the inferred type would include the
+# tagged outputs
+LAKE_ELEMENT = typehints.KV[str, typehints.Any]
 
 
 def raw_row(message, ingested_micros: int) -> dict:
@@ -94,14 +94,6 @@ class ParseMessageFn(beam.DoFn):
             self._late.inc()
 
 
-def _with_names(element):
-    """A ``lake_element`` of bronze or the dead letter -> (table name, row dict), for BigQuery."""
-    (name, _), values = element
-    if name == RAW.name:
-        return []
-    return [(name, dict(zip(LAKE_TABLES[name].column_names, values)))]
-
-
 class StreamingLakehouse(beam.PTransform):
     """PubsubMessages -> the lake (raw, bronze, dead letter files; silver
     snapshots) and, with ``bigquery``, BigQuery. Returns the written file
@@ -110,24 +102,21 @@ class StreamingLakehouse(beam.PTransform):
     def __init__(self, lake: str, pii_key: bytes, window_seconds: int = 60,
                  allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
                  early_firing_seconds: int | None = None, sink_every_seconds: int | None = None,
-                 bigquery: BigQueryTarget | None = None):
+                 bigquery: BigQueryTarget | None = None, shards: int = SHARDS):
         super().__init__()
         self._lake, self._pii_key, self._window = lake, pii_key, window_seconds
         self._lateness, self._join_days = allowed_lateness_seconds, join_state_days
         self._early, self._sink_every, self._bigquery = early_firing_seconds, sink_every_seconds, bigquery
+        self._shards = shards
 
     def expand(self, messages):
         parsed = messages | "Parse" >> beam.ParDo(ParseMessageFn(self._pii_key, self._lateness)).with_output_types(
             LAKE_ELEMENT).with_outputs(*SILVER_INPUTS, main="lake")
-        files = parsed.lake | "AppendToLake" >> WriteWindowedFiles(list(LAKE_TABLES.values()), self._lake,
-                                                                   self._window)
+        # The silver upserts batch as often as the sinks do: state work per shard and batch.
         silver = {tag: parsed[tag] for tag in SILVER_INPUTS} | "Silver" >> StreamingSilver(
-            self._lateness, self._join_days, self._early)
-        sink_rows = silver
-        if self._bigquery is not None:
-            sink_rows = (silver, parsed.lake | "BronzeForBigQuery" >> beam.FlatMap(_with_names)
-                         .with_output_types(SILVER_ROW)) | "AllSinkRows" >> beam.Flatten()
-        batches = sink_rows | "Sinks" >> BatchEvery(self._sink_every)
+            self._lateness, self._join_days, self._early, self._shards, self._sink_every)
+        batches = (parsed.lake, silver) | "Batches" >> BatchEvery(self._sink_every)
+        files = batches | "AppendToLake" >> beam.ParDo(WriteBatchFilesFn(list(LAKE_TABLES.values()), self._lake))
         _ = batches | "MergeSnapshots" >> beam.ParDo(MergeSnapshotsFn(list(SILVER.values()), self._lake))
         if self._bigquery is not None:
             writes = ([BigQueryWrite(t, "append") for t in (*BRONZE.values(), DEAD_LETTER)]
