@@ -117,6 +117,10 @@ def raw_record(draw):
     elif defect == 3:
         obj[draw(st.sampled_from(["trace", "record_type"]))] = draw(st.sampled_from([{"id": 1}, "refund", None]))
     obj["payload"] = payload if draw(st.integers(0, 10)) else json.dumps(payload)
+    if defect == 4:  # a payload sent as a string that is not JSON (Parquet landing files)
+        obj["payload"] = draw(st.sampled_from(["{broken", "[1]", "7"]))
+        if draw(st.booleans()):
+            obj["trace"] = "t-1"
     return json.dumps(obj, separators=(",", ":")).encode()  # json: integers beyond 64 bits too
 
 

@@ -295,8 +295,13 @@ def _decode_slice(indexes: list[int], datas: list, columns: dict, rows: dict, de
             extras = []
             for i in positions[struct]:
                 obj = orjson.loads(datas[i])
-                payload = obj["payload"] if isinstance(obj["payload"], dict) else orjson.loads(obj["payload"])
-                extras.append(_extra_json(obj, payload, names))
+                payload = obj["payload"]
+                if not isinstance(payload, dict):
+                    try:
+                        payload = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        payload = {}  # not a payload: _extract sends the record to the per-record parse
+                extras.append(_extra_json(obj, payload if isinstance(payload, dict) else {}, names))
         broken = _extract(rt, decoded, columns[rt], extras)
         rows[rt].extend(positions[struct])
         failed.extend(positions[struct][b] for b in broken)
