@@ -161,6 +161,20 @@ class Table:
         return pa.Table.from_arrays(arrays, names=names).to_pylist()
 
 
+    def pipeline_columns(self, table: pa.Table) -> dict[str, list]:
+        """Arrow table -> {column: Python values in their in-pipeline form}
+        (``from_arrow`` by columns: tuples of rows are then one ``zip`` away)."""
+        by_name = {c.name: c for c in self.columns}
+        out = {}
+        for name in table.column_names:
+            col = table.column(name)
+            c = by_name.get(name)
+            if c is not None and c.type in _ARROW_PIPELINE and not c.repeated:
+                col = col.cast(_ARROW_PIPELINE[c.type])
+            out[name] = col.to_pylist()
+        return out
+
+
 def col(name: str, type_: str, description: str, required: bool = False,
         repeated: bool = False) -> Column:
     return Column(name, type_, description, required, repeated)

@@ -17,6 +17,7 @@ from schemas.tables import ALL_TABLES, BRONZE, RAW, SILVER
 from transforms.bronze_columnar import parse_chunk
 from transforms.dedup import combine_fn_for, dedup_table
 from transforms.funnel import reached_stages, stage_times
+from transforms.stream_silver import session_elements
 from transforms.silver import (RESPONSE_JOIN, SESSION_CHILDREN, attach_parent, parent_context, resolve_session,
                                resolve_sessions, unknown_parent_context)
 from tests.conftest import MIN, T0, ts
@@ -343,3 +344,24 @@ def test_vectorized_parent_join_equals_the_per_child_rule(children, parents):
     assert [{c: r[c] for c in ("response_id", *join.context)} for r in got] == \
         [{c: r[c] for c in ("response_id", *join.context)} for r in expected]
     assert orphans == sum(c["event_id"] not in by_event for c in child_rows)
+
+
+# --- session windows of grouped records ----------------------------------------------------------
+def _merged_windows(times, gap):
+    """The session windows Beam merges from one element per time: [t, t + gap), overlapping ones merged."""
+    merged = []
+    for start, end in sorted((t, t + gap) for t in times):
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+@RULES
+@given(st.lists(st.integers(0, 10 * 3600), min_size=1, max_size=12), st.sampled_from([60, 1800]))
+def test_grouped_session_records_merge_into_the_windows_of_one_element_per_record(times, gap):
+    records = [(t, ("view", (i,))) for i, t in enumerate(times)]
+    elements = session_elements(records, gap)
+    assert _merged_windows([t for t, _ in elements], gap) == _merged_windows(times, gap)
+    assert sorted(r for _, rs in elements for r in rs) == sorted(r for _, r in records)  # every record, once

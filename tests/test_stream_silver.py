@@ -15,7 +15,7 @@ from apache_beam.utils.timestamp import Timestamp
 from schemas import contract
 from transforms.silver import RESPONSE_JOIN
 from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, PARENT, SILVER_ROWS, JoinToParent, ShardedUpsert,
-                                      UpsertSessions, UpsertUsersFn, silver_input)
+                                      UpsertSessions, UpsertUsersFn, shard_of, silver_input)
 from transforms.streaming import ParseMessageFn
 from pipelines.common import counters
 from tests.conftest import DAY, MIN, T0, bronze, local_pipeline
@@ -30,13 +30,18 @@ def streaming_pipeline():
     return beam.Pipeline(options=PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"]))
 
 
+SHARDS = 4
+
+
 def arriving(kind, ingest_micros, **values):
     """A bronze record of ``kind`` reaching the pipeline at ``ingest_micros``,
-    as the streaming parse routes it to silver (keyed, at its event time)."""
+    as the streaming parse routes it to silver: a session's record keyed by
+    session at its event time, the others keyed by shard at ingest time."""
     row = bronze(_TABLE[kind], values.pop("line", 0), ingested_at=ingest_micros, **values)
     routed = silver_input(_TABLE[kind], row, ingest_micros, LATENESS)
     assert routed is not None, "within the allowed lateness"
-    _, element, at = routed
+    tag, (key, value), at = routed
+    element = (key, [value]) if tag == "sessions" else (shard_of(key, SHARDS), [(key, value)])
     return TimestampedValue(element, Timestamp(micros=at))
 
 
@@ -45,16 +50,17 @@ def watermark(micros):
 
 
 def select(label, pcoll, table, *columns):
+    """The chosen columns of ``table``'s rows from ``(table, rows)`` elements."""
     return (pcoll
-            | f"Only_{label}" >> beam.Filter(lambda tr: tr[0] == table)
-            | f"Select_{label}" >> beam.Map(lambda tr: tuple(tr[1][c] for c in columns)))
+            | f"Only_{label}" >> beam.FlatMap(lambda tr: tr[1] if tr[0] == table else [])
+            | f"Select_{label}" >> beam.Map(lambda row: tuple(row[c] for c in columns)))
 
 
 BATCH = 10  # seconds of processing time between the upserts' batches
 
 
 def sessions_of(p, stream, **options):
-    return (p | stream | UpsertSessions(batch_seconds=BATCH, shards=4, **options))[SILVER_ROWS]
+    return (p | stream | UpsertSessions(batch_seconds=BATCH, shards=SHARDS, **options))[SILVER_ROWS]
 
 
 def fired(stream):
@@ -133,7 +139,7 @@ def test_a_record_beyond_allowed_lateness_is_counted_not_sessionized():
     parsed = (p | beam.Create([_message("v-new", "s-new", recent), _message("v-old", "s-old", old)])
               | beam.ParDo(ParseMessageFn(b"k", ALLOWED_LATENESS_SECONDS)).with_outputs("sessions", main="lake"))
     assert_that(parsed.sessions | beam.Map(lambda kv: kv[0]), equal_to(["s-new"]), label="sessionized")
-    assert_that(parsed.lake | beam.Map(lambda element: element[0]),
+    assert_that(parsed.lake | beam.FlatMap(lambda table_rows: [table_rows[0]] * len(table_rows[1])),
                 equal_to(["raw_messages", "raw_messages", "bronze_views", "bronze_views"]), label="in the lake")
     result = p.run()
     result.wait_until_finish()
@@ -168,15 +174,16 @@ def at(micros, element):
 
 
 def response(line, **values):
-    """A response as the streaming parse routes it: keyed by its event."""
+    """A response as the streaming parse routes it: keyed by its event, grouped by shard."""
     row = bronze("bronze_event_responses", line, response_type="email_confirmation", platform="email", **values)
-    _, element, _ = silver_input("bronze_event_responses", row, T0, LATENESS)
-    return element
+    _, (event_id, value), _ = silver_input("bronze_event_responses", row, T0, LATENESS)
+    return shard_of(event_id, SHARDS), [(event_id, value)]
 
 
 def event_context(event_id, session_id, user_id, platform, version):
-    return event_id, (PARENT, {"session_id": session_id, "user_id": user_id, "platform": platform,
-                               "_version": version})
+    """An event's context as the session upsert sends it, grouped by shard."""
+    return shard_of(event_id, SHARDS), [(event_id, (PARENT, {"session_id": session_id, "user_id": user_id,
+                                                              "platform": platform, "_version": version}))]
 
 
 def test_responses_join_their_event_whichever_arrives_first():
@@ -195,11 +202,11 @@ def test_responses_join_their_event_whichever_arrives_first():
                                               event_context("e-1", "s-1", "u-1", "ios", 1)])  # replayed: stale
                   | "AtT0" >> beam.Map(lambda r: at(T0, r)))
         joined = ((p | "Responses" >> responses, events)
-                  | JoinToParent(RESPONSE_JOIN, 30 * DAY, shards=4, batch_seconds=BATCH))[SILVER_ROWS]
+                  | JoinToParent(RESPONSE_JOIN, 30 * DAY, shards=SHARDS, batch_seconds=BATCH))[SILVER_ROWS]
         # The final row per response (arrival order between the two inputs varies).
         latest = (joined
                   | beam.WindowInto(GlobalWindows(), trigger=AfterWatermark(), accumulation_mode=AccumulationMode.DISCARDING)
-                  | beam.Map(lambda tr: (tr[1]["response_id"], tr[1]))
+                  | beam.FlatMap(lambda table_rows: [(row["response_id"], row) for row in table_rows[1]])
                   | beam.CombinePerKey(lambda rows: max(rows, key=lambda r: r["_version"], default=None)))
         assert_that(latest | beam.Map(lambda kv: (kv[0], kv[1]["status"], kv[1]["copies"], kv[1]["session_id"],
                                                   kv[1]["user_id"], kv[1]["platform"])),
@@ -212,7 +219,7 @@ def test_a_child_without_its_parent_keeps_its_own_platform_until_the_parent_arri
                                                     emitted_at=T0))])).advance_watermark_to_infinity()
     with streaming_pipeline() as p:
         joined = ((p | "Responses" >> children, p | "NoEvents" >> beam.Create([]))
-                  | JoinToParent(RESPONSE_JOIN, 30 * DAY, shards=4, batch_seconds=BATCH))[SILVER_ROWS]
+                  | JoinToParent(RESPONSE_JOIN, 30 * DAY, shards=SHARDS, batch_seconds=BATCH))[SILVER_ROWS]
         assert_that(select("orphan", joined, "silver_event_responses", "response_id", "session_id", "user_id",
                            "platform"),
                     equal_to([("r-1", None, None, "email")]))
@@ -220,8 +227,8 @@ def test_a_child_without_its_parent_keeps_its_own_platform_until_the_parent_arri
 
 def user(line, ingest, **values):
     row = bronze("bronze_users", line, **values)
-    _, element, _ = silver_input("bronze_users", row, ingest, LATENESS)
-    return at(ingest, element)
+    _, (user_id, value), _ = silver_input("bronze_users", row, ingest, LATENESS)
+    return at(ingest, (shard_of(user_id, SHARDS), [(user_id, value)]))
 
 
 def test_users_newest_version_wins_even_arriving_first():
@@ -230,6 +237,6 @@ def test_users_newest_version_wins_even_arriving_first():
                   .add_elements([user(2, T0 + MIN, user_id="u-1", country="ES", updated_at=T0)])
                   ).advance_watermark_to_infinity()
     with streaming_pipeline() as p:
-        upserts = p | users | ShardedUpsert(UpsertUsersFn(30 * DAY), shards=4, batch_seconds=BATCH)
+        upserts = p | users | ShardedUpsert(UpsertUsersFn(30 * DAY), shards=SHARDS, batch_seconds=BATCH)
         assert_that(select("users", upserts, "silver_users", "user_id", "_version", "country", "copies"),
                     equal_to([("u-1", 1, "DE", 1), ("u-1", 2, "DE", 2)]))

@@ -371,7 +371,7 @@ class EnsureTables(beam.PTransform):
 
 
 class MergeBatchesFn(beam.DoFn):
-    """(table name, rows of one batch) -> one MERGE into that table, by its
+    """(table name, lists of rows of one batch) -> one MERGE into that table, by its
     ``BigQueryWrite``; an upsert keeps the newest ``_version`` of each key
     from the batch. Batches of tables without a write pass by."""
 
@@ -384,13 +384,13 @@ class MergeBatchesFn(beam.DoFn):
         self._bq = _client_with_tables(self._target, tuple(w.table for w in self._writes.values()))
 
     def process(self, batch):
-        name, rows = batch
+        name, lists = batch
         write = self._writes.get(name)
         if write is None:
             return
         names = write.table.column_names
         # bronze and dead-letter rows come as value tuples in the table's order
-        rows = [row if isinstance(row, dict) else dict(zip(names, row)) for row in rows]
+        rows = [row if isinstance(row, dict) else dict(zip(names, row)) for part in lists for row in part]
         if write.mode == "upsert":
             rows = list(newest_per_key(rows, write.table.key[0]).values())
         n = merge_rows(self._bq, write, [write.table.to_arrow(rows, with_partition_columns=True)])

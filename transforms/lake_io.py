@@ -380,26 +380,27 @@ class WriteStaged(beam.PTransform):
 
 
 class WriteBatchFilesFn(beam.DoFn):
-    """(table name, rows of one batch) -> one Parquet file per partition the
-    rows fall in, written aside and renamed into place so readers never see
-    half a file; named by the batch's time and a unique id, so a file is
-    never replaced. Rows are value tuples in the table's column order (as
-    ``lake_element`` makes them). Batches of other tables pass by."""
+    """(table name, lists of rows of one batch) -> one Parquet file per
+    partition the rows fall in, written aside and renamed into place so
+    readers never see half a file; named by the batch's time and a unique id,
+    so a file is never replaced. Rows are value tuples in the table's column
+    order (``lake_values``). Batches of other tables pass by."""
 
     def __init__(self, tables: list[Table], lake: str):
         self._tables, self._lake = {t.name: t for t in tables}, lake
         self._rows = {t.name: metrics.counter(f"rows_written_{t.name}") for t in tables}
 
     def process(self, batch):
-        name, rows = batch
+        name, lists = batch
         table = self._tables.get(name)
         if table is None:
             return
         names = table.column_names
+        at = [names.index(c) for c in table.partition_by]
         by_partition = defaultdict(list)
-        for values in rows:
-            row = dict(zip(names, values))
-            by_partition[tuple(row[c] for c in table.partition_by)].append(row)
+        for rows in lists:
+            for values in rows:
+                by_partition[tuple(values[i] for i in at)].append(dict(zip(names, values)))
         root = table_dir(self._lake, table)
         started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         for parts, partition_rows in by_partition.items():
@@ -414,10 +415,10 @@ class WriteBatchFilesFn(beam.DoFn):
             yield final
 
 
-def lake_element(table: Table, row: dict) -> tuple:
-    """A row as the streaming sinks take it: (table name, values of every
-    column in the table's order)."""
-    return table.name, tuple(row.get(c) for c in table.column_names)
+def lake_values(table: Table, row: dict) -> tuple:
+    """A row as the streaming lake sink takes it: values of every column in
+    the table's order."""
+    return tuple(row.get(c) for c in table.column_names)
 
 
 def stream_snapshot_path(lake: str, table: Table) -> str:
@@ -426,20 +427,21 @@ def stream_snapshot_path(lake: str, table: Table) -> str:
 
 
 class MergeSnapshotsFn(beam.DoFn):
-    """(silver table name, upserted rows of one batch) -> the table's snapshot
-    rewritten with them: the newest ``_version`` per key wins, other keys
-    stay. The new file replaces the old one by rename, so a reader sees one
-    or the other. Batches of other tables pass by."""
+    """(silver table name, lists of upserted rows of one batch) -> the
+    table's snapshot rewritten with them: the newest ``_version`` per key
+    wins, other keys stay. The new file replaces the old one by rename, so a
+    reader sees one or the other. Batches of other tables pass by."""
 
     def __init__(self, tables: list[Table], lake: str):
         self._tables, self._lake = {t.name: t for t in tables}, lake
         self._rows = {t.name: metrics.counter(f"rows_upserted_{t.name}") for t in tables}
 
     def process(self, batch):
-        name, rows = batch
+        name, lists = batch
         table = self._tables.get(name)
         if table is None:
             return
+        rows = (row for part in lists for row in part)
         path = stream_snapshot_path(self._lake, table)
         root = posixpath.dirname(path)
         key = table.key[0]
@@ -480,10 +482,10 @@ def newest_per_key(rows, key: str) -> dict:
 
 
 class BatchEvery(beam.PTransform):
-    """Streaming ``(table name, row)`` (one PCollection or several) ->
-    ``(table name, rows)`` batches, one per table at most every ``seconds``
-    of processing time, for the sinks (files appended, snapshots rewritten,
-    tables merged).
+    """Streaming ``(table name, rows)`` (one PCollection or several) ->
+    ``(table name, lists of rows)`` batches, one per table at most every
+    ``seconds`` of processing time, for the sinks (files appended,
+    snapshots rewritten, tables merged).
 
     A processing-time trigger, not event-time windows: the sink follows the
     clock, so a watermark held back (by a backlog, or by a local runner that
@@ -500,12 +502,18 @@ class BatchEvery(beam.PTransform):
         return batched(rows, self._seconds) | "GroupBatch" >> beam.GroupByKey()
 
 
-def batched(pcolls, seconds: int | None):
+def batched(pcolls, seconds: int | None, element_type=None):
     """One PCollection or several, each put in ``batch_window`` before they are
-    flattened (inputs of a Flatten must share their windowing)."""
+    flattened (inputs of a Flatten must share their windowing);
+    ``element_type``: declared for what comes out (a GroupByKey checks it)."""
     inputs = list(pcolls) if isinstance(pcolls, (list, tuple)) else [pcolls]
     windowed = [pcoll | f"EverySeconds{i or ''}" >> batch_window(seconds) for i, pcoll in enumerate(inputs)]
-    return windowed[0] if len(windowed) == 1 else tuple(windowed) | "AllBatched" >> beam.Flatten()
+    if len(windowed) == 1:
+        if element_type is not None:
+            windowed[0].element_type = element_type
+        return windowed[0]
+    flatten = beam.Flatten()
+    return tuple(windowed) | "AllBatched" >> (flatten.with_output_types(element_type) if element_type else flatten)
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,8 @@ SILVER_INPUTS = ("sessions", "users") + tuple(j.child for j in JOINS if j.parent
 STRING_KEYED = typehints.KV[str, typing.Any]
 # A DoFn's main output type is otherwise inferred from its yields, tagged
 # outputs included, which a GroupByKey downstream rejects.
-SILVER_ROW = typehints.KV[str, typing.Any]
-SHARD_BATCH = typehints.KV[int, typing.Any]
+SILVER_ROWS_OF_TABLE = typehints.KV[str, typing.Any]
+SHARD_GROUP = typehints.KV[int, typing.Any]
 
 
 def compact(kind: str, row: dict) -> tuple:
@@ -113,6 +113,36 @@ def silver_input(bronze_table: str, row: dict, ingested_micros: int, lateness_mi
     if tag == "users":
         return tag, (row[key_column], values), ingested_micros
     return tag, (row[key_column], (CHILD, values)), ingested_micros
+
+
+def session_elements(records: list[tuple[int, tuple]], gap_micros: int) -> list[tuple[int, list]]:
+    """One bundle's records of a session, ``(event time, (kind, values))`` ->
+    ``(timestamp, records)`` elements for standard session windows.
+
+    Beam gives an element at time t the window [t, t + gap) and merges
+    overlapping windows. Records less than a gap apart form a run whose
+    merged window is [first, last + gap); the run travels as one element at
+    its first record's time, plus empty elements at later records' times,
+    chosen so that consecutive ones are less than a gap apart and the last
+    is the run's last record: Beam then merges exactly the window one
+    element per record would give, at a fraction of the elements."""
+    records = sorted(records, key=lambda r: r[0])
+    elements, i = [], 0
+    while i < len(records):
+        j = i + 1
+        while j < len(records) and records[j][0] - records[j - 1][0] < gap_micros:
+            j += 1
+        times = [at for at, _ in records[i:j]]
+        elements.append((times[0], [record for _, record in records[i:j]]))
+        chained = times[0]
+        for k in range(1, len(times)):
+            if times[k] - chained >= gap_micros:
+                chained = times[k - 1]
+                elements.append((chained, []))
+        if chained != times[-1]:
+            elements.append((times[-1], []))
+        i = j
+    return elements
 
 
 def keyed_by_string(pcoll):
@@ -150,18 +180,25 @@ class _ShardStateFn(beam.DoFn):
 
     ENTRIES = BagStateSpec("entries", BytesCoder())
 
+    shards = SHARDS  # of the join a context goes to; ShardedUpsert sets it
+
     def _apply(self, keyed, state, timer):
-        _, batch = keyed
+        _, lists = keyed
         by_identity = defaultdict(list)
-        for identity, value in batch:
-            by_identity[identity].append(value)
+        for items in lists:
+            for identity, value in items:
+                by_identity[identity].append(value)
         blobs = list(state.read())
         entries = _entries(blobs)
-        changed = {}
+        changed, rows, contexts = {}, defaultdict(list), defaultdict(list)
         for identity, values in by_identity.items():
-            entry, rows = self.upsert(identity, entries.get(identity), values)
+            entry, outputs = self.upsert(identity, entries.get(identity), values)
             changed[identity] = entry
-            yield from rows
+            for table, row in outputs:
+                if table == CONTEXT:
+                    contexts[shard_of(row[0], self.shards)].append(row)
+                else:
+                    rows[table].append(row)
         if len(blobs) + 1 >= COMPACT_AFTER:
             entries.update(changed)
             state.clear()
@@ -170,6 +207,9 @@ class _ShardStateFn(beam.DoFn):
             state.add(_pack(changed))
             entries.update(changed)
         timer.set(Timestamp(micros=min(e["expires"] for e in entries.values())))
+        yield from rows.items()  # (silver table, rows)
+        for shard, items in contexts.items():
+            yield beam.pvalue.TaggedOutput(CONTEXT, (shard, items))
 
     def _expire(self, state, timer, now: Timestamp):
         entries = _entries(list(state.read()))
@@ -239,8 +279,8 @@ class UpsertSessionsFn(_ShardStateFn):
                 silver_row = {**child, **context}
                 yield join.table, silver_row
                 if join.child == RESPONSE_JOIN.parent:
-                    yield beam.pvalue.TaggedOutput(CONTEXT, (silver_row[RESPONSE_JOIN.key], (PARENT, {
-                        **parent_context(RESPONSE_JOIN, silver_row), "_version": version})))
+                    yield CONTEXT, (silver_row[RESPONSE_JOIN.key], (PARENT, {
+                        **parent_context(RESPONSE_JOIN, silver_row), "_version": version}))
 
 
 class UpsertUsersFn(_ShardStateFn):
@@ -339,42 +379,46 @@ class JoinToParentFn(_ShardStateFn):
             silver_row = {**winner, **resolved, "copies": copies, "_version": version}
             yield self._join.table, silver_row
             if self._pass_on is not None:
-                yield beam.pvalue.TaggedOutput(CONTEXT, (silver_row[self._pass_on.key], (PARENT, {
-                    **parent_context(self._pass_on, silver_row), "_version": version})))
+                yield CONTEXT, (silver_row[self._pass_on.key], (PARENT, {
+                    **parent_context(self._pass_on, silver_row), "_version": version}))
 
 
 class ShardedUpsert(beam.PTransform):
-    """``(identity, value)`` (one PCollection or several) -> the upsert
-    ``fn``'s outputs: the values grouped by shard once per ``batch_seconds``
-    of processing time (``None``: when the input ends) and applied to the
+    """``(shard, [(identity, value), ...])`` (one PCollection or several; the
+    producer groups its output by ``shard_of``) -> the upsert ``fn``'s
+    outputs: the lists grouped by shard once per ``batch_seconds`` of
+    processing time (``None``: when the input ends) and applied to the
     shard's state in one call."""
 
     def __init__(self, fn: _ShardStateFn, shards: int = SHARDS, batch_seconds: int | None = None,
                  outputs: tuple[str, ...] = ()):
         super().__init__()
-        self._fn, self._shards, self._outputs, self._batch = fn, shards, outputs, batch_seconds
+        fn.shards = shards
+        self._fn, self._outputs, self._batch = fn, outputs, batch_seconds
 
-    def expand(self, keyed):
-        shards = self._shards
-        batches = (batched(keyed, self._batch)
-                   | "ToShard" >> beam.Map(lambda kv: (shard_of(kv[0], shards), kv)).with_output_types(SHARD_BATCH)
-                   | "GroupShard" >> beam.GroupByKey())
-        upsert = beam.ParDo(self._fn).with_output_types(SILVER_ROW)
+    def expand(self, grouped):
+        upsert = beam.ParDo(self._fn).with_output_types(SILVER_ROWS_OF_TABLE)
         if self._outputs:
             upsert = upsert.with_outputs(*self._outputs, main=SILVER_ROWS)
-        return batches | "Upsert" >> upsert
+        return (batched(grouped, self._batch, SHARD_GROUP)
+                | "GroupShard" >> beam.GroupByKey()
+                | "Upsert" >> upsert)
 
 
-def _with_window_end(keyed, end=beam.DoFn.TimestampParam):
-    session_id, records = keyed
-    records = list(records)
+def _with_window_end(keyed, shards: int, end=beam.DoFn.TimestampParam):
+    """A session's pane -> ``(shard, [(session_id, (window end, records))])``;
+    a pane of empty elements only (see ``session_elements``), or an on-time
+    pane after early ones that brought everything, carries nothing."""
+    session_id, elements = keyed
+    records = [record for span in elements for record in span]
     if records:
-        yield session_id, (end.micros, records)
+        yield shard_of(session_id, shards), [(session_id, (end.micros, records))]
 
 
 class UpsertSessions(beam.PTransform):
-    """``(session_id, (kind, values))`` at event time -> ``(silver table, row)``
-    (main) and the events' context (``context``)."""
+    """``(session_id, [(kind, values)])`` (see ``session_elements``) at event
+    time -> ``(silver table, rows)`` (main) and the events' context
+    (``context``)."""
 
     def __init__(self, gap_seconds: int = SESSION_GAP_SECONDS,
                  allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS,
@@ -395,9 +439,7 @@ class UpsertSessions(beam.PTransform):
                     # last one; the upsert state holds the whole session.
                     accumulation_mode=trigger.AccumulationMode.DISCARDING)
                 | "GroupSessionPane" >> beam.GroupByKey()
-                # An on-time pane after early ones that brought everything is
-                # empty: it carries nothing to upsert.
-                | "WithWindowEnd" >> beam.FlatMap(_with_window_end).with_output_types(STRING_KEYED)
+                | "WithWindowEnd" >> beam.FlatMap(_with_window_end, self._shards).with_output_types(SHARD_GROUP)
                 | "Upsert" >> ShardedUpsert(UpsertSessionsFn(self._gap + self._lateness), self._shards,
                                             self._batch, outputs=(CONTEXT,)))
 
@@ -418,8 +460,9 @@ class JoinToParent(beam.PTransform):
 
 
 class StreamingSilver(beam.PTransform):
-    """The tagged silver inputs of the streaming parse (``silver_input``) ->
-    ``(silver table, row)`` of all seven tables."""
+    """The tagged silver inputs of the streaming parse (``silver_input``,
+    grouped: sessions by ``session_elements``, the others by shard) ->
+    ``(silver table, rows)`` of all seven tables."""
 
     def __init__(self, allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
                  early_firing_seconds: int | None = None, shards: int = SHARDS, batch_seconds: int | None = None):
