@@ -1,7 +1,7 @@
 """CPU per record of the streaming transforms, this code and the previous
 release side by side.
 
-    python -m benchmarks.stream_cpu [--records 50000] [--baseline REF|none] [--out benchmarks/results]
+    python -m benchmarks.stream_cpu [--records 100000] [--baseline REF|none] [--out benchmarks/results]
 
 The streaming job's transforms (everything after the Pub/Sub read) run on
 ``FnApiRunner`` -- the SDK harness Dataflow runs -- over a bounded
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     from benchmarks import baseline
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--window-seconds", type=int, default=60)
     parser.add_argument("--baseline", default=baseline.BASELINE, help="git ref to compare with; 'none' to skip")
     parser.add_argument("--out", default="benchmarks/results")
@@ -158,8 +158,7 @@ def main(argv=None) -> dict:
         print(f"this code: streaming transforms over {args.records:,} messages ...", flush=True)
         runs["current"] = _measure(baseline.ROOT, messages, workdir, "current", args.window_seconds)
         if tree is not None:
-            tree_path = tree
-            subprocess.run(["git", "-C", str(baseline.ROOT), "worktree", "remove", "--force", str(tree_path)],
+            subprocess.run(["git", "-C", str(baseline.ROOT), "worktree", "remove", "--force", str(tree)],
                            check=False, capture_output=True)
     report = {"runner": "FnApiRunner, bounded timestamped input, processing-time triggers off",
               "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, **runs}

@@ -13,6 +13,7 @@ BigQuery and pandas read natively.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import pyarrow as pa
 
@@ -90,7 +91,12 @@ class Table:
 
     @property
     def column_names(self) -> list[str]:
-        return [c.name for c in self.columns]
+        return list(self._names)
+
+    @cached_property
+    def _names(self) -> tuple[str, ...]:
+        # computed once: streaming code asks for the names per row
+        return tuple(c.name for c in self.columns)
 
     @property
     def file_columns(self) -> tuple[Column, ...]:

@@ -418,7 +418,7 @@ class WriteBatchFilesFn(beam.DoFn):
 def lake_values(table: Table, row: dict) -> tuple:
     """A row as the streaming lake sink takes it: values of every column in
     the table's order."""
-    return tuple(row.get(c) for c in table.column_names)
+    return tuple(map(row.get, table._names))
 
 
 def stream_snapshot_path(lake: str, table: Table) -> str:

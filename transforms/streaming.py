@@ -41,7 +41,7 @@ from transforms.bronze import ParseCounters, parse_record
 from transforms.bronze_columnar import parse_chunk
 from transforms.lake_io import BatchEvery, MergeSnapshotsFn, WriteBatchFilesFn, lake_values
 from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, SESSION_GAP_SECONDS, SHARDS, SILVER_INPUTS,
-                                      StreamingSilver, session_elements, shard_of, silver_input)
+                                      Rows, StreamingSilver, session_elements, shard_of, silver_input)
 
 LAKE_TABLES = {t.name: t for t in (RAW, *BRONZE.values(), DEAD_LETTER)}
 # (table name, rows): declared, as the inferred type would include the tagged outputs
@@ -75,8 +75,9 @@ class _Outputs:
         self.sharded = defaultdict(lambda: defaultdict(list))  # tag -> shard -> [(key, value)]
         self.earliest = None                                  # earliest ingest time
 
-    def add(self, table: str, row: dict, ingested: int, routed, shards: int) -> None:
-        self.lake[table].append(lake_values(LAKE_TABLES[table], row))
+    def add(self, table: str, row: dict, ingested: int, routed, shards: int, values: tuple | None = None) -> None:
+        """A row of ``table`` (``values``: already as ``lake_values``) and where it goes in silver."""
+        self.lake[table].append(values if values is not None else lake_values(LAKE_TABLES[table], row))
         self.earliest = ingested if self.earliest is None else min(self.earliest, ingested)
         if routed is not None:
             tag, (key, value), at = routed
@@ -88,14 +89,14 @@ class _Outputs:
     def elements(self, window, gap_micros: int):
         at_ingest = Timestamp(micros=self.earliest)
         for table, rows in self.lake.items():
-            yield WindowedValue((table, rows), at_ingest, [window])
+            yield WindowedValue((table, Rows(rows)), at_ingest, [window])
         for session_id, records in self.sessions.items():
             for at, travelling in session_elements(records, gap_micros):
                 yield beam.pvalue.TaggedOutput(
-                    "sessions", WindowedValue((session_id, travelling), Timestamp(micros=at), [window]))
+                    "sessions", WindowedValue((session_id, Rows(travelling)), Timestamp(micros=at), [window]))
         for tag, by_shard in self.sharded.items():
             for shard, items in by_shard.items():
-                yield beam.pvalue.TaggedOutput(tag, WindowedValue((shard, items), at_ingest, [window]))
+                yield beam.pvalue.TaggedOutput(tag, WindowedValue((shard, Rows(items)), at_ingest, [window]))
 
 
 class ParseMessageFn(beam.DoFn):
@@ -116,7 +117,7 @@ class ParseMessageFn(beam.DoFn):
     checks timestamps against is the latest arrival of its bundle."""
 
     COLUMNAR_FROM = 32
-    BUFFERED = 4096
+    BUFFERED = 65536
 
     def __init__(self, pii_key: bytes, allowed_lateness_seconds: int, shards: int = SHARDS,
                  gap_seconds: int = SESSION_GAP_SECONDS):
@@ -167,21 +168,21 @@ class ParseMessageFn(beam.DoFn):
         for raw in raws:
             outputs.add(RAW.name, raw, raw["ingested_at"], None, self._shards)
         for name, rows in [*parsed.bronze.items(), (DEAD_LETTER.name, parsed.dead_letter)]:
-            table = LAKE_TABLES[name]
-            columns = table.pipeline_columns(rows)
-            for values in zip(*(columns[c] for c in table.column_names)):
-                row = dict(zip(table.column_names, values))
-                self._route(None, name, row, row["ingested_at"], outputs)
+            names = LAKE_TABLES[name].column_names
+            columns = LAKE_TABLES[name].pipeline_columns(rows)
+            for values in zip(*(columns[c] for c in names)):
+                row = dict(zip(names, values))
+                self._route(None, name, row, row["ingested_at"], outputs, values)
 
-    def _route(self, raw, table: str, row: dict, ingested: int, outputs: _Outputs) -> None:
+    def _route(self, raw, table: str, row: dict, ingested: int, outputs: _Outputs, values=None) -> None:
         """One message's rows: its raw row (unless given as None), its bronze
-        row or dead letter, and its silver input."""
+        row or dead letter (``values``: already as ``lake_values``), and its silver input."""
         if raw is not None:
             outputs.add(RAW.name, raw, ingested, None, self._shards)
         routed = None if table == DEAD_LETTER_TAG else silver_input(table, row, ingested, self._lateness)
         if routed is None and table != DEAD_LETTER_TAG:
             self._late.inc()
-        outputs.add(table, row, ingested, routed, self._shards)
+        outputs.add(table, row, ingested, routed, self._shards, values)
 
 
 class StreamingLakehouse(beam.PTransform):
