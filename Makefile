@@ -9,7 +9,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install demo demo-bq test bench bench-stream stream-demo pubsub-up pubsub-down bq-up bq-down infra-check lock clean
+.PHONY: install demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down infra-check lock clean
 
 install: $(STAMP)
 
@@ -46,16 +46,25 @@ demo-bq: demo
 test: install
 	$(VENV)/bin/pytest
 
-# Throughput and memory of backfill + gold at 250k, 1M and 4M raw records
-# (BENCHMARKS.md); SIZES=250000,1000000 for a shorter run.
+# Throughput and memory of backfill + gold at 250k, 1M and 4M raw records, this
+# code and the previous release side by side (BENCHMARKS.md);
+# SIZES=250000,1000000 for a shorter run, BASELINE=none to skip the previous release.
 SIZES ?= 250000,1000000,4000000
+BASELINE ?= 9f29f42
 bench: install
-	$(PY) -m benchmarks.run --sizes $(SIZES)
+	$(PY) -m benchmarks.run --sizes $(SIZES) --baseline $(BASELINE)
 
 # publish -> silver latency and backlog drain rate of stream_ingest on the
-# Pub/Sub emulator (started and stopped here unless one is running)
+# Pub/Sub emulator (started and stopped here unless one is running), this code
+# and the previous release
 bench-stream: install
-	$(PY) -m benchmarks.stream
+	$(PY) -m benchmarks.stream --baseline $(BASELINE)
+
+# CPU per record of the streaming transforms on FnApiRunner over bounded
+# input, this code and the previous release; ends with
+# "streaming transforms: N CPU-s per million records"
+bench-stream-cpu: install
+	$(PY) -m benchmarks.stream_cpu --baseline $(BASELINE)
 
 stream-demo: install
 	rm -rf lake-stream

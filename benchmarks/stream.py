@@ -1,7 +1,7 @@
 """Streaming benchmark: ``pipelines.stream_ingest`` on the local Pub/Sub emulator.
 
-    python -m benchmarks.stream [--rate 20] [--seconds 60] [--backlog 1500] [--window-seconds 10]
-                                [--out benchmarks/results]
+    python -m benchmarks.stream [--rate 20] [--seconds 60] [--backlog 3000] [--window-seconds 10]
+                                [--baseline REF|none] [--out benchmarks/results]
 
 Starts the emulator unless one runs, and ``stream_ingest`` in its own process
 on a fresh topic, subscription and lake. Once a first record has gone all the
@@ -13,7 +13,13 @@ way to silver (the job is up), two phases run against the same job:
    holding it; the lake is polled every 0.25 s, which bounds the resolution;
 2. **backlog**: ``--backlog`` messages published at once; the time until all
    of them are in raw and until every identity is in silver gives the
-   sustained records per second the job can drain.
+   sustained records per second the job can drain. (The last rows reach the
+   lake one sink batch after they are read, so a small backlog understates
+   the rate.)
+
+With ``--baseline`` (default: the previous release, ``benchmarks.baseline``)
+the same two phases run, on a topic of their own, against that code's job
+too, in the same sitting.
 
 Records are a day of generated traffic ending now (duplicates, late and
 invalid records included), so the session windows see live and late data.
@@ -37,6 +43,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from benchmarks import baseline
 from devtools import pubsub_emulator
 from pipelines import generate
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
@@ -120,7 +127,9 @@ def _published(topic: str, messages: list[bytes], rate: float | None) -> dict:
 
 
 def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir: str,
-        job_args: list[str] = ()) -> dict:
+        job_args: list[str] = (), tree: Path | None = None) -> dict:
+    """One job (this tree's, or ``tree``'s) through both phases."""
+    os.makedirs(workdir, exist_ok=True)
     lake = os.path.join(workdir, "lake")
     run_id = uuid.uuid4().hex[:8]
     topic = f"projects/{pubsub_emulator.PROJECT}/topics/bench-{run_id}"
@@ -143,7 +152,7 @@ def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir:
     job = subprocess.Popen(
         [sys.executable, "-m", "pipelines.stream_ingest", "--subscription", subscription, "--lake", lake,
          "--window-seconds", str(window_seconds), "--run-for", "86400", *job_args],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        stdout=log, stderr=subprocess.STDOUT, cwd=tree, env=baseline.environment(tree) if tree else os.environ.copy())
     watcher = SilverWatcher(lake)
     try:
         started = time.time()
@@ -220,18 +229,31 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=20, help="paced phase: messages per second")
     parser.add_argument("--seconds", type=float, default=60, help="paced phase: how long to publish")
-    parser.add_argument("--backlog", type=int, default=1500, help="backlog phase: messages published at once")
+    parser.add_argument("--backlog", type=int, default=3000, help="backlog phase: messages published at once")
     parser.add_argument("--window-seconds", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--workdir", help="keep data, lake and the job's log here (default: a temporary folder)")
     parser.add_argument("--job-args", default="", help="more stream_ingest flags, e.g. '--early-firing-seconds 0'")
+    parser.add_argument("--baseline", default=baseline.BASELINE,
+                        help="git ref of the code to compare with, in the same sitting; 'none' to skip")
     args = parser.parse_args(argv)
     host = os.environ.get("PUBSUB_EMULATOR_HOST", pubsub_emulator.DEFAULT_HOST)
     with pubsub_emulator.running(host), tempfile.TemporaryDirectory(prefix="funnel-stream-bench-") as tmp:
         os.environ["PUBSUB_EMULATOR_HOST"] = host
         workdir = args.workdir or tmp
         os.makedirs(workdir, exist_ok=True)
-        result = run(args.rate, args.seconds, args.backlog, args.window_seconds, workdir, args.job_args.split())
+        result = run(args.rate, args.seconds, args.backlog, args.window_seconds, os.path.join(workdir, "current"),
+                     args.job_args.split())
+        tree = None if args.baseline == "none" else baseline.worktree(args.baseline, Path(workdir))
+        if tree is not None:
+            print(f"\nthe previous release ({tree.name}), same phases:", flush=True)
+            result["baseline"] = {"tree": tree.name, **run(args.rate, args.seconds, args.backlog,
+                                                           args.window_seconds, os.path.join(workdir, "baseline"),
+                                                           args.job_args.split(), tree)}
+            result["ratio"] = {"drain_x": _round(result["backlog"]["raw_records_per_s"]
+                                                 / result["baseline"]["backlog"]["raw_records_per_s"])}
+            subprocess.run(["git", "-C", str(baseline.ROOT), "worktree", "remove", "--force", str(tree)],
+                           check=False, capture_output=True)
     result["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
