@@ -66,6 +66,10 @@ class RecordType:
     bronze_table: str
     silver_table: str
 
+    @property
+    def field_names(self) -> frozenset:
+        return frozenset(f.name for f in self.fields)
+
 
 ENVELOPE = (
     Field("record_type", "enum", required=True),  # values: RECORD_TYPES
@@ -263,15 +267,20 @@ def validate_record(obj, now: int):
         raise Rejected(INVALID_VALUE, "schema_version", "schema_version: larger than a 64-bit integer")
     raw_payload = envelope.pop("payload")
     payload = {f.name: _check(f, raw_payload.get(f.name), now, "payload.") for f in rt.fields}
+    return rt, envelope, payload, extra_fields(rt, obj, raw_payload)
+
+
+def extra_fields(rt: RecordType, obj: dict, payload: dict) -> dict:
+    """The fields a newer ``schema_version`` added, beyond the contract's:
+    ``{"payload": {...}, "envelope": {...}}``, each part only when non-empty."""
     extra = {}
-    known = {f.name for f in rt.fields}
-    payload_extra = {k: v for k, v in raw_payload.items() if k not in known}
+    payload_extra = {k: v for k, v in payload.items() if k not in rt.field_names}
     if payload_extra:
         extra["payload"] = payload_extra
     envelope_extra = {k: v for k, v in obj.items() if k not in _ENVELOPE_NAMES}
     if envelope_extra:
         extra["envelope"] = envelope_extra
-    return rt, envelope, payload, extra
+    return extra
 
 
 # --- JSON Schema derived from the same definition --------------------------------

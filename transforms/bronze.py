@@ -1,8 +1,11 @@
 """Raw message -> typed, normalized, PII-hashed bronze row, or a dead letter.
 
-``ParseToBronze`` is shared by the batch backfill and the streaming ingest:
-its input is raw-layer rows (``schemas.tables.RAW``), its output one
-PCollection per bronze table plus ``dead_letter``.
+``parse_record`` is the contract applied to one raw-layer row
+(``schemas.tables.RAW``): the normalization and hashing rules live here.
+The batch path parses Arrow chunks with ``transforms.bronze_columnar``,
+whose fast path hands every record it cannot prove valid to
+``parse_record``; the streaming path calls it per record, or the columnar
+parse for large bundles.
 """
 from __future__ import annotations
 

@@ -48,7 +48,6 @@ _ISO_TIMESTAMP = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0
 _HAS_ZONE = r"(Z|[+-][0-9]{2}:[0-9]{2})$"
 _ISO_DATE_PREFIX = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
 _ENVELOPE_FIELDS = {f.name: f for f in ENVELOPE if f.name not in ("record_type", "payload")}
-_ENVELOPE_NAMES = frozenset(f.name for f in ENVELOPE)
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
@@ -291,7 +290,6 @@ def _decode_slice(indexes: list[int], datas: list, columns: dict, rows: dict, de
         rt = _RECORD_TYPE_OF[struct]
         extras = None
         if with_extras:
-            names = frozenset(f.name for f in rt.fields)
             extras = []
             for i in positions[struct]:
                 obj = orjson.loads(datas[i])
@@ -301,23 +299,12 @@ def _decode_slice(indexes: list[int], datas: list, columns: dict, rows: dict, de
                         payload = orjson.loads(payload)
                     except orjson.JSONDecodeError:
                         payload = {}  # not a payload: _extract sends the record to the per-record parse
-                extras.append(_extra_json(obj, payload if isinstance(payload, dict) else {}, names))
+                extra = contract.extra_fields(rt, obj, payload if isinstance(payload, dict) else {})
+                extras.append(_json_text(extra) if extra else None)
         broken = _extract(rt, decoded, columns[rt], extras)
         rows[rt].extend(positions[struct])
         failed.extend(positions[struct][b] for b in broken)
     return failed
-
-
-def _extra_json(obj: dict, payload: dict, payload_names: frozenset) -> str | None:
-    """Fields beyond the contract, as ``contract.validate_record`` keeps them."""
-    extra = {}
-    payload_extra = {k: v for k, v in payload.items() if k not in payload_names}
-    if payload_extra:
-        extra["payload"] = payload_extra
-    envelope_extra = {k: v for k, v in obj.items() if k not in _ENVELOPE_NAMES}
-    if envelope_extra:
-        extra["envelope"] = envelope_extra
-    return _json_text(extra) if extra else None
 
 
 def _raw_dict(raw: pa.Table, i: int, datas: list, ingested: np.ndarray) -> dict:

@@ -7,18 +7,24 @@ folder or ``gs://bucket/lake``.
 Layout::
 
     raw/ingest_date=D/<sha256 of content>.parquet        never rewritten
-    raw/ingest_date=D/stream-<window>-p<pane>-<id>.parquet  (streaming)
+    raw/ingest_date=D/stream-<batch time>-<id>.parquet    (streaming)
     bronze/<table>/event_date=D/platform=P/<source>-<uuid>.parquet
     silver/<table>/<uuid>.parquet
     gold/<table>/<uuid>.parquet
     dead_letter/ingest_date=D/<source>-<uuid>.parquet
     silver_stream/<table>/current.parquet                 streaming silver, one current row per key
 
-Streaming appends one file per window pane (``WriteWindowedFiles``). Batch
-writers stage files under ``_staging/<run>/`` and emit their names; one
-``CommitLakeWrites`` step at the end of the pipeline moves them in and
-deletes exactly the files its ``Replace`` rules name. A failed run therefore
-leaves the previous lake state untouched (only its staging folder remains).
+Batch elements are Arrow tables (``transforms.columnar``): landing files
+are read in chunks of ``RAW_CHUNK_ROWS`` lines, writers take ``(table name,
+Arrow rows)``. Batch writers stage files under ``_staging/<run>/`` and emit
+their names; one ``CommitLakeWrites`` step at the end of the pipeline moves
+them in and deletes exactly the files its ``Replace`` rules name. A failed
+run therefore leaves the previous lake state untouched (only its staging
+folder remains).
+
+Streaming appends one file per table, partition and processing-time batch
+(``WriteBatchFilesFn``), and rewrites the silver snapshots per batch
+(``MergeSnapshotsFn``); ``BatchEvery`` makes the batches.
 """
 from __future__ import annotations
 
