@@ -7,7 +7,7 @@ import shutil
 import duckdb
 import pyarrow.parquet as pq
 
-from benchmarks import reference, run
+from benchmarks import baseline, reference, run
 from transforms.bronze import normalize_email, pseudonym
 
 
@@ -24,6 +24,12 @@ def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
         # the comparison covered real rows in every gold table
         assert all(n > 0 for n in r["gold_rows"].values()), r["gold_rows"]
     assert len(saved["growth"]) == 1
+    if baseline.worktree(baseline.BASELINE, tmp_path / "work") is not None:  # a git checkout, not a tarball
+        assert saved["baseline"] == baseline.BASELINE
+        for r in saved["results"]:
+            # the previous release ran over the same files, and its gold is the same
+            assert r["baseline"]["records_per_s"] > 0 and r["baseline"]["differences"] == []
+            assert r["speedup"]["time_x"] > 0 and r["speedup"]["cpu_x"] > 0
     assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -52,16 +52,19 @@ def shard_of(values, shards: int) -> np.ndarray:
 
 
 def split_by_shard(table: pa.Table, shard: np.ndarray, shards: int):
-    """-> (shard, rows of the table in that shard) for every non-empty shard."""
+    """-> (shard, rows of the table in that shard) for every non-empty shard.
+
+    Each part owns its buffers (a take per part, not slices of one sorted
+    copy): a consumer that keeps a small part (a writer buffering a
+    partition) must not keep the whole table alive with it."""
     if table.num_rows == 0:
         return
     order = np.argsort(shard, kind="stable")
     counts = np.bincount(shard, minlength=shards)
-    ordered = table.take(pa.array(order))
     start = 0
     for s, count in enumerate(counts):
         if count:
-            yield s, ordered.slice(start, count)
+            yield s, table.take(pa.array(order[start:start + count]))
         start += count
 
 
