@@ -37,10 +37,9 @@ from pipelines import generate
 
 RECORDS_PER_USER_WEEK = 14.8  # what the generator produces per user over 7 days
 
-# One worker by default: at 4M records FnApiRunner's multi_processing mode
-# (2 workers) silently dropped 1-11% of the rows of the session join in two
-# of two runs, which the differential check caught (BENCHMARKS.md). One
-# worker is exact at every size; --workers 2 reproduces the finding.
+# One worker by default: with 2 workers (FnApiRunner multi_processing) the
+# gold is identical at 4M (three runs) but the rate gains at most 1.12x on two
+# cores for ~50% more CPU and 1.7x the memory (BENCHMARKS.md).
 def worker_args(workers: int) -> list[str]:
     if workers == 1:
         return []
@@ -218,7 +217,7 @@ def main(argv=None):
                         help="git ref of the code to compare with, side by side (default: the previous release); "
                              "'none' to measure this tree only")
     parser.add_argument("--workers", type=int, default=1,
-                        help="FnApiRunner worker processes (default 1; 2 loses rows at 4M, see BENCHMARKS.md)")
+                        help="FnApiRunner worker processes (default 1; see BENCHMARKS.md for 2)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     out, workdir = Path(args.out), Path(args.workdir)
