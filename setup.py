@@ -18,5 +18,6 @@ setuptools.setup(
         "google-cloud-bigquery==3.47.0",
         "google-cloud-pubsub==2.44.0",
         "matplotlib==3.11.2",
+        "scipy==1.17.1",
     ],
 )

@@ -175,11 +175,48 @@ def build(con: duckdb.DuckDBPyConnection, paths: list[str], as_of: date, now_mic
         con.execute(statement)
     con.execute(hmac_macro(pii_key))
     script = "\n".join(line for line in SQL_FILE.read_text().splitlines() if not line.lstrip().startswith("--"))
-    script = script.replace("{AS_OF_END}", str(end_of_day_micros(as_of))).replace("{NEVER}", str(NEVER))
+    clock = min(end_of_day_micros(as_of), now_micros)
+    script = (script.replace("{AS_OF_END}", str(end_of_day_micros(as_of))).replace("{NEVER}", str(NEVER))
+              .replace("{CLOCK}", str(clock)))
     for statement in (s for s in script.split(";") if s.strip()):
         con.execute(statement)
+    ab_statistics(con)
     progress(f"reference: bronze -> silver -> gold in {time.time() - started:.1f} s")
     return {name: con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in GOLD}
+
+
+def ab_statistics(con: duckdb.DuckDBPyConnection) -> None:
+    """``mart_ab_test`` from the SQL's ``ab_counts``, with statsmodels' and
+    scipy's tests (the pipeline computes them itself from the distributions)."""
+    from scipy.stats import chisquare
+    from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+
+    result = con.execute("SELECT * FROM ab_counts")
+    names = [d[0] for d in result.description]
+    counts = [dict(zip(names, values)) for values in result.fetchall()]
+    rows = []
+    for experiment in sorted({c["experiment"] for c in counts}):
+        variants = {c["variant"]: c for c in counts if c["experiment"] == experiment}
+        control = "control" if "control" in variants else "A" if "A" in variants else None
+        split = [v["sessions"] for v in variants.values()]
+        srm = float(chisquare(split).pvalue) if len(split) > 1 else None
+        for name, v in variants.items():
+            x, n = v["sessions_payment"], v["sessions"]
+            row = {**v, "is_control": name == control, "conversion_rate": x / n, "lift_vs_control": None,
+                   "diff_vs_control": None, "ci_low": None, "ci_high": None, "p_value": None,
+                   "srm_p_value": srm, "srm_flag": None if srm is None else srm < 0.001}
+            if control is not None and name != control:
+                xc, nc = variants[control]["sessions_payment"], variants[control]["sessions"]
+                row["diff_vs_control"] = x / n - xc / nc
+                row["lift_vs_control"] = (x / n) / (xc / nc) - 1 if xc else None
+                low, high = confint_proportions_2indep(x, n, xc, nc, method="wald", compare="diff")
+                row["ci_low"], row["ci_high"] = float(low), float(high)
+                p = float(proportions_ztest([x, xc], [n, nc])[1])
+                row["p_value"] = p if p == p else None  # NaN (zero variance): undefined
+            rows.append(row)
+    con.register("ab_rows", pa.Table.from_pylist(rows, schema=GOLD["mart_ab_test"].arrow_schema()))
+    con.execute("CREATE TABLE mart_ab_test AS SELECT * FROM ab_rows")
+    con.unregister("ab_rows")
 
 
 def write_gold(con: duckdb.DuckDBPyConnection, out: Path) -> None:
@@ -189,11 +226,19 @@ def write_gold(con: duckdb.DuckDBPyConnection, out: Path) -> None:
 
 
 # --- differential check -------------------------------------------------------------------------
+# Statistics computed by two libraries (the pipeline's formulas on scipy's
+# distributions, statsmodels here) agree to rounding, not to the last bit.
+ROUNDED = {"mart_ab_test": ("lift_vs_control", "diff_vs_control", "ci_low", "ci_high", "p_value", "srm_p_value")}
+
+
 def _canonical(table, source: str) -> str:
-    """A table's rows in one comparable form: timestamps as epoch micros, dates as DATE."""
+    """A table's rows in one comparable form: timestamps as epoch micros, dates
+    as DATE, ``ROUNDED`` statistics to 10 decimals."""
     cols = []
     for c in table.columns:
-        if c.type == TIMESTAMP:
+        if c.name in ROUNDED.get(table.name, ()):
+            cols.append(f"round({c.name}, 10) AS {c.name}")
+        elif c.type == TIMESTAMP:
             cols.append(f"epoch_us(CAST({c.name} AS TIMESTAMPTZ)) AS {c.name}")
         elif c.type == DATE:
             cols.append(f"CAST({c.name} AS DATE) AS {c.name}")
@@ -202,14 +247,16 @@ def _canonical(table, source: str) -> str:
     return f"SELECT {', '.join(cols)} FROM {source}"
 
 
-def compare_gold(lake: str | Path, reference: str | Path, show: int = 5) -> dict:
-    """Every gold table of the lake against the reference's: ``{table: {rows,
-    only_in_pipeline, only_in_reference, examples}}``. Rows are compared as
-    multisets, every column exactly."""
+def compare_gold(lake: str | Path, reference: str | Path, show: int = 5, tables: list[str] | None = None) -> dict:
+    """Every gold table (or ``tables``) of the lake against the reference's:
+    ``{table: {rows, only_in_pipeline, only_in_reference, examples}}``. Rows
+    are compared as multisets, every column exactly."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     report = {}
     for name, table in GOLD.items():
+        if tables is not None and name not in tables:
+            continue
         pipeline = f"read_parquet('{Path(lake) / 'gold' / name}/**/*.parquet', hive_partitioning = false)"
         con.execute(f"CREATE TABLE p AS {_canonical(table, pipeline)}")
         con.execute(f"CREATE TABLE r AS {_canonical(table, repr(str(Path(reference) / name) + '.parquet'))}")

@@ -1,6 +1,7 @@
 -- Reference medallion in SQL (see reference.py), from TABLES_AND_METRICS.md.
 -- Input: typed_<record type> tables (valid records, typed, timestamps in
 -- epoch micros). Placeholders: {AS_OF_END} (end of the as-of day, micros),
+-- {CLOCK} (the earlier of that and now: for rules that wait for a deadline),
 -- {NEVER} (version of a record that has none). Comment lines are dropped,
 -- then the script is split into statements at semicolons.
 
@@ -32,7 +33,10 @@ QUALIFY row_number() OVER (PARTITION BY click_id ORDER BY source_file, source_li
 
 CREATE TABLE cur_event AS
 SELECT event_id, session_id, norm_event_type(event_type) AS event_type, "timestamp",
-       norm_platform(env_platform) AS platform FROM typed_event
+       norm_platform(env_platform) AS platform, metadata->>'$.article_id' AS article_id,
+       CASE WHEN json_type(metadata, '$.price') IN ('BIGINT', 'UBIGINT', 'DOUBLE')
+            THEN (metadata->>'$.price')::DOUBLE END AS price
+FROM typed_event
 QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY source_file, source_line) = 1;
 
 CREATE TABLE cur_activity AS
@@ -42,7 +46,8 @@ QUALIFY row_number() OVER (PARTITION BY activity_id ORDER BY source_file, source
 
 -- Users: the newest updated_at (else emitted_at) wins, ties to the later arrival.
 CREATE TABLE cur_user AS
-SELECT user_id, pii_hash(lower(strip_ws(email))) AS email_hash, upper(strip_ws(country)) AS country,
+SELECT user_id, pii_hash(lower(strip_ws(email))) AS email_hash, sha256(lower(strip_ws(email))) AS email_sha256,
+       upper(strip_ws(country)) AS country,
        is_active, signup_date FROM typed_user
 QUALIFY row_number() OVER (PARTITION BY user_id
     ORDER BY coalesce(updated_at, env_emitted_at, {NEVER}) DESC, source_file DESC, source_line DESC) = 1;
@@ -67,7 +72,8 @@ SELECT session_id,
        coalesce(arg_max(platform, version) FILTER (WHERE platform <> 'unknown'), 'unknown') AS platform,
        arg_max(session_start_time, version) AS session_start_time,
        arg_max(device_type, version) FILTER (WHERE device_type IS NOT NULL) AS device_type,
-       arg_max(geo_location, version) FILTER (WHERE geo_location IS NOT NULL) AS geo_location
+       arg_max(geo_location, version) FILTER (WHERE geo_location IS NOT NULL) AS geo_location,
+       arg_max(experiments, version) FILTER (WHERE experiments IS NOT NULL) AS experiments
 FROM versions GROUP BY session_id;
 
 -- ---- silver: joined ------------------------------------------------------------------------
@@ -85,7 +91,7 @@ SELECT session_id, s.user_id,
        CASE WHEN s.session_id IS NULL THEN c.first_platform ELSE s.platform END AS platform,
        coalesce(s.session_start_time, c.first_activity_at) AS session_start_time,
        utc_date(coalesce(s.session_start_time, c.first_activity_at)) AS session_date,
-       s.device_type, s.geo_location, c.first_activity_at, c.last_activity_at
+       s.device_type, s.geo_location, c.first_activity_at, c.last_activity_at, s.experiments
 FROM cur_session s FULL JOIN session_children c USING (session_id);
 
 CREATE TABLE silver_views AS
@@ -97,7 +103,7 @@ SELECT c.click_id, c.session_id, c.click_timestamp, s.user_id, s.platform
 FROM cur_click c JOIN silver_sessions s USING (session_id);
 
 CREATE TABLE silver_events AS
-SELECT e.event_id, e.session_id, e.event_type, e."timestamp", s.user_id, s.platform
+SELECT e.event_id, e.session_id, e.event_type, e."timestamp", s.user_id, s.platform, e.article_id, e.price
 FROM cur_event e JOIN silver_sessions s USING (session_id);
 
 -- Unknown parent: no session or user, the record keeps its own platform.
@@ -283,3 +289,70 @@ SELECT period_grain, period_start, platform, barcode_scans, scanning_users, scan
             ELSE (seconds[len(seconds) // 2] + seconds[len(seconds) // 2 + 1]) / 2 END
            AS median_seconds_payment_to_scan
 FROM per_period;
+
+-- ---- mart_retargeting: active users whose latest cart went unpaid for 24 hours -----------------
+CREATE TABLE user_carts AS
+SELECT user_id, session_id, "timestamp" AS t, article_id, price FROM g_events
+WHERE event_type = 'add_to_cart' AND user_id IS NOT NULL;
+
+CREATE TABLE last_cart AS
+SELECT user_id, max(t) AS t, arg_max(session_id, (t, session_id)) AS session_id FROM user_carts GROUP BY user_id;
+
+CREATE TABLE cart_articles AS
+SELECT c.user_id, c.article_id, max(c.price) AS price
+FROM user_carts c JOIN last_cart l ON l.user_id = c.user_id AND l.session_id = c.session_id
+WHERE c.article_id IS NOT NULL GROUP BY c.user_id, c.article_id;
+
+CREATE TABLE mart_retargeting AS
+SELECT l.user_id, u.email_hash, u.email_sha256, make_timestamp(l.t)::TIMESTAMPTZ AS last_cart_at,
+       coalesce(a.articles, []::VARCHAR[]) AS carted_articles, a.cart_value, s.platform
+FROM last_cart l
+JOIN cur_user u ON u.user_id = l.user_id AND u.is_active
+LEFT JOIN (SELECT user_id, list(article_id ORDER BY article_id) AS articles, sum(price) AS cart_value
+           FROM cart_articles GROUP BY user_id) a ON a.user_id = l.user_id
+LEFT JOIN g_sessions s ON s.session_id = l.session_id
+WHERE l.t + 86400000000 <= {CLOCK}
+  AND NOT EXISTS (SELECT 1 FROM g_events p WHERE p.user_id = l.user_id AND p.event_type = 'payment_successful'
+                  AND p."timestamp" BETWEEN l.t AND l.t + 86400000000);
+
+-- ---- mart_ab_test: counts here, statistics in reference.py (statsmodels) -----------------------
+CREATE TABLE ab_counts AS
+SELECT a.key AS experiment, a.value->>'$' AS variant, count(*) AS sessions,
+       count(*) FILTER (WHERE f.stages >= 1) AS sessions_browse,
+       count(*) FILTER (WHERE f.stages >= 2) AS sessions_add_to_cart,
+       count(*) FILTER (WHERE f.stages >= 3) AS sessions_payment,
+       count(*) FILTER (WHERE f.stages >= 4) AS sessions_email_confirmation,
+       count(*) FILTER (WHERE f.stages >= 5) AS sessions_barcode_scanned
+FROM session_funnel f, json_each(f.experiments) a
+GROUP BY ALL;
+
+-- ---- ops_alerts ---------------------------------------------------------------------------------
+CREATE MACRO iso_us(us) AS strftime(make_timestamp(us), '%Y-%m-%dT%H:%M:%S.%fZ');
+CREATE MACRO alert_key(kind, subject) AS left(sha256(kind || '|' || subject), 32);
+
+CREATE TABLE email_outcomes AS
+SELECT * FROM g_responses WHERE response_type = 'email_confirmation' AND sent_at IS NOT NULL;
+
+CREATE TABLE ops_alerts AS
+SELECT alert_key('email_failed', response_id) AS alert_id, 'email_failed' AS alert_type,
+       make_timestamp(sent_at)::TIMESTAMPTZ AS detected_at,
+       event_id, response_id, json_object('status', status)::VARCHAR AS details
+FROM email_outcomes WHERE status IN ('failed', 'bounced')
+UNION ALL
+SELECT alert_key('confirmation_missing', e.event_id), 'confirmation_missing',
+       make_timestamp(e."timestamp" + 1800000000)::TIMESTAMPTZ,
+       e.event_id, NULL,
+       json_object('deadline', iso_us(e."timestamp" + 1800000000), 'paid_at', iso_us(e."timestamp"))::VARCHAR
+FROM g_events e
+WHERE e.event_type = 'payment_successful' AND e."timestamp" + 1800000000 <= {CLOCK}
+  AND NOT EXISTS (SELECT 1 FROM email_outcomes r WHERE r.event_id = e.event_id
+                  AND r.status IN ('sent', 'delivered') AND r.sent_at <= e."timestamp" + 1800000000)
+UNION ALL
+SELECT alert_key('email_failure_rate', iso_us(ws)), 'email_failure_rate', make_timestamp(ws + 900000000)::TIMESTAMPTZ,
+       NULL, NULL,
+       json_object('confirmations', n, 'failed', failed, 'failure_rate', round(failed / n, 6),
+                   'window_end', iso_us(ws + 900000000), 'window_start', iso_us(ws))::VARCHAR
+FROM (SELECT sent_at - sent_at % 900000000 AS ws, count(*) AS n,
+             count(*) FILTER (WHERE status IN ('failed', 'bounced')) AS failed
+      FROM email_outcomes WHERE status IN ('sent', 'delivered', 'failed', 'bounced') GROUP BY ws)
+WHERE n >= 20 AND failed * 100 > 5 * n;

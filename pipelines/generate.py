@@ -56,6 +56,10 @@ EVENT_SPELLINGS = {
 }
 SOURCES = {"web": "web-app", "ios": "ios-app", "android": "android-app"}
 COUNTRIES = ("ES", "DE", "FR", "IT", "NL", "GB", "US", "PT")
+EXPERIMENT = "checkout_button"       # variants control / B: the true effect is in Config
+AA_EXPERIMENT = "banner_color"       # variants A / B, even split, no effect: an A/A test
+CONFIRMATION_DEADLINE = timedelta(minutes=30)
+ALERT_WINDOW = timedelta(minutes=15)
 # What a conflicting copy changes (content, not envelope): still a duplicate.
 CONFLICTING_CONTENT = {"view": {"page_type": "conflict"}, "click": {"element_clicked": "conflict"},
                        "event": {"metadata": {"conflict": True}}, "user_activity": {"location": "gate-conflict"}}
@@ -76,8 +80,19 @@ class Config:
     browse_event_share: float = 0.3
     p_cart: float = 0.35
     p_pay: dict = field(default_factory=lambda: {"control": 0.50, "B": 0.60})
+    # The A/B test (checkout_button): variant B's share of sessions (0.5 = even
+    # split; other values inject a sample-ratio mismatch) and its additive lift
+    # of the cart probability; p_pay above is the payment stage's true effect.
+    b_share: float = 0.5
+    cart_lift: dict = field(default_factory=lambda: {"control": 0.0, "B": 0.0})
     payment_without_cart: float = 0.01   # of non-cart sessions: funnel stops at browse
     p_email_fail: float = 0.06
+    p_unconfirmed: float = 0.01         # payments that never get a confirmation
+    # Email failure bursts: sessions of random users paying within one
+    # 15-minute window, their confirmations failing at burst_fail_rate.
+    email_failure_bursts: int = 1
+    burst_sessions: int = 40
+    burst_fail_rate: float = 0.3
     p_resend: float = 0.7
     p_sms: float = 0.1
     p_scan: float = 0.75
@@ -106,6 +121,9 @@ class Generator:
         self.records = []           # (arrival datetime, order, record dict, record_type, key)
         self.conflicts = []         # appended after the original in its arrival file
         self.truth_sessions = []
+        self.truth_payments = []    # {event_id, paid_at, confirmed_at}: confirmation_missing truth
+        self.truth_failures = []    # (response_id, failed_at): email_failed truth
+        self.burst_windows = []     # window starts: email_failure_rate truth
         self.counters = Counter()
         self._seq = 0
 
@@ -151,7 +169,7 @@ class Generator:
     # --- the world ------------------------------------------------------------------------
     def run(self):
         cfg, rng = self.cfg, self.rng
-        users = [self.make_user(i) for i in range(cfg.users)]
+        users = self.users = [self.make_user(i) for i in range(cfg.users)]
         n_sessions = 0
         for day in range(cfg.days):
             for u in users:
@@ -161,6 +179,14 @@ class Generator:
             for _ in range(int(cfg.users * cfg.sessions_per_user_day * cfg.anonymous_share)):
                 n_sessions += 1
                 self.session(f"s-{n_sessions:07d}", None, day)
+        for burst in range(cfg.email_failure_bursts if users else 0):
+            # a window in the middle of a day, aligned as the alert's windows are
+            day = rng.randrange(cfg.days)
+            window = self.start + timedelta(days=day, hours=10 + 3 * (burst % 4)) + ALERT_WINDOW * rng.randrange(4)
+            self.burst_windows.append(window)
+            for _ in range(cfg.burst_sessions):
+                n_sessions += 1
+                self.session(f"s-{n_sessions:07d}", rng.choice(users), day, burst_at=window)
         for u in users:
             self.emit_user(u)
         self.add_duplicates()
@@ -196,17 +222,25 @@ class Generator:
             self.counters["user_updates_out_of_order"] += out_of_order
         self.counters["users_with_record"] += 1
 
-    def session(self, session_id: str, user: dict | None, day: int):
+    def session(self, session_id: str, user: dict | None, day: int, burst_at: datetime | None = None):
+        """One session's records. ``burst_at``: a failure burst's window: the
+        session browses, carts and pays within its first minutes, and its
+        confirmation fails at ``burst_fail_rate``."""
         cfg, rng = self.cfg, self.rng
         platform = user["platform"] if user and rng.random() < 0.8 else rng.choice(("web", "ios", "android"))
         source = SOURCES[platform]
-        t0 = self.start + timedelta(days=day, seconds=rng.randint(0, 86399), milliseconds=rng.randint(0, 999))
+        if burst_at is None:
+            t0 = self.start + timedelta(days=day, seconds=rng.randint(0, 86399), milliseconds=rng.randint(0, 999))
+        else:
+            t0 = burst_at + timedelta(seconds=rng.randint(0, 240), milliseconds=rng.randint(0, 999))
         if user and (user["first_session"] is None or t0 < user["first_session"]):
             user["first_session"] = t0
-        variant = "B" if rng.random() < 0.5 else "control"
-        has_record = rng.random() >= cfg.session_record_missing
+        variant = "B" if rng.random() < cfg.b_share else "control"
+        aa_variant = rng.choice(("A", "B"))
+        has_record = burst_at is not None or rng.random() >= cfg.session_record_missing
         truth = {"session_id": session_id, "user_id": user["user_id"] if user and has_record else None,
-                 "platform": platform, "variant": variant, "has_record": has_record, "stages": 0}
+                 "platform": platform, "variant": variant, "aa_variant": aa_variant, "has_record": has_record,
+                 "stages": 0, "carts": [], "payments": []}
         child_times = []
         t = t0
         if has_record:
@@ -214,7 +248,8 @@ class Generator:
                 "session_id": session_id, "user_id": user["user_id"] if user else None,
                 "session_start_time": self.ts(t0), "device_type": "desktop" if platform == "web" else "mobile",
                 "geo_location": user["country"] if user else rng.choice(COUNTRIES + ("40.4,-3.7",)),
-                "experiments": {"checkout_button": variant}}, platform, source, t0 + timedelta(seconds=1))
+                "experiments": {EXPERIMENT: variant, AA_EXPERIMENT: aa_variant}}, platform, source,
+                t0 + timedelta(seconds=1))
 
         def event(event_type, at, metadata=None):
             event_id = f"e-{session_id[2:]}-{self._next()}"
@@ -224,11 +259,15 @@ class Generator:
                       platform, "checkout-api" if event_type == "payment_successful" else source,
                       at + timedelta(milliseconds=rng.randint(10, 2000)))
             child_times.append(at)
+            if event_type == "add_to_cart":
+                truth["carts"].append((at, metadata["article_id"], metadata["price"]))
+            elif event_type == "payment_successful":
+                truth["payments"].append(at)
             return event_id
 
-        browses = rng.random() >= cfg.no_browse_share
+        browses = burst_at is not None or rng.random() >= cfg.no_browse_share
         for v in range(rng.randint(1, 5) if browses else 0):
-            t += timedelta(seconds=rng.randint(2, 90))
+            t += timedelta(seconds=rng.randint(2, 90) if burst_at is None else rng.randint(2, 20))
             view_id = f"v-{session_id[2:]}-{v}"
             self.emit("view", view_id, {"view_id": view_id, "session_id": session_id, "view_timestamp": self.ts(t),
                                         "page_type": rng.choice(("landing", "event", "checkout")),
@@ -250,22 +289,25 @@ class Generator:
                 event("search", t + timedelta(seconds=5), {"query": "concert"})
         article = f"a-{rng.randint(1, 200)}"
         price = float(rng.choice((19.0, 35.5, 59.0, 120.0)))
-        carted = browses and rng.random() < cfg.p_cart
+        carted = burst_at is not None or (browses and rng.random() < cfg.p_cart + cfg.cart_lift.get(variant, 0.0))
         if carted:
-            t += timedelta(seconds=rng.randint(5, 300))
+            t += timedelta(seconds=rng.randint(5, 300) if burst_at is None else rng.randint(5, 30))
             for _ in range(rng.randint(1, 2)):
                 event("add_to_cart", t, {"article_id": article, "price": price, "currency": "EUR"})
             truth["stages"] = 2
         elif browses and rng.random() < cfg.payment_without_cart:
-            event("payment_successful", t + timedelta(seconds=60), {"order_id": f"o-{session_id}", "price": price,
-                                                                    "currency": "EUR"})
+            paid_at = t + timedelta(seconds=60)
+            payment_id = event("payment_successful", paid_at, {"order_id": f"o-{session_id}", "price": price,
+                                                               "currency": "EUR"})
+            self.truth_payments.append({"event_id": payment_id, "paid_at": paid_at, "confirmed_at": None})
             self.counters["payments_without_cart"] += 1
-        if carted and rng.random() < cfg.p_pay[variant]:
-            t += timedelta(seconds=rng.randint(30, 900))
+        if carted and (burst_at is not None or rng.random() < cfg.p_pay[variant]):
+            t += timedelta(seconds=rng.randint(30, 900) if burst_at is None else rng.randint(10, 60))
             payment_id = event("payment_successful", t, {"order_id": f"o-{session_id}", "price": price,
                                                          "currency": "EUR"})
             truth["stages"] = 3
-            truth["stages"] = self.confirm_and_scan(session_id, user, payment_id, t, truth["stages"])
+            truth["stages"] = self.confirm_and_scan(session_id, user, payment_id, t, truth["stages"],
+                                                    cfg.burst_fail_rate if burst_at is not None else cfg.p_email_fail)
         end = max(child_times, default=t0) + timedelta(seconds=rng.randint(10, 120))
         if has_record and rng.random() < cfg.session_end_update:
             self.emit("session", session_id, {"session_id": session_id, "session_start_time": self.ts(t0),
@@ -274,8 +316,10 @@ class Generator:
         truth["session_date"] = (t0 if has_record else min(child_times)).date().isoformat()
         self.truth_sessions.append(truth)
 
-    def confirm_and_scan(self, session_id, user, payment_id, paid_at, stages) -> int:
+    def confirm_and_scan(self, session_id, user, payment_id, paid_at, stages, p_fail: float) -> int:
         cfg, rng = self.cfg, self.rng
+        payment = {"event_id": payment_id, "paid_at": paid_at, "confirmed_at": None}
+        self.truth_payments.append(payment)
         email = user["email"] if user else f"guest-{session_id}@example.com"
 
         def response(response_id, statuses, at, response_type="email_confirmation"):
@@ -291,21 +335,26 @@ class Generator:
                 else:
                     payload["sent_phone_number"] = user["phone"] if user else "+34 600 000 000"
                 self.emit("event_response", response_id, payload, "email", "mailer", at)
-            return sent_at
+            return sent_at, at
 
         if rng.random() < cfg.p_sms:
             response(f"r-{session_id[2:]}-sms", ("queued", "sent"), paid_at, "sms_confirmation")
+        if rng.random() < cfg.p_unconfirmed:
+            self.counters["payments_unconfirmed"] += 1
+            return stages
         confirmed = f"r-{session_id[2:]}-1"
-        if rng.random() < cfg.p_email_fail:
-            response(confirmed, ("queued", rng.choice(("failed", "bounced"))), paid_at)
+        if rng.random() < p_fail:
+            _, failed_at = response(confirmed, ("queued", rng.choice(("failed", "bounced"))), paid_at)
+            self.truth_failures.append((confirmed, failed_at))
             self.counters["emails_failed"] += 1
             if rng.random() >= cfg.p_resend:
                 return stages
             confirmed = f"r-{session_id[2:]}-2"
             self.counters["emails_resent"] += 1
-            sent_at = response(confirmed, ("sent", "delivered"), paid_at + timedelta(minutes=10))
+            sent_at, _ = response(confirmed, ("sent", "delivered"), paid_at + timedelta(minutes=10))
         else:
-            sent_at = response(confirmed, ("queued", "sent", "delivered"), paid_at)
+            sent_at, _ = response(confirmed, ("queued", "sent", "delivered"), paid_at)
+        payment["confirmed_at"] = sent_at
         stages = 4
         if rng.random() < cfg.p_scan:
             scan_at = sent_at + timedelta(days=rng.randint(0, cfg.max_scan_lag_days), seconds=rng.randint(60, 7200))
@@ -406,11 +455,15 @@ def build_manifest(gen: Generator, files: dict, invalid: list) -> dict:
     for s in sessions:
         for n in range(s["stages"]):
             per_day[s["session_date"]][n] += 1
-    variants = {}
+    variants, aa_variants = {}, {}
     for v in ("control", "B"):
         vs = [s for s in sessions if s["variant"] == v and s["has_record"]]
         variants[v] = {"sessions": len(vs), "carted": sum(1 for s in vs if s["stages"] >= 2),
-                       "paid": sum(1 for s in vs if s["stages"] >= 3), "true_checkout_rate": cfg.p_pay[v]}
+                       "paid": sum(1 for s in vs if s["stages"] >= 3), "true_checkout_rate": cfg.p_pay[v],
+                       "true_cart_rate": round(cfg.p_cart + cfg.cart_lift.get(v, 0.0), 6)}
+    for v in ("A", "B"):
+        vs = [s for s in sessions if s["aa_variant"] == v and s["has_record"]]
+        aa_variants[v] = {"sessions": len(vs), "paid": sum(1 for s in vs if s["stages"] >= 3)}
     invalid_by_reason = Counter(reason for _, reason, _ in invalid)
     unique = Counter()
     seen = set()
@@ -433,11 +486,43 @@ def build_manifest(gen: Generator, files: dict, invalid: list) -> dict:
         "users_with_sessions": len({s["user_id"] for s in sessions if s["user_id"]}),
         "sessions_per_stage": dict(zip(STAGES, per_stage)),
         "sessions_per_stage_by_day": {d: dict(zip(STAGES, c)) for d, c in sorted(per_day.items())},
-        "ab_test": {"experiment": "checkout_button", "variants": variants,
-                    "true_effect_checkout_rate": round(cfg.p_pay["B"] - cfg.p_pay["control"], 6)},
+        "ab_test": {"experiment": EXPERIMENT, "variants": variants, "b_share": cfg.b_share,
+                    "true_effect_checkout_rate": round(cfg.p_pay["B"] - cfg.p_pay["control"], 6),
+                    "true_effect_cart_rate": round(cfg.cart_lift.get("B", 0.0) - cfg.cart_lift.get("control", 0.0), 6)},
+        "aa_test": {"experiment": AA_EXPERIMENT, "variants": aa_variants},
+        "alerts": alert_truth(gen),
+        "retargeting_users": retargeting_truth(gen),
         "true_rates": {"cart_rate": cfg.p_cart, "p_scan": cfg.p_scan},
         "counters": dict(sorted(gen.counters.items())),
     }
+
+
+def alert_truth(gen: Generator) -> dict:
+    """The alerts the planned journeys must raise (TABLES_AND_METRICS.md, ``ops_alerts``)."""
+    missing = [p["event_id"] for p in gen.truth_payments
+               if p["confirmed_at"] is None or p["confirmed_at"] - p["paid_at"] > CONFIRMATION_DEADLINE]
+    return {"email_failed": sorted(r for r, _ in gen.truth_failures),
+            "confirmation_missing": sorted(missing),
+            "email_failure_burst_windows": sorted(w.isoformat() for w in gen.burst_windows)}
+
+
+def retargeting_truth(gen: Generator) -> list[str]:
+    """Active users whose latest add-to-cart (in a session that names them) has
+    no payment by them within 24 hours after it."""
+    carts, payments = defaultdict(list), defaultdict(list)
+    for s in gen.truth_sessions:
+        if s["user_id"]:
+            carts[s["user_id"]] += [at for at, _, _ in s["carts"]]
+            payments[s["user_id"]] += s["payments"]
+    active = {u["user_id"] for u in gen.users if u["is_active"]}
+    out = []
+    for user_id, times in carts.items():
+        if not times:
+            continue
+        last = max(times)
+        if user_id in active and not any(last <= paid <= last + timedelta(hours=24) for paid in payments[user_id]):
+            out.append(user_id)
+    return sorted(out)
 
 
 def write_files(out: str, fmt: str, files: dict) -> list[str]:

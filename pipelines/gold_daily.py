@@ -25,10 +25,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.common import add_sink_flags, bigquery_target, parse, run_pipeline, setup_logging
+from schemas import contract
 from schemas.tables import GOLD, SILVER
 from schemas.views import VIEWS
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
-from transforms.gold import GOLD_INPUTS, BuildGold, CutAtAsOfFn
+from transforms.gold import GOLD_INPUTS, BuildGold, CutAtAsOfFn, end_of_day_micros
 from transforms.lake_io import CommitLakeWrites, Replace, ReadLakeTable, WriteStaged, list_files, new_staging_dir, table_dir
 
 
@@ -48,7 +49,10 @@ def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | N
         shards = max(1, min(512, -(-sum(sizes) // BYTES_PER_SHARD)))
     silver = tuple(p | f"Read_{name}" >> ReadLakeTable(SILVER[name], lake, files[name], GOLD_INPUTS[name])
                    | f"CutAtAsOf_{name}" >> beam.ParDo(CutAtAsOfFn(as_of)) for name in GOLD_INPUTS)
-    gold = silver | "BuildGold" >> BuildGold(shards)
+    # The clock of the rules that wait (an abandoned cart, an overdue confirmation):
+    # the end of the as-of day, or now when that is later than now.
+    clock = min(end_of_day_micros(as_of), contract.now_micros())
+    gold = silver | "BuildGold" >> BuildGold(shards, clock)
     staged = gold | "StageGold" >> WriteStaged(list(GOLD.values()), staging)
     if bigquery is not None:
         staged = staged | "PublishToBigQuery" >> PublishToBigQuery(

@@ -262,8 +262,46 @@ MART_BARCODE_ACTIVITY = Table("mart_barcode_activity", "gold", "Barcode scans pe
     col("median_seconds_payment_to_scan", FLOAT64, "Median of scan activity_time minus the confirmed payment's timestamp; null when no scan links to a payment."),
 ), cluster_by=("period_grain", "platform"))
 
+MART_RETARGETING = Table("mart_retargeting", "gold", "Active users whose latest add_to_cart has no payment by them within 24 hours after it (and at least 24 hours have passed).", (
+    col("user_id", STRING, "User.", True),
+    col("email_hash", STRING, "HMAC-SHA256 of the normalized email (joins to dim_user)."),
+    col("email_sha256", STRING, "Unkeyed SHA-256 hex of the trimmed, lower-cased email: what ad platforms match on."),
+    col("last_cart_at", TIMESTAMP, "Time of the user's latest add_to_cart event.", True),
+    col("carted_articles", STRING, "Distinct metadata.article_id of the add_to_cart events in that cart's session, sorted.", repeated=True),
+    col("cart_value", FLOAT64, "Sum over those articles of the highest metadata.price carted; null when no price."),
+    col("platform", STRING, "Platform of that cart's session."),
+), cluster_by=("platform",))
+MART_AB_TEST = Table("mart_ab_test", "gold", "Experiment readout per (experiment, variant): the unit is a session with the assignment, the metric is reaching payment_successful.", (
+    col("experiment", STRING, "Experiment name (key of the session's experiments).", True),
+    col("variant", STRING, "Variant the session was assigned.", True),
+    col("is_control", BOOL, "This row is the experiment's control: the variant named 'control', else 'A'.", True),
+    col("sessions", INT64, "Sessions assigned to the variant.", True),
+    col("sessions_browse", INT64, "Of those, sessions reaching browse.", True),
+    col("sessions_add_to_cart", INT64, "Sessions reaching add_to_cart.", True),
+    col("sessions_payment", INT64, "Sessions reaching payment_successful.", True),
+    col("sessions_email_confirmation", INT64, "Sessions reaching email_confirmation.", True),
+    col("sessions_barcode_scanned", INT64, "Sessions reaching barcode_scanned.", True),
+    col("conversion_rate", FLOAT64, "sessions_payment / sessions; " + _RATE),
+    col("lift_vs_control", FLOAT64, "conversion_rate / the control's - 1; null for the control, without a control or when the control's rate is 0."),
+    col("diff_vs_control", FLOAT64, "conversion_rate minus the control's; null for the control or without one."),
+    col("ci_low", FLOAT64, "95% confidence interval of diff_vs_control (Wald, unpooled), lower bound."),
+    col("ci_high", FLOAT64, "Upper bound of that interval."),
+    col("p_value", FLOAT64, "Two-sided two-proportion z-test (pooled) of conversion_rate against the control's."),
+    col("srm_p_value", FLOAT64, "Chi-square test of the experiment's session split against an even split (same on every row of an experiment)."),
+    col("srm_flag", BOOL, "Sample-ratio mismatch: srm_p_value below 0.001."),
+))
+OPS_ALERTS = Table("ops_alerts", "gold", "One row per operational alert, rebuilt from silver; the streaming job raises the same alerts as they happen.", (
+    col("alert_id", STRING, "Stable id: the same condition always gets the same id (SHA-256 of type and subject).", True),
+    col("alert_type", STRING, "email_failed, email_failure_rate or confirmation_missing.", True),
+    col("detected_at", TIMESTAMP, "Event time the condition became true: the failed response's time, the 15-minute window's end, the payment's time plus 30 minutes.", True),
+    col("event_id", STRING, "The payment event (email_failed, confirmation_missing)."),
+    col("response_id", STRING, "The failed response (email_failed)."),
+    col("details", STRING, "JSON: what the alert is about (status, counts, rate, deadline)."),
+), cluster_by=("alert_type",))
+
 GOLD = {t.name: t for t in (FACT_FUNNEL_STAGE, FACT_USER_ACTIVITY, DIM_USER,
-                            MART_CONVERSION_RATE, MART_BARCODE_ACTIVITY)}
+                            MART_CONVERSION_RATE, MART_BARCODE_ACTIVITY,
+                            MART_RETARGETING, MART_AB_TEST, OPS_ALERTS)}
 
 # --- dead letter ---------------------------------------------------------------------
 DEAD_LETTER = Table("dead_letter", "ops", "Rejected records with a typed reason. Holds a pointer to the raw "

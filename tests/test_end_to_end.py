@@ -126,6 +126,43 @@ def test_gold_rates_match_the_generators_probabilities(generated):
         assert reached[(name, "payment_successful")] == manifest["ab_test"]["variants"][name]["paid"]
 
 
+def test_alerts_are_exactly_the_injected_failures_and_unconfirmed_payments(generated):
+    lake, truth = generated["lake"], generated["manifest"]["alerts"]
+    alerts = read_table(lake / "gold" / "ops_alerts")
+    of_type = lambda t: [a for a in alerts if a["alert_type"] == t]  # noqa: E731
+    # every injected failure raises exactly one email_failed
+    assert sorted(a["response_id"] for a in of_type("email_failed")) == truth["email_failed"]
+    # every payment left unconfirmed (none, or only after 30 minutes) raises one; no confirmed payment does
+    assert sorted(a["event_id"] for a in of_type("confirmation_missing")) == truth["confirmation_missing"]
+    assert truth["confirmation_missing"] and truth["email_failed"]
+    # the failure burst raises the rate alert for its window
+    windows = {json.loads(a["details"])["window_start"] for a in of_type("email_failure_rate")}
+    assert {w.replace("+00:00", ".000000Z") for w in truth["email_failure_burst_windows"]} <= windows
+    assert len({a["alert_id"] for a in alerts}) == len(alerts)
+
+
+def test_retargeting_audience_is_the_planned_one_with_hashed_emails(generated):
+    lake, manifest = generated["lake"], generated["manifest"]
+    audience = read_table(lake / "gold" / "mart_retargeting")
+    assert sorted(r["user_id"] for r in audience) == manifest["retargeting_users"]
+    users = {r["user_id"]: r for r in read_table(lake / "silver" / "silver_users")}
+    for row in audience:
+        assert row["email_sha256"] == users[row["user_id"]]["email_sha256"] and len(row["email_sha256"]) == 64
+        assert row["carted_articles"] and row["cart_value"] > 0
+
+
+def test_ab_readout_counts_the_assigned_sessions(generated):
+    lake, manifest = generated["lake"], generated["manifest"]
+    rows = {(r["experiment"], r["variant"]): r for r in read_table(lake / "gold" / "mart_ab_test")}
+    for experiment, truth in (("checkout_button", manifest["ab_test"]), ("banner_color", manifest["aa_test"])):
+        for variant, counts in truth["variants"].items():
+            row = rows[(experiment, variant)]
+            assert row["sessions"] == counts["sessions"] and row["sessions_payment"] == counts["paid"]
+            assert row["is_control"] == (variant in ("control", "A"))
+            assert row["srm_flag"] is False  # an even split
+    assert rows[("checkout_button", "B")]["lift_vs_control"] > 0
+
+
 def test_no_plaintext_email_or_phone_outside_raw(generated):
     lake = generated["lake"]
 

@@ -51,7 +51,9 @@ def test_every_derivation_has_the_same_columns_types_and_modes(name):
     bigquery = table.bigquery_schema()
     assert arrow.names == [f["name"] for f in avro["fields"]] == [f.name for f in bigquery] == table.column_names
     for column, field, bq in zip(table.columns, arrow, bigquery):
-        assert field.nullable == (not column.required) == (bq.mode == "NULLABLE")
+        assert field.nullable == (not column.required)
+        assert bq.mode == ("REPEATED" if column.repeated else "REQUIRED" if column.required else "NULLABLE")
+        assert pa.types.is_list(field.type) == column.repeated
         assert bq.description == column.description
     assert {"STRING", "TIMESTAMP"} & {f.field_type for f in bigquery}
 

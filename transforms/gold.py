@@ -13,17 +13,20 @@ one shard.
 from __future__ import annotations
 
 import statistics
+from collections import defaultdict
 from datetime import date, datetime, time, timedelta, timezone
 
 import apache_beam as beam
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.tables import GOLD, SILVER
 from transforms.columnar import ShardedShuffle, coalesce_key, concat, first_of_groups
 from transforms.funnel import CONFIRMED, STAGES, country_code, lookup, reached_count, stage_times
-from transforms import metrics
+from transforms import alerts, experiments, metrics
+from transforms.retargeting import audience
 
 GRAINS = ("day", "month", "year")
 ALL_PLATFORMS = "all"
@@ -31,12 +34,12 @@ _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 # What gold reads of each silver table.
 GOLD_INPUTS = {
-    "silver_users": ("user_id", "email_hash", "country", "is_active", "signup_date"),
+    "silver_users": ("user_id", "email_hash", "email_sha256", "country", "is_active", "signup_date"),
     "silver_sessions": ("session_id", "user_id", "session_date", "session_start_time", "platform", "device_type",
-                        "geo_location", "first_activity_at", "last_activity_at"),
+                        "geo_location", "first_activity_at", "last_activity_at", "experiments_json"),
     "silver_views": ("view_id", "session_id", "user_id", "view_timestamp"),
     "silver_clicks": ("click_id", "session_id", "user_id", "click_timestamp"),
-    "silver_events": ("event_id", "session_id", "user_id", "event_type", "timestamp"),
+    "silver_events": ("event_id", "session_id", "user_id", "event_type", "timestamp", "article_id", "price"),
     "silver_event_responses": ("response_id", "event_id", "session_id", "user_id", "response_type", "status",
                                "sent_at"),
     "silver_user_activity": ("activity_id", "response_id", "session_id", "user_id", "activity_type",
@@ -330,14 +333,56 @@ def mart_barcode_activity(partials: pa.Table, seconds: pa.Table) -> pa.Table:
         "median_seconds_payment_to_scan": pa.array(medians, pa.float64())})
 
 
+def ab_partials(summary: pa.Table) -> pa.Table:
+    """Per (experiment, variant) of the shard's sessions: sessions and
+    sessions reaching each stage (partial: sum over shards)."""
+    counts = defaultdict(lambda: [0] * 6)
+    for assignments, stages in zip(summary.column("experiments_json").to_pylist(),
+                                   summary.column("stages").to_pylist()):
+        if not assignments:
+            continue
+        parsed = orjson.loads(assignments)
+        if not isinstance(parsed, dict):
+            continue
+        for experiment, variant in parsed.items():
+            if variant is None:
+                continue
+            row = counts[(experiment, str(variant))]
+            row[0] += 1
+            for k in range(stages):
+                row[k + 1] += 1
+    keys = list(counts)
+    return pa.table({"experiment": pa.array([k[0] for k in keys], pa.string()),
+                     "variant": pa.array([k[1] for k in keys], pa.string()),
+                     **{c: pa.array([counts[k][i] for k in keys], pa.int64())
+                        for i, c in enumerate(("sessions",) + experiments.STAGE_COLUMNS)}})
+
+
+def mart_ab_test(partials: pa.Table) -> pa.Table:
+    columns = ("sessions",) + experiments.STAGE_COLUMNS
+    summed = _group(partials, ["experiment", "variant"], [(c, "sum") for c in columns])
+    counts = [dict(zip(["experiment", "variant", *columns], values)) for values in zip(
+        *(summed.column(c).to_pylist() for c in ["experiment", "variant", *(f"{c}_sum" for c in columns)]))]
+    return pa.Table.from_pylist(experiments.readout(counts), schema=GOLD["mart_ab_test"].arrow_schema())
+
+
+def _alert_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=GOLD["ops_alerts"].arrow_schema())
+
+
 def _empty_inputs() -> dict[str, pa.Table]:
     return {name: pa.schema([SILVER[name].arrow_schema().field(c) for c in columns]).empty_table()
             for name, columns in GOLD_INPUTS.items()}
 
 
 class GoldShardFn(beam.DoFn):
-    """A shard of silver (by user) -> its gold fact and dimension rows, and
-    (output ``partials``) its partial marts."""
+    """A shard of silver (by user) -> its gold fact and dimension rows, its
+    retargeting audience and alerts, and (output ``partials``) its partial
+    marts. ``clock``: the recompute's now (epoch micros; None: no cut), for
+    the rules that wait (a cart abandoned, a confirmation overdue)."""
+
+    def __init__(self, clock: int | None = None):
+        self._clock = clock
 
     def process(self, keyed):
         _, by_table = keyed
@@ -347,6 +392,12 @@ class GoldShardFn(beam.DoFn):
         yield "fact_funnel_stage", fact_funnel_stage(summary, users)
         yield "dim_user", dim_user(summary, users)
         yield "fact_user_activity", fact_user_activity(g)
+        yield "mart_retargeting", _table("mart_retargeting", audience(g["silver_events"], g["silver_sessions"],
+                                                                      users, self._clock))
+        yield "ops_alerts", _alert_table(alerts.shard_alerts(g["silver_events"], g["silver_event_responses"],
+                                                             self._clock))
+        yield beam.pvalue.TaggedOutput("partials", ("mart_ab_test", ab_partials(summary)))
+        yield beam.pvalue.TaggedOutput("partials", (_WINDOWS, alerts.window_counts(g["silver_event_responses"])))
         yield beam.pvalue.TaggedOutput("partials", ("mart_conversion_rate", conversion_partials(summary)))
         counts, seconds = barcode_partials(scans(summary, g))
         yield beam.pvalue.TaggedOutput("partials", ("mart_barcode_activity", counts))
@@ -354,6 +405,7 @@ class GoldShardFn(beam.DoFn):
 
 
 _SECONDS = "mart_barcode_activity#seconds"
+_WINDOWS = "ops_alerts#windows"
 
 
 def _finish_marts(keyed):
@@ -364,6 +416,8 @@ def _finish_marts(keyed):
     yield "mart_conversion_rate", mart_conversion_rate(pa.concat_tables(by_mart["mart_conversion_rate"]))
     yield "mart_barcode_activity", mart_barcode_activity(pa.concat_tables(by_mart["mart_barcode_activity"]),
                                                          pa.concat_tables(by_mart[_SECONDS]))
+    yield "mart_ab_test", mart_ab_test(pa.concat_tables(by_mart["mart_ab_test"]))
+    yield "ops_alerts", _alert_table(alerts.rate_alerts(pa.concat_tables(by_mart[_WINDOWS])))
 
 
 class BuildGold(beam.PTransform):
@@ -371,14 +425,14 @@ class BuildGold(beam.PTransform):
     ``(gold table name, Arrow rows)`` as two PCollections: the facts and
     dimension, and the marts."""
 
-    def __init__(self, shards: int):
+    def __init__(self, shards: int, clock: int | None = None):
         super().__init__()
-        self._shards = shards
+        self._shards, self._clock = shards, clock
 
     def expand(self, silver):
         shards = (silver
                   | "ByUser" >> ShardedShuffle(_SHARD_KEY, self._shards, GOLD_INPUTS)
-                  | "PerShard" >> beam.ParDo(GoldShardFn()).with_outputs("partials", main="facts"))
+                  | "PerShard" >> beam.ParDo(GoldShardFn(self._clock)).with_outputs("partials", main="facts"))
         marts = (shards.partials
                  | "OneKey" >> beam.Map(lambda part: (None, part))
                  | "AllPartials" >> beam.GroupByKey()
