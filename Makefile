@@ -22,14 +22,16 @@ $(STAMP): setup.py requirements-dev.txt requirements-lock.txt
 	@touch $(STAMP)
 
 demo: install
-	@echo "==> [1/4] generating $(DEMO_USERS) users over $(DEMO_DAYS) days into $(DEMO_DATA)"
+	@echo "==> [1/5] generating $(DEMO_USERS) users over $(DEMO_DAYS) days into $(DEMO_DATA)"
 	$(PY) -m pipelines.generate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 42 --out $(DEMO_DATA)
-	@echo "==> [2/4] backfill: raw -> bronze -> silver (lake: $(LAKE))"
+	@echo "==> [2/5] backfill: raw -> bronze -> silver (lake: $(LAKE))"
 	$(PY) -m pipelines.backfill --input '$(DEMO_DATA)/*.jsonl' --lake $(LAKE)
-	@echo "==> [3/4] gold: facts and marts, truncate and load"
+	@echo "==> [3/5] gold: facts and marts, truncate and load"
 	$(PY) -m pipelines.gold_daily --lake $(LAKE)
-	@echo "==> [4/4] funnel report"
+	@echo "==> [4/5] funnel report, A/B readout, alerts"
 	$(PY) -m pipelines.report --lake $(LAKE)
+	@echo "==> [5/5] retargeting audience as a Customer Match file"
+	$(PY) -m pipelines.export_audience --lake $(LAKE) --out $(LAKE)/reports/audience.csv
 	@echo ""
 	@echo "lake:  $(abspath $(LAKE))   (raw/ bronze/ silver/ gold/ dead_letter/)"
 	@echo "chart: $(abspath $(LAKE))/reports/funnel.png"

@@ -11,6 +11,11 @@ What it produces, per the contract:
 * journeys per session: views (and sometimes a ``browse`` event), add to
   cart, payment (per-variant probability: the A/B test's true effect), email
   confirmation moving through statuses, a barcode scan days later;
+* two experiments per session: ``checkout_button`` (control / B, true
+  effects per stage, optional sample-ratio skew) and ``banner_color`` (an
+  A/A test); payments never confirmed; bursts of failed confirmations in one
+  15-minute window (the manifest lists the alerts and the retargeting
+  audience the plan must produce);
 * anonymous sessions, sessions whose record never arrives, session end
   times in a second record, user profile updates (some arriving out of order);
 * payment without cart, confirmation failed then resent, SMS confirmations;
@@ -567,9 +572,14 @@ def main(argv=None):
     parser.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     parser.add_argument("--invalid-share", type=float, default=Config.invalid_share)
     parser.add_argument("--duplicate-share", type=float, default=Config.duplicate_share)
+    parser.add_argument("--b-share", type=float, default=Config.b_share,
+                        help="share of sessions in checkout_button variant B (not 0.5: a sample-ratio mismatch)")
+    parser.add_argument("--email-failure-bursts", type=int, default=Config.email_failure_bursts,
+                        help="15-minute windows with a burst of failed confirmations")
     args = parser.parse_args(argv)
     cfg = Config(users=args.users, days=args.days, seed=args.seed, start=args.start, format=args.format,
-                 invalid_share=args.invalid_share, duplicate_share=args.duplicate_share)
+                 invalid_share=args.invalid_share, duplicate_share=args.duplicate_share, b_share=args.b_share,
+                 email_failure_bursts=args.email_failure_bursts)
     last = date.fromisoformat(cfg.start) + timedelta(days=cfg.days + cfg.max_scan_lag_days + 4)
     if last > datetime.now(timezone.utc).date():
         print(f"warning: records up to {last} may be in the future and will be dead-lettered "

@@ -55,6 +55,31 @@ def text_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _p(value) -> str:
+    return "n/a" if value is None else ("<0.0001" if value < 1e-4 else f"{value:.4f}")
+
+
+def use_case_report(lake: str) -> str:
+    """The A/B readout, the retargeting audience size and the alert counts."""
+    lines = ["A/B tests (unit: session; metric: reached payment)",
+             f"{'experiment':<17}{'variant':<9}{'sessions':>9}{'paid':>7}{'conv.':>8}{'lift':>8}"
+             f"{'95% CI of diff':>19}{'p':>9}{'SRM':>5}"]
+    for r in sorted(_rows(lake, "mart_ab_test"), key=lambda r: (r["experiment"], not r["is_control"], r["variant"])):
+        ci = "control" if r["is_control"] else (
+            "n/a" if r["ci_low"] is None else f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] pt")
+        lift = "" if r["lift_vs_control"] is None else f"{100 * r['lift_vs_control']:+.1f}%"
+        lines.append(f"{r['experiment']:<17}{r['variant']:<9}{r['sessions']:>9,}{r['sessions_payment']:>7,}"
+                     f"{_pct(r['sessions_payment'], r['sessions']):>8}{lift:>8}{ci:>19}"
+                     f"{'' if r['is_control'] else _p(r['p_value']):>9}{'yes' if r['srm_flag'] else 'no':>5}")
+    audience = _rows(lake, "mart_retargeting")
+    alerts = defaultdict(int)
+    for a in _rows(lake, "ops_alerts"):
+        alerts[a["alert_type"]] += 1
+    lines += ["", f"retargeting audience: {len(audience):,} users (carted, did not pay within 24 h, active)",
+              "alerts: " + (", ".join(f"{kind} {n:,}" for kind, n in sorted(alerts.items())) or "none")]
+    return "\n".join(lines)
+
+
 def funnel_chart(summary: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -110,7 +135,7 @@ def main(argv=None):
     out = args.out or os.path.join(args.lake, "reports")
     os.makedirs(out, exist_ok=True)
     summary = funnel_summary(args.lake)
-    text = text_report(summary)
+    text = text_report(summary) + "\n\n" + use_case_report(args.lake)
     print(text)
     chart = os.path.join(out, "funnel.png")
     funnel_chart(summary, chart)

@@ -45,19 +45,4 @@ FROM `{project}.gold.mart_conversion_rate`
 WHERE period_grain = 'day'
 """)
 
-CART_ABANDONERS = View(
-    "v_cart_abandoners",
-    "Active users with sessions that reached add_to_cart but not payment_successful, newest first "
-    "(per session; the contract's mart_retargeting adds a 24-hour rule across sessions).",
-    """
-SELECT cart.user_id, u.email_hash, u.country,
-       COUNT(*) AS abandoned_sessions, MAX(cart.reached_at) AS last_cart_at
-FROM `{project}.gold.fact_funnel_stage` AS cart
-JOIN `{project}.gold.dim_user` AS u ON u.user_id = cart.user_id
-LEFT JOIN `{project}.gold.fact_funnel_stage` AS paid
-  ON paid.session_id = cart.session_id AND paid.stage_number = 3
-WHERE cart.stage_number = 2 AND paid.session_id IS NULL AND u.is_active
-GROUP BY cart.user_id, u.email_hash, u.country
-""")
-
-VIEWS = {v.name: v for v in (FUNNEL_DROPOFF, CONVERSION_TREND, CART_ABANDONERS)}
+VIEWS = {v.name: v for v in (FUNNEL_DROPOFF, CONVERSION_TREND)}

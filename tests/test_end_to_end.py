@@ -1,5 +1,6 @@
 """Backfill + gold end to end: the contract sample, and generated data checked
 against the generator's manifest."""
+import hashlib
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 
-from pipelines import backfill, generate, gold_daily
+from pipelines import backfill, export_audience, generate, gold_daily
 from pipelines.common import counters
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, GOLD, SILVER
@@ -149,6 +150,24 @@ def test_retargeting_audience_is_the_planned_one_with_hashed_emails(generated):
     for row in audience:
         assert row["email_sha256"] == users[row["user_id"]]["email_sha256"] and len(row["email_sha256"]) == 64
         assert row["carted_articles"] and row["cart_value"] > 0
+
+
+def test_audience_export_is_a_customer_match_file_of_hashed_emails(generated, tmp_path, capsys):
+    lake, manifest = generated["lake"], generated["manifest"]
+
+    def planned_email(user_id):  # the generator's plaintext address of each user
+        i = int(user_id[2:])
+        return f" User{i}.Name@Example.com " if i % 3 == 0 else f"user{i}@example.com"
+
+    out = tmp_path / "audience.csv"
+    assert export_audience.main(["--lake", str(lake), "--out", str(out)]) == len(manifest["retargeting_users"])
+    lines = out.read_text().splitlines()
+    assert lines[0] == "Email"
+    assert lines[1:] == sorted(hashlib.sha256(planned_email(u).strip().lower().encode()).hexdigest()
+                               for u in manifest["retargeting_users"])
+    assert f"retargeting audience: {len(lines) - 1:,} users" in capsys.readouterr().out
+    assert export_audience.main(["--lake", str(lake), "--out", str(out), "--since", "2099-01-01"]) == 0
+    assert out.read_text().splitlines() == ["Email"]
 
 
 def test_ab_readout_counts_the_assigned_sessions(generated):

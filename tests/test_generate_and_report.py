@@ -68,6 +68,10 @@ def test_report_prints_the_funnel_and_draws_it(tmp_path, capsys):
     assert re.search(r"1 browse\s+2\s+100\.0%", text)
     assert re.search(r"2 add_to_cart\s+1\s+50\.0%\s+50\.0%", text)
     assert re.search(r"ios\s+1\s+0\s+0\s+0\.0%", text)
+    # the use cases: the sample's one experiment, its one failed confirmation, nobody to retarget
+    assert re.search(r"checkout_button\s+control\s+1\s+0\s+0\.0%\s+control", text)
+    assert re.search(r"checkout_button\s+B\s+1\s+1\s+100\.0%", text)
+    assert "retargeting audience: 0 users" in text and "alerts: email_failed 1" in text
 
     png = (lake / "reports" / "funnel.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,60 @@
+"""The retargeting audience as a Google Ads Customer Match upload file.
+
+    python -m pipelines.export_audience --lake DIR --out FILE.csv [--since DATE]
+
+Reads ``gold/mart_retargeting`` (run ``gold_daily`` first) and writes one
+row per user: the SHA-256 hex of the trimmed, lower-cased email under the
+header ``Email``, the column Customer Match takes pre-hashed emails in (no
+plaintext leaves the lake: the email was hashed in bronze). ``--since``
+keeps users whose abandoned cart is on or after that UTC date. Users
+without an email are left out (counted). Rows are sorted, so the same
+audience gives the same file.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from datetime import date, datetime, time, timezone
+
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+HEADER = "Email"  # Customer Match: hashed values go in the same column as plaintext ones
+
+
+def audience(lake: str, since: date | None = None) -> tuple[list[str], int]:
+    """-> (sorted distinct email SHA-256 values, users without an email)."""
+    rows = ds.dataset(os.path.join(lake, "gold", "mart_retargeting"), format="parquet").to_table(
+        columns=["email_sha256", "last_cart_at"])
+    if since is not None:
+        start = datetime.combine(since, time(), tzinfo=timezone.utc)
+        rows = rows.filter(pc.greater_equal(rows.column("last_cart_at"), start))
+    emails = rows.column("email_sha256")
+    missing = emails.null_count
+    return sorted(set(emails.drop_null().to_pylist())), missing
+
+
+def write_csv(path: str, hashes: list[str]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([HEADER])
+        writer.writerows([h] for h in hashes)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lake", required=True, help="lakehouse root with gold/mart_retargeting")
+    parser.add_argument("--out", required=True, help="CSV file to write")
+    parser.add_argument("--since", type=date.fromisoformat, help="only carts abandoned on or after this UTC date")
+    args = parser.parse_args(argv)
+    hashes, missing = audience(args.lake, args.since)
+    write_csv(args.out, hashes)
+    print(f"retargeting audience: {len(hashes):,} users -> {args.out}"
+          + (f" ({missing:,} without an email left out)" if missing else ""))
+    return len(hashes)
+
+
+if __name__ == "__main__":
+    main()
