@@ -4,12 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_USERS ?= 20000
 DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down infra-check lock clean
+.PHONY: install browser demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down infra-check lock clean
 
 install: $(STAMP)
 
@@ -35,7 +36,7 @@ demo: install
 	@echo ""
 	@echo "lake:  $(abspath $(LAKE))   (raw/ bronze/ silver/ gold/ dead_letter/)"
 	@echo "chart: $(abspath $(LAKE))/reports/funnel.png"
-	@echo "page:  $(abspath $(LAKE))/reports/funnel.html"
+	@echo "page:  $(abspath $(LAKE))/reports/funnel.html   (the funnel explorer: open it in a browser, works offline)"
 
 # The demo, then its backfill and gold again into the local BigQuery
 # emulator, and the funnel read back with SQL.
@@ -45,8 +46,14 @@ demo-bq: demo
 
 # The tests start the Pub/Sub emulator themselves when none is running
 # (and stop it at the end), so `make test` needs no other step.
-test: install
+test: install browser
 	$(VENV)/bin/pytest
+
+# Debian's Chromium for the explorer's browser test (tests/test_explorer.py);
+# playwright drives it, so no browser is downloaded from elsewhere.
+browser:
+	@command -v chromium >/dev/null || { echo "==> installing Debian's chromium (apt)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 # Throughput and memory of backfill + gold at 250k, 1M and 4M raw records, this
 # code and the previous release side by side (BENCHMARKS.md);

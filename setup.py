@@ -7,7 +7,7 @@ setuptools.setup(
     description="Customer funnel lakehouse on Apache Beam: raw -> bronze -> silver -> gold",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
-                                               "schemas", "schemas.*"]),
+                                               "schemas", "schemas.*", "reporting", "reporting.*"]),
     install_requires=[
         "apache-beam[gcp]==2.77.0",
         "pyarrow==25.0.1",
@@ -19,5 +19,6 @@ setuptools.setup(
         "google-cloud-pubsub==2.44.0",
         "matplotlib==3.11.2",
         "scipy==1.17.1",
+        "plotly==7.1.0",
     ],
 )

@@ -1,19 +1,21 @@
-"""Funnel report from the gold tables: text, a funnel chart (PNG) and an HTML page.
+"""Funnel report from the gold tables: text, a funnel chart (PNG) and the
+funnel explorer page (``reporting.explorer``).
 
     python -m pipelines.report --lake DIR [--out DIR]
 
-Prints sessions per stage, the drop-off between stages and conversion by
-platform; writes ``funnel.png`` and ``funnel.html`` (default ``LAKE/reports/``).
+Prints sessions per stage, the drop-off between stages, conversion by
+platform, the A/B readout, the audience size and the alert counts; writes
+``funnel.png`` and ``funnel.html`` (default ``LAKE/reports/``).
 """
 from __future__ import annotations
 
 import argparse
-import html
 import os
 from collections import defaultdict
 
 import pyarrow.dataset as ds
 
+from reporting import explorer
 from transforms.funnel import STAGES
 
 _MART_STAGES = ("sessions_browse", "sessions_add_to_cart", "sessions_payment",
@@ -113,20 +115,6 @@ def funnel_chart(summary: dict, path: str) -> None:
     plt.close(fig)
 
 
-def html_page(summary: dict, text: str, chart_name: str) -> str:
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Funnel report</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px}}pre{{background:#f4f6f8;padding:1rem}}</style>
-</head><body>
-<h1>Funnel report</h1>
-<p>Sessions from {html.escape(str(summary['first_day']))} to {html.escape(str(summary['last_day']))};
-source: <code>gold/mart_conversion_rate</code>.</p>
-<img src="{html.escape(chart_name)}" alt="Funnel chart: sessions per stage and conversion by platform" width="100%">
-<pre>{html.escape(text)}</pre>
-</body></html>
-"""
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lake", required=True)
@@ -139,9 +127,7 @@ def main(argv=None):
     print(text)
     chart = os.path.join(out, "funnel.png")
     funnel_chart(summary, chart)
-    page = os.path.join(out, "funnel.html")
-    with open(page, "w") as f:
-        f.write(html_page(summary, text, "funnel.png"))
+    page = explorer.write(args.lake, os.path.join(out, "funnel.html"))
     print(f"\nchart: {chart}\npage:  {page}")
     return summary
 

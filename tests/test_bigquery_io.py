@@ -67,6 +67,8 @@ from tests.bigquery_checks import (assert_bigquery_holds_the_lake, bigquery_rows
                                    lake_rows, sink_flags)
 from tests.conftest import read_table  # noqa: E402
 
+pytestmark = pytest.mark.emulator
+
 
 def _gold_to_bigquery(lake, bq):
     return gold_daily.main(["--lake", str(lake), *sink_flags(bq)])

@@ -78,4 +78,5 @@ def test_report_prints_the_funnel_and_draws_it(tmp_path, capsys):
     width, height = struct.unpack(">II", png[16:24])
     assert width > 800 and height > 400
     page = (lake / "reports" / "funnel.html").read_text()
-    assert 'src="funnel.png"' in page and "payment_successful" in page
+    assert "payment_successful" in page and '<table id="experiments">' in page
+    assert "<script src=" not in page  # self-contained (tests/test_explorer.py checks nothing is fetched)

@@ -4,6 +4,7 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from google.cloud import pubsub_v1
 from google.protobuf import timestamp_pb2
 
@@ -15,6 +16,8 @@ from schemas.tables import BRONZE, DEAD_LETTER, SILVER_STREAM
 from tests.bigquery_checks import assert_bigquery_holds_the_lake, bigquery_holds_the_lake, fresh_project, sink_flags
 from tests.conftest import read_table
 from transforms import bigquery_io
+
+pytestmark = pytest.mark.emulator
 
 
 # The jobs stop as soon as every delivered message has landed and silver is

@@ -1,0 +1,247 @@
+"""The funnel explorer: one self-contained HTML page from the gold tables.
+
+Everything the page needs is inside it (plotly.js inlined once, the data as
+the figures' JSON), so it opens from disk, offline, without a server. The
+charts are plotly's: hovering shows values, a range slider under the time
+series picks the dates, clicking a legend entry hides a platform, and the
+funnel has a platform selector. Sections: the funnel with drop-off per
+stage, conversion by day / month / year, platforms, the experiment readout,
+barcode scans and payment-to-scan time, the retargeting audience and the
+latest alerts.
+"""
+from __future__ import annotations
+
+import html
+import os
+from collections import defaultdict
+from datetime import datetime
+
+import plotly.graph_objects as go
+import pyarrow.dataset as ds
+
+STAGES = ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned")
+MART_STAGES = ("sessions_browse", "sessions_add_to_cart", "sessions_payment", "sessions_email_confirmation",
+               "sessions_barcode_scanned")
+GRAINS = ("day", "month", "year")
+ALL = "all"
+LATEST_ALERTS = 25
+_COLORS = ("#1f4e79", "#2e75b6", "#c55a11", "#70ad47", "#7f6000", "#7030a0", "#a5a5a5")
+
+
+def gold_rows(lake: str, table: str) -> list[dict]:
+    path = os.path.join(lake, "gold", table)
+    if not os.path.isdir(path):
+        return []
+    return ds.dataset(path, format="parquet").to_table().to_pylist()
+
+
+# --- figures ------------------------------------------------------------------------------------
+def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=60, r=30, t=60, b=40), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def funnel_figure(conversion: list[dict]) -> go.Figure:
+    """Sessions per stage (all time: the year rows summed), one trace per
+    platform, a selector to switch."""
+    per_platform = defaultdict(lambda: [0] * len(STAGES))
+    for row in conversion:
+        if row["period_grain"] == "year":
+            for i, column in enumerate(MART_STAGES):
+                per_platform[row["platform"]][i] += row[column]
+    platforms = [ALL] + sorted(p for p in per_platform if p != ALL)
+    fig = go.Figure()
+    for i, platform in enumerate(platforms):
+        fig.add_trace(go.Funnel(y=[f"{n}. {s}" for n, s in enumerate(STAGES, 1)], x=per_platform[platform],
+                                name=platform, visible=i == 0, textposition="inside",
+                                texttemplate="<b>%{y}</b><br>%{value:,} sessions, %{percentPrevious:.0%} of "
+                                             "previous, %{percentInitial:.0%} of browse",
+                                marker=dict(color=_COLORS[: len(STAGES)])))
+    buttons = [dict(label=p, method="update", args=[{"visible": [q == p for q in platforms]},
+                                                    {"title": f"Funnel: sessions per stage ({p})"}])
+               for p in platforms]
+    fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15)])
+    fig.update_layout(yaxis=dict(showticklabels=False))  # the stage names are in the bars
+    return _layout(fig, f"Funnel: sessions per stage ({ALL})")
+
+
+def trend_figure(conversion: list[dict]) -> go.Figure:
+    """Conversion rate over time per platform; buttons pick the grain."""
+    series = defaultdict(list)
+    for row in sorted(conversion, key=lambda r: r["period_start"]):
+        series[(row["period_grain"], row["platform"])].append(row)
+    fig = go.Figure()
+    keys = sorted(series, key=lambda k: (GRAINS.index(k[0]), k[1] != ALL, k[1]))
+    platforms = sorted({k[1] for k in keys}, key=lambda p: (p != ALL, p))
+    for grain, platform in keys:
+        rows = series[(grain, platform)]
+        fig.add_trace(go.Scatter(
+            x=[r["period_start"] for r in rows], y=[r["conversion_rate"] for r in rows], mode="lines+markers",
+            name=platform, legendgroup=platform, visible=grain == "day",
+            line=dict(color=_COLORS[platforms.index(platform) % len(_COLORS)], width=3 if platform == ALL else 1.5),
+            customdata=[[r["sessions_browse"], r["sessions_payment"]] for r in rows],
+            hovertemplate="%{x}: %{y:.1%} (%{customdata[1]:,} of %{customdata[0]:,} sessions)"))
+    buttons = [dict(label=g, method="update", args=[{"visible": [k[0] == g for k in keys]}]) for g in GRAINS]
+    fig.update_layout(updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=1.0, xanchor="right",
+                                        y=1.12)],
+                      yaxis=dict(tickformat=".0%", rangemode="tozero", title="payment / browse sessions"),
+                      xaxis=dict(rangeslider=dict(visible=True), type="date"))
+    return _layout(fig, "Conversion over time (pick the grain; drag the slider for dates; click a platform)", 480)
+
+
+def platform_figure(conversion: list[dict]) -> go.Figure:
+    totals = defaultdict(lambda: [0] * len(STAGES))
+    for row in conversion:
+        if row["period_grain"] == "year" and row["platform"] != ALL:
+            for i, column in enumerate(MART_STAGES):
+                totals[row["platform"]][i] += row[column]
+    names = sorted(totals)
+    fig = go.Figure()
+    for label, (num, den) in (("cart rate", (1, 0)), ("checkout rate", (2, 1)), ("conversion", (2, 0))):
+        rates = [totals[p][num] / totals[p][den] if totals[p][den] else None for p in names]
+        fig.add_trace(go.Bar(x=names, y=rates, name=label, text=[f"n={totals[p][den]:,}" for p in names],
+                             hovertemplate="%{x}: %{y:.1%} (%{text})"))
+    fig.update_layout(barmode="group", yaxis=dict(tickformat=".0%"))
+    return _layout(fig, "Rates by platform (all time; n = the rate's denominator)")
+
+
+def experiment_figure(readout: list[dict]) -> go.Figure:
+    """Each variant's difference from its control, with its 95% interval."""
+    rows = [r for r in readout if not r["is_control"] and r["diff_vs_control"] is not None]
+    fig = go.Figure(go.Scatter(
+        x=[r["diff_vs_control"] for r in rows], y=[f"{r['experiment']}: {r['variant']}" for r in rows],
+        mode="markers", marker=dict(size=12, color=["#c00000" if r["srm_flag"] else "#1f4e79" for r in rows]),
+        error_x=dict(type="data", symmetric=False,
+                     array=[(r["ci_high"] or 0) - r["diff_vs_control"] for r in rows],
+                     arrayminus=[r["diff_vs_control"] - (r["ci_low"] or 0) for r in rows])))
+    fig.add_vline(x=0, line_dash="dash", line_color="grey")
+    fig.update_layout(xaxis=dict(tickformat="+.1%", title="conversion minus control's (95% CI)"))
+    return _layout(fig, "Experiments: difference from control", 120 + 60 * max(len(rows), 1))
+
+
+def barcode_figure(barcodes: list[dict]) -> go.Figure:
+    rows = sorted((r for r in barcodes if r["period_grain"] == "day" and r["platform"] == ALL),
+                  key=lambda r: r["period_start"])
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=[r["period_start"] for r in rows], y=[r["barcode_scans"] for r in rows], name="scans"))
+    fig.add_trace(go.Scatter(
+        x=[r["period_start"] for r in rows], yaxis="y2", mode="lines+markers", name="median hours payment -> scan",
+        y=[None if r["median_seconds_payment_to_scan"] is None else r["median_seconds_payment_to_scan"] / 3600
+           for r in rows]))
+    fig.update_layout(yaxis=dict(title="scans"), yaxis2=dict(title="hours", overlaying="y", side="right"),
+                      xaxis=dict(rangeslider=dict(visible=True), type="date"))
+    return _layout(fig, "Barcode scans per day and payment-to-scan time", 460)
+
+
+def audience_figure(audience: list[dict]) -> go.Figure:
+    per_platform = defaultdict(int)
+    for row in audience:
+        per_platform[row["platform"] or "unknown"] += 1
+    names = sorted(per_platform)
+    fig = go.Figure(go.Bar(x=names, y=[per_platform[p] for p in names], marker_color="#c55a11"))
+    return _layout(fig, "Retargeting audience by platform of the abandoned cart", 340)
+
+
+# --- the page -----------------------------------------------------------------------------------
+def _pct(x) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def _p(x) -> str:
+    return "" if x is None else ("&lt;0.0001" if x < 1e-4 else f"{x:.4f}")
+
+
+def experiment_table(readout: list[dict]) -> str:
+    head = ("<tr><th>experiment</th><th>variant</th><th>sessions</th><th>paid</th><th>conversion</th>"
+            "<th>lift vs control</th><th>95% CI of the difference</th><th>p-value</th><th>SRM</th></tr>")
+    body = []
+    for r in sorted(readout, key=lambda r: (r["experiment"], not r["is_control"], r["variant"])):
+        ci = "control" if r["is_control"] else (
+            "" if r["ci_low"] is None else f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] pt")
+        lift = "" if r["lift_vs_control"] is None else f"{100 * r['lift_vs_control']:+.1f}%"
+        srm = (f'<span class="bad">mismatch (p={r["srm_p_value"]:.2g})</span>' if r["srm_flag"]
+               else "ok" if r["srm_flag"] is not None else "")
+        p_class = ' class="sig"' if r["p_value"] is not None and r["p_value"] < 0.05 else ""
+        body.append(
+            f"<tr><td>{html.escape(r['experiment'])}</td><td>{html.escape(r['variant'])}</td>"
+            f"<td>{r['sessions']:,}</td><td>{r['sessions_payment']:,}</td><td>{_pct(r['conversion_rate'])}</td>"
+            f"<td>{lift}</td><td>{ci}</td><td{p_class}>{_p(r['p_value'])}</td><td>{srm}</td></tr>")
+    return f'<table id="experiments">{head}{"".join(body)}</table>'
+
+
+def alerts_table(alerts: list[dict]) -> str:
+    latest = sorted(alerts, key=lambda a: (a["detected_at"], a["alert_id"]), reverse=True)[:LATEST_ALERTS]
+    rows = "".join(
+        f"<tr><td>{a['detected_at']:%Y-%m-%d %H:%M:%S}</td><td>{html.escape(a['alert_type'])}</td>"
+        f"<td>{html.escape(a['event_id'] or '')}</td><td>{html.escape(a['response_id'] or '')}</td>"
+        f"<td><code>{html.escape(a['details'] or '')}</code></td></tr>" for a in latest)
+    return ("<table id=\"alerts\"><tr><th>detected at (UTC)</th><th>type</th><th>payment event</th>"
+            f"<th>response</th><th>details</th></tr>{rows}</table>")
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,sans-serif;margin:0;color:#222;background:#fafbfc}
+header{background:#1f4e79;color:#fff;padding:1rem 2rem} header h1{margin:0;font-size:1.5rem}
+nav a{color:#fff;margin-right:1rem;font-size:.9rem} main{max-width:1200px;margin:auto;padding:1rem 2rem}
+section{background:#fff;border:1px solid #e3e6ea;border-radius:6px;margin:1rem 0;padding:1rem}
+.cards{display:flex;gap:1rem;flex-wrap:wrap} .card{flex:1;min-width:150px;background:#f0f4f8;border-radius:6px;padding:.8rem}
+.card b{display:block;font-size:1.6rem;color:#1f4e79} table{border-collapse:collapse;width:100%;font-size:.9rem}
+th,td{border-bottom:1px solid #e3e6ea;padding:.35rem .5rem;text-align:left} .bad{color:#c00000;font-weight:600}
+.sig{font-weight:700} code{font-size:.8rem}
+"""
+
+
+def page(lake: str) -> str:
+    conversion, barcodes = gold_rows(lake, "mart_conversion_rate"), gold_rows(lake, "mart_barcode_activity")
+    readout, audience = gold_rows(lake, "mart_ab_test"), gold_rows(lake, "mart_retargeting")
+    alerts = gold_rows(lake, "ops_alerts")
+    days = sorted({r["period_start"] for r in conversion if r["period_grain"] == "day"})
+    totals = [sum(r[c] for r in conversion if r["period_grain"] == "year" and r["platform"] == ALL)
+              for c in MART_STAGES]
+    by_type = defaultdict(int)
+    for a in alerts:
+        by_type[a["alert_type"]] += 1
+    figures = [funnel_figure(conversion), trend_figure(conversion), platform_figure(conversion),
+               experiment_figure(readout), barcode_figure(barcodes), audience_figure(audience)]
+    # plotly.js once, inline, with the first figure; the others reuse it
+    divs = [fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False})
+            for i, fig in enumerate(figures)]
+    cards = "".join(f'<div class="card">{label}<b>{value}</b></div>' for label, value in (
+        ("sessions (browse)", f"{totals[0]:,}"), ("paid", f"{totals[2]:,}"),
+        ("conversion", _pct(totals[2] / totals[0]) if totals[0] else "n/a"),
+        ("retargeting audience", f"{len(audience):,} users"), ("alerts", f"{len(alerts):,}")))
+    alert_counts = ", ".join(f"{kind}: {n:,}" for kind, n in sorted(by_type.items())) or "none"
+    period = f"{days[0]} .. {days[-1]}" if days else "no sessions"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Funnel explorer</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>
+<body><header><h1>Funnel explorer</h1>
+<p>Sessions {html.escape(period)} &middot; from <code>{html.escape(os.path.abspath(lake))}/gold</code>
+&middot; generated {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}</p>
+<nav><a href="#funnel">Funnel</a><a href="#trend">Conversion</a><a href="#platforms">Platforms</a>
+<a href="#experiments-section">Experiments</a><a href="#barcodes">Barcodes</a><a href="#audience">Retargeting</a>
+<a href="#alerts-section">Alerts</a></nav></header><main>
+<div class="cards">{cards}</div>
+<section id="funnel">{divs[0]}</section>
+<section id="trend">{divs[1]}</section>
+<section id="platforms">{divs[2]}</section>
+<section id="experiments-section"><h2>Experiments</h2>
+<p>Unit: a session with the assignment; metric: reaching payment. p-value: two-sided two-proportion z-test
+against the control; SRM: chi-square of the split against an even one (flagged below 0.001).</p>
+{experiment_table(readout)}{divs[3]}</section>
+<section id="barcodes">{divs[4]}</section>
+<section id="audience"><h2>Retargeting audience: {len(audience):,} users</h2>
+<p>Active users whose latest cart went unpaid for 24 hours; export with
+<code>python -m pipelines.export_audience</code>.</p>{divs[5]}</section>
+<section id="alerts-section"><h2>Alerts</h2><p>{html.escape(alert_counts)}; the latest {LATEST_ALERTS}:</p>
+{alerts_table(alerts)}</section>
+</main></body></html>
+"""
+
+
+def write(lake: str, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page(lake))
+    return path

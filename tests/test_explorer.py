@@ -1,0 +1,61 @@
+"""The funnel explorer page in real headless Chromium (Debian's package)."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines import backfill, generate, gold_daily, report
+
+CHROMIUM = "/usr/bin/chromium"
+# No network here: keep Chromium from trying (its refused connections are noise, not page errors).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "test-output" / "funnel-explorer.png"
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def explorer_page(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explorer")
+    generate.generate(generate.Config(users=1500, days=5, seed=7), str(root / "landing"))
+    lake = root / "lake"
+    backfill.main(["--input", str(root / "landing" / "*.jsonl"), "--lake", str(lake)])
+    gold_daily.main(["--lake", str(lake)])
+    report.main(["--lake", str(lake)])
+    return lake / "reports" / "funnel.html"
+
+
+def test_the_explorer_renders_offline_without_console_errors(explorer_page):
+    from playwright.sync_api import sync_playwright
+
+    assert shutil.which(CHROMIUM), "Debian's chromium is needed: make browser"
+    problems, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(explorer_page.as_uri())
+        page.wait_for_selector("#trend .js-plotly-plot .main-svg")
+        text = page.inner_text("body")
+        charts = page.locator(".js-plotly-plot").count()
+        funnel_labels = page.locator("#funnel .js-plotly-plot").inner_text()
+        experiments = page.locator("#experiments tr").all_inner_texts()
+        # the grain buttons switch the trend to months
+        page.get_by_text("month", exact=True).first.click()
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        browser.close()
+    print(f"screenshot: {SCREENSHOT}")
+    assert problems == []
+    assert all(url.startswith(("file:", "data:", "blob:")) for url in requests), requests  # offline
+    assert charts == 6
+    for n, stage in enumerate(("browse", "add_to_cart", "payment_successful", "email_confirmation",
+                               "barcode_scanned"), start=1):
+        assert f"{n}. {stage}" in funnel_labels
+    assert any(row.startswith("checkout_button\tB") for row in experiments), experiments
+    assert any(row.startswith("banner_color\tA") and "control" in row for row in experiments)
+    assert "Retargeting audience:" in text and "email_failed" in text
+    assert SCREENSHOT.read_bytes()[:4] == b"\x89PNG"
