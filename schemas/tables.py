@@ -241,12 +241,11 @@ _PERIOD = (
     col("platform", STRING, "Platform, or 'all'.", True),
 )
 _RATE = "null when the denominator is 0."
+_STAGE_SESSIONS = tuple(col(f"sessions_{short}", INT64, f"Sessions reaching {stage}.", True) for short, stage in (
+    ("browse", "browse"), ("add_to_cart", "add_to_cart"), ("payment", "payment_successful"),
+    ("email_confirmation", "email_confirmation"), ("barcode_scanned", "barcode_scanned")))
 MART_CONVERSION_RATE = Table("mart_conversion_rate", "gold", "Funnel conversion per period and platform (periods from session_date).", _PERIOD + (
-    col("sessions_browse", INT64, "Sessions reaching browse.", True),
-    col("sessions_add_to_cart", INT64, "Sessions reaching add_to_cart.", True),
-    col("sessions_payment", INT64, "Sessions reaching payment_successful.", True),
-    col("sessions_email_confirmation", INT64, "Sessions reaching email_confirmation.", True),
-    col("sessions_barcode_scanned", INT64, "Sessions reaching barcode_scanned.", True),
+    *_STAGE_SESSIONS,
     col("users_browse", INT64, "Distinct users with a session reaching browse.", True),
     col("users_payment", INT64, "Distinct users with a session reaching payment_successful.", True),
     col("conversion_rate", FLOAT64, "sessions_payment / sessions_browse; " + _RATE),
@@ -276,11 +275,7 @@ MART_AB_TEST = Table("mart_ab_test", "gold", "Experiment readout per (experiment
     col("variant", STRING, "Variant the session was assigned.", True),
     col("is_control", BOOL, "This row is the experiment's control: the variant named 'control', else 'A'.", True),
     col("sessions", INT64, "Sessions assigned to the variant.", True),
-    col("sessions_browse", INT64, "Of those, sessions reaching browse.", True),
-    col("sessions_add_to_cart", INT64, "Sessions reaching add_to_cart.", True),
-    col("sessions_payment", INT64, "Sessions reaching payment_successful.", True),
-    col("sessions_email_confirmation", INT64, "Sessions reaching email_confirmation.", True),
-    col("sessions_barcode_scanned", INT64, "Sessions reaching barcode_scanned.", True),
+    *_STAGE_SESSIONS,
     col("conversion_rate", FLOAT64, "sessions_payment / sessions; " + _RATE),
     col("lift_vs_control", FLOAT64, "conversion_rate / the control's - 1; null for the control, without a control or when the control's rate is 0."),
     col("diff_vs_control", FLOAT64, "conversion_rate minus the control's; null for the control or without one."),
@@ -290,7 +285,7 @@ MART_AB_TEST = Table("mart_ab_test", "gold", "Experiment readout per (experiment
     col("srm_p_value", FLOAT64, "Chi-square test of the experiment's session split against an even split (same on every row of an experiment)."),
     col("srm_flag", BOOL, "Sample-ratio mismatch: srm_p_value below 0.001."),
 ))
-OPS_ALERTS = Table("ops_alerts", "gold", "One row per operational alert, rebuilt from silver; the streaming job raises the same alerts as they happen.", (
+OPS_ALERTS = Table("ops_alerts", "gold", "One row per operational alert, rebuilt from silver by every gold recompute.", (
     col("alert_id", STRING, "Stable id: the same condition always gets the same id (SHA-256 of type and subject).", True),
     col("alert_type", STRING, "email_failed, email_failure_rate or confirmation_missing.", True),
     col("detected_at", TIMESTAMP, "Event time the condition became true: the failed response's time, the 15-minute window's end, the payment's time plus 30 minutes.", True),

@@ -1,12 +1,13 @@
-"""Operational alerts (``ops_alerts``): the rules, read by the batch rebuild
-(``transforms.gold``) and the streaming job alike.
+"""Operational alerts (``ops_alerts``): the rules, and their batch rebuild
+over gold's shards (``transforms.gold``). The streaming job is to raise the
+same alerts from these definitions as records arrive (not built yet).
 
 * ``email_failed``: an email confirmation whose current status is failed or
   bounced; detected at that response's time.
 * ``confirmation_missing``: a payment_successful event with no sent/delivered
   email confirmation whose ``sent_at`` is at most ``CONFIRMATION_DEADLINE``
   after the payment; detected at the deadline, and only once the clock
-  (the recompute's cut, or the streaming watermark) has passed it. SMS
+  (the recompute's cut) has passed it. SMS
   confirmations do not count: the funnel's confirmation stage is the email.
 * ``email_failure_rate``: a ``FAILURE_WINDOW`` (tumbling, aligned to the
   epoch) of email confirmations' times holding at least
@@ -14,8 +15,8 @@
   failed, bounced; queued has none yet), over ``MAX_FAILURE_PERCENT``% of them
   failed or bounced; detected at the window's end.
 
-``detected_at`` is event time, so a replay, the batch rebuild and the
-streaming job give an alert the same row; ``alert_id`` hashes the type and
+``detected_at`` is event time, so a rerun or a replay gives an alert the
+same row; ``alert_id`` hashes the type and
 its subject (response, payment, window), so a redelivered record never
 raises an alert twice.
 """
