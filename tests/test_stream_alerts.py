@@ -1,5 +1,5 @@
 """Streaming alerts with TestStream: the confirmation deadline's event-time
-timer, and email_failed from response rows."""
+timer, email_failed raised once per response, and the routing of silver rows."""
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_stream
@@ -7,8 +7,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms import alerts
-from transforms.stream_alerts import CONFIRMED, DEADLINES, PAYMENT, AlertInputsFn, ConfirmationDeadlineFn
+from transforms.stream_alerts import CONFIRMED, FAILED, PAYMENT, AlertInputsFn, AlertStateFn
 from tests.conftest import MIN, T0
 
 KEEP_SECONDS = 2 * 24 * 3600
@@ -47,7 +46,7 @@ def test_the_deadline_timer_alerts_once_for_each_payment_not_confirmed_in_time()
               .advance_watermark_to(Timestamp(micros=deadline + 10 * MIN))
               .advance_watermark_to_infinity())
     with streaming_pipeline() as p:
-        raised = p | stream | beam.ParDo(ConfirmationDeadlineFn(KEEP_SECONDS))
+        raised = p | stream | beam.ParDo(AlertStateFn(KEEP_SECONDS))
         assert_that(alert_ids(raised), equal_to([("confirmation_missing", "e-late-sent", deadline),
                                                  ("confirmation_missing", "e-missing", deadline)]))
 
@@ -60,7 +59,7 @@ def test_a_payment_whose_confirmation_comes_before_the_watermark_reaches_the_dea
               .add_elements([arrives(CONFIRMED, "e-1", T0 + 29 * MIN, T0 + 29 * MIN)])
               .advance_watermark_to_infinity())
     with streaming_pipeline() as p:
-        raised = p | stream | beam.ParDo(ConfirmationDeadlineFn(KEEP_SECONDS))
+        raised = p | stream | beam.ParDo(AlertStateFn(KEEP_SECONDS))
         assert_that(alert_ids(raised), equal_to([]))
 
 
@@ -69,7 +68,27 @@ def _response(response_id, status, sent_at, response_type="email_confirmation", 
             "sent_at": sent_at}
 
 
-def test_alert_inputs_raise_email_failed_and_route_payments_and_confirmations():
+def test_email_failed_is_raised_once_per_response_whatever_its_later_versions():
+    stream = (test_stream.TestStream()
+              .advance_watermark_to(Timestamp(micros=T0))
+              .add_elements([arrives(FAILED, "e-1", ("r-1", "failed", T0 + MIN), T0)])
+              .add_elements([arrives(FAILED, "e-1", ("r-1", "bounced", T0 + 2 * MIN), T0),  # a newer version
+                             arrives(FAILED, "e-1", ("r-2", "failed", T0 + 3 * MIN), T0)])    # a resend failing
+              .advance_watermark_to_infinity())
+    with streaming_pipeline() as p:
+        raised = p | stream | beam.ParDo(AlertStateFn(KEEP_SECONDS))
+        assert_that(raised | beam.FlatMap(lambda rows: [(a["alert_type"], a["response_id"], a["details"])
+                                                         for a in rows]),
+                    equal_to([("email_failed", "r-1", '{"status":"failed"}'),
+                              ("email_failed", "r-2", '{"status":"failed"}')]))
+
+
+def _response(response_id, status, sent_at, response_type="email_confirmation", event_id="e-1"):
+    return {"response_id": response_id, "event_id": event_id, "response_type": response_type, "status": status,
+            "sent_at": sent_at}
+
+
+def test_alert_inputs_route_payments_confirmations_and_failures_by_payment():
     responses = ("silver_event_responses", [
         _response("r-1", "bounced", T0), _response("r-2", "delivered", T0 + MIN),
         _response("r-3", "queued", T0), _response("r-4", "failed", T0, response_type="sms_confirmation")])
@@ -77,10 +96,7 @@ def test_alert_inputs_raise_email_failed_and_route_payments_and_confirmations():
         {"event_id": "e-1", "event_type": "payment_successful", "timestamp": T0},
         {"event_id": "e-2", "event_type": "add_to_cart", "timestamp": T0}])
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
-        out = (p | beam.Create([responses, events, ("silver_views", [{"view_id": "v"}])])
-               | beam.ParDo(AlertInputsFn(shards=4)).with_outputs(DEADLINES, main="raised"))
-        assert_that(out.raised | "Failed" >> beam.FlatMap(lambda rows: [(a["alert_id"], a["response_id"])
-                                                                         for a in rows]),
-                    equal_to([(alerts.alert_id(alerts.AlertType.EMAIL_FAILED, "r-1"), "r-1")]), label="failed")
-        assert_that(out[DEADLINES] | beam.FlatMap(lambda kv: kv[1]),
-                    equal_to([("e-1", (CONFIRMED, T0 + MIN)), ("e-1", (PAYMENT, T0))]), label="routed")
+        routed = (p | beam.Create([responses, events, ("silver_views", [{"view_id": "v"}])])
+                  | beam.ParDo(AlertInputsFn(shards=4)) | beam.FlatMap(lambda kv: kv[1]))
+        assert_that(routed, equal_to([("e-1", (FAILED, ("r-1", "bounced", T0))), ("e-1", (CONFIRMED, T0 + MIN)),
+                                      ("e-1", (PAYMENT, T0))]))
