@@ -61,14 +61,16 @@ STREAMING_RUNNER = "BundleBasedDirectRunner"
 
 def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key: bytes,
           allowed_lateness: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
-          early_firing_seconds: int | None = None, bigquery: BigQueryTarget | None = None) -> None:
-    """``bigquery``: also merge bronze, dead letter and silver there."""
+          early_firing_seconds: int | None = None, bigquery: BigQueryTarget | None = None,
+          alerts_topic: str | None = None) -> None:
+    """``bigquery``: also merge bronze, dead letter and silver there;
+    ``alerts_topic``: publish the operational alerts there."""
     _ = (p
          | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
          | "Lakehouse" >> StreamingLakehouse(
              lake, pii_key, window_seconds, allowed_lateness, join_state_days,
              early_firing_seconds=window_seconds if early_firing_seconds is None else early_firing_seconds,
-             sink_every_seconds=window_seconds, bigquery=bigquery))
+             sink_every_seconds=window_seconds, bigquery=bigquery, alerts_topic=alerts_topic))
 
 
 def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_every: float = 10.0):
@@ -123,6 +125,8 @@ def main(argv=None, stop_when=None):
     parser.add_argument("--early-firing-seconds", type=int,
                         help="update open sessions in silver this often (default: the window length; 0: only "
                              "when a session closes, 30 minutes after its last record)")
+    parser.add_argument("--alerts-topic", help="projects/P/topics/T: publish every operational alert there "
+                                               "(they are always written to LAKE/ops_alerts)")
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
     add_sink_flags(parser, "bronze, the dead letter and silver")
     args, options = parse(parser, argv, local_runner=STREAMING_RUNNER, streaming=True)
@@ -134,7 +138,8 @@ def main(argv=None, stop_when=None):
         local_runner.tune()
     p = beam.Pipeline(options=options)
     build(p, args.subscription, args.lake, args.window_seconds, pii_key_from_env(),
-          int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds, bigquery)
+          int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds, bigquery,
+          args.alerts_topic)
     if args.run_for is None:
         result = p.run()
         result.wait_until_finish()

@@ -294,6 +294,11 @@ OPS_ALERTS = Table("ops_alerts", "gold", "One row per operational alert, rebuilt
     col("details", STRING, "JSON: what the alert is about (status, counts, rate, deadline)."),
 ), cluster_by=("alert_type",))
 
+# The alerts as the streaming job raises them: lake ops_alerts/, BigQuery ops.ops_alerts (appended;
+# each alert once while its state lives). The batch rebuild is gold.ops_alerts.
+OPS_ALERTS_STREAM = replace(OPS_ALERTS, layer="ops", key=("alert_id",), description="One row per operational alert, raised by the "
+                            "streaming job as records arrive (the rules of gold.ops_alerts).")
+
 GOLD = {t.name: t for t in (FACT_FUNNEL_STAGE, FACT_USER_ACTIVITY, DIM_USER,
                             MART_CONVERSION_RATE, MART_BARCODE_ACTIVITY,
                             MART_RETARGETING, MART_AB_TEST, OPS_ALERTS)}

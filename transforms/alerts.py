@@ -1,13 +1,14 @@
 """Operational alerts (``ops_alerts``): the rules, and their batch rebuild
-over gold's shards (``transforms.gold``). The streaming job is to raise the
-same alerts from these definitions as records arrive (not built yet).
+over gold's shards (``transforms.gold``). ``transforms.stream_alerts``
+raises ``email_failed`` and ``confirmation_missing`` from the same
+definitions as records arrive.
 
 * ``email_failed``: an email confirmation whose current status is failed or
   bounced; detected at that response's time.
 * ``confirmation_missing``: a payment_successful event with no sent/delivered
   email confirmation whose ``sent_at`` is at most ``CONFIRMATION_DEADLINE``
   after the payment; detected at the deadline, and only once the clock
-  (the recompute's cut) has passed it. SMS
+  (the recompute's cut, or the streaming watermark) has passed it. SMS
   confirmations do not count: the funnel's confirmation stage is the email.
 * ``email_failure_rate``: a ``FAILURE_WINDOW`` (tumbling, aligned to the
   epoch) of email confirmations' times holding at least
@@ -57,7 +58,7 @@ def alert_id(alert_type: AlertType, subject: str) -> str:
     return hashlib.sha256(f"{alert_type.value}|{subject}".encode()).hexdigest()[:32]
 
 
-def _iso(micros: int) -> str:
+def iso(micros: int) -> str:
     """UTC, always with six fractional digits (one spelling per instant)."""
     return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=micros)).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ")
@@ -78,7 +79,7 @@ def confirmation_missing(event_id: str, paid_at: int) -> dict:
     return {"alert_id": alert_id(AlertType.CONFIRMATION_MISSING, event_id),
             "alert_type": AlertType.CONFIRMATION_MISSING.value, "detected_at": deadline,
             "event_id": event_id, "response_id": None,
-            "details": _details(paid_at=_iso(paid_at), deadline=_iso(deadline))}
+            "details": _details(paid_at=iso(paid_at), deadline=iso(deadline))}
 
 
 def window_start(at: int) -> int:
@@ -91,10 +92,10 @@ def failure_rate_breached(confirmations: int, failed: int) -> bool:
 
 def email_failure_rate(start: int, confirmations: int, failed: int) -> dict:
     end = start + WINDOW_MICROS
-    return {"alert_id": alert_id(AlertType.EMAIL_FAILURE_RATE, _iso(start)),
+    return {"alert_id": alert_id(AlertType.EMAIL_FAILURE_RATE, iso(start)),
             "alert_type": AlertType.EMAIL_FAILURE_RATE.value, "detected_at": end,
             "event_id": None, "response_id": None,
-            "details": _details(window_start=_iso(start), window_end=_iso(end), confirmations=confirmations,
+            "details": _details(window_start=iso(start), window_end=iso(end), confirmations=confirmations,
                                 failed=failed, failure_rate=round(failed / confirmations, 6))}
 
 

@@ -153,8 +153,8 @@ def merge_key(table: Table) -> tuple[str, str | None]:
     """The SQL expression identifying a row (``{t}`` stands for the table
     alias) and the partition column a MERGE can prune on: ``event_date``,
     which a record keeps however often it is received (unlike ``ingest_date``)."""
-    if table.layer in ("silver", "silver_stream"):
-        return "{t}." + table.key[0], None
+    if table.layer in ("silver", "silver_stream") or (table.layer == "ops" and table.key):
+        return "{t}." + table.key[0], None  # one row per key (silver; ops tables with a key: alerts)
     if table.layer in ("bronze", "ops"):
         return PROVENANCE, ("event_date" if "event_date" in table.partition_by else None)
     raise ValueError(f"{table.name}: {table.layer} tables are replaced, not merged")

@@ -15,19 +15,22 @@ Both kept in ``AlertStateFn``, per shard of payment event ids:
   not raise or retract anything; the entry is dropped ``keep_seconds``
   after its deadline.
 
-Not built yet (issue 12): ``email_failure_rate`` windows, and wiring into
-``stream_ingest`` (alerts topic, lake and BigQuery sinks).
+``StreamingAlerts`` is the composite (routing, a processing-time batch per
+shard, the state); ``PublishAlertsFn`` sends each alert to a Pub/Sub topic.
+Not built yet (issue 12): ``email_failure_rate`` windows.
 """
 from __future__ import annotations
 
 import apache_beam as beam
+import orjson
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import alerts, metrics
-from transforms.stream_silver import Rows, _entries, _pack, shard_of
+from transforms.lake_io import batched
+from transforms.stream_silver import SHARD_GROUP, Rows, _entries, _pack, shard_of
 
 PAYMENT, CONFIRMED, FAILED = "payment", "confirmed", "failed"
 
@@ -135,3 +138,53 @@ class AlertStateFn(beam.DoFn):
         due = [_deadline(e) for e in entries.values() if not e["decided"] and _deadline(e) is not None]
         due += [_expires(e, self._keep) for e in entries.values()]
         timer.set(Timestamp(micros=min(due)))
+
+
+class StreamingAlerts(beam.PTransform):
+    """Streaming silver's ``(table, rows)`` -> ``Rows`` of alerts (dicts of
+    ``ops_alerts`` columns), each raised once. The state step runs once per
+    ``batch_seconds`` of processing time per shard (``None``: at the end of
+    bounded input); a decided payment is kept ``keep_seconds`` past its
+    deadline."""
+
+    def __init__(self, shards: int, batch_seconds: int | None, keep_seconds: int):
+        super().__init__()
+        self._shards, self._batch, self._keep = shards, batch_seconds, keep_seconds
+
+    def expand(self, silver):
+        routed = silver | "Route" >> beam.ParDo(AlertInputsFn(self._shards)).with_output_types(SHARD_GROUP)
+        return (batched(routed, self._batch, SHARD_GROUP)
+                | "GroupShard" >> beam.GroupByKey()
+                | "Raise" >> beam.ParDo(AlertStateFn(self._keep)))
+
+
+def alert_message(alert: dict) -> bytes:
+    """An alert as the alerts topic carries it: JSON, times in ISO 8601 UTC."""
+    return orjson.dumps({**alert, "detected_at": alerts.iso(alert["detected_at"])}, option=orjson.OPT_SORT_KEYS)
+
+
+class PublishAlertsFn(beam.DoFn):
+    """``Rows`` of alerts -> messages on ``topic`` (attributes ``alert_id``,
+    ``alert_type``: a subscriber can filter, and drop a redelivery)."""
+
+    def __init__(self, topic: str):
+        self._topic = topic
+        self._published = metrics.counter("alerts_published")
+
+    def setup(self):
+        from google.cloud import pubsub_v1
+        self._publisher = pubsub_v1.PublisherClient()
+
+    def start_bundle(self):
+        self._pending = []
+
+    def process(self, rows):
+        for alert in rows:
+            self._pending.append(self._publisher.publish(self._topic, alert_message(alert), alert_id=alert["alert_id"],
+                                                         alert_type=alert["alert_type"]))
+
+    def finish_bundle(self):
+        for future in self._pending:
+            future.result(timeout=120)  # a failed publish fails the bundle: Beam retries it
+        metrics.add(self._published, len(self._pending))
+        self._pending = []

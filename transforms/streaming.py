@@ -33,13 +33,14 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas import contract
-from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER, SILVER_STREAM
+from schemas.tables import BRONZE, DEAD_LETTER, OPS_ALERTS_STREAM, RAW, SILVER, SILVER_STREAM
 from transforms import metrics
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, MergeBatchesFn
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseCounters, parse_record
 from transforms.bronze_columnar import parse_chunk
 from transforms.lake_io import BatchEvery, MergeSnapshotsFn, WriteBatchFilesFn, lake_values
+from transforms.stream_alerts import PublishAlertsFn, StreamingAlerts
 from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, SESSION_GAP_SECONDS, SHARDS, SILVER_INPUTS,
                                       Rows, StreamingSilver, session_elements, shard_of, silver_input)
 
@@ -185,20 +186,24 @@ class ParseMessageFn(beam.DoFn):
         outputs.add(table, row, ingested, routed, self._shards, values)
 
 
+def _alert_lake_rows(rows):
+    return OPS_ALERTS_STREAM.name, Rows([lake_values(OPS_ALERTS_STREAM, alert) for alert in rows])
+
+
 class StreamingLakehouse(beam.PTransform):
-    """PubsubMessages -> the lake (raw, bronze, dead letter files; silver
-    snapshots) and, with ``bigquery``, BigQuery. Returns the written file
-    names."""
+    """PubsubMessages -> the lake (raw, bronze, dead letter and alert files;
+    silver snapshots), with ``bigquery`` BigQuery, with ``alerts_topic`` the
+    alerts on that Pub/Sub topic. Returns the written file names."""
 
     def __init__(self, lake: str, pii_key: bytes, window_seconds: int = 60,
                  allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
                  early_firing_seconds: int | None = None, sink_every_seconds: int | None = None,
-                 bigquery: BigQueryTarget | None = None, shards: int = SHARDS):
+                 bigquery: BigQueryTarget | None = None, shards: int = SHARDS, alerts_topic: str | None = None):
         super().__init__()
         self._lake, self._pii_key, self._window = lake, pii_key, window_seconds
         self._lateness, self._join_days = allowed_lateness_seconds, join_state_days
         self._early, self._sink_every, self._bigquery = early_firing_seconds, sink_every_seconds, bigquery
-        self._shards = shards
+        self._shards, self._alerts_topic = shards, alerts_topic
 
     def expand(self, messages):
         parsed = messages | "Parse" >> beam.ParDo(ParseMessageFn(self._pii_key, self._lateness, self._shards)) \
@@ -206,11 +211,16 @@ class StreamingLakehouse(beam.PTransform):
         # The silver upserts batch as often as the sinks do: state work per shard and batch.
         silver = {tag: parsed[tag] for tag in SILVER_INPUTS} | "Silver" >> StreamingSilver(
             self._lateness, self._join_days, self._early, self._shards, self._sink_every)
-        batches = (parsed.lake, silver) | "Batches" >> BatchEvery(self._sink_every)
-        files = batches | "AppendToLake" >> beam.ParDo(WriteBatchFilesFn(list(LAKE_TABLES.values()), self._lake))
+        raised = silver | "Alerts" >> StreamingAlerts(self._shards, self._sink_every, self._lateness)
+        if self._alerts_topic is not None:
+            _ = raised | "PublishAlerts" >> beam.ParDo(PublishAlertsFn(self._alerts_topic))
+        alert_rows = raised | "AlertRows" >> beam.Map(_alert_lake_rows).with_output_types(LAKE_ROWS)
+        batches = (parsed.lake, silver, alert_rows) | "Batches" >> BatchEvery(self._sink_every)
+        files = batches | "AppendToLake" >> beam.ParDo(
+            WriteBatchFilesFn([*LAKE_TABLES.values(), OPS_ALERTS_STREAM], self._lake))
         _ = batches | "MergeSnapshots" >> beam.ParDo(MergeSnapshotsFn(list(SILVER.values()), self._lake))
         if self._bigquery is not None:
-            writes = ([BigQueryWrite(t, "append") for t in (*BRONZE.values(), DEAD_LETTER)]
+            writes = ([BigQueryWrite(t, "append") for t in (*BRONZE.values(), DEAD_LETTER, OPS_ALERTS_STREAM)]
                       + [BigQueryWrite(t, "upsert") for t in SILVER_STREAM.values()])
             _ = messages.pipeline | "EnsureBigQueryTables" >> EnsureTables(self._bigquery, [w.table for w in writes])
             _ = batches | "MergeIntoBigQuery" >> beam.ParDo(MergeBatchesFn(self._bigquery, writes))
