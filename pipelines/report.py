@@ -13,29 +13,18 @@ import argparse
 import os
 from collections import defaultdict
 
-import pyarrow.dataset as ds
-
 from reporting import explorer
+from reporting.explorer import gold_rows as _rows
 from transforms.funnel import STAGES
-
-_MART_STAGES = ("sessions_browse", "sessions_add_to_cart", "sessions_payment",
-                "sessions_email_confirmation", "sessions_barcode_scanned")
-
-
-def _rows(lake: str, table: str) -> list[dict]:
-    return ds.dataset(os.path.join(lake, "gold", table), format="parquet").to_table().to_pylist()
 
 
 def funnel_summary(lake: str) -> dict:
     """Stage counts overall and per platform, from mart_conversion_rate
     (year rows: every session once per year it started in)."""
-    per_platform = defaultdict(lambda: [0] * len(STAGES))
-    for row in _rows(lake, "mart_conversion_rate"):
-        if row["period_grain"] == "year":
-            for i, column in enumerate(_MART_STAGES):
-                per_platform[row["platform"]][i] += row[column]
-    overall = per_platform.pop("all", [0] * len(STAGES))
-    days = sorted({r["period_start"] for r in _rows(lake, "mart_conversion_rate") if r["period_grain"] == "day"})
+    conversion = _rows(lake, "mart_conversion_rate")
+    per_platform = explorer.stage_totals(conversion)
+    overall = per_platform.pop(explorer.ALL, [0] * len(STAGES))
+    days = sorted({r["period_start"] for r in conversion if r["period_grain"] == "day"})
     return {"stages": overall, "platforms": dict(sorted(per_platform.items())),
             "first_day": days[0] if days else None, "last_day": days[-1] if days else None}
 
@@ -57,10 +46,6 @@ def text_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _p(value) -> str:
-    return "n/a" if value is None else ("<0.0001" if value < 1e-4 else f"{value:.4f}")
-
-
 def use_case_report(lake: str) -> str:
     """The A/B readout, the retargeting audience size and the alert counts."""
     lines = ["A/B tests (unit: session; metric: reached payment)",
@@ -72,7 +57,7 @@ def use_case_report(lake: str) -> str:
         lift = "" if r["lift_vs_control"] is None else f"{100 * r['lift_vs_control']:+.1f}%"
         lines.append(f"{r['experiment']:<17}{r['variant']:<9}{r['sessions']:>9,}{r['sessions_payment']:>7,}"
                      f"{_pct(r['sessions_payment'], r['sessions']):>8}{lift:>8}{ci:>19}"
-                     f"{'' if r['is_control'] else _p(r['p_value']):>9}{'yes' if r['srm_flag'] else 'no':>5}")
+                     f"{'' if r['is_control'] else explorer.p_value_text(r['p_value'], 'n/a'):>9}{'yes' if r['srm_flag'] else 'no':>5}")
     audience = _rows(lake, "mart_retargeting")
     alerts = defaultdict(int)
     for a in _rows(lake, "ops_alerts"):

@@ -19,9 +19,9 @@ from datetime import datetime
 import plotly.graph_objects as go
 import pyarrow.dataset as ds
 
-STAGES = ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned")
-MART_STAGES = ("sessions_browse", "sessions_add_to_cart", "sessions_payment", "sessions_email_confirmation",
-               "sessions_barcode_scanned")
+from schemas.tables import STAGE_SESSION_COLUMNS as MART_STAGES
+from transforms.funnel import STAGES
+
 GRAINS = ("day", "month", "year")
 ALL = "all"
 LATEST_ALERTS = 25
@@ -42,14 +42,20 @@ def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     return fig
 
 
-def funnel_figure(conversion: list[dict]) -> go.Figure:
-    """Sessions per stage (all time: the year rows summed), one trace per
-    platform, a selector to switch."""
+def stage_totals(conversion: list[dict]) -> dict[str, list[int]]:
+    """Sessions reaching each stage per platform (``all`` included), all
+    time: the year rows of mart_conversion_rate summed."""
     per_platform = defaultdict(lambda: [0] * len(STAGES))
     for row in conversion:
         if row["period_grain"] == "year":
             for i, column in enumerate(MART_STAGES):
                 per_platform[row["platform"]][i] += row[column]
+    return per_platform
+
+
+def funnel_figure(conversion: list[dict]) -> go.Figure:
+    """Sessions per stage (all time), one trace per platform, a selector to switch."""
+    per_platform = stage_totals(conversion)
     platforms = [ALL] + sorted(p for p in per_platform if p != ALL)
     fig = go.Figure()
     for i, platform in enumerate(platforms):
@@ -91,12 +97,8 @@ def trend_figure(conversion: list[dict]) -> go.Figure:
 
 
 def platform_figure(conversion: list[dict]) -> go.Figure:
-    totals = defaultdict(lambda: [0] * len(STAGES))
-    for row in conversion:
-        if row["period_grain"] == "year" and row["platform"] != ALL:
-            for i, column in enumerate(MART_STAGES):
-                totals[row["platform"]][i] += row[column]
-    names = sorted(totals)
+    totals = stage_totals(conversion)
+    names = sorted(p for p in totals if p != ALL)
     fig = go.Figure()
     for label, (num, den) in (("cart rate", (1, 0)), ("checkout rate", (2, 1)), ("conversion", (2, 0))):
         rates = [totals[p][num] / totals[p][den] if totals[p][den] else None for p in names]
@@ -148,8 +150,8 @@ def _pct(x) -> str:
     return "" if x is None else f"{100 * x:.1f}%"
 
 
-def _p(x) -> str:
-    return "" if x is None else ("&lt;0.0001" if x < 1e-4 else f"{x:.4f}")
+def p_value_text(x, missing: str = "") -> str:
+    return missing if x is None else ("<0.0001" if x < 1e-4 else f"{x:.4f}")
 
 
 def experiment_table(readout: list[dict]) -> str:
@@ -166,7 +168,7 @@ def experiment_table(readout: list[dict]) -> str:
         body.append(
             f"<tr><td>{html.escape(r['experiment'])}</td><td>{html.escape(r['variant'])}</td>"
             f"<td>{r['sessions']:,}</td><td>{r['sessions_payment']:,}</td><td>{_pct(r['conversion_rate'])}</td>"
-            f"<td>{lift}</td><td>{ci}</td><td{p_class}>{_p(r['p_value'])}</td><td>{srm}</td></tr>")
+            f"<td>{lift}</td><td>{ci}</td><td{p_class}>{html.escape(p_value_text(r['p_value']))}</td><td>{srm}</td></tr>")
     return f'<table id="experiments">{head}{"".join(body)}</table>'
 
 
@@ -197,8 +199,7 @@ def page(lake: str) -> str:
     readout, audience = gold_rows(lake, "mart_ab_test"), gold_rows(lake, "mart_retargeting")
     alerts = gold_rows(lake, "ops_alerts")
     days = sorted({r["period_start"] for r in conversion if r["period_grain"] == "day"})
-    totals = [sum(r[c] for r in conversion if r["period_grain"] == "year" and r["platform"] == ALL)
-              for c in MART_STAGES]
+    totals = stage_totals(conversion)[ALL]
     by_type = defaultdict(int)
     for a in alerts:
         by_type[a["alert_type"]] += 1

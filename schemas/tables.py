@@ -244,6 +244,8 @@ _RATE = "null when the denominator is 0."
 _STAGE_SESSIONS = tuple(col(f"sessions_{short}", INT64, f"Sessions reaching {stage}.", True) for short, stage in (
     ("browse", "browse"), ("add_to_cart", "add_to_cart"), ("payment", "payment_successful"),
     ("email_confirmation", "email_confirmation"), ("barcode_scanned", "barcode_scanned")))
+# Sessions reaching each funnel stage, in stage order (mart_conversion_rate, mart_ab_test).
+STAGE_SESSION_COLUMNS = tuple(c.name for c in _STAGE_SESSIONS)
 MART_CONVERSION_RATE = Table("mart_conversion_rate", "gold", "Funnel conversion per period and platform (periods from session_date).", _PERIOD + (
     *_STAGE_SESSIONS,
     col("users_browse", INT64, "Distinct users with a session reaching browse.", True),

@@ -23,11 +23,12 @@ import math
 
 from scipy import stats
 
+from schemas.tables import STAGE_SESSION_COLUMNS
+
 CONTROL_NAMES = ("control", "A")  # the control: the variant named 'control', else 'A'
 CONFIDENCE = 0.95
 SRM_THRESHOLD = 0.001
-STAGE_COLUMNS = ("sessions_browse", "sessions_add_to_cart", "sessions_payment", "sessions_email_confirmation",
-                 "sessions_barcode_scanned")
+STAGE_COLUMNS = STAGE_SESSION_COLUMNS
 
 
 def control_of(variants) -> str | None:
