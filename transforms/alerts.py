@@ -82,10 +82,6 @@ def confirmation_missing(event_id: str, paid_at: int) -> dict:
             "details": _details(paid_at=iso(paid_at), deadline=iso(deadline))}
 
 
-def window_start(at: int) -> int:
-    return at - at % WINDOW_MICROS
-
-
 def failure_rate_breached(confirmations: int, failed: int) -> bool:
     return confirmations >= MIN_CONFIRMATIONS and failed * 100 > MAX_FAILURE_PERCENT * confirmations
 
