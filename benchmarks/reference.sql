@@ -355,4 +355,4 @@ SELECT alert_key('email_failure_rate', iso_us(ws)), 'email_failure_rate', make_t
 FROM (SELECT sent_at - sent_at % 900000000 AS ws, count(*) AS n,
              count(*) FILTER (WHERE status IN ('failed', 'bounced')) AS failed
       FROM email_outcomes WHERE status IN ('sent', 'delivered', 'failed', 'bounced') GROUP BY ws)
-WHERE n >= 20 AND failed * 100 > 5 * n;
+WHERE n >= 20 AND failed * 100 > 5 * n AND ws + 900000000 <= {CLOCK};

@@ -2,7 +2,8 @@
 
     python -m pipelines.stream_ingest --subscription projects/P/subscriptions/S --lake DIR \\
         [--window-seconds 60] [--allowed-lateness-hours 48] [--join-state-days 30] \\
-        [--early-firing-seconds N] [--run-for SECONDS] [--runner ...]
+        [--early-firing-seconds N] [--alerts-topic projects/P/topics/T] [--alert-grace-seconds 120]
+        [--run-for SECONDS] [--runner ...]
         [--sink bigquery --project P [--bigquery-endpoint URL]]
 
 The job is ``transforms.streaming.StreamingLakehouse`` fed by Pub/Sub:
@@ -53,6 +54,7 @@ from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bigquery_io import BigQueryTarget
 from transforms.bronze import pii_key_from_env
 from transforms.lake_io import list_files, stream_snapshot_path, table_dir
+from transforms.stream_alerts import ALERT_GRACE_SECONDS
 from transforms.stream_silver import ALLOWED_LATENESS_SECONDS
 from transforms.streaming import StreamingLakehouse
 
@@ -62,15 +64,17 @@ STREAMING_RUNNER = "BundleBasedDirectRunner"
 def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key: bytes,
           allowed_lateness: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
           early_firing_seconds: int | None = None, bigquery: BigQueryTarget | None = None,
-          alerts_topic: str | None = None) -> None:
+          alerts_topic: str | None = None, alert_grace_seconds: float = ALERT_GRACE_SECONDS) -> None:
     """``bigquery``: also merge bronze, dead letter and silver there;
-    ``alerts_topic``: publish the operational alerts there."""
+    ``alerts_topic``: publish the operational alerts there;
+    ``alert_grace_seconds``: see ``transforms.stream_alerts``."""
     _ = (p
          | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
          | "Lakehouse" >> StreamingLakehouse(
              lake, pii_key, window_seconds, allowed_lateness, join_state_days,
              early_firing_seconds=window_seconds if early_firing_seconds is None else early_firing_seconds,
-             sink_every_seconds=window_seconds, bigquery=bigquery, alerts_topic=alerts_topic))
+             sink_every_seconds=window_seconds, bigquery=bigquery, alerts_topic=alerts_topic,
+             alert_grace_seconds=alert_grace_seconds))
 
 
 def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_every: float = 10.0):
@@ -127,6 +131,10 @@ def main(argv=None, stop_when=None):
                              "when a session closes, 30 minutes after its last record)")
     parser.add_argument("--alerts-topic", help="projects/P/topics/T: publish every operational alert there "
                                                "(they are always written to LAKE/ops_alerts)")
+    parser.add_argument("--alert-grace-seconds", type=float, default=ALERT_GRACE_SECONDS,
+                        help="processing time an alert waits, once the watermark has passed its due time, for "
+                             "records published with its trigger (a payment's confirmation; default "
+                             f"{ALERT_GRACE_SECONDS})")
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
     add_sink_flags(parser, "bronze, the dead letter and silver")
     args, options = parse(parser, argv, local_runner=STREAMING_RUNNER, streaming=True)
@@ -139,7 +147,7 @@ def main(argv=None, stop_when=None):
     p = beam.Pipeline(options=options)
     build(p, args.subscription, args.lake, args.window_seconds, pii_key_from_env(),
           int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds, bigquery,
-          args.alerts_topic)
+          args.alerts_topic, args.alert_grace_seconds)
     if args.run_for is None:
         result = p.run()
         result.wait_until_finish()

@@ -155,10 +155,12 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
         return bigquery_holds_the_lake(bq, lake, SILVER_STREAM.values())
 
     def expected_alerts():
-        """The batch's alert rules over the streamed silver (email_failed, confirmation_missing)."""
+        """The batch's alert rules over the streamed silver."""
         events = pq.read_table(lake / "silver_stream" / "silver_events" / "current.parquet")
         responses = pq.read_table(lake / "silver_stream" / "silver_event_responses" / "current.parquet")
-        return {(a["alert_id"], a["alert_type"]) for a in alerts.shard_alerts(events, responses, clock=None)}
+        raised = alerts.shard_alerts(events, responses, clock=None) + alerts.rate_alerts(
+            alerts.window_counts(responses))
+        return {(a["alert_id"], a["alert_type"]) for a in raised}
 
     def streamed_alerts():
         return {(a["alert_id"], a["alert_type"]) for a in read_table(lake / "ops_alerts")}
@@ -184,16 +186,15 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
     assert any(r["session_id"] for r in streamed["silver_user_activity"])
     assert any(r["copies"] > 1 for r in streamed["silver_event_responses"])     # status versions merged
 
-    # Alerts: raised once each, on the alerts topic as in the lake. Every
-    # injected failure is an email_failed, as in the batch rules. KNOWN GAP
-    # (issue 12): with yesterday's data the local watermark (wall clock) is
-    # past every deadline, so a payment can be decided before its
-    # confirmation arrives: the stream raises every confirmation_missing the
-    # batch does, and may raise more.
+    # Alerts: raised once each, on the alerts topic as in the lake, and the
+    # same set as the batch rules give over the same silver: the local
+    # watermark (the wall clock) is past every deadline of yesterday's data
+    # as it arrives, so this holds because of the grace (stream_alerts).
     lake_alerts = read_table(lake / "ops_alerts")
     assert len({a["alert_id"] for a in lake_alerts}) == len(lake_alerts)
+    assert streamed_alerts() == expected_alerts()
     by_type = Counter(a["alert_type"] for a in lake_alerts)
-    assert by_type["email_failed"] > 0 and by_type["confirmation_missing"] > 0
+    assert by_type["email_failed"] > 0 and by_type["confirmation_missing"] > 0 and by_type["email_failure_rate"] > 0
     on_topic = pull_all(alerts_subscription)
     assert sorted(m.attributes["alert_id"] for m in on_topic) == sorted(a["alert_id"] for a in lake_alerts)
     assert all(json.loads(m.data)["alert_type"] == m.attributes["alert_type"] for m in on_topic)
@@ -210,11 +211,9 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
 
     gold_daily.main(["--lake", str(lake)])
     rebuilt = {(a["alert_id"], a["alert_type"]) for a in read_table(lake / "gold" / "ops_alerts")}
-    streamed_ids = {(a["alert_id"], a["alert_type"]) for a in lake_alerts}
-    failed = {a for a in rebuilt if a[1] == "email_failed"}
-    assert failed and failed == {a for a in streamed_ids if a[1] == "email_failed"}
-    missing = {a for a in rebuilt if a[1] == "confirmation_missing"}
-    assert missing and missing <= streamed_ids
+    assert rebuilt == streamed_alerts()
+    by_id = {a["alert_id"]: a for a in read_table(lake / "gold" / "ops_alerts")}
+    assert all(a == by_id[a["alert_id"]] for a in lake_alerts)          # the same rows, not only the same ids
 
 
 def pull_all(subscription) -> list:

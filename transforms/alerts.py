@@ -1,7 +1,6 @@
 """Operational alerts (``ops_alerts``): the rules, and their batch rebuild
 over gold's shards (``transforms.gold``). ``transforms.stream_alerts``
-raises ``email_failed`` and ``confirmation_missing`` from the same
-definitions as records arrive.
+raises the same alerts from the same definitions as records arrive.
 
 * ``email_failed``: an email confirmation whose current status is failed or
   bounced; detected at that response's time.
@@ -82,6 +81,11 @@ def confirmation_missing(event_id: str, paid_at: int) -> dict:
             "details": _details(paid_at=iso(paid_at), deadline=iso(deadline))}
 
 
+def window_start(micros):
+    """The failure window holding ``micros`` (an int or a numpy array)."""
+    return micros - micros % WINDOW_MICROS
+
+
 def failure_rate_breached(confirmations: int, failed: int) -> bool:
     return confirmations >= MIN_CONFIRMATIONS and failed * 100 > MAX_FAILURE_PERCENT * confirmations
 
@@ -137,16 +141,17 @@ def window_counts(responses):
     emails = _email_outcomes(responses)
     emails = emails.filter(pc.is_in(emails.column("status"), pa.array(sorted(WITH_OUTCOME))))
     at = emails.column("sent_at").cast(pa.int64()).to_numpy(zero_copy_only=False)
-    rows = pa.table({"window_start": pa.array(at - at % WINDOW_MICROS, pa.int64()),
+    rows = pa.table({"window_start": pa.array(window_start(at), pa.int64()),
                      "confirmations": pa.array(np.ones(len(at), np.int64)),
                      "failed": pc.cast(pc.is_in(emails.column("status"), pa.array(sorted(FAILED))), pa.int64())})
     return rows.group_by(["window_start"], use_threads=False).aggregate([("confirmations", "sum"), ("failed", "sum")])
 
 
-def rate_alerts(partials) -> list[dict]:
-    """``email_failure_rate`` alerts from every shard's ``window_counts``."""
+def rate_alerts(partials, clock: int | None = None) -> list[dict]:
+    """``email_failure_rate`` alerts from every shard's ``window_counts``, of
+    the windows ended by ``clock`` (epoch micros; None: no cut)."""
     summed = partials.group_by(["window_start"], use_threads=False).aggregate(
         [("confirmations_sum", "sum"), ("failed_sum", "sum")])
     return [email_failure_rate(start, n, failed) for start, n, failed in zip(
         *(summed.column(c).to_pylist() for c in ("window_start", "confirmations_sum_sum", "failed_sum_sum")))
-        if failure_rate_breached(n, failed)]
+        if failure_rate_breached(n, failed) and (clock is None or start + WINDOW_MICROS <= clock)]

@@ -408,7 +408,7 @@ _SECONDS = "mart_barcode_activity#seconds"
 _WINDOWS = "ops_alerts#windows"
 
 
-def _finish_marts(keyed):
+def _finish_marts(keyed, clock: int | None):
     _, parts = keyed
     by_mart = {}
     for name, table in parts:
@@ -417,7 +417,7 @@ def _finish_marts(keyed):
     yield "mart_barcode_activity", mart_barcode_activity(pa.concat_tables(by_mart["mart_barcode_activity"]),
                                                          pa.concat_tables(by_mart[_SECONDS]))
     yield "mart_ab_test", mart_ab_test(pa.concat_tables(by_mart["mart_ab_test"]))
-    yield "ops_alerts", _alert_table(alerts.rate_alerts(pa.concat_tables(by_mart[_WINDOWS])))
+    yield "ops_alerts", _alert_table(alerts.rate_alerts(pa.concat_tables(by_mart[_WINDOWS]), clock))
 
 
 class BuildGold(beam.PTransform):
@@ -436,5 +436,5 @@ class BuildGold(beam.PTransform):
         marts = (shards.partials
                  | "OneKey" >> beam.Map(lambda part: (None, part))
                  | "AllPartials" >> beam.GroupByKey()
-                 | "FinishMarts" >> beam.FlatMap(_finish_marts))
+                 | "FinishMarts" >> beam.FlatMap(_finish_marts, self._clock))
         return shards.facts, marts

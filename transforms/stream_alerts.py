@@ -1,174 +1,315 @@
 """Operational alerts as records arrive: the rules of ``transforms.alerts``
-applied to streaming silver's rows.
+applied to streaming silver's rows, each alert raised once.
 
-Both kept in ``AlertStateFn``, per shard of payment event ids:
+The state is keyed two ways (the first part of the key):
 
-* ``email_failed``: raised the first time a response's current row has a
-  failed or bounced status (silver re-emits a row when it changes, e.g.
-  failed -> bounced: the state remembers which responses were alerted);
-* ``confirmation_missing``: each payment's time and its earliest
-  sent/delivered email confirmation, and an **event-time timer** at the
-  earliest undecided deadline (payment + 30 minutes; rounded up to the
-  minute, so one firing decides nearby deadlines together). When the watermark passes a deadline the
-  payment is decided: an alert if no confirmation was sent by then,
-  nothing otherwise. A decided payment is never decided again, so a late
-  confirmation (or a redelivered payment) within the allowed lateness does
-  not raise or retract anything; the entry is dropped ``keep_seconds``
-  after its deadline.
+* ``(PAYMENTS, shard)``, a shard of payment event ids (``PaymentBook``):
+  ``email_failed`` the first time a response's current row is failed or
+  bounced (silver re-emits a row when it changes, e.g. failed -> bounced: the
+  book remembers which responses were alerted), and per payment its time
+  and its earliest sent/delivered email confirmation, decided at its
+  deadline (payment + 30 minutes): ``confirmation_missing`` unless a
+  confirmation was sent by then;
+* ``(FAILURE_WINDOW, window start)``, one 15-minute window of email
+  confirmations (``WindowBook``): each response's latest outcome, decided
+  at the window's end: ``email_failure_rate`` when the rule holds. A key
+  per window keeps each state value to one window's responses.
 
+**When an item is decided.** An event-time timer fires at the earliest
+undecided due time (rounded up to the minute, so one firing decides nearby
+deadlines together). The watermark can run ahead of the data, though: a
+backlog replayed after an outage, a publisher sending late; and always on
+the local runner, whose Pub/Sub watermark is the wall clock. So an item is
+decided once the watermark has passed its due time **and** it has waited
+``grace_seconds`` of processing time since it arrived (a processing-time
+timer), long enough for what was published with it (its confirmation, its
+window's other responses) to arrive. With in-order data the grace costs
+nothing: it has long passed when the watermark gets there.
+
+A decided item is never decided again, so a late confirmation or response
+(or a redelivery) within the allowed lateness neither raises nor retracts
+an alert; the item is dropped ``keep_seconds`` after its due time.
 ``StreamingAlerts`` is the composite (routing, a processing-time batch per
-shard, the state); ``PublishAlertsFn`` sends each alert to a Pub/Sub topic.
-Not built yet (issue 12): ``email_failure_rate`` windows.
+key, the state); ``PublishAlertsFn`` sends each alert to a Pub/Sub topic.
 """
 from __future__ import annotations
 
+import math
 import pickle
+import time
 
 import apache_beam as beam
 import orjson
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import alerts, metrics
 from transforms.lake_io import batched
-from transforms.stream_silver import SHARD_GROUP, Rows, _pack, shard_of
+from transforms.stream_silver import Rows, _pack, shard_of
 
-PAYMENT, CONFIRMED, FAILED = "payment", "confirmed", "failed"
-TIMER_STEP_MICROS = 60 * 1_000_000  # deadlines are decided at most a minute (event time) after they pass
-
-
-def _read(state) -> dict:
-    blob = state.read()
-    return pickle.loads(blob) if blob else {}
+# The first part of an alert state key: what the second part numbers.
+PAYMENTS, FAILURE_WINDOW = 0, 1
+ALERT_GROUP = typehints.KV[typehints.Tuple[int, int], typehints.Any]
+# What an item routed to the state says: (id, (kind, value)).
+PAYMENT, CONFIRMED, FAILED, OUTCOME = "payment", "confirmed", "failed", "outcome"
+TIMER_STEP_MICROS = 60 * 1_000_000  # items are decided at most a minute (event time) after they are due
+ALERT_GRACE_SECONDS = 120           # stream_ingest's default grace (see the module docstring)
+HOLD_STEP_SECONDS = 10              # the grace ends on a 10-second tick: one firing for nearby arrivals
 
 
 class AlertInputsFn(beam.DoFn):
-    """``(silver table, rows)`` -> ``(shard, Rows([(event_id, (kind,
-    value))]))`` for ``AlertStateFn``: payments at their time, sent/delivered
-    email confirmations at their ``sent_at``, failed ones as ``(response_id,
-    status, time)``."""
+    """``(silver table, rows)`` -> ``(key, Rows([(id, (kind, value))]))``
+    for ``AlertStateFn``. To the payment's shard: payments at their time,
+    sent/delivered email confirmations at their ``sent_at``, failed ones as
+    ``(response_id, status, time)``. To the confirmation's failure window:
+    each email confirmation with an outcome as ``(response_id, (OUTCOME,
+    (window start, failed?)))``."""
 
     def __init__(self, shards: int):
         self._shards = shards
 
     def process(self, tagged):
         table, rows = tagged
-        by_shard = {}
+        by_key = {}
+
+        def route(key, item):
+            by_key.setdefault(key, Rows()).append(item)
+
         if table == "silver_events":
             for row in rows:
                 if row["event_type"] == "payment_successful" and row["timestamp"] is not None:
-                    by_shard.setdefault(shard_of(row["event_id"], self._shards), Rows()).append(
-                        (row["event_id"], (PAYMENT, row["timestamp"])))
+                    route((PAYMENTS, shard_of(row["event_id"], self._shards)),
+                          (row["event_id"], (PAYMENT, row["timestamp"])))
         elif table == "silver_event_responses":
             for row in rows:
                 if row["response_type"] != alerts.EMAIL_CONFIRMATION or row["sent_at"] is None:
                     continue
-                if row["status"] in alerts.FAILED:
+                failed = row["status"] in alerts.FAILED
+                if failed:
                     value = (FAILED, (row["response_id"], row["status"], row["sent_at"]))
                 elif row["status"] in alerts.DELIVERED:
                     value = (CONFIRMED, row["sent_at"])
                 else:
-                    continue
-                by_shard.setdefault(shard_of(row["event_id"], self._shards), Rows()).append((row["event_id"], value))
-        yield from by_shard.items()
+                    continue  # queued: no outcome yet
+                route((PAYMENTS, shard_of(row["event_id"], self._shards)), (row["event_id"], value))
+                start = alerts.window_start(row["sent_at"])
+                route((FAILURE_WINDOW, start), (row["response_id"], (OUTCOME, (start, failed))))
+        yield from by_key.items()
 
 
-def _deadline(entry: dict) -> int | None:
-    return None if entry["paid_at"] is None else entry["paid_at"] + alerts.DEADLINE_MICROS
+class _Book:
+    """Items decided once each (see the module docstring), as one state
+    value: ``{"items": {id: item}, "watermark": latest event-time firing}``.
+    An item is a dict with ``arrived`` (wall-clock seconds) and ``decided``;
+    subclasses say when it is due, when it can be forgotten and what it
+    raises."""
+
+    def __init__(self, blob: bytes | None, keep_micros: int, grace_seconds: float):
+        saved = pickle.loads(blob) if blob else {}
+        self.items: dict = saved.get("items", {})
+        self.watermark: int | None = saved.get("watermark")
+        self._keep, self._grace = keep_micros, grace_seconds
+
+    def advance(self, watermark: int) -> None:
+        self.watermark = watermark if self.watermark is None else max(self.watermark, watermark)
+
+    def _reached(self, item) -> bool:
+        due = self._due(item)
+        return not item["decided"] and due is not None and self.watermark is not None and due <= self.watermark
+
+    def decide(self, wall: float) -> list[dict]:
+        """Alerts of the items the watermark has reached and the grace has
+        passed for; forgets settled items past their keep."""
+        raised = []
+        for key, item in self.items.items():
+            if self._reached(item) and (not self._grace or item["arrived"] + self._grace <= wall):
+                item["decided"] = True
+                alert = self._judge(key, item)
+                if alert is not None:
+                    raised.append(alert)
+        if self.watermark is not None:
+            self.items = {k: i for k, i in self.items.items()
+                          if not ((i["decided"] or self._due(i) is None) and self._expires(i) <= self.watermark)}
+        return raised
+
+    def event_timer(self) -> int | None:
+        """Event time the watermark next matters at: the earliest due time
+        not reached yet, or an expiry; on the minute."""
+        times = [self._expires(i) for i in self.items.values()]
+        times += [due for i in self.items.values() if not i["decided"] and (due := self._due(i)) is not None
+                  and (self.watermark is None or due > self.watermark)]
+        return -(-min(times) // TIMER_STEP_MICROS) * TIMER_STEP_MICROS if times else None
+
+    def hold_timer(self) -> float | None:
+        """Wall-clock time the earliest reached item waits its grace out to."""
+        held = [i["arrived"] + self._grace for i in self.items.values() if self._reached(i)]
+        return math.ceil(min(held) / HOLD_STEP_SECONDS) * HOLD_STEP_SECONDS if held else None
+
+    def blob(self) -> bytes | None:
+        return _pack({"items": self.items, "watermark": self.watermark}) if self.items else None
+
+    def _due(self, item) -> int | None:
+        raise NotImplementedError
+
+    def _expires(self, item) -> int:
+        raise NotImplementedError
+
+    def _judge(self, key, item) -> dict | None:
+        raise NotImplementedError
 
 
-def _expires(entry: dict, keep_micros: int) -> int:
-    times = [t for t in (_deadline(entry), entry["confirmed_at"], entry["failed_at"]) if t is not None]
-    return max(times) + keep_micros
+class PaymentBook(_Book):
+    """A shard's payments by event id: ``paid_at``, ``confirmed_at`` (earliest
+    sent/delivered ``sent_at``), the failed responses already alerted."""
+
+    def add(self, items, wall: float) -> list[dict]:
+        """Records one batch of routed items; returns the ``email_failed`` alerts they raise."""
+        raised = []
+        for event_id, (kind, value) in items:
+            entry = self.items.get(event_id)
+            if entry is None:
+                entry = self.items[event_id] = {"paid_at": None, "confirmed_at": None, "failed": frozenset(),
+                                                "failed_at": None, "arrived": wall, "decided": False}
+            if kind == FAILED:
+                response_id, status, at = value
+                if response_id not in entry["failed"]:
+                    entry["failed"] = entry["failed"] | {response_id}
+                    entry["failed_at"] = at if entry["failed_at"] is None else max(entry["failed_at"], at)
+                    raised.append(alerts.email_failed(response_id, event_id, status, at))
+            elif kind == PAYMENT:
+                if entry["paid_at"] is None:
+                    entry["arrived"] = wall  # the grace counts from the payment's arrival
+                entry["paid_at"] = value if entry["paid_at"] is None else min(entry["paid_at"], value)
+            else:
+                entry["confirmed_at"] = value if entry["confirmed_at"] is None else min(entry["confirmed_at"], value)
+        return raised
+
+    def _due(self, entry) -> int | None:
+        return None if entry["paid_at"] is None else entry["paid_at"] + alerts.DEADLINE_MICROS
+
+    def _expires(self, entry) -> int:
+        return max(t for t in (self._due(entry), entry["confirmed_at"], entry["failed_at"]) if t is not None) \
+            + self._keep
+
+    def _judge(self, event_id, entry) -> dict | None:
+        if entry["confirmed_at"] is None or entry["confirmed_at"] > self._due(entry):
+            return alerts.confirmation_missing(event_id, entry["paid_at"])
+        return None
+
+
+class WindowBook(_Book):
+    """A failure window's email confirmations: ``{response_id: failed?}``,
+    the latest outcome of each (dropped once the window is decided)."""
+
+    def add(self, items, wall: float) -> list[dict]:
+        for response_id, (_, (start, failed)) in items:
+            window = self.items.get(start)
+            if window is None:
+                window = self.items[start] = {"start": start, "outcomes": {}, "arrived": wall, "decided": False}
+            if not window["decided"]:
+                window["outcomes"][response_id] = failed
+                window["arrived"] = wall  # the grace counts from the window's latest response
+        return []
+
+    def _due(self, window) -> int:
+        return window["start"] + alerts.WINDOW_MICROS
+
+    def _expires(self, window) -> int:
+        return self._due(window) + self._keep
+
+    def _judge(self, start, window) -> dict | None:
+        outcomes, window["outcomes"] = window["outcomes"], {}
+        confirmations, failed = len(outcomes), sum(outcomes.values())
+        if alerts.failure_rate_breached(confirmations, failed):
+            return alerts.email_failure_rate(start, confirmations, failed)
+        return None
+
+
+BOOKS = {PAYMENTS: PaymentBook, FAILURE_WINDOW: WindowBook}
 
 
 class AlertStateFn(beam.DoFn):
-    """``(shard, [Rows of (event_id, (kind, value))])`` -> ``Rows`` of alerts:
-    ``email_failed`` as a failed response is first seen,
-    ``confirmation_missing`` when the watermark passes a payment's deadline
-    (see the module docstring). State per shard: one pickled ``{event_id:
-    entry}`` value; one timer, at the earliest undecided deadline or expiry
-    rounded up to ``TIMER_STEP_MICROS``."""
+    """``((PAYMENTS | FAILURE_WINDOW, n), [Rows of routed items])`` -> ``Rows``
+    of alerts, each raised once (see the module docstring). State per key:
+    one pickled book; a watermark timer at its ``event_timer``, a
+    processing-time timer at its ``hold_timer``."""
 
     # One value, not a bag: a write is one state operation (the SDK harness
     # weighs each at ~0.7 ms, BENCHMARKS.md), and a timer firing writes once.
-    ENTRIES = ReadModifyWriteStateSpec("entries", BytesCoder())
-    TIMER = TimerSpec("deadline", TimeDomain.WATERMARK)
+    BOOK = ReadModifyWriteStateSpec("book", BytesCoder())
+    DUE = TimerSpec("due", TimeDomain.WATERMARK)
+    HOLD = TimerSpec("hold", TimeDomain.REAL_TIME)
 
-    def __init__(self, keep_seconds: int):
-        self._keep = keep_seconds * 1_000_000
-        self._missing = metrics.counter("alerts_confirmation_missing")
-        self._failed = metrics.counter("alerts_email_failed")
+    def __init__(self, keep_seconds: int, grace_seconds: float = 0):
+        self._keep, self._grace = keep_seconds * 1_000_000, grace_seconds
+        self._raised = {t: metrics.counter(f"alerts_{t.value}") for t in alerts.AlertType}
 
-    def process(self, keyed, state=beam.DoFn.StateParam(ENTRIES), timer=beam.DoFn.TimerParam(TIMER)):
-        _, lists = keyed
-        entries = _read(state)
+    def process(self, keyed, state=beam.DoFn.StateParam(BOOK), due=beam.DoFn.TimerParam(DUE),
+                hold=beam.DoFn.TimerParam(HOLD)):
+        (kind, _), lists = keyed
+        book = BOOKS[kind](state.read(), self._keep, self._grace)
+        wall = time.time()
         raised = Rows()
         for items in lists:
-            for event_id, (kind, value) in items:
-                entry = entries.setdefault(event_id, {"paid_at": None, "confirmed_at": None, "decided": False,
-                                                      "failed": frozenset(), "failed_at": None})
-                if kind == FAILED:
-                    response_id, status, at = value
-                    if response_id not in entry["failed"]:
-                        entry["failed"] = entry["failed"] | {response_id}
-                        entry["failed_at"] = at if entry["failed_at"] is None else max(entry["failed_at"], at)
-                        raised.append(alerts.email_failed(response_id, event_id, status, at))
-                    continue
-                field = "paid_at" if kind == PAYMENT else "confirmed_at"
-                entry[field] = value if entry[field] is None else min(entry[field], value)
-        self._store(entries, state, timer)
-        if raised:
-            metrics.add(self._failed, len(raised))
-            yield raised
+            raised += book.add(items, wall)
+        raised += book.decide(wall)  # what has waited its grace out (none without a watermark seen yet)
+        yield from self._store(book, raised, state, due, hold)
 
-    @on_timer(TIMER)
-    def decide(self, state=beam.DoFn.StateParam(ENTRIES), timer=beam.DoFn.TimerParam(TIMER),
-               now=beam.DoFn.TimestampParam):
-        entries = _read(state)
-        raised = Rows()
-        for event_id, entry in entries.items():
-            deadline = _deadline(entry)
-            if entry["decided"] or deadline is None or deadline > now.micros:
-                continue
-            entry["decided"] = True
-            if entry["confirmed_at"] is None or entry["confirmed_at"] > deadline:
-                raised.append(alerts.confirmation_missing(event_id, entry["paid_at"]))
-                metrics.add(self._missing, 1)
-        live = {k: e for k, e in entries.items() if _expires(e, self._keep) > now.micros}
-        self._store(live, state, timer)
-        if raised:
-            yield raised
+    @on_timer(DUE)
+    def on_due(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(BOOK), due=beam.DoFn.TimerParam(DUE),
+               hold=beam.DoFn.TimerParam(HOLD), now=beam.DoFn.TimestampParam):
+        book = BOOKS[key[0]](state.read(), self._keep, self._grace)
+        book.advance(now.micros)
+        yield from self._store(book, Rows(book.decide(time.time())), state, due, hold)
 
-    def _store(self, entries: dict, state, timer) -> None:
-        if not entries:
+    @on_timer(HOLD)
+    def on_hold(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(BOOK), due=beam.DoFn.TimerParam(DUE),
+                hold=beam.DoFn.TimerParam(HOLD), fired=beam.DoFn.TimestampParam):
+        book = BOOKS[key[0]](state.read(), self._keep, self._grace)
+        # The firing time counts as now even when the runner's clock is not
+        # the wall clock (TestStream's): the timer was set from arrival times.
+        wall = max(time.time(), fired.micros / 1e6)
+        yield from self._store(book, Rows(book.decide(wall)), state, due, hold)
+
+    def _store(self, book: _Book, raised: Rows, state, due, hold):
+        blob = book.blob()
+        if blob is None:
             state.clear()
-            return
-        state.write(_pack(entries))
-        due = [_deadline(e) for e in entries.values() if not e["decided"] and _deadline(e) is not None]
-        due += [_expires(e, self._keep) for e in entries.values()]
-        # Deadlines within a TIMER_STEP are decided by one firing (a firing reads and writes the shard's state).
-        timer.set(Timestamp(micros=-(-min(due) // TIMER_STEP_MICROS) * TIMER_STEP_MICROS))
+        else:
+            state.write(blob)
+            at = book.event_timer()
+            if at is not None:
+                due.set(Timestamp(micros=at))
+            wait = book.hold_timer()
+            if wait is not None:
+                hold.set(Timestamp.of(wait))
+        if raised:
+            for alert in raised:
+                self._raised[alerts.AlertType(alert["alert_type"])].inc()
+            yield raised
 
 
 class StreamingAlerts(beam.PTransform):
     """Streaming silver's ``(table, rows)`` -> ``Rows`` of alerts (dicts of
     ``ops_alerts`` columns), each raised once. The state step runs once per
-    ``batch_seconds`` of processing time per shard (``None``: at the end of
-    bounded input); a decided payment is kept ``keep_seconds`` past its
-    deadline."""
+    ``batch_seconds`` of processing time per key, and then holds due items
+    ``grace_seconds``; with ``batch_seconds=None`` (bounded input: every
+    record is in before a timer fires) it runs when the input ends, without
+    grace. A decided item is kept ``keep_seconds`` past its due time."""
 
-    def __init__(self, shards: int, batch_seconds: int | None, keep_seconds: int):
+    def __init__(self, shards: int, batch_seconds: int | None, keep_seconds: int, grace_seconds: float = 0):
         super().__init__()
         self._shards, self._batch, self._keep = shards, batch_seconds, keep_seconds
+        self._grace = grace_seconds if batch_seconds else 0
 
     def expand(self, silver):
-        routed = silver | "Route" >> beam.ParDo(AlertInputsFn(self._shards)).with_output_types(SHARD_GROUP)
-        return (batched(routed, self._batch, SHARD_GROUP)
-                | "GroupShard" >> beam.GroupByKey()
-                | "Raise" >> beam.ParDo(AlertStateFn(self._keep)))
+        routed = silver | "Route" >> beam.ParDo(AlertInputsFn(self._shards)).with_output_types(ALERT_GROUP)
+        return (batched(routed, self._batch, ALERT_GROUP)
+                | "GroupKey" >> beam.GroupByKey()
+                | "Raise" >> beam.ParDo(AlertStateFn(self._keep, self._grace)))
 
 
 def alert_message(alert: dict) -> bytes:

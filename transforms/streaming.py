@@ -193,17 +193,19 @@ def _alert_lake_rows(rows):
 class StreamingLakehouse(beam.PTransform):
     """PubsubMessages -> the lake (raw, bronze, dead letter and alert files;
     silver snapshots), with ``bigquery`` BigQuery, with ``alerts_topic`` the
-    alerts on that Pub/Sub topic. Returns the written file names."""
+    alerts on that Pub/Sub topic (``alert_grace_seconds``: see
+    ``transforms.stream_alerts``). Returns the written file names."""
 
     def __init__(self, lake: str, pii_key: bytes, window_seconds: int = 60,
                  allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
                  early_firing_seconds: int | None = None, sink_every_seconds: int | None = None,
-                 bigquery: BigQueryTarget | None = None, shards: int = SHARDS, alerts_topic: str | None = None):
+                 bigquery: BigQueryTarget | None = None, shards: int = SHARDS, alerts_topic: str | None = None,
+                 alert_grace_seconds: float = 0):
         super().__init__()
         self._lake, self._pii_key, self._window = lake, pii_key, window_seconds
         self._lateness, self._join_days = allowed_lateness_seconds, join_state_days
         self._early, self._sink_every, self._bigquery = early_firing_seconds, sink_every_seconds, bigquery
-        self._shards, self._alerts_topic = shards, alerts_topic
+        self._shards, self._alerts_topic, self._alert_grace = shards, alerts_topic, alert_grace_seconds
 
     def expand(self, messages):
         parsed = messages | "Parse" >> beam.ParDo(ParseMessageFn(self._pii_key, self._lateness, self._shards)) \
@@ -211,7 +213,8 @@ class StreamingLakehouse(beam.PTransform):
         # The silver upserts batch as often as the sinks do: state work per shard and batch.
         silver = {tag: parsed[tag] for tag in SILVER_INPUTS} | "Silver" >> StreamingSilver(
             self._lateness, self._join_days, self._early, self._shards, self._sink_every)
-        raised = silver | "Alerts" >> StreamingAlerts(self._shards, self._sink_every, self._lateness)
+        raised = silver | "Alerts" >> StreamingAlerts(self._shards, self._sink_every, self._lateness,
+                                                      self._alert_grace)
         if self._alerts_topic is not None:
             _ = raised | "PublishAlerts" >> beam.ParDo(PublishAlertsFn(self._alerts_topic))
         alert_rows = raised | "AlertRows" >> beam.Map(_alert_lake_rows).with_output_types(LAKE_ROWS)
