@@ -10,7 +10,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import alerts
-from transforms.stream_alerts import (CONFIRMED, FAILED, FAILURE_WINDOW, HOLD_STEP_SECONDS, OUTCOME, PAYMENT,
+from transforms.stream_alerts import (CONFIRMED, EXPIRY_STEP_MICROS, FAILED, FAILURE_WINDOW, HOLD_STEP_SECONDS, OUTCOME, PAYMENT,
                                       PAYMENTS, AlertInputsFn, AlertStateFn, PaymentBook, WindowBook)
 from tests.conftest import MIN, T0
 
@@ -78,8 +78,12 @@ def test_decided_payments_are_forgotten_after_the_keep():
     book.add([("e-1", (PAYMENT, T0))], WALL)
     book.advance(DEADLINE)
     book.decide(WALL)
-    assert book.event_timer() == DEADLINE + KEEP
-    book.advance(DEADLINE + KEEP)
+    forget_at = -(-(DEADLINE + KEEP) // EXPIRY_STEP_MICROS) * EXPIRY_STEP_MICROS  # on the next whole day
+    assert book.event_timer() == forget_at
+    book.advance(DEADLINE + KEEP - 1)
+    book.decide(WALL)
+    assert book.blob() is not None
+    book.advance(forget_at)
     book.decide(WALL)
     assert book.blob() is None
 

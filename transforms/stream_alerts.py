@@ -28,7 +28,9 @@ nothing: it has long passed when the watermark gets there.
 
 A decided item is never decided again, so a late confirmation or response
 (or a redelivery) within the allowed lateness neither raises nor retracts
-an alert; the item is dropped ``keep_seconds`` after its due time.
+an alert; the item is dropped ``keep_seconds`` after its due time, by a
+timer on the next whole day (one firing forgets a day's items: a firing
+costs a state read and write).
 ``StreamingAlerts`` is the composite (routing, a processing-time batch per
 key, the state); ``PublishAlertsFn`` sends each alert to a Pub/Sub topic.
 """
@@ -57,6 +59,7 @@ ALERT_GROUP = typehints.KV[typehints.Tuple[int, int], typehints.Any]
 PAYMENT, CONFIRMED, FAILED, OUTCOME = "payment", "confirmed", "failed", "outcome"
 TIMER_STEP_MICROS = 60 * 1_000_000  # items are decided at most a minute (event time) after they are due
 ALERT_GRACE_SECONDS = 120           # stream_ingest's default grace (see the module docstring)
+EXPIRY_STEP_MICROS = 24 * 3600 * 1_000_000  # forgetting waits for the day: one firing drops a day of items
 HOLD_STEP_SECONDS = 10              # the grace ends on a 10-second tick: one firing for nearby arrivals
 
 
@@ -100,6 +103,10 @@ class AlertInputsFn(beam.DoFn):
         yield from by_key.items()
 
 
+def _round_up(micros: int, step: int) -> int:
+    return -(-micros // step) * step
+
+
 class _Book:
     """Items decided once each (see the module docstring), as one state
     value: ``{"items": {id: item}, "watermark": latest event-time firing}``.
@@ -138,10 +145,11 @@ class _Book:
     def event_timer(self) -> int | None:
         """Event time the watermark next matters at: the earliest due time
         not reached yet, or an expiry; on the minute."""
-        times = [self._expires(i) for i in self.items.values()]
-        times += [due for i in self.items.values() if not i["decided"] and (due := self._due(i)) is not None
+        times = [_round_up(self._expires(i), EXPIRY_STEP_MICROS) for i in self.items.values()]
+        times += [_round_up(due, TIMER_STEP_MICROS) for i in self.items.values()
+                  if not i["decided"] and (due := self._due(i)) is not None
                   and (self.watermark is None or due > self.watermark)]
-        return -(-min(times) // TIMER_STEP_MICROS) * TIMER_STEP_MICROS if times else None
+        return min(times) if times else None
 
     def hold_timer(self) -> float | None:
         """Wall-clock time the earliest reached item waits its grace out to."""
