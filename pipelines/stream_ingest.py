@@ -17,7 +17,9 @@ The job is ``transforms.streaming.StreamingLakehouse`` fed by Pub/Sub:
   length, while the session is open) and late updates, users, responses and
   scans from stateful upserts and joins (``transforms.stream_silver``); dedup
   by identity and joins with the batch's own rules, so the result equals
-  the batch's for the same input.
+  the batch's for the same input;
+* operational alerts (``transforms.stream_alerts``) in ``ops_alerts/``, and
+  with ``--alerts-topic`` on that topic.
 
 With ``--sink bigquery`` the same rows also go to BigQuery, merged at most
 every window length (``transforms.bigquery_io``): bronze and the dead letter
