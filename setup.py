@@ -20,5 +20,7 @@ setuptools.setup(
         "matplotlib==3.11.2",
         "scipy==1.17.1",
         "plotly==7.1.0",
+        "deltalake==1.6.6",
+        "tenacity==9.1.4",
     ],
 )

@@ -35,6 +35,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import duckdb
+from deltalake import DeltaTable
 import pyarrow as pa
 
 from schemas import contract
@@ -257,8 +258,16 @@ def compare_gold(lake: str | Path, reference: str | Path, show: int = 5, tables:
     for name, table in GOLD.items():
         if tables is not None and name not in tables:
             continue
-        pipeline = f"read_parquet('{Path(lake) / 'gold' / name}/**/*.parquet', hive_partitioning = false)"
+        folder = Path(lake) / "gold" / name
+        if (folder / "_delta_log").is_dir():
+            # A Delta table (this code): its current version, through a registered Arrow dataset.
+            con.register("pipeline_gold", DeltaTable(str(folder)).to_pyarrow_dataset())
+            pipeline = "pipeline_gold"
+        else:  # a plain Parquet folder (the previous release)
+            pipeline = f"read_parquet('{folder}/**/*.parquet', hive_partitioning = false)"
         con.execute(f"CREATE TABLE p AS {_canonical(table, pipeline)}")
+        if pipeline == "pipeline_gold":
+            con.unregister("pipeline_gold")
         con.execute(f"CREATE TABLE r AS {_canonical(table, repr(str(Path(reference) / name) + '.parquet'))}")
         only_p = con.execute("SELECT * FROM (SELECT * FROM p EXCEPT ALL SELECT * FROM r) ORDER BY ALL").fetchall()
         only_r = con.execute("SELECT * FROM (SELECT * FROM r EXCEPT ALL SELECT * FROM p) ORDER BY ALL").fetchall()

@@ -49,9 +49,9 @@ from pipelines import generate
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
 from pipelines.stream_ingest import landed_rows
 from schemas import contract
-from schemas.tables import SILVER
+from schemas.tables import SILVER_STREAM
 from transforms.bronze import decode_record
-from transforms.lake_io import stream_snapshot_path
+from transforms.lake_tables import open_table, read_arrow
 
 POLL_SECONDS = 0.25
 RECORDS_PER_USER_DAY = 2.0  # what the generator produces for one day
@@ -80,26 +80,37 @@ class SilverWatcher:
 
     def __init__(self, lake: str):
         self._lake = lake
-        self._mtimes: dict[str, float] = {}
+        self._seen: dict[str, float] = {}  # table -> Delta version, or snapshot file mtime
         self.first_seen: dict[tuple[str, str], float] = {}
 
     def poll(self) -> None:
         now = time.time()
-        for name, table in SILVER.items():
-            path = stream_snapshot_path(self._lake, table)
-            try:
-                mtime = os.stat(path).st_mtime
-            except FileNotFoundError:
-                continue
-            if self._mtimes.get(name) == mtime:
-                continue
-            self._mtimes[name] = mtime
-            try:
-                keys = pq.read_table(path, columns=[table.key[0]]).column(0).to_pylist()
-            except OSError:  # replaced while being read: next poll
-                continue
-            for key in keys:
+        for name, table in SILVER_STREAM.items():
+            keys = self._changed_keys(name, table)
+            for key in keys or ():
                 self.first_seen.setdefault((name, key), now)
+
+    def _changed_keys(self, name, table) -> list | None:
+        """The table's keys if it changed since the last poll: a Delta table
+        (this code), or the previous release's ``current.parquet`` snapshot."""
+        dt = open_table(self._lake, table)
+        if dt is not None:
+            if self._seen.get(name) == dt.version():
+                return None
+            self._seen[name] = dt.version()
+            return read_arrow(self._lake, table, dt.version(), columns=[table.key[0]]).column(0).to_pylist()
+        path = os.path.join(self._lake, "silver_stream", name, "current.parquet")
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+        if self._seen.get(name) == mtime:
+            return None
+        self._seen[name] = mtime
+        try:
+            return pq.read_table(path, columns=[table.key[0]]).column(0).to_pylist()
+        except OSError:  # replaced while being read: next poll
+            return None
 
     def wait_for(self, identities, deadline: float) -> bool:
         while time.time() < deadline:

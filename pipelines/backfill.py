@@ -15,8 +15,13 @@ that range are replaced by what the input holds for it (replay the raw layer
 with ``--input 'LAKE/raw/**/*.parquet'`` to rebuild a range); records of other
 dates are counted (``outside_date_range``) and left alone.
 
-All writes are staged and committed by one final step; a run that fails
-leaves the lake as it was.
+Workers write data files; one final step commits them to the lake's Delta
+tables (``transforms.lake_commit``): raw's new copies, then each bronze
+table and the dead letter (the input's own rows, or the date range,
+replaced in one commit each, against the versions this run read), then
+silver's tables and their release. A run that fails before the commit
+leaves every table, raw included, at its version; a rerun of a committer
+that died halfway skips what it committed already.
 
 With ``--sink bigquery --project P`` the same rows also go to BigQuery
 before the lake commit (``transforms.bigquery_io``): bronze and the dead
@@ -28,11 +33,10 @@ replay never duplicates a row and BigQuery holds what the lake holds.
 from __future__ import annotations
 
 import argparse
-import posixpath
+import uuid
 from datetime import date, timedelta
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.common import add_sink_flags, bigquery_target, parse, run_pipeline, setup_logging
@@ -42,8 +46,10 @@ from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
 from transforms.bronze import pii_key_from_env
 from transforms.bronze_columnar import ParseChunkFn
-from transforms.lake_io import (CommitLakeWrites, Replace, ReadLakeTable, ReadLandingFiles, WriteStaged,
-                                STREAM_SOURCE, expand_inputs, list_files, new_staging_dir, table_dir)
+from transforms.landing import RAW_FILES, ReadLandingFiles, expand_inputs
+from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
+from transforms.lake_files import WriteDataFiles
+from transforms.lake_tables import LakeFile, ReadLakeTable, read_file, snapshot
 from transforms.silver import BuildSilver, shuffled_columns
 
 
@@ -51,27 +57,23 @@ def _date_range(first: date, last: date) -> list[str]:
     return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
-def _stream_raw_files_left_out(paths: list[str], lake: str) -> list[str]:
+def _stream_raw_files_left_out(paths: list, lake: str) -> list[LakeFile]:
     """Raw-layer files of the streaming job that ``paths`` leave out. Rows from
     Pub/Sub carry no landing file, so replaying any of them restates all of
-    them (``Replace`` scope ``sources``, value ``None``): a replay without
+    them (``Replace`` scope ``SOURCES``, value ``None``): a replay without
     ``--from/--to`` must hold every one, or the records of the others would
     leave bronze."""
-    raw_root = table_dir(lake, RAW)
-    given = set(paths)
-    return [f for f in list_files(raw_root)
-            if posixpath.basename(f).startswith(STREAM_SOURCE + "-") and f not in given]
+    given = {p.relpath for p in paths if isinstance(p, LakeFile)}
+    return [f for f in snapshot(lake, RAW).files if f.from_pubsub and f.relpath not in given]
 
 
-def _source_files(paths: list[str], lake: str) -> frozenset:
+def _source_files(paths: list) -> frozenset:
     """The landing files whose records the inputs hold (``None``: Pub/Sub). A
     raw-layer file replays records of the landing files it was copied from."""
-    raw_root = table_dir(lake, RAW).rstrip("/") + "/"
     files = set()
     for path in paths:
-        if path.startswith(raw_root):
-            with FileSystems.open(path) as f:
-                files.update(pq.read_table(f, columns=["source_file"]).column(0).unique().to_pylist())
+        if isinstance(path, LakeFile):
+            files.update(read_file(path, RAW, ("source_file",)).column(0).unique().to_pylist())
         else:
             files.add(path)
     return frozenset(files)
@@ -82,48 +84,53 @@ def _source_files(paths: list[str], lake: str) -> frozenset:
 BYTES_PER_SHARD = 32 << 20
 
 
-def shard_count(paths: list[str], kept_bronze: list[str]) -> int:
+def shard_count(paths: list, kept_bronze: list[LakeFile]) -> int:
     """Shards for the silver shuffles, from the size of what the run reads."""
-    sizes = [m.size_in_bytes for result in FileSystems.match(paths + kept_bronze) for m in result.metadata_list]
+    landing = [p for p in paths if not isinstance(p, LakeFile)]
+    sizes = [m.size_in_bytes for result in FileSystems.match(landing) for m in result.metadata_list] if landing else []
+    sizes += [f.size for f in [*kept_bronze, *(p for p in paths if isinstance(p, LakeFile))]]
     return max(1, min(512, -(-sum(sizes) // BYTES_PER_SHARD)))
 
 
-def build(p: beam.Pipeline, paths: list[str], sources: frozenset, lake: str,
+def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
           date_range: tuple[date, date] | None, pii_key: bytes, now: int,
-          bigquery: BigQueryTarget | None = None, shards: int | None = None) -> None:
-    """``sources``: the landing files the inputs hold (``_source_files``);
-    ``bigquery``: also merge bronze, dead letter and silver there;
-    ``shards``: of the silver shuffles (default: from the input size)."""
-    staging = new_staging_dir(lake)
+          bigquery: BigQueryTarget | None = None, shards: int | None = None, run_id: str | None = None) -> None:
+    """``paths``: from ``expand_inputs``; ``sources``: the landing files the
+    inputs hold (``_source_files``); ``bigquery``: also merge bronze, dead
+    letter and silver there; ``shards``: of the silver shuffles (default:
+    from the input size); ``run_id``: names the run's commits."""
+    run_id = run_id or f"backfill-{uuid.uuid4().hex}"
     days = frozenset(_date_range(*date_range)) if date_range else None
     if date_range is not None:
-        rules = [Replace(t, "partitions", frozenset(f"event_date={d}" for d in days)) for t in BRONZE.values()]
+        rules = [Replace(t, ReplaceScope.PARTITIONS, days) for t in BRONZE.values()]
     else:
-        rules = [Replace(t, "sources", sources) for t in BRONZE.values()]
-    kept = {rule.table.name: rule.surviving_files(lake) for rule in rules}
+        rules = [Replace(t, ReplaceScope.SOURCES, sources) for t in BRONZE.values()]
+    rules.append(Replace(DEAD_LETTER, ReplaceScope.SOURCES, sources))
+    rules += [Replace(table, ReplaceScope.TABLE) for table in SILVER.values()]
+    plan = read_plan(lake, rules)   # the versions this run reads and replaces
+    kept = {rule.table.name: rule.surviving(read) for rule, read in plan if rule.table.name in BRONZE}
     shards = shards or shard_count(paths, [f for files in kept.values() for f in files])
 
-    parsed = (p
-              | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
+    read = p | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
+    parsed = (read.chunks
               | "ParseToBronze" >> beam.ParDo(ParseChunkFn(pii_key, "backfill", now, days))
               .with_outputs(DEAD_LETTER.name, main="bronze"))
-    staged = [(parsed.bronze, parsed[DEAD_LETTER.name])
-              | "StageBronze" >> WriteStaged([*BRONZE.values(), DEAD_LETTER], staging,
-                                             by_source=(*BRONZE, DEAD_LETTER.name))]
-    rules.append(Replace(DEAD_LETTER, "sources", sources))
+    written = [(parsed.bronze, parsed[DEAD_LETTER.name])
+               | "WriteBronze" >> WriteDataFiles([*BRONZE.values(), DEAD_LETTER], lake,
+                                                 by_source=(*BRONZE, DEAD_LETTER.name))]
 
     existing = tuple(p | f"ReadKept_{rt.bronze_table}" >> ReadLakeTable(
-        BRONZE[rt.bronze_table], lake, kept[rt.bronze_table], columns=shuffled_columns(rt.name))
+        BRONZE[rt.bronze_table], tuple(kept[rt.bronze_table]), columns=shuffled_columns(rt.name))
         for rt in RECORD_TYPES.values())
     silver = (parsed.bronze, *existing) | "BuildSilver" >> BuildSilver(shards)
-    staged.append(silver | "StageSilver" >> WriteStaged(list(SILVER.values()), staging))
-    rules += [Replace(table, "table") for table in SILVER.values()]
+    written.append(silver | "WriteSilver" >> WriteDataFiles(list(SILVER.values()), lake))
 
-    staged = tuple(staged) | "AllStaged" >> beam.Flatten()
+    written = tuple(written) | "AllWritten" >> beam.Flatten()
     if bigquery is not None:
-        staged = staged | "PublishToBigQuery" >> PublishToBigQuery(
+        written = written | "PublishToBigQuery" >> PublishToBigQuery(
             bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules])
-    _ = staged | "Commit" >> CommitLakeWrites(lake, staging, rules)
+    _ = ((written, read[RAW_FILES]) | "WithRawCopies" >> beam.Flatten()
+         | "Commit" >> CommitLakeWrites(lake, CommitPlan(run_id, "backfill", plan, releases=("silver",))))
 
 
 def main(argv=None):
@@ -139,16 +146,16 @@ def main(argv=None):
     if (args.date_from is None) != (args.date_to is None):
         parser.error("--from and --to go together")
     setup_logging()
-    paths = expand_inputs(args.input)
+    paths = expand_inputs(args.input, args.lake)
     if not paths:
         parser.error(f"no input files match {args.input}")
     now = contract.now_micros()
     date_range = (args.date_from, args.date_to) if args.date_from else None
-    sources = _source_files(paths, args.lake)
+    sources = _source_files(paths)
     left_out = _stream_raw_files_left_out(paths, args.lake) if date_range is None and None in sources else []
     if left_out:
         parser.error(f"the input replays records from Pub/Sub but leaves out {len(left_out)} of the raw layer's "
-                     f"stream files (e.g. {left_out[0]}); replay them all (--input 'LAKE/raw/**/*.parquet') "
+                     f"stream files (e.g. {left_out[0].path}); replay them all (--input 'LAKE/raw/**/*.parquet') "
                      "or replace a date range (--from/--to)")
     print(f"backfill: {len(paths)} input files -> {args.lake}"
           + (f" and BigQuery {bigquery.project}" if bigquery else "")

@@ -18,15 +18,17 @@ import os
 from datetime import date, datetime, time, timezone
 
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+
+from schemas.tables import GOLD
+from transforms.lake_tables import layer_versions, read_arrow
 
 HEADER = "Email"  # Customer Match: hashed values go in the same column as plaintext ones
 
 
 def audience(lake: str, since: date | None = None) -> tuple[list[str], int]:
     """-> (sorted distinct email SHA-256 values, users without an email)."""
-    rows = ds.dataset(os.path.join(lake, "gold", "mart_retargeting"), format="parquet").to_table(
-        columns=["email_sha256", "last_cart_at"])
+    table = GOLD["mart_retargeting"]
+    rows = read_arrow(lake, table, layer_versions(lake, GOLD)[table.name], columns=["email_sha256", "last_cart_at"])
     if since is not None:
         start = datetime.combine(since, time(), tzinfo=timezone.utc)
         rows = rows.filter(pc.greater_equal(rows.column("last_cart_at"), start))

@@ -1,12 +1,17 @@
 """Gold daily: silver -> facts, dimension and marts, truncate and load.
 
-    python -m pipelines.gold_daily --lake DIR [--as-of DATE] [--runner ...]
+    python -m pipelines.gold_daily --lake DIR [--as-of DATE]
+        [--as-of-version N | --as-of-timestamp T] [--runner ...]
         [--sink bigquery --project P [--bigquery-endpoint URL]]
 
 Recomputes every gold table from the whole of silver (late records restate
-earlier days) and replaces each ``gold/<table>/`` in one commit at the end.
+earlier days): each ``gold/<table>`` is overwritten in one commit at the
+end, then the gold release names the new versions, so readers of gold see
+all of this run or all of the previous one (``transforms.lake_tables``).
 ``--as-of`` (default: today, UTC) leaves out records whose own time is after
-that day, to restate a past day as it was knowable then.
+that day, to restate a past day as it was knowable then. Silver is read at
+its latest release, or as of ``--as-of-version`` (a ``releases`` version)
+or ``--as-of-timestamp`` (time travel: silver as it was then).
 
 With ``--sink bigquery`` the gold tables are also replaced in BigQuery
 dataset ``gold`` of ``--project`` (created from ``schemas/`` when missing),
@@ -19,10 +24,10 @@ new, never a mix; then the use-case views are recreated
 from __future__ import annotations
 
 import argparse
+import uuid
 from datetime import date, datetime, timezone
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from pipelines.common import add_sink_flags, bigquery_target, parse, run_pipeline, setup_logging
 from schemas import contract
@@ -30,7 +35,9 @@ from schemas.tables import GOLD, SILVER
 from schemas.views import VIEWS
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
 from transforms.gold import GOLD_INPUTS, BuildGold, CutAtAsOfFn, end_of_day_micros
-from transforms.lake_io import CommitLakeWrites, Replace, ReadLakeTable, WriteStaged, list_files, new_staging_dir, table_dir
+from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
+from transforms.lake_files import WriteDataFiles
+from transforms.lake_tables import ReadLakeTable, layer_versions, snapshot
 
 
 # Bytes of silver Parquet per shard of the gold shuffle (about 100k rows).
@@ -38,26 +45,29 @@ BYTES_PER_SHARD = 8 << 20
 
 
 def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | None = None,
-          shards: int | None = None) -> None:
+          shards: int | None = None, silver_as_of: dict | None = None, run_id: str | None = None) -> None:
     """``bigquery``: also replace the tables there; ``shards``: of the gold
-    shuffle (default: from the size of silver)."""
-    staging = new_staging_dir(lake)
-    files = {name: list_files(table_dir(lake, table)) for name, table in SILVER.items()}
+    shuffle (default: from the size of silver); ``silver_as_of``:
+    ``as_of_version`` or ``as_of_timestamp`` of ``layer_versions``;
+    ``run_id``: names the run's commits."""
+    run_id = run_id or f"gold_daily-{uuid.uuid4().hex}"
+    versions = layer_versions(lake, SILVER, **(silver_as_of or {}))
+    files = {name: snapshot(lake, table, versions[name]).files for name, table in SILVER.items()}
     if shards is None:
-        sizes = [m.size_in_bytes for result in FileSystems.match([f for fs in files.values() for f in fs])
-                 for m in result.metadata_list] if any(files.values()) else []
-        shards = max(1, min(512, -(-sum(sizes) // BYTES_PER_SHARD)))
-    silver = tuple(p | f"Read_{name}" >> ReadLakeTable(SILVER[name], lake, files[name], GOLD_INPUTS[name])
+        size = sum(f.size for fs in files.values() for f in fs)
+        shards = max(1, min(512, -(-size // BYTES_PER_SHARD)))
+    silver = tuple(p | f"Read_{name}" >> ReadLakeTable(SILVER[name], files[name], GOLD_INPUTS[name])
                    | f"CutAtAsOf_{name}" >> beam.ParDo(CutAtAsOfFn(as_of)) for name in GOLD_INPUTS)
     # The clock of the rules that wait (an abandoned cart, an overdue confirmation):
     # the end of the as-of day, or now when that is later than now.
     clock = min(end_of_day_micros(as_of), contract.now_micros())
     gold = silver | "BuildGold" >> BuildGold(shards, clock)
-    staged = gold | "StageGold" >> WriteStaged(list(GOLD.values()), staging)
+    written = gold | "WriteGold" >> WriteDataFiles(list(GOLD.values()), lake)
     if bigquery is not None:
-        staged = staged | "PublishToBigQuery" >> PublishToBigQuery(
+        written = written | "PublishToBigQuery" >> PublishToBigQuery(
             bigquery, [BigQueryWrite(t, "truncate") for t in GOLD.values()], VIEWS.values())
-    _ = staged | "Commit" >> CommitLakeWrites(lake, staging, [Replace(t, "table") for t in GOLD.values()])
+    plan = read_plan(lake, [Replace(t, ReplaceScope.TABLE) for t in GOLD.values()])
+    _ = written | "Commit" >> CommitLakeWrites(lake, CommitPlan(run_id, "gold_daily", plan, releases=("gold",)))
 
 
 def main(argv=None):
@@ -66,13 +76,20 @@ def main(argv=None):
     parser.add_argument("--as-of", "--as_of", dest="as_of", type=date.fromisoformat,
                         default=datetime.now(timezone.utc).date(),
                         help="last day of data to include (default: today, UTC)")
+    travel = parser.add_mutually_exclusive_group()
+    travel.add_argument("--as-of-version", type=int,
+                        help="read silver as of this version of LAKE/releases (time travel)")
+    travel.add_argument("--as-of-timestamp", type=datetime.fromisoformat,
+                        help="read silver as it was at this time (ISO 8601, e.g. 2026-11-02T10:00:00+00:00)")
     add_sink_flags(parser, "the gold tables and the use-case views")
     args, options = parse(parser, argv)
     bigquery = bigquery_target(parser, args, options)
     setup_logging()
     print(f"gold_daily: {args.lake} as of {args.as_of} -> {args.lake}/gold"
           + (f" and BigQuery {bigquery.project}.gold" if bigquery else ""))
-    return run_pipeline("gold_daily", options, lambda p: build(p, args.lake, args.as_of, bigquery))
+    silver_as_of = {"as_of_version": args.as_of_version, "as_of_timestamp": args.as_of_timestamp}
+    return run_pipeline("gold_daily", options, lambda p: build(p, args.lake, args.as_of, bigquery,
+                                                               silver_as_of=silver_as_of))
 
 
 if __name__ == "__main__":

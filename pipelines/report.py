@@ -1,27 +1,30 @@
 """Funnel report from the gold tables: text, a funnel chart (PNG) and the
 funnel explorer page (``reporting.explorer``).
 
-    python -m pipelines.report --lake DIR [--out DIR]
+    python -m pipelines.report --lake DIR [--out DIR] [--as-of-version N | --as-of-timestamp T]
 
 Prints sessions per stage, the drop-off between stages, conversion by
 platform, the A/B readout, the audience size and the alert counts; writes
-``funnel.png`` and ``funnel.html`` (default ``LAKE/reports/``).
+``funnel.png`` and ``funnel.html`` (default ``LAKE/reports/``). Gold is
+read at its latest release, or as it was (``--as-of-version``: a version of
+``LAKE/releases``; ``--as-of-timestamp``: a time).
 """
 from __future__ import annotations
 
 import argparse
 import os
 from collections import defaultdict
+from datetime import datetime
 
 from reporting import explorer
-from reporting.explorer import gold_rows as _rows
+from reporting.explorer import Gold
 from transforms.funnel import STAGES
 
 
-def funnel_summary(lake: str) -> dict:
+def funnel_summary(gold: Gold) -> dict:
     """Stage counts overall and per platform, from mart_conversion_rate
     (year rows: every session once per year it started in)."""
-    conversion = _rows(lake, "mart_conversion_rate")
+    conversion = gold.rows("mart_conversion_rate")
     per_platform = explorer.stage_totals(conversion)
     overall = per_platform.pop(explorer.ALL, [0] * len(STAGES))
     days = sorted({r["period_start"] for r in conversion if r["period_grain"] == "day"})
@@ -46,21 +49,21 @@ def text_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def use_case_report(lake: str) -> str:
+def use_case_report(gold: Gold) -> str:
     """The A/B readout, the retargeting audience size and the alert counts."""
     lines = ["A/B tests (unit: session; metric: reached payment)",
              f"{'experiment':<17}{'variant':<9}{'sessions':>9}{'paid':>7}{'conv.':>8}{'lift':>8}"
              f"{'95% CI of diff':>19}{'p':>9}{'SRM':>5}"]
-    for r in sorted(_rows(lake, "mart_ab_test"), key=lambda r: (r["experiment"], not r["is_control"], r["variant"])):
+    for r in sorted(gold.rows("mart_ab_test"), key=lambda r: (r["experiment"], not r["is_control"], r["variant"])):
         ci = "control" if r["is_control"] else (
             "n/a" if r["ci_low"] is None else f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] pt")
         lift = "" if r["lift_vs_control"] is None else f"{100 * r['lift_vs_control']:+.1f}%"
         lines.append(f"{r['experiment']:<17}{r['variant']:<9}{r['sessions']:>9,}{r['sessions_payment']:>7,}"
                      f"{_pct(r['sessions_payment'], r['sessions']):>8}{lift:>8}{ci:>19}"
                      f"{'' if r['is_control'] else explorer.p_value_text(r['p_value'], 'n/a'):>9}{'yes' if r['srm_flag'] else 'no':>5}")
-    audience = _rows(lake, "mart_retargeting")
+    audience = gold.rows("mart_retargeting")
     alerts = defaultdict(int)
-    for a in _rows(lake, "ops_alerts"):
+    for a in gold.rows("ops_alerts"):
         alerts[a["alert_type"]] += 1
     lines += ["", f"retargeting audience: {len(audience):,} users (carted, did not pay within 24 h, active)",
               "alerts: " + (", ".join(f"{kind} {n:,}" for kind, n in sorted(alerts.items())) or "none")]
@@ -104,15 +107,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lake", required=True)
     parser.add_argument("--out", help="folder for funnel.png and funnel.html (default LAKE/reports)")
+    travel = parser.add_mutually_exclusive_group()
+    travel.add_argument("--as-of-version", type=int, help="gold as of this version of LAKE/releases")
+    travel.add_argument("--as-of-timestamp", type=datetime.fromisoformat, help="gold as it was at this time")
     args = parser.parse_args(argv)
     out = args.out or os.path.join(args.lake, "reports")
     os.makedirs(out, exist_ok=True)
-    summary = funnel_summary(args.lake)
-    text = text_report(summary) + "\n\n" + use_case_report(args.lake)
+    gold = Gold.of(args.lake, args.as_of_version, args.as_of_timestamp)
+    summary = funnel_summary(gold)
+    text = text_report(summary) + "\n\n" + use_case_report(gold)
     print(text)
     chart = os.path.join(out, "funnel.png")
     funnel_chart(summary, chart)
-    page = explorer.write(args.lake, os.path.join(out, "funnel.html"))
+    page = explorer.write(gold, os.path.join(out, "funnel.html"))
     print(f"\nchart: {chart}\npage:  {page}")
     return summary
 

@@ -45,17 +45,14 @@ import logging
 import time
 
 import apache_beam as beam
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
-
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import local_runner
 from pipelines.common import add_sink_flags, bigquery_target, parse, setup_logging
-from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
+from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER_STREAM
 from transforms.bigquery_io import BigQueryTarget
 from transforms.bronze import pii_key_from_env
-from transforms.lake_io import list_files, stream_snapshot_path, table_dir
+from transforms.lake_tables import snapshot
 from transforms.stream_alerts import ALERT_GRACE_SECONDS
 from transforms.stream_silver import ALLOWED_LATENESS_SECONDS
 from transforms.streaming import StreamingLakehouse
@@ -105,17 +102,12 @@ def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_
 
 
 def landed_rows(lake: str) -> dict[str, int]:
-    """Rows per layer written so far, and current streaming silver sessions
-    (from Parquet footers, without reading data)."""
-    def rows(path):
-        with FileSystems.open(path) as f:
-            return pq.ParquetFile(f).metadata.num_rows
-
+    """Rows per layer committed so far, and current streaming silver
+    sessions (from the Delta logs' record counts, without reading data)."""
     counts = {}
     for layer, tables in (("raw", [RAW]), ("bronze", list(BRONZE.values())), ("dead letter", [DEAD_LETTER])):
-        counts[layer] = sum(rows(path) for table in tables for path in list_files(table_dir(lake, table)))
-    sessions = stream_snapshot_path(lake, SILVER["silver_sessions"])
-    counts["silver sessions"] = rows(sessions) if FileSystems.exists(sessions) else 0
+        counts[layer] = sum(snapshot(lake, table).rows for table in tables)
+    counts["silver sessions"] = snapshot(lake, SILVER_STREAM["silver_sessions"]).rows
     return counts
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 import html
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 
 import plotly.graph_objects as go
-import pyarrow.dataset as ds
 
+from schemas.tables import GOLD
 from schemas.tables import STAGE_SESSION_COLUMNS as MART_STAGES
 from transforms.funnel import STAGES
+from transforms.lake_tables import layer_versions, read_arrow
 
 GRAINS = ("day", "month", "year")
 ALL = "all"
@@ -28,11 +30,20 @@ LATEST_ALERTS = 25
 _COLORS = ("#1f4e79", "#2e75b6", "#c55a11", "#70ad47", "#7f6000", "#7030a0", "#a5a5a5")
 
 
-def gold_rows(lake: str, table: str) -> list[dict]:
-    path = os.path.join(lake, "gold", table)
-    if not os.path.isdir(path):
-        return []
-    return ds.dataset(path, format="parquet").to_table().to_pylist()
+@dataclass(frozen=True)
+class Gold:
+    """A lake's gold tables as one release: the latest, or as of a
+    ``releases`` version or a time (``transforms.lake_tables``)."""
+
+    lake: str
+    versions: dict
+
+    @classmethod
+    def of(cls, lake: str, as_of_version: int | None = None, as_of_timestamp: datetime | None = None) -> "Gold":
+        return cls(lake, layer_versions(lake, GOLD, as_of_version, as_of_timestamp))
+
+    def rows(self, table: str) -> list[dict]:
+        return read_arrow(self.lake, GOLD[table], self.versions[table]).to_pylist()
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -194,10 +205,10 @@ th,td{border-bottom:1px solid #e3e6ea;padding:.35rem .5rem;text-align:left} .bad
 """
 
 
-def page(lake: str) -> str:
-    conversion, barcodes = gold_rows(lake, "mart_conversion_rate"), gold_rows(lake, "mart_barcode_activity")
-    readout, audience = gold_rows(lake, "mart_ab_test"), gold_rows(lake, "mart_retargeting")
-    alerts = gold_rows(lake, "ops_alerts")
+def page(gold: Gold) -> str:
+    conversion, barcodes = gold.rows("mart_conversion_rate"), gold.rows("mart_barcode_activity")
+    readout, audience = gold.rows("mart_ab_test"), gold.rows("mart_retargeting")
+    alerts = gold.rows("ops_alerts")
     days = sorted({r["period_start"] for r in conversion if r["period_grain"] == "day"})
     totals = stage_totals(conversion)[ALL]
     by_type = defaultdict(int)
@@ -218,7 +229,7 @@ def page(lake: str) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>Funnel explorer</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>
 <body><header><h1>Funnel explorer</h1>
-<p>Sessions {html.escape(period)} &middot; from <code>{html.escape(os.path.abspath(lake))}/gold</code>
+<p>Sessions {html.escape(period)} &middot; from <code>{html.escape(os.path.abspath(gold.lake))}/gold</code>
 &middot; generated {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}</p>
 <nav><a href="#funnel">Funnel</a><a href="#trend">Conversion</a><a href="#platforms">Platforms</a>
 <a href="#experiments-section">Experiments</a><a href="#barcodes">Barcodes</a><a href="#audience">Retargeting</a>
@@ -241,8 +252,8 @@ against the control; SRM: chi-square of the split against an even one (flagged b
 """
 
 
-def write(lake: str, path: str) -> str:
+def write(gold: Gold, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(page(lake))
+        f.write(page(gold))
     return path

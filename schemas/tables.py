@@ -321,4 +321,15 @@ DEAD_LETTER = Table("dead_letter", "ops", "Rejected records with a typed reason.
     col("message_id", STRING, "Pub/Sub message id (look the record up in raw/)."),
 ), partition_by=("ingest_date",))
 
+# --- releases: which versions of a layer's tables go together ---------------------------
+RELEASES = Table("releases", "ops", "Lake only: one row per table of each committed silver or gold release; a "
+                 "reader takes a layer's tables at the versions of its latest release, so it never sees a mix "
+                 "of two runs (transforms.lake_tables).", (
+    col("layer", STRING, "silver or gold.", True),
+    col("table_name", STRING, "A table of that layer.", True),
+    col("version", INT64, "The table's Delta version this release consists of.", True),
+    col("run_id", STRING, "The run that committed it.", True),
+    col("released_at", TIMESTAMP, "When the release was committed.", True),
+))
+
 ALL_TABLES = {**BRONZE, **SILVER, **GOLD, RAW.name: RAW, DEAD_LETTER.name: DEAD_LETTER}

@@ -3,7 +3,7 @@ import uuid
 
 from schemas.tables import BRONZE, DEAD_LETTER, SILVER
 from transforms import bigquery_io
-from transforms.lake_io import list_files, read_parquet_rows, table_dir
+from transforms.lake_tables import read_arrow
 
 
 def endpoint() -> str:
@@ -30,8 +30,7 @@ def bigquery_rows(bq, table) -> list[tuple]:
 
 def lake_rows(lake, table, keep=None) -> list[tuple]:
     """Every row of the table in the lake, in the pipeline's form, sorted; ``keep`` filters them."""
-    root = table_dir(str(lake), table)
-    rows = [r for path in list_files(root) for r in read_parquet_rows(path, table, root)]
+    rows = table.from_arrow(read_arrow(str(lake), table))
     return _sorted_tuples(table, keep(rows) if keep else rows)
 
 

@@ -6,6 +6,7 @@ import pytest
 from google.cloud import bigquery
 
 from schemas.tables import ALL_TABLES, BRONZE, DEAD_LETTER, GOLD, SILVER
+from transforms.lake_tables import snapshot
 from transforms import bigquery_io
 
 
@@ -108,8 +109,11 @@ def test_a_gold_run_that_fails_leaves_the_previous_snapshot(silver_lake, bigquer
     before = {name: bigquery_rows(bq, t) for name, t in GOLD.items()}
     broken = tmp_path / "lake"
     shutil.copytree(silver_lake, broken)
-    (broken / "silver" / "silver_events" / "zz-corrupt.parquet").write_bytes(b"not parquet")
-    with pytest.raises(Exception):
+    # A data file of the current version damaged (a file no version names would simply be ignored).
+    damaged = snapshot(str(broken), SILVER["silver_events"]).files[0].path
+    with open(damaged, "wb") as f:
+        f.write(b"not parquet")
+    with pytest.raises(Exception, match="(?i)parquet"):
         _gold_to_bigquery(broken, bq)
     assert {name: bigquery_rows(bq, t) for name, t in GOLD.items()} == before
 
@@ -211,11 +215,12 @@ def test_backfill_into_bigquery_holds_the_lake_and_reruns_and_replays_never_dupl
 
 
 def test_merge_statement_restates_exactly_the_lake_rule():
-    from transforms.lake_io import Replace
+    from transforms.lake_commit import Replace, ReplaceScope
 
     views = BRONZE["bronze_views"]
     sql, params = bigquery_io.merge_statement(
-        "p", bigquery_io.BigQueryWrite(views, "upsert", Replace(views, "sources", frozenset({"a.jsonl", None}))),
+        "p", bigquery_io.BigQueryWrite(views, "upsert", Replace(views, ReplaceScope.SOURCES,
+                                                                frozenset({"a.jsonl", None}))),
         "p.ops.s", {"2026-11-02"})
     assert "WHEN MATCHED THEN UPDATE" in sql
     assert "WHEN NOT MATCHED BY SOURCE AND (T.source_file IN UNNEST(@replaced_sources) OR T.source_file IS NULL)" in sql
@@ -224,5 +229,11 @@ def test_merge_statement_restates_exactly_the_lake_rule():
                                                     "replaced_sources": ["a.jsonl"]}
     append, _ = bigquery_io.merge_statement("p", bigquery_io.BigQueryWrite(views, "append"), "p.ops.s", set())
     assert "WHEN MATCHED" not in append and "NOT MATCHED BY SOURCE" not in append  # inserts only new keys
-    with pytest.raises(ValueError):
-        bigquery_io.BigQueryWrite(views, "append", Replace(views, "table"))
+    dates, params = bigquery_io.merge_statement(
+        "p", bigquery_io.BigQueryWrite(views, "upsert", Replace(views, ReplaceScope.PARTITIONS,
+                                                                frozenset({"2026-11-03", "2026-11-02"}))),
+        "p.ops.s", {"2026-11-02"})
+    assert "WHEN NOT MATCHED BY SOURCE AND (T.event_date IN UNNEST(@replaced_partitions))" in dates
+    assert {p.name: p.values for p in params}["replaced_partitions"] == [date(2026, 11, 2), date(2026, 11, 3)]
+    with pytest.raises(ValueError, match="only an upsert restates"):
+        bigquery_io.BigQueryWrite(views, "append", Replace(views, ReplaceScope.TABLE))

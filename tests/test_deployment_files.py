@@ -21,7 +21,7 @@ def test_template_parameters_are_flags_of_the_pipeline(name, module, example, mo
     # Dataflow passes each parameter as --name=value; the pipeline must accept all of them.
     seen = {}
     monkeypatch.setattr(module, "run_pipeline", lambda title, options, build: seen.setdefault("title", title))
-    monkeypatch.setattr(module, "expand_inputs", lambda patterns: ["gs://landing/a.jsonl"], raising=False)
+    monkeypatch.setattr(module, "expand_inputs", lambda patterns, lake: ["gs://landing/a.jsonl"], raising=False)
     module.main([f"--{k}={v}" for k, v in example.items()] + ["--runner=DataflowRunner", "--project=p"])
     assert seen["title"] == name
 

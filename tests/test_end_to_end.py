@@ -248,19 +248,20 @@ def test_a_replay_of_some_stream_raw_files_is_refused_unless_it_names_a_date_ran
     """Rows from Pub/Sub carry no landing file, so a replay restates all of
     them: leaving some stream files out would drop their records from bronze."""
     from schemas.tables import RAW
-    from transforms.lake_io import write_parquet
+    from transforms.lake_commit import commit_append
+    from transforms.lake_files import write_data_file
 
     lake = tmp_path / "lake"
     lines = [line for line in SAMPLE.read_bytes().splitlines() if line.strip()]
     received = 1_793_700_000_000_000  # 2026-11-03T11:20:00Z
     stream_files = []
-    for n, half in enumerate((lines[0::2], lines[1::2])):
-        path = lake / "raw" / "ingest_date=2026-11-03" / f"stream-20261103T1120{n}0-p0-{n:012x}.parquet"
-        write_parquet(str(path), RAW, [
+    for n, half in enumerate((lines[0::2], lines[1::2])):  # two streaming batches, as stream_ingest commits them
+        written = write_data_file(str(lake), RAW, [
             {"ingest_date": "2026-11-03", "message_id": f"m-{n}-{i}", "publish_time": received,
              "attributes_json": None, "ingested_at": received, "source_file": None, "source_line": None,
-             "data": data} for i, data in enumerate(half)])
-        stream_files.append(str(path))
+             "data": data} for i, data in enumerate(half)], (("ingest_date", "2026-11-03"),))
+        assert commit_append(str(lake), RAW, [written], "stream_ingest-test", n + 1)
+        stream_files.append(written.path)
 
     with pytest.raises(SystemExit):
         run_backfill(lake, "--input", stream_files[0])

@@ -5,7 +5,6 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
-import pyarrow.parquet as pq
 import pytest
 from google.cloud import pubsub_v1
 from google.protobuf import timestamp_pb2
@@ -18,6 +17,7 @@ from schemas.tables import BRONZE, DEAD_LETTER, SILVER_STREAM
 from tests.bigquery_checks import assert_bigquery_holds_the_lake, bigquery_holds_the_lake, fresh_project, sink_flags
 from tests.conftest import read_table
 from transforms import alerts, bigquery_io
+from transforms.lake_tables import read_arrow
 
 pytestmark = pytest.mark.emulator
 
@@ -156,8 +156,8 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
 
     def expected_alerts():
         """The batch's alert rules over the streamed silver."""
-        events = pq.read_table(lake / "silver_stream" / "silver_events" / "current.parquet")
-        responses = pq.read_table(lake / "silver_stream" / "silver_event_responses" / "current.parquet")
+        events = read_arrow(str(lake), SILVER_STREAM["silver_events"])
+        responses = read_arrow(str(lake), SILVER_STREAM["silver_event_responses"])
         raised = alerts.shard_alerts(events, responses, clock=None) + alerts.rate_alerts(
             alerts.window_counts(responses))
         return {(a["alert_id"], a["alert_type"]) for a in raised}

@@ -51,7 +51,9 @@ import pyarrow.parquet as pq
 from google.cloud import bigquery
 
 from schemas.table import DATE, TIMESTAMP, Table
-from transforms.lake_io import Replace, newest_per_key, read_parquet_arrow
+from transforms.lake_commit import Replace, ReplaceScope
+from transforms.lake_files import DataFile, read_data_file
+from transforms.stream_sinks import newest_per_key
 from transforms import metrics
 
 
@@ -171,20 +173,17 @@ def _parameter(name: str, table: Table, column: str, values) -> bigquery.ArrayQu
 
 def _deletes(rule: Replace) -> tuple[str, list]:
     """The lake rule as a condition on the target rows (alias ``T``)."""
-    if rule.scope == "table":
+    if rule.scope is ReplaceScope.TABLE:
         return "TRUE", []
-    if rule.scope == "sources":
+    if rule.scope is ReplaceScope.SOURCES:
         files = [f for f in rule.values if f is not None]
         condition = "T.source_file IN UNNEST(@replaced_sources)"
         if None in rule.values:
             condition += " OR T.source_file IS NULL"
         return condition, [bigquery.ArrayQueryParameter("replaced_sources", "STRING", sorted(files))]
-    column = {v.split("=", 1)[0] for v in rule.values}
-    if len(column) > 1:
-        raise ValueError(f"partitions of one column only, not {sorted(column)}")
-    name = column.pop() if column else rule.table.partition_by[0]
+    name = rule.partition_column
     return (f"T.{name} IN UNNEST(@replaced_partitions)",
-            [_parameter("replaced_partitions", rule.table, name, (v.split("=", 1)[1] for v in rule.values))])
+            [_parameter("replaced_partitions", rule.table, name, rule.values)])
 
 
 def merge_statement(project: str, write: BigQueryWrite, scratch: str, prune_values) -> tuple[str, list]:
@@ -277,12 +276,12 @@ def replace_tables(bq: bigquery.Client, chunks_by_table: dict) -> dict:
         return rows
 
 
-# --- batch: the staged files of a run -------------------------------------------------------
-def _staged_chunks(table: Table, files: list[tuple[str, str]]):
-    """Staged ``(relative path, path)`` files -> Arrow chunks of at most about ``ROWS_PER_LOAD`` rows."""
+# --- batch: the written data files of a run ------------------------------------------------
+def _file_chunks(table: Table, files: list[DataFile]):
+    """Data files -> Arrow chunks of at most about ``ROWS_PER_LOAD`` rows."""
     parts, rows = [], 0
-    for relpath, path in sorted(files):
-        part = read_parquet_arrow(path, table, relpath)
+    for file in sorted(files, key=lambda f: f.relpath):
+        part = read_data_file(file, table)
         parts.append(part)
         rows += part.num_rows
         if rows >= ROWS_PER_LOAD:
@@ -292,12 +291,12 @@ def _staged_chunks(table: Table, files: list[tuple[str, str]]):
         yield pa.concat_tables(parts)
 
 
-class PublishStagedFn(beam.DoFn):
-    """All staged files of a run -> every table written to BigQuery by its
-    ``BigQueryWrite``, then the views (re)created; the files are passed on
-    unchanged, for the lake commit that follows.
+class PublishFilesFn(beam.DoFn):
+    """All written data files of a run (``DataFile``) -> every table written
+    to BigQuery by its ``BigQueryWrite``, then the views (re)created; the
+    files are passed on unchanged, for the lake commit that follows.
 
-    It runs only after every file is staged, so a run that fails earlier
+    It runs only after every file is written, so a run that fails earlier
     changes nothing. The ``truncate`` tables are replaced together in one
     transaction (``replace_tables``). Each MERGE is atomic on its own table;
     a failure between two MERGEs leaves some tables merged and the others as
@@ -308,15 +307,15 @@ class PublishStagedFn(beam.DoFn):
         self._target, self._writes, self._views = target, writes, tuple(views)
         self._rows = {w.table.name: metrics.counter(f"bigquery_rows_{w.table.name}") for w in writes}
 
-    def process(self, staged_files: list):
+    def process(self, files: list[DataFile]):
         bq = self._target.client()
         ensure_tables(bq, [w.table for w in self._writes])
         by_table = defaultdict(list)
-        for name, relpath, path in staged_files:
-            by_table[name].append((relpath, path))
+        for file in files:
+            by_table[file.table].append(file)
 
         def chunks(table):
-            return _staged_chunks(table, by_table[table.name])
+            return _file_chunks(table, by_table[table.name])
 
         changed = {}
         for write in self._writes:
@@ -328,20 +327,20 @@ class PublishStagedFn(beam.DoFn):
             logging.info("BigQuery %s.%s: %d rows written", bq.project, name, n)
         if self._views:
             create_views(bq, self._views)
-        yield from staged_files
+        yield from files
 
 
 class PublishToBigQuery(beam.PTransform):
-    """Staged files ``(table name, relative path, staged path)`` -> written to
-    BigQuery in one final step; emits the same files."""
+    """A run's ``DataFile``s -> written to BigQuery in one final step; emits
+    the same files."""
 
     def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite], views=()):
         super().__init__()
-        self._fn = PublishStagedFn(target, writes, views)
+        self._fn = PublishFilesFn(target, writes, views)
 
-    def expand(self, staged):
-        return (staged
-                | "AllStagedFiles" >> beam.combiners.ToList()
+    def expand(self, files):
+        return (files
+                | "AllDataFiles" >> beam.combiners.ToList()
                 | "WriteTables" >> beam.ParDo(self._fn))
 
 

@@ -49,7 +49,7 @@ from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import alerts, metrics
-from transforms.lake_io import batched
+from transforms.stream_sinks import batched
 from transforms.stream_silver import Rows, _pack, shard_of
 
 # The first part of an alert state key: what the second part numbers.

@@ -50,7 +50,7 @@ from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE
 from transforms import metrics
 from transforms.dedup import combine_fn_for, extra_copies_counter
-from transforms.lake_io import batched
+from transforms.stream_sinks import batched
 from transforms.silver import (ACTIVITY_JOIN, JOINS, RESPONSE_JOIN, SESSION_CHILDREN, ParentJoin,
                                parent_context, resolve_session, shuffled_columns, unknown_parent_context)
 

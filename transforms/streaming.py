@@ -24,6 +24,7 @@ bounded input (``make bench-stream-cpu``).
 """
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 
 import apache_beam as beam
@@ -39,7 +40,7 @@ from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, 
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseCounters, parse_record
 from transforms.bronze_columnar import parse_chunk
-from transforms.lake_io import BatchEvery, MergeSnapshotsFn, WriteBatchFilesFn, lake_values
+from transforms.stream_sinks import BatchEvery, MergeSnapshotsFn, WriteBatchFilesFn, lake_values
 from transforms.stream_alerts import PublishAlertsFn, StreamingAlerts
 from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, SESSION_GAP_SECONDS, SHARDS, SILVER_INPUTS,
                                       Rows, StreamingSilver, session_elements, shard_of, silver_input)
@@ -200,8 +201,10 @@ class StreamingLakehouse(beam.PTransform):
                  allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
                  early_firing_seconds: int | None = None, sink_every_seconds: int | None = None,
                  bigquery: BigQueryTarget | None = None, shards: int = SHARDS, alerts_topic: str | None = None,
-                 alert_grace_seconds: float = 0):
+                 alert_grace_seconds: float = 0, run_id: str | None = None):
         super().__init__()
+        # Names this launch in every commit it makes (transforms.stream_sinks).
+        self._run_id = run_id or f"stream_ingest-{uuid.uuid4().hex}"
         self._lake, self._pii_key, self._window = lake, pii_key, window_seconds
         self._lateness, self._join_days = allowed_lateness_seconds, join_state_days
         self._early, self._sink_every, self._bigquery = early_firing_seconds, sink_every_seconds, bigquery
@@ -220,8 +223,9 @@ class StreamingLakehouse(beam.PTransform):
         alert_rows = raised | "AlertRows" >> beam.Map(_alert_lake_rows).with_output_types(LAKE_ROWS)
         batches = (parsed.lake, silver, alert_rows) | "Batches" >> BatchEvery(self._sink_every)
         files = batches | "AppendToLake" >> beam.ParDo(
-            WriteBatchFilesFn([*LAKE_TABLES.values(), OPS_ALERTS_STREAM], self._lake))
-        _ = batches | "MergeSnapshots" >> beam.ParDo(MergeSnapshotsFn(list(SILVER.values()), self._lake))
+            WriteBatchFilesFn([*LAKE_TABLES.values(), OPS_ALERTS_STREAM], self._lake, self._run_id))
+        _ = batches | "MergeSnapshots" >> beam.ParDo(MergeSnapshotsFn(list(SILVER_STREAM.values()), self._lake,
+                                                                      self._run_id))
         if self._bigquery is not None:
             writes = ([BigQueryWrite(t, "append") for t in (*BRONZE.values(), DEAD_LETTER, OPS_ALERTS_STREAM)]
                       + [BigQueryWrite(t, "upsert") for t in SILVER_STREAM.values()])

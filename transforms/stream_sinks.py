@@ -1,0 +1,155 @@
+"""The streaming job's lake sinks: processing-time batches (``BatchEvery``),
+each table's batch appended to its Delta table in one commit
+(``WriteBatchFilesFn``), and the streaming silver tables rewritten with each
+batch's upserts (``MergeSnapshotsFn``).
+
+Every commit is recorded as ``(run_id, batch number)``, the batch number
+being the pane index of the table's batch: a runner retrying a bundle
+replays the same pane, and its commit is then a no-op
+(``transforms.lake_commit``). ``run_id`` names one launch of the job.
+"""
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.transforms import trigger
+from apache_beam.transforms.window import GlobalWindows
+
+from schemas.table import Table
+from transforms import metrics
+from transforms.lake_commit import Replace, ReplaceScope, commit_append, commit_replace
+from transforms.lake_files import write_data_file
+from transforms.lake_tables import read_arrow, snapshot
+
+PIPELINE = "stream_ingest"
+
+
+class WriteBatchFilesFn(beam.DoFn):
+    """(table name, lists of rows of one batch) -> one data file per
+    partition the rows fall in, appended to the table in one commit. Rows are
+    value tuples in the table's column order (``lake_values``). Batches of
+    other tables pass by. Emits the files' paths."""
+
+    def __init__(self, tables: list[Table], lake: str, run_id: str):
+        self._tables, self._lake, self._run_id = {t.name: t for t in tables}, lake, run_id
+        self._rows = {t.name: metrics.counter(f"rows_written_{t.name}") for t in tables}
+
+    def process(self, batch, pane=beam.DoFn.PaneInfoParam):
+        name, lists = batch
+        table = self._tables.get(name)
+        if table is None:
+            return
+        names = table.column_names
+        at = [names.index(c) for c in table.partition_by]
+        by_partition = defaultdict(list)
+        for rows in lists:
+            for values in rows:
+                by_partition[tuple(values[i] for i in at)].append(dict(zip(names, values)))
+        files = [write_data_file(self._lake, table, partition_rows,
+                                 tuple((c, str(v)) for c, v in zip(table.partition_by, parts)))
+                 for parts, partition_rows in by_partition.items()]
+        if commit_append(self._lake, table, files, self._run_id, pane.index + 1, PIPELINE):
+            metrics.add(self._rows[name], sum(f.rows for f in files))
+            yield from (f.path for f in files)
+
+
+def lake_values(table: Table, row: dict) -> tuple:
+    """A row as the streaming lake sink takes it: values of every column in
+    the table's order."""
+    return tuple(map(row.get, table._names))
+
+
+class MergeSnapshotsFn(beam.DoFn):
+    """(silver table name, lists of upserted rows of one batch) -> the
+    streaming silver table (``silver_stream/``: the batch owns ``silver/``)
+    rewritten with them in one commit: the newest ``_version`` per key wins,
+    other keys stay. Batches of other tables pass by. The rewritten table
+    is ``silver``'s table of that name in the ``silver_stream`` layer
+    (``tables``)."""
+
+    def __init__(self, tables: list[Table], lake: str, run_id: str):
+        self._tables, self._lake, self._run_id = {t.name: t for t in tables}, lake, run_id
+        self._rows = {t.name: metrics.counter(f"rows_upserted_{t.name}") for t in tables}
+
+    def process(self, batch, pane=beam.DoFn.PaneInfoParam):
+        name, lists = batch
+        table = self._tables.get(name)
+        if table is None:
+            return
+        rows = (row for part in lists for row in part)
+        key = table.key[0]
+        newest = newest_per_key(rows, key)
+        read = snapshot(self._lake, table)
+        current = {r[key]: r for r in table.from_arrow(read_arrow(self._lake, table, read.version))}
+        current.update(newest)
+        written = write_data_file(self._lake, table, list(current.values()))
+        commit_replace(self._lake, Replace(table, ReplaceScope.TABLE), [written], self._run_id, read, PIPELINE,
+                       sequence=pane.index + 1)
+        self._rows[name].inc(len(newest))
+        yield name, len(current)
+
+
+def batch_window(seconds: int | None) -> beam.WindowInto:
+    """The global window, fired every ``seconds`` of processing time, or
+    (``None``) only when the input ends -- then with Beam's default
+    windowing, which runners group on their fast path."""
+    if not seconds:
+        return beam.WindowInto(GlobalWindows())
+    return beam.WindowInto(GlobalWindows(), trigger=_every(seconds),
+                           accumulation_mode=trigger.AccumulationMode.DISCARDING)
+
+
+@functools.lru_cache(maxsize=None)
+def _every(seconds: int):
+    # One trigger object per period: triggers compare by identity, and the
+    # inputs of a Flatten must share their windowing.
+    return trigger.Repeatedly(trigger.AfterProcessingTime(seconds))
+
+
+def newest_per_key(rows, key: str) -> dict:
+    """Streaming upserts -> the one with the highest ``_version`` per key."""
+    newest = {}
+    for row in rows:
+        if row[key] not in newest or row["_version"] > newest[row[key]]["_version"]:
+            newest[row[key]] = row
+    return newest
+
+
+class BatchEvery(beam.PTransform):
+    """Streaming ``(table name, rows)`` (one PCollection or several) ->
+    ``(table name, lists of rows)`` batches, one per table at most every
+    ``seconds`` of processing time, for the sinks (files appended,
+    snapshots rewritten, tables merged).
+
+    A processing-time trigger, not event-time windows: the sink follows the
+    clock, so a watermark held back (by a backlog, or by a local runner that
+    advances it only between pulls) never delays it. One key per table: a
+    table's batches are applied one after the other, never concurrently.
+    ``seconds=None``: one batch when the input ends (bounded runs, and
+    runners without processing-time triggers such as FnApiRunner)."""
+
+    def __init__(self, seconds: int | None):
+        super().__init__()
+        self._seconds = seconds
+
+    def expand(self, rows):
+        return batched(rows, self._seconds) | "GroupBatch" >> beam.GroupByKey()
+
+
+def batched(pcolls, seconds: int | None, element_type=None):
+    """One PCollection or several, each put in ``batch_window`` before they are
+    flattened (inputs of a Flatten must share their windowing);
+    ``element_type``: declared for what comes out (a GroupByKey checks it)."""
+    inputs = list(pcolls) if isinstance(pcolls, (list, tuple)) else [pcolls]
+    windowed = [pcoll | f"EverySeconds{i or ''}" >> batch_window(seconds) for i, pcoll in enumerate(inputs)]
+    if len(windowed) == 1:
+        if element_type is not None:
+            windowed[0].element_type = element_type
+        return windowed[0]
+    flatten = beam.Flatten()
+    return tuple(windowed) | "AllBatched" >> (flatten.with_output_types(element_type) if element_type else flatten)
+
+
