@@ -12,13 +12,15 @@ read at its latest release, or as it was (``--as-of-version``: a version of
 from __future__ import annotations
 
 import argparse
-import os
+import io
+import posixpath
 from collections import defaultdict
 from datetime import datetime
 
 from reporting import explorer
 from reporting.explorer import Gold
 from transforms.funnel import STAGES
+from transforms.lake_files import write_bytes
 
 
 def funnel_summary(gold: Gold) -> dict:
@@ -99,7 +101,9 @@ def funnel_chart(summary: dict, path: str) -> None:
     right.set_title("Conversion by platform")
     right.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    write_bytes(path, png.getvalue())
     plt.close(fig)
 
 
@@ -111,15 +115,14 @@ def main(argv=None):
     travel.add_argument("--as-of-version", type=int, help="gold as of this version of LAKE/releases")
     travel.add_argument("--as-of-timestamp", type=datetime.fromisoformat, help="gold as it was at this time")
     args = parser.parse_args(argv)
-    out = args.out or os.path.join(args.lake, "reports")
-    os.makedirs(out, exist_ok=True)
+    out = args.out or posixpath.join(args.lake, "reports")  # a folder or an object-store URL
     gold = Gold.of(args.lake, args.as_of_version, args.as_of_timestamp)
     summary = funnel_summary(gold)
     text = text_report(summary) + "\n\n" + use_case_report(gold)
     print(text)
-    chart = os.path.join(out, "funnel.png")
+    chart = posixpath.join(out, "funnel.png")
     funnel_chart(summary, chart)
-    page = explorer.write(gold, os.path.join(out, "funnel.html"))
+    page = explorer.write(gold, posixpath.join(out, "funnel.html"))
     print(f"\nchart: {chart}\npage:  {page}")
     return summary
 

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from schemas.tables import GOLD
 from schemas.tables import STAGE_SESSION_COLUMNS as MART_STAGES
 from transforms.funnel import STAGES
+from transforms.lake_files import write_bytes
 from transforms.lake_tables import layer_versions, read_arrow
 
 GRAINS = ("day", "month", "year")
@@ -229,7 +230,7 @@ def page(gold: Gold) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>Funnel explorer</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>
 <body><header><h1>Funnel explorer</h1>
-<p>Sessions {html.escape(period)} &middot; from <code>{html.escape(os.path.abspath(gold.lake))}/gold</code>
+<p>Sessions {html.escape(period)} &middot; from <code>{html.escape(gold.lake if "://" in gold.lake else os.path.abspath(gold.lake))}/gold</code>
 &middot; generated {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}</p>
 <nav><a href="#funnel">Funnel</a><a href="#trend">Conversion</a><a href="#platforms">Platforms</a>
 <a href="#experiments-section">Experiments</a><a href="#barcodes">Barcodes</a><a href="#audience">Retargeting</a>
@@ -253,7 +254,5 @@ against the control; SRM: chi-square of the split against an even one (flagged b
 
 
 def write(gold: Gold, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page(gold))
-    return path
+    """The page at ``path`` (a local file or an object-store URL)."""
+    return write_bytes(path, page(gold).encode("utf-8"))

@@ -65,6 +65,14 @@ def _makedirs(path: str) -> None:
         pass  # exists already (local); object stores need none
 
 
+def write_bytes(path: str, data: bytes) -> str:
+    """Writes a whole file, on a local disk or an object store (reports beside the lake)."""
+    _makedirs(posixpath.dirname(path))
+    with FileSystems.create(path) as f:
+        f.write(data)
+    return path
+
+
 def _stats(arrow: pa.Table) -> str:
     """Delta statistics of a file: its record count, and for ``source_file``
     (which landing file its rows came from) min, max and null count, which
