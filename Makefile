@@ -10,7 +10,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install browser demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down infra-check lock clean
+.PHONY: install browser demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down s3-up s3-down maintain infra-check lock clean
 
 install: $(STAMP)
 
@@ -95,6 +95,18 @@ bq-down: install
 
 # Refresh the lock after changing a pin in setup.py or requirements-dev.txt.
 # Policy scan of infra/ (checkov, offline, from its own .venv-checkov); also part of make test.
+# A local S3 server (moto, in its own .venv-s3) on 127.0.0.1:9070, for a lake
+# on an object store; the tests start and stop it themselves.
+s3-up: install
+	$(PY) -m devtools.s3_emulator start
+
+s3-down: install
+	$(PY) -m devtools.s3_emulator stop
+
+# Compaction, log checkpoints and vacuum of every lake table (LAKE=...).
+maintain: install
+	$(PY) -m pipelines.maintain --lake $(LAKE)
+
 infra-check: install
 	$(PY) -m devtools.infra_check
 
@@ -104,4 +116,4 @@ lock:
 	/tmp/funnel-lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements-lock.txt
 
 clean:
-	rm -rf $(VENV) .venv-bqemulator .venv-checkov $(LAKE) lake-stream demo-data .pytest_cache .emulators
+	rm -rf $(VENV) .venv-bqemulator .venv-checkov .venv-s3 $(LAKE) lake-stream demo-data .pytest_cache .emulators

@@ -9,7 +9,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
                                                "schemas", "schemas.*", "reporting", "reporting.*"]),
     install_requires=[
-        "apache-beam[gcp]==2.77.0",
+        "apache-beam[gcp,aws]==2.77.0",  # aws: Beam's S3 filesystem (a lake on S3)
         "pyarrow==25.0.1",
         "fastavro==1.13.1",
         "orjson==3.13.0",

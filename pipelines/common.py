@@ -26,7 +26,18 @@ def parse(parser: argparse.ArgumentParser, argv=None, local_runner: str = LOCAL_
         beam_args.append(f"--runner={local_runner}")
     if streaming and "--streaming" not in beam_args:
         beam_args.append("--streaming")
-    return args, PipelineOptions(beam_args)
+    options = PipelineOptions(beam_args)
+    use_filesystems(options)
+    return args, options
+
+
+def use_filesystems(options: PipelineOptions | None = None) -> None:
+    """Beam's file systems (an object-store lake's ``s3://`` needs options)
+    for what the entry point itself reads and writes, outside the pipeline;
+    the runner configures its workers from the pipeline's options."""
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(options or PipelineOptions([]))
 
 
 def add_sink_flags(parser: argparse.ArgumentParser, what: str) -> None:

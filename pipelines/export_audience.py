@@ -19,6 +19,7 @@ from datetime import date, datetime, time, timezone
 
 import pyarrow.compute as pc
 
+from pipelines.common import use_filesystems
 from schemas.tables import GOLD
 from transforms.lake_tables import layer_versions, read_arrow
 
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.add_argument("--since", type=date.fromisoformat, help="only carts abandoned on or after this UTC date")
     args = parser.parse_args(argv)
+    use_filesystems()
     hashes, missing = audience(args.lake, args.since)
     write_csv(args.out, hashes)
     print(f"retargeting audience: {len(hashes):,} users -> {args.out}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import setup_logging
+from pipelines.common import setup_logging, use_filesystems
 from transforms.lake_maintenance import RETENTION_HOURS, maintain
 from transforms.lake_tables import ALL_LAKE_TABLES
 
@@ -27,6 +27,7 @@ def main(argv=None) -> dict:
                         help=f"keep unneeded files this long (default {RETENTION_HOURS}); longer than any run")
     parser.add_argument("--no-compact", dest="compact", action="store_false", help="skip compaction")
     args = parser.parse_args(argv)
+    use_filesystems()
     setup_logging()
     reports = {}
     tables = list(ALL_LAKE_TABLES)

@@ -17,6 +17,7 @@ import posixpath
 from collections import defaultdict
 from datetime import datetime
 
+from pipelines.common import use_filesystems
 from reporting import explorer
 from reporting.explorer import Gold
 from transforms.funnel import STAGES
@@ -115,6 +116,7 @@ def main(argv=None):
     travel.add_argument("--as-of-version", type=int, help="gold as of this version of LAKE/releases")
     travel.add_argument("--as-of-timestamp", type=datetime.fromisoformat, help="gold as it was at this time")
     args = parser.parse_args(argv)
+    use_filesystems()
     out = args.out or posixpath.join(args.lake, "reports")  # a folder or an object-store URL
     gold = Gold.of(args.lake, args.as_of_version, args.as_of_timestamp)
     summary = funnel_summary(gold)

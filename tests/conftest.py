@@ -90,6 +90,29 @@ def pubsub_emulator():
 
 
 @pytest.fixture(scope="session")
+def s3_emulator():
+    """A local S3 server (moto, from its own virtualenv): reused when one
+    answers, else started here and stopped at the end. Yields its host."""
+    from devtools import s3_emulator
+
+    with s3_emulator.running() as host:
+        yield host
+
+
+@pytest.fixture
+def s3_lake(s3_emulator, monkeypatch) -> str:
+    """``s3://<a fresh bucket>/lake`` on the local S3 server, with delta-rs
+    and Beam's S3 filesystem pointed at it for the test."""
+    import uuid
+
+    from devtools import s3_emulator as service
+
+    for name, value in service.environment(s3_emulator).items():
+        monkeypatch.setenv(name, value)
+    return service.create_bucket(s3_emulator, f"lake-{uuid.uuid4().hex[:12]}") + "/lake"
+
+
+@pytest.fixture(scope="session")
 def bigquery_emulator():
     """The real local BigQuery emulator (bqemulator, from its own virtualenv):
     reused when one answers, else started here and stopped at the end.

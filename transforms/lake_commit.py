@@ -105,8 +105,9 @@ def _properties(transactions: list[Transaction], **metadata) -> CommitProperties
     return CommitProperties(app_transactions=transactions, custom_metadata={k: str(v) for k, v in metadata.items()})
 
 
-def already_committed(lake: str, table: Table, run_id: str, sequence: int = 1) -> bool:
-    dt = open_table(lake, table)
+def already_committed(lake: str, table: Table, run_id: str, sequence: int = 1, latest=None) -> bool:
+    """Whether ``(run_id, sequence)`` is in the table (``latest``: the table, opened already)."""
+    dt = latest if latest is not None else open_table(lake, table)
     recorded = None if dt is None else dt.transaction_version(run_id)
     return recorded is not None and recorded >= sequence
 
@@ -118,11 +119,12 @@ def commit_replace(lake: str, rule: Replace, files: list[DataFile], run_id: str,
     new version (None: that commit is in already)."""
     table = rule.table
     rule.check(files)
-    ensure_table(lake, table)
-    if already_committed(lake, table, run_id, sequence):
+    latest = ensure_table(lake, table)
+    if already_committed(lake, table, run_id, sequence, latest):
         logging.info("commit %s: run %s is in already", table.name, run_id)
         return None
-    base = open_table(lake, table, read.version)  # conflicts are judged against what the run read
+    # Conflicts are judged against what the run read (one request fewer when that is the latest).
+    base = latest if read.version in (None, latest.version()) else open_table(lake, table, read.version)
     adds = [f.add_action() for f in files]
     removed = [f for f in read.files if rule.replaces(f)]
     now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
@@ -137,19 +139,20 @@ def commit_replace(lake: str, rule: Replace, files: list[DataFile], run_id: str,
         raise LakeConflictError(
             f"{table.name}: another run replaced or removed files this run replaces since it read version "
             f"{read.version}; nothing of this run was committed to {table.name}. Rerun it. ({error})") from error
-    version = open_table(lake, table).version()
+    base.update_incremental()
+    version = base.version()
     logging.info("commit %s: version %d, %d files in, %d replaced", table.name, version, len(adds), len(removed))
     return version
 
 
 @retry(retry=retry_if_exception_type(CommitFailedError), stop=stop_after_attempt(8),
        wait=wait_random_exponential(multiplier=0.2, max=10), reraise=True)
-def _append(lake: str, table: Table, actions, properties: CommitProperties) -> None:
+def _append(dt, table: Table, actions, properties: CommitProperties) -> None:
     # An append conflicts with nothing another writer does; a failure is a
     # lost race for the next log entry (delta-rs retries those itself too).
-    open_table(lake, table).create_write_transaction(actions, "append", table.arrow_schema(),
-                                                     list(table.partition_by) or None,
-                                                     commit_properties=properties)
+    dt.update_incremental()
+    dt.create_write_transaction(actions, "append", table.arrow_schema(), list(table.partition_by) or None,
+                                commit_properties=properties)
 
 
 def commit_append(lake: str, table: Table, files: list[DataFile], run_id: str, sequence: int = 1,
@@ -157,12 +160,12 @@ def commit_append(lake: str, table: Table, files: list[DataFile], run_id: str, s
     """Appends ``files`` in one commit recorded as ``(run_id, sequence)``;
     False if that is in already (the files are then deleted: no version
     names them)."""
-    ensure_table(lake, table)
-    if already_committed(lake, table, run_id, sequence):
+    latest = ensure_table(lake, table)
+    if already_committed(lake, table, run_id, sequence, latest):
         _delete([f.path for f in files])
         return False
     if files or transactions:
-        _append(lake, table, [f.add_action() for f in files],
+        _append(latest, table, [f.add_action() for f in files],
                 _properties([Transaction(run_id, sequence), *transactions], pipeline=pipeline, run_id=run_id,
                             change="append"))
     return True
@@ -171,8 +174,7 @@ def commit_append(lake: str, table: Table, files: list[DataFile], run_id: str, s
 def commit_raw(lake: str, files: list[DataFile], run_id: str, pipeline: str) -> int:
     """Raw copies of landing files: each content added once ever (see the
     module docstring); returns how many were added."""
-    ensure_table(lake, RAW)
-    dt = open_table(lake, RAW)
+    dt = ensure_table(lake, RAW)
     new, seen, dropped = [], set(), []
     for f in sorted(files, key=lambda f: f.relpath):
         if f.content_sha256 in seen or dt.transaction_version(LANDING_TRANSACTION + f.content_sha256) is not None:

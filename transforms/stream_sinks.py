@@ -27,21 +27,36 @@ from transforms.lake_tables import read_arrow, snapshot
 PIPELINE = "stream_ingest"
 
 
-class WriteBatchFilesFn(beam.DoFn):
-    """(table name, lists of rows of one batch) -> one data file per
-    partition the rows fall in, appended to the table in one commit. Rows are
-    value tuples in the table's column order (``lake_values``). Batches of
-    other tables pass by. Emits the files' paths."""
+class _TableBatchFn(beam.DoFn):
+    """A sink of ``(table name, lists of rows of one batch)`` for ``tables``
+    (batches of other tables pass by), committing as ``run_id``."""
+
+    COUNTER = ""
 
     def __init__(self, tables: list[Table], lake: str, run_id: str):
         self._tables, self._lake, self._run_id = {t.name: t for t in tables}, lake, run_id
-        self._rows = {t.name: metrics.counter(f"rows_written_{t.name}") for t in tables}
+        self._rows = {t.name: metrics.counter(f"{self.COUNTER}{t.name}") for t in tables}
 
     def process(self, batch, pane=beam.DoFn.PaneInfoParam):
         name, lists = batch
         table = self._tables.get(name)
-        if table is None:
-            return
+        if table is not None:
+            # The pane index numbers the table's batches: a retried bundle replays the same one.
+            yield from self._sink(table, lists, pane.index + 1)
+
+    def _sink(self, table: Table, lists, sequence: int):
+        raise NotImplementedError
+
+
+class WriteBatchFilesFn(_TableBatchFn):
+    """(table name, lists of rows of one batch) -> one data file per
+    partition the rows fall in, appended to the table in one commit. Rows are
+    value tuples in the table's column order (``lake_values``). Emits the
+    files' paths."""
+
+    COUNTER = "rows_written_"
+
+    def _sink(self, table: Table, lists, sequence: int):
         names = table.column_names
         at = [names.index(c) for c in table.partition_by]
         by_partition = defaultdict(list)
@@ -51,8 +66,8 @@ class WriteBatchFilesFn(beam.DoFn):
         files = [write_data_file(self._lake, table, partition_rows,
                                  tuple((c, str(v)) for c, v in zip(table.partition_by, parts)))
                  for parts, partition_rows in by_partition.items()]
-        if commit_append(self._lake, table, files, self._run_id, pane.index + 1, PIPELINE):
-            metrics.add(self._rows[name], sum(f.rows for f in files))
+        if commit_append(self._lake, table, files, self._run_id, sequence, PIPELINE):
+            metrics.add(self._rows[table.name], sum(f.rows for f in files))
             yield from (f.path for f in files)
 
 
@@ -62,23 +77,15 @@ def lake_values(table: Table, row: dict) -> tuple:
     return tuple(map(row.get, table._names))
 
 
-class MergeSnapshotsFn(beam.DoFn):
+class MergeSnapshotsFn(_TableBatchFn):
     """(silver table name, lists of upserted rows of one batch) -> the
-    streaming silver table (``silver_stream/``: the batch owns ``silver/``)
-    rewritten with them in one commit: the newest ``_version`` per key wins,
-    other keys stay. Batches of other tables pass by. The rewritten table
-    is ``silver``'s table of that name in the ``silver_stream`` layer
-    (``tables``)."""
+    streaming silver table of that name (``tables``: the ``silver_stream``
+    layer; the batch owns ``silver/``) rewritten with them in one commit: the
+    newest ``_version`` per key wins, other keys stay."""
 
-    def __init__(self, tables: list[Table], lake: str, run_id: str):
-        self._tables, self._lake, self._run_id = {t.name: t for t in tables}, lake, run_id
-        self._rows = {t.name: metrics.counter(f"rows_upserted_{t.name}") for t in tables}
+    COUNTER = "rows_upserted_"
 
-    def process(self, batch, pane=beam.DoFn.PaneInfoParam):
-        name, lists = batch
-        table = self._tables.get(name)
-        if table is None:
-            return
+    def _sink(self, table: Table, lists, sequence: int):
         rows = (row for part in lists for row in part)
         key = table.key[0]
         newest = newest_per_key(rows, key)
@@ -87,9 +94,9 @@ class MergeSnapshotsFn(beam.DoFn):
         current.update(newest)
         written = write_data_file(self._lake, table, list(current.values()))
         commit_replace(self._lake, Replace(table, ReplaceScope.TABLE), [written], self._run_id, read, PIPELINE,
-                       sequence=pane.index + 1)
-        self._rows[name].inc(len(newest))
-        yield name, len(current)
+                       sequence=sequence)
+        self._rows[table.name].inc(len(newest))
+        yield table.name, len(current)
 
 
 def batch_window(seconds: int | None) -> beam.WindowInto:
