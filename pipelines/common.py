@@ -43,7 +43,7 @@ def use_filesystems(options: PipelineOptions | None = None) -> None:
 def add_sink_flags(parser: argparse.ArgumentParser, what: str) -> None:
     """``--sink lake|bigquery`` and ``--bigquery-endpoint``; see ``bigquery_target``."""
     parser.add_argument("--sink", choices=("lake", "bigquery"), default="lake",
-                        help=f"lake: the Parquet lake only (default); bigquery: {what} also go to BigQuery "
+                        help=f"lake: the Delta lake only (default); bigquery: {what} also go to BigQuery "
                              "datasets of --project")
     parser.add_argument("--bigquery-endpoint", help="with --sink bigquery: another endpoint, e.g. the local "
                                                     "emulator http://127.0.0.1:9050")

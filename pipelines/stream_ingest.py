@@ -9,10 +9,11 @@
 The job is ``transforms.streaming.StreamingLakehouse`` fed by Pub/Sub:
 
 * raw: every message byte for byte, with message id, attributes, publish
-  time and ingest time, one Parquet file per window pane (never rewritten);
+  time and ingest time, appended to the Delta table in one commit per
+  processing-time batch (never rewritten);
 * bronze: the batch path's per-record parse, appended per record type in
   ``event_date``/``platform`` partitions; dead letter likewise;
-* silver (``silver_stream/<table>/current.parquet``, one current row per
+* silver (``silver_stream/<table>``, a Delta table, one current row per
   key): sessions from event-time session windows with early (every window
   length, while the session is open) and late updates, users, responses and
   scans from stateful upserts and joins (``transforms.stream_silver``); dedup
