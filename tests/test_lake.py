@@ -368,3 +368,30 @@ def test_vacuum_keeps_the_released_version_of_gold_whatever_came_after(tmp_path,
                    "run-2", snapshot(lake, table), "gold_daily")
     maintain_table(lake, table, retention_hours=0)
     assert _markers(Gold.of(lake)) == {"released"}                     # still readable: its files were kept
+
+
+def test_a_backfill_replay_committing_after_a_streaming_append_keeps_the_streamed_rows(tmp_path, monkeypatch):
+    """The whole backfill, with the stream appending to a bronze table it
+    replaces between the run's planning (the versions it reads) and its commit."""
+    lake = tmp_path / "lake"
+    backfill.main(["--input", str(SAMPLE), "--lake", str(lake)])
+    views = BRONZE["bronze_views"]
+    day = str(min(read_arrow(str(lake), views).column("event_date").to_pylist()))
+    streamed = {c.name: None for c in views.columns} | {
+        "view_id": "v-streamed-meanwhile", "session_id": "s-x", "event_date": day, "platform": "web",
+        "view_timestamp": T0, "source": "x", "schema_version": 1, "ingested_at": T0}
+    real = CommitFn.process
+
+    def stream_appends_first(self, files):
+        row = views.to_arrow([streamed], with_partition_columns=True)
+        commit_append(str(lake), views, [write_data_file(str(lake), views, row, (("event_date", day),
+                                                                                  ("platform", "web")))],
+                      "stream_ingest-meanwhile", 1)
+        yield from real(self, files)
+
+    monkeypatch.setattr(CommitFn, "process", stream_appends_first)
+    before = read_arrow(str(lake), views).num_rows
+    backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--from", day, "--to", day,
+                   "--lake", str(lake)])
+    ids = read_arrow(str(lake), views).column("view_id").to_pylist()
+    assert "v-streamed-meanwhile" in ids and len(ids) == before + 1
