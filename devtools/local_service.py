@@ -39,9 +39,9 @@ class LocalService:
     def host(self) -> str:
         return os.environ.get(self.host_env, self.default_host)
 
-    def start(self, host: str, timeout: float = 90.0) -> int | None:
+    def start(self, host: str, timeout: float = 90.0) -> subprocess.Popen | None:
         """Starts the service unless one answers already; returns the process
-        group id it started, or None."""
+        it started (the leader of its own process group), or None."""
         if reachable(host):
             return None
         self.prepare()
@@ -53,31 +53,31 @@ class LocalService:
         deadline = time.time() + timeout
         while not reachable(host):
             if process.poll() is not None or time.time() > deadline:
-                stop(process.pid)
+                stop(process.pid, process)
                 raise RuntimeError(f"{self.title} did not start; see {log_path}")
             time.sleep(0.3)
-        return process.pid
+        return process
 
     @contextlib.contextmanager
     def running(self, host: str | None = None):
         """The service for the duration of the block; stopped after only if started here."""
         host = host or self.host()
-        pgid = self.start(host)
+        process = self.start(host)
         try:
             yield host
         finally:
-            if pgid is not None:
-                stop(pgid)
+            if process is not None:
+                stop(process.pid, process)
 
     def cli(self, argv=None) -> int:
         """``start`` (pid kept in .emulators/), ``stop`` (only what ``start`` started), ``status``."""
         command = (argv or sys.argv[1:] or ["status"])[0]
         host, pid_file = self.host(), STATE_DIR / f"{self.name}.pid"
         if command == "start":
-            pgid = self.start(host)
-            if pgid is not None:
-                pid_file.write_text(str(pgid))
-            print(f"{self.title} on {host} ({'started' if pgid else 'already running'});"
+            process = self.start(host)
+            if process is not None:
+                pid_file.write_text(str(process.pid))
+            print(f"{self.title} on {host} ({'started' if process else 'already running'});"
                   f" export {self.host_env}={host}")
         elif command == "stop":
             if pid_file.exists():
@@ -91,11 +91,22 @@ class LocalService:
         return 0
 
 
-def stop(pgid: int) -> None:
-    """Stops a service's whole process group (e.g. gcloud and its Java child)."""
+def stop(pgid: int, process: subprocess.Popen | None = None, grace: float = 5.0) -> None:
+    """Stops a service's whole process group (e.g. gcloud and its Java
+    child): SIGTERM, then SIGKILL for what is left after ``grace`` seconds.
+    ``process``: the group's leader, when this process started it: it is
+    reaped (waited for), so a leader that has exited is not mistaken for a
+    live one (an unreaped child stays a zombie, and a zombie still counts
+    as a member of its group)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-        for _ in range(50):
-            os.killpg(pgid, 0)
+        deadline = time.time() + grace
+        if process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=grace)
+        while time.time() < deadline:
+            os.killpg(pgid, 0)  # ProcessLookupError once every member is gone
             time.sleep(0.1)
         os.killpg(pgid, signal.SIGKILL)
+    if process is not None:
+        process.wait()
