@@ -193,9 +193,8 @@ def release(lake: str, layer: str, versions: dict[str, int], run_id: str) -> Non
     now = datetime.now(timezone.utc)
     rows = [{"layer": layer, "table_name": name, "version": version, "run_id": run_id, "released_at": now}
             for name, version in sorted(versions.items())]
-    ensure_table(lake, RELEASES)
     if already_committed(lake, RELEASES, f"{run_id}:{layer}"):
-        return
+        return  # checked before writing: a retried committer leaves no file behind
     written = write_data_file(lake, RELEASES, pa.Table.from_pylist(rows, RELEASES.arrow_schema()))
     commit_append(lake, RELEASES, [written], f"{run_id}:{layer}", pipeline="release")
 
