@@ -42,7 +42,7 @@ from schemas import contract
 from schemas.contract import ENVELOPE, MAX_FUTURE_MICROS, MAX_RECORD_BYTES, MIN_TIMESTAMP_MS, RECORD_TYPES, Field
 from schemas.table import DATE, TIMESTAMP
 from schemas.tables import GOLD
-from transforms.bronze import pii_key_from_env
+from transforms.pii import local_key
 from transforms.gold import end_of_day_micros
 
 SQL_FILE = Path(__file__).with_name("reference.sql")
@@ -305,7 +305,7 @@ def main(argv=None):
         if not paths:
             parser.error(f"no input files match {args.input}")
         con = duckdb.connect()
-        counts = build(con, paths, args.as_of, contract.now_micros(), pii_key_from_env())
+        counts = build(con, paths, args.as_of, contract.now_micros(), local_key().secret)
         write_gold(con, Path(args.out))
         print("reference gold rows: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     if args.compare:

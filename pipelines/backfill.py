@@ -39,12 +39,12 @@ from datetime import date, timedelta
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.common import add_sink_flags, bigquery_target, parse, run_pipeline, setup_logging
+from pipelines.common import add_pii_key_flags, add_sink_flags, bigquery_target, parse, pii_key_source, run_pipeline, setup_logging
 from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
-from transforms.bronze import pii_key_from_env
+from transforms.pii import PiiKeySource
 from transforms.bronze_columnar import ParseChunkFn
 from transforms.landing import RAW_FILES, ReadLandingFiles, expand_inputs
 from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
@@ -93,7 +93,7 @@ def shard_count(paths: list, kept_bronze: list[LakeFile]) -> int:
 
 
 def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
-          date_range: tuple[date, date] | None, pii_key: bytes, now: int,
+          date_range: tuple[date, date] | None, pii_key_source: PiiKeySource, now: int,
           bigquery: BigQueryTarget | None = None, shards: int | None = None, run_id: str | None = None) -> None:
     """``paths``: from ``expand_inputs``; ``sources``: the landing files the
     inputs hold (``_source_files``); ``bigquery``: also merge bronze, dead
@@ -113,7 +113,7 @@ def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
 
     read = p | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
     parsed = (read.chunks
-              | "ParseToBronze" >> beam.ParDo(ParseChunkFn(pii_key, "backfill", now, days))
+              | "ParseToBronze" >> beam.ParDo(ParseChunkFn(pii_key_source, "backfill", now, days))
               .with_outputs(DEAD_LETTER.name, main="bronze"))
     written = [(parsed.bronze, parsed[DEAD_LETTER.name])
                | "WriteBronze" >> WriteDataFiles([*BRONZE.values(), DEAD_LETTER], lake,
@@ -141,8 +141,10 @@ def main(argv=None):
     parser.add_argument("--from", dest="date_from", type=date.fromisoformat, help="first event_date to replace")
     parser.add_argument("--to", dest="date_to", type=date.fromisoformat, help="last event_date to replace")
     add_sink_flags(parser, "bronze, the dead letter and silver")
+    add_pii_key_flags(parser)
     args, options = parse(parser, argv)
     bigquery = bigquery_target(parser, args, options)
+    key_source = pii_key_source(parser, args, options)
     if (args.date_from is None) != (args.date_to is None):
         parser.error("--from and --to go together")
     setup_logging()
@@ -161,7 +163,7 @@ def main(argv=None):
           + (f" and BigQuery {bigquery.project}" if bigquery else "")
           + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else ""))
     return run_pipeline("backfill", options,
-                        lambda p: build(p, paths, sources, args.lake, date_range, pii_key_from_env(), now, bigquery))
+                        lambda p: build(p, paths, sources, args.lake, date_range, key_source, now, bigquery))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,31 @@ def bigquery_target(parser: argparse.ArgumentParser, args: argparse.Namespace, o
     return BigQueryTarget(project, args.bigquery_endpoint)
 
 
+def add_pii_key_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pii-key-secret", "--pii_key_secret", dest="pii_key_secret", metavar="projects/P/secrets/S/versions/V",
+                        help="the PII key's Secret Manager version, read on the workers (required on non-local "
+                             "runners; local runs read FUNNEL_PII_KEY, else a development key)")
+
+
+def pii_key_source(parser: argparse.ArgumentParser, args: argparse.Namespace, options: PipelineOptions):
+    """Where the workers read the PII key (``transforms.pii``); a non-local
+    runner without ``--pii-key-secret`` is an error here, at option parsing."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from transforms.pii import LOCAL_RUNNERS, PiiKeyError, PiiKeySource
+
+    runner = options.view_as(StandardOptions).runner
+    runner = runner if isinstance(runner, str) else type(runner).__name__
+    local = runner in LOCAL_RUNNERS
+    if not local and args.pii_key_secret is None:
+        parser.error(f"--runner={runner} needs --pii-key-secret projects/P/secrets/S/versions/V: the workers read "
+                     "the PII key from Secret Manager, and the development key is for local runners only")
+    try:
+        return PiiKeySource(args.pii_key_secret, allow_dev_key=local)
+    except PiiKeyError as error:
+        parser.error(str(error))
+
+
 def setup_logging() -> None:
     # force: Beam installs a root handler on import, which would make this a no-op.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",

@@ -49,10 +49,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import local_runner
-from pipelines.common import add_sink_flags, bigquery_target, parse, setup_logging
+from pipelines.common import add_pii_key_flags, add_sink_flags, bigquery_target, parse, pii_key_source, setup_logging
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER_STREAM
 from transforms.bigquery_io import BigQueryTarget
-from transforms.bronze import pii_key_from_env
+from transforms.pii import PiiKeySource
 from transforms.lake_tables import snapshot
 from transforms.stream_alerts import ALERT_GRACE_SECONDS
 from transforms.stream_silver import ALLOWED_LATENESS_SECONDS
@@ -61,7 +61,7 @@ from transforms.streaming import StreamingLakehouse
 STREAMING_RUNNER = "BundleBasedDirectRunner"
 
 
-def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key: bytes,
+def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key_source: PiiKeySource,
           allowed_lateness: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
           early_firing_seconds: int | None = None, bigquery: BigQueryTarget | None = None,
           alerts_topic: str | None = None, alert_grace_seconds: float = ALERT_GRACE_SECONDS) -> None:
@@ -71,7 +71,7 @@ def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, p
     _ = (p
          | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
          | "Lakehouse" >> StreamingLakehouse(
-             lake, pii_key, window_seconds, allowed_lateness, join_state_days,
+             lake, pii_key_source, window_seconds, allowed_lateness, join_state_days,
              early_firing_seconds=window_seconds if early_firing_seconds is None else early_firing_seconds,
              sink_every_seconds=window_seconds, bigquery=bigquery, alerts_topic=alerts_topic,
              alert_grace_seconds=alert_grace_seconds))
@@ -132,15 +132,17 @@ def main(argv=None, stop_when=None):
                              f"{ALERT_GRACE_SECONDS})")
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
     add_sink_flags(parser, "bronze, the dead letter and silver")
+    add_pii_key_flags(parser)
     args, options = parse(parser, argv, local_runner=STREAMING_RUNNER, streaming=True)
     bigquery = bigquery_target(parser, args, options)
+    key_source = pii_key_source(parser, args, options)
     setup_logging()
     print(f"stream_ingest: {args.subscription} -> {args.lake}"
           + (f" and BigQuery {bigquery.project}" if bigquery else "") + f" ({args.window_seconds} s windows)")
     if options.view_as(StandardOptions).runner == STREAMING_RUNNER:
         local_runner.tune()
     p = beam.Pipeline(options=options)
-    build(p, args.subscription, args.lake, args.window_seconds, pii_key_from_env(),
+    build(p, args.subscription, args.lake, args.window_seconds, key_source,
           int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds, bigquery,
           args.alerts_topic, args.alert_grace_seconds)
     if args.run_for is None:

@@ -70,6 +70,11 @@ class RecordType:
     def field_names(self) -> frozenset:
         return frozenset(f.name for f in self.fields)
 
+    @property
+    def hashes_pii(self) -> bool:
+        """Its bronze rows carry keyed hashes (and so ``pii_key_version``)."""
+        return any(f.pii for f in self.fields)
+
 
 ENVELOPE = (
     Field("record_type", "enum", required=True),  # values: RECORD_TYPES

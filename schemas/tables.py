@@ -45,6 +45,9 @@ _RESOLVED = (
 )
 
 BRONZE_PARTITION = ("event_date", "platform")
+# On the tables with keyed hashes: the key that computed them (transforms.pii), for rotation.
+_PII_KEY_VERSION = col("pii_key_version", STRING, "Version of the PII key that computed this row's *_hash "
+                       "columns (a Secret Manager version, env:<fingerprint> or dev).")
 
 
 def _bronze(name: str, description: str, columns: tuple, key: str) -> Table:
@@ -61,6 +64,7 @@ BRONZE_USERS = _bronze("bronze_users", "One row per received valid user record."
     col("is_active", BOOL, "Account is active."),
     col("signup_date", DATE, "Signup date."),
     col("updated_at", TIMESTAMP, "Producer's version time of the profile."),
+    _PII_KEY_VERSION,
 ), "user_id")
 BRONZE_SESSIONS = _bronze("bronze_sessions", "One row per received valid session record (versions included).", (
     col("session_id", STRING, "Session key.", True),
@@ -111,6 +115,7 @@ _RESPONSE_COLUMNS = (
     col("sent_phone_number_hash", STRING, "HMAC-SHA256 of the E.164 recipient phone."),
     col("status", STRING, "queued, sent, delivered, failed or bounced.", True),
     col("sent_at", TIMESTAMP, "Send time; emitted_at when the producer sent none."),
+    _PII_KEY_VERSION,
 )
 BRONZE_EVENT_RESPONSES = _bronze("bronze_event_responses", "One row per received valid event response (status versions included).",
                                  _RESPONSE_COLUMNS, "response_id")
@@ -149,6 +154,7 @@ SILVER_USERS = _silver("silver_users", "One current row per user (newest updated
     col("is_active", BOOL, "Account is active."),
     col("signup_date", DATE, "Signup date."),
     col("updated_at", TIMESTAMP, "Version time of the winning profile."),
+    _PII_KEY_VERSION,
 ), "user_id")
 SILVER_SESSIONS = _silver("silver_sessions", "One current row per session: versions merged (newest non-null field wins), "
                           "inferred from its views/clicks/events when the session record never arrived.", (

@@ -10,9 +10,10 @@ from schemas.tables import ALL_TABLES, RAW
 from transforms.bronze import (DEAD_LETTER, normalize_email, normalize_event_type, normalize_phone,
                                normalize_platform, parse_record, pseudonym)
 from transforms.bronze_columnar import parse_chunk
+from transforms.pii import PiiKey
 from tests.conftest import ts
 
-KEY = b"test-key"
+KEY = PiiKey(b"test-key", "test-v1")
 NOW = ts("2026-11-25T00:00:00Z")
 INGESTED = ts("2026-11-20T08:00:00Z")
 
@@ -47,7 +48,7 @@ def test_event_type_normalization(value, expected):
 def test_pii_normalization():
     assert normalize_email(" Ana.Lopez@Example.com ") == "ana.lopez@example.com"
     assert normalize_phone("+34 600 123 456") == normalize_phone("0034-600-123-456") == "+34600123456"
-    assert pseudonym(KEY, "a@b.c") != pseudonym(b"other-key", "a@b.c")
+    assert pseudonym(KEY.secret, "a@b.c") != pseudonym(b"other-key", "a@b.c")
 
 
 def _per_record(records) -> dict[str, list[dict]]:
@@ -85,19 +86,19 @@ def test_good_and_bad_records_split_into_bronze_and_typed_dead_letters(parse):
                raw(b"{" + b" " * (1024 * 1024) + b"}", 7)]
     out = parse(records)
     assert out["bronze_users"] == [{
-        "user_id": "u-1", "email_hash": pseudonym(KEY, "ana@example.com"),
+        "user_id": "u-1", "email_hash": pseudonym(KEY.secret, "ana@example.com"),
         "email_sha256": hashlib.sha256(b"ana@example.com").hexdigest(),
-        "phone_number_hash": pseudonym(KEY, "+34600123456"), "country": "ES", "is_active": True,
+        "phone_number_hash": pseudonym(KEY.secret, "+34600123456"), "country": "ES", "is_active": True,
         "signup_date": "2025-03-14", "updated_at": None, "event_date": "2026-11-02", "platform": "web",
         "platform_raw": None, "source": "accounts-api", "region": None, "schema_version": 1,
         "emitted_at": ts("2026-11-02T09:00:00Z"), "extra_json": None, "ingested_at": INGESTED,
-        "source_file": "landing/a.jsonl", "source_line": 1, "message_id": None}]
+        "source_file": "landing/a.jsonl", "source_line": 1, "message_id": None, "pii_key_version": "test-v1"}]
     assert [(r["event_type"], r["event_type_raw"], r["platform"], r["article_id"], r["price"], r["extra_json"],
              r["event_date"]) for r in out["bronze_events"]] == [
         ("add_to_cart", "ADD_TO_CART", "android", "a-7", 12.5, '{"payload":{"app_build":"7.4.1"}}', "2026-11-02")]
-    assert [(r["response_id"], r["source"], r["sent_at"], r["sent_email_hash"])
+    assert [(r["response_id"], r["source"], r["sent_at"], r["sent_email_hash"], r["pii_key_version"])
             for r in out["bronze_event_responses"]] == [
-        ("r-1", "mailer", ts("2026-11-02T10:00:00Z"), pseudonym(KEY, "ana@example.com"))]
+        ("r-1", "mailer", ts("2026-11-02T10:00:00Z"), pseudonym(KEY.secret, "ana@example.com"), "test-v1")]
     assert sorted((r["source_line"], r["reason"], r["record_type"], r["pipeline"]) for r in out[DEAD_LETTER]) == [
         (3, "invalid_json", None, "backfill"), (4, "invalid_encoding", None, "backfill"),
         (5, "unknown_record_type", "refund", "backfill"), (7, "oversized", None, "backfill")]

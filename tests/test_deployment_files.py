@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("name, module, example", [
     ("backfill", backfill, {"input": "gs://landing/*.jsonl", "lake": "gs://lake/funnel",
-                            "from": "2026-11-02", "to": "2026-11-03", "sink": "bigquery"}),
+                            "from": "2026-11-02", "to": "2026-11-03", "sink": "bigquery",
+                            "pii_key_secret": "projects/p/secrets/pii/versions/3"}),
     ("gold_daily", gold_daily, {"lake": "gs://lake/funnel", "as_of": "2026-11-08", "sink": "bigquery"}),
 ])
 def test_template_parameters_are_flags_of_the_pipeline(name, module, example, monkeypatch):

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from schemas.contract import ENVELOPE, RECORD_TYPES, RESPONSE_STATUSES
 from schemas.tables import ALL_TABLES, BRONZE, RAW, SILVER
 from transforms.bronze_columnar import parse_chunk
+from transforms.pii import PiiKey
 from transforms.dedup import combine_fn_for, dedup_table
 from transforms.funnel import reached_stages, stage_times
 from transforms.stream_silver import session_elements
@@ -23,7 +24,7 @@ from transforms.silver import (RESPONSE_JOIN, SESSION_CHILDREN, attach_parent, p
 from tests.conftest import MIN, T0, ts
 
 RULES = settings(max_examples=int(__import__("os").environ.get("RULE_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-KEY = b"property-key"
+KEY = PiiKey(b"property-key", "property-v1")
 NOW = ts("2026-11-25T00:00:00Z")
 UTC = timezone.utc
 
@@ -336,7 +337,7 @@ def test_vectorized_parent_join_equals_the_per_child_rule(children, parents):
                          else unknown_parent_context(join.context))} for c in child_rows]
     child_table = _arrow(child_rows, BRONZE["bronze_event_responses"],
                          ("response_id", "event_id", "response_type", "status", "platform", "sent_email_hash",
-                          "sent_phone_number_hash", "sent_at", "source", "emitted_at", "copies"))
+                          "sent_phone_number_hash", "sent_at", "source", "emitted_at", "copies", "pii_key_version"))
     parent_table = pa.table({c: pa.array([p[c] for p in parent_rows], pa.string())
                              for c in ("event_id", "session_id", "user_id", "platform")})
     joined, orphans = attach_parent(child_table, parent_table, join)

@@ -16,6 +16,7 @@ from schemas import contract
 from transforms.silver import RESPONSE_JOIN
 from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, PARENT, SILVER_ROWS, JoinToParent, ShardedUpsert,
                                       UpsertSessions, UpsertUsersFn, shard_of, silver_input)
+from transforms.pii import PiiKeySource
 from transforms.streaming import ParseMessageFn
 from pipelines.common import counters
 from tests.conftest import DAY, MIN, T0, bronze, local_pipeline
@@ -137,7 +138,7 @@ def test_a_record_beyond_allowed_lateness_is_counted_not_sessionized():
     recent, old = now.isoformat(), (now.replace(year=now.year - 1)).isoformat()
     p = local_pipeline()  # a bounded input: FnApiRunner, whose counters are exact
     parsed = (p | beam.Create([_message("v-new", "s-new", recent), _message("v-old", "s-old", old)])
-              | beam.ParDo(ParseMessageFn(b"k", ALLOWED_LATENESS_SECONDS)).with_outputs("sessions", main="lake"))
+              | beam.ParDo(ParseMessageFn(PiiKeySource(), ALLOWED_LATENESS_SECONDS)).with_outputs("sessions", main="lake"))
     assert_that(parsed.sessions | beam.Map(lambda kv: kv[0]), equal_to(["s-new"]), label="sessionized")
     assert_that(parsed.lake | beam.FlatMap(lambda table_rows: [table_rows[0]] * len(table_rows[1])),
                 equal_to(["raw_messages", "raw_messages", "bronze_views", "bronze_views"]), label="in the lake")

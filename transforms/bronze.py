@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
-import os
 import re
 
 import apache_beam as beam
@@ -22,22 +20,9 @@ from schemas import contract
 from schemas.contract import RECORD_TYPES, Rejected
 from schemas.tables import BRONZE
 from transforms import metrics
+from transforms.pii import PiiKey
 
 DEAD_LETTER = "dead_letter"
-
-# Local-only default so the demo runs without set-up; production passes a
-# secret through FUNNEL_PII_KEY (see README, "PII").
-DEV_PII_KEY = "funnel-lakehouse-local-dev-key"
-PII_KEY_ENV = "FUNNEL_PII_KEY"
-
-
-def pii_key_from_env() -> bytes:
-    key = os.environ.get(PII_KEY_ENV)
-    if not key:
-        logging.warning("%s is not set: hashing PII with the local development key", PII_KEY_ENV)
-        key = DEV_PII_KEY
-    return key.encode()
-
 
 # --- normalization rules of RAW_EVENTS.md -------------------------------------------
 _PLATFORMS = {
@@ -116,7 +101,7 @@ def _metadata_columns(metadata: dict | None) -> dict:
     }
 
 
-def to_bronze_row(rt, envelope: dict, payload: dict, extra: dict, raw: dict, pii_key: bytes) -> dict:
+def to_bronze_row(rt, envelope: dict, payload: dict, extra: dict, raw: dict, pii_key: PiiKey) -> dict:
     """A validated record -> its bronze row (see ``schemas.tables.BRONZE``)."""
     platform, platform_raw = normalize_platform(envelope["platform"])
     row = {
@@ -135,11 +120,11 @@ def to_bronze_row(rt, envelope: dict, payload: dict, extra: dict, raw: dict, pii
     for f in rt.fields:
         value = payload[f.name]
         if f.pii == "email":
-            row[f"{f.name}_hash"] = None if value is None else pseudonym(pii_key, normalize_email(value))
+            row[f"{f.name}_hash"] = None if value is None else pseudonym(pii_key.secret, normalize_email(value))
             if rt.name == "user":
                 row["email_sha256"] = None if value is None else hashlib.sha256(normalize_email(value).encode()).hexdigest()
         elif f.pii == "phone":
-            row[f"{f.name}_hash"] = None if value is None else pseudonym(pii_key, normalize_phone(value))
+            row[f"{f.name}_hash"] = None if value is None else pseudonym(pii_key.secret, normalize_phone(value))
         elif f.name == "experiments":
             row["experiments_json"] = _json_text(value)
         elif f.name == "metadata":
@@ -150,6 +135,8 @@ def to_bronze_row(rt, envelope: dict, payload: dict, extra: dict, raw: dict, pii
             row["country"] = None if value is None else value.strip().upper()
         else:
             row[f.name] = value
+    if rt.hashes_pii:
+        row["pii_key_version"] = pii_key.version
     if rt.name == "event_response" and row["sent_at"] is None:
         row["sent_at"] = envelope["emitted_at"]
     own_time = next((t for t in (payload.get(n, envelope.get(n)) for n in rt.event_time) if t is not None),
@@ -200,7 +187,7 @@ def decode_record(data: bytes, attributes: dict | None):
     return obj
 
 
-def parse_record(raw: dict, pii_key: bytes, pipeline: str, now: int) -> tuple[str, dict]:
+def parse_record(raw: dict, pii_key: PiiKey, pipeline: str, now: int) -> tuple[str, dict]:
     """The contract applied to one raw-layer row (``schemas.tables.RAW``, in-pipeline
     types): -> ``(bronze table name, bronze row)``, or ``(DEAD_LETTER, dead-letter row)``.
 

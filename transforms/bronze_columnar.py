@@ -39,6 +39,7 @@ from transforms.bronze import (DEAD_LETTER, ParseCounters, _json_text, _metadata
                                normalize_event_type, normalize_phone, normalize_platform, parse_record, pseudonym)
 from transforms import metrics
 from transforms.columnar import count_true
+from transforms.pii import PiiKey, PiiKeySource
 
 # The ISO-8601 shapes the fast path converts: date, 'T', time to the second,
 # optional 1-6 fraction digits, optional 'Z' or +hh:mm offset (no offset =
@@ -216,7 +217,7 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _bronze_table(rt, columns: dict[str, list], raw: pa.Table, pii_key: bytes, now: int) -> tuple[pa.Table, np.ndarray]:
+def _bronze_table(rt, columns: dict[str, list], raw: pa.Table, pii_key: PiiKey, now: int) -> tuple[pa.Table, np.ndarray]:
     """Extracted columns of one record type -> (its bronze rows, mask of the
     rows the fast path accepts; the others' values are meaningless)."""
     values, ok = {}, np.ones(raw.num_rows, bool)
@@ -245,11 +246,11 @@ def _bronze_table(rt, columns: dict[str, list], raw: pa.Table, pii_key: bytes, n
         value = values[f.name]
         if f.pii == "email":
             normalized = _per_distinct(value, normalize_email, pa.string())
-            out[f"{f.name}_hash"] = _per_distinct(normalized, lambda v: pseudonym(pii_key, v), pa.string())
+            out[f"{f.name}_hash"] = _per_distinct(normalized, lambda v: pseudonym(pii_key.secret, v), pa.string())
             if rt.name == "user":
                 out["email_sha256"] = _per_distinct(normalized, _sha256, pa.string())
         elif f.pii == "phone":
-            out[f"{f.name}_hash"] = _per_distinct(value, lambda v: pseudonym(pii_key, normalize_phone(v)), pa.string())
+            out[f"{f.name}_hash"] = _per_distinct(value, lambda v: pseudonym(pii_key.secret, normalize_phone(v)), pa.string())
         elif f.name == "experiments":
             out["experiments_json"] = pa.array([_json_text(v) for v in value], pa.string())
         elif f.name == "metadata":
@@ -264,6 +265,8 @@ def _bronze_table(rt, columns: dict[str, list], raw: pa.Table, pii_key: bytes, n
             out["country"] = _per_distinct(value, lambda v: v.strip().upper(), pa.string())
         else:
             out[f.name] = value
+    if rt.hashes_pii:
+        out["pii_key_version"] = pa.array([pii_key.version] * raw.num_rows, pa.string())
     if rt.name == "event_response":
         out["sent_at"] = pc.coalesce(out["sent_at"], out["emitted_at"])
     out["event_date"] = pc.coalesce(*(values[name] for name in rt.event_time),
@@ -313,7 +316,7 @@ def _raw_dict(raw: pa.Table, i: int, datas: list, ingested: np.ndarray) -> dict:
             "source_line": raw.column("source_line")[i].as_py(), "message_id": raw.column("message_id")[i].as_py()}
 
 
-def parse_chunk(raw: pa.Table, pii_key: bytes, pipeline: str, now: int, fast: bool = True) -> ParsedChunk:
+def parse_chunk(raw: pa.Table, pii_key: PiiKey, pipeline: str, now: int, fast: bool = True) -> ParsedChunk:
     """Raw-layer rows (Arrow, ``schemas.tables.RAW``) -> bronze and dead letters.
     ``fast=False`` sends every record through the per-record definition."""
     n = raw.num_rows
@@ -363,11 +366,15 @@ class ParseChunkFn(beam.DoFn):
     only bronze rows of those event dates pass (the others are counted as
     ``outside_date_range``)."""
 
-    def __init__(self, pii_key: bytes, pipeline: str, now_micros: int, days: frozenset | None = None):
-        self._pii_key, self._pipeline, self._now = pii_key, pipeline, now_micros
+    def __init__(self, pii_key_source: PiiKeySource, pipeline: str, now_micros: int, days: frozenset | None = None):
+        self._pii_key_source, self._pipeline, self._now = pii_key_source, pipeline, now_micros
         self._days = None if days is None else sorted(days)
         self._counters = ParseCounters()
         self._outside = metrics.counter("outside_date_range")
+
+    def setup(self):
+        # On the worker: the graph carries where the key is, never the key (transforms.pii).
+        self._pii_key = self._pii_key_source.resolve_once()
 
     def process(self, raw: pa.Table):
         parsed = parse_chunk(raw, self._pii_key, self._pipeline, self._now)

@@ -40,6 +40,7 @@ from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, 
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseCounters, parse_record
 from transforms.bronze_columnar import parse_chunk
+from transforms.pii import PiiKeySource
 from transforms.stream_sinks import BatchEvery, MergeSnapshotsFn, WriteBatchFilesFn, lake_values
 from transforms.stream_alerts import PublishAlertsFn, StreamingAlerts
 from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, SESSION_GAP_SECONDS, SHARDS, SILVER_INPUTS,
@@ -121,13 +122,16 @@ class ParseMessageFn(beam.DoFn):
     COLUMNAR_FROM = 32
     BUFFERED = 65536
 
-    def __init__(self, pii_key: bytes, allowed_lateness_seconds: int, shards: int = SHARDS,
+    def __init__(self, pii_key_source: PiiKeySource, allowed_lateness_seconds: int, shards: int = SHARDS,
                  gap_seconds: int = SESSION_GAP_SECONDS):
-        self._pii_key, self._shards = pii_key, shards
+        self._pii_key_source, self._shards = pii_key_source, shards
         self._lateness, self._gap = allowed_lateness_seconds * 1_000_000, gap_seconds * 1_000_000
         self._messages = metrics.counter("messages_read")
         self._counters = ParseCounters()
         self._late = metrics.counter("late_beyond_allowed_lateness")
+
+    def setup(self):
+        self._pii_key = self._pii_key_source.resolve_once()  # on the worker, see transforms.pii
 
     def start_bundle(self):
         self._buffer = []
@@ -197,7 +201,7 @@ class StreamingLakehouse(beam.PTransform):
     alerts on that Pub/Sub topic (``alert_grace_seconds``: see
     ``transforms.stream_alerts``). Returns the written file names."""
 
-    def __init__(self, lake: str, pii_key: bytes, window_seconds: int = 60,
+    def __init__(self, lake: str, pii_key_source: PiiKeySource, window_seconds: int = 60,
                  allowed_lateness_seconds: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
                  early_firing_seconds: int | None = None, sink_every_seconds: int | None = None,
                  bigquery: BigQueryTarget | None = None, shards: int = SHARDS, alerts_topic: str | None = None,
@@ -205,13 +209,13 @@ class StreamingLakehouse(beam.PTransform):
         super().__init__()
         # Names this launch in every commit it makes (transforms.stream_sinks).
         self._run_id = run_id or f"stream_ingest-{uuid.uuid4().hex}"
-        self._lake, self._pii_key, self._window = lake, pii_key, window_seconds
+        self._lake, self._pii_key_source, self._window = lake, pii_key_source, window_seconds
         self._lateness, self._join_days = allowed_lateness_seconds, join_state_days
         self._early, self._sink_every, self._bigquery = early_firing_seconds, sink_every_seconds, bigquery
         self._shards, self._alerts_topic, self._alert_grace = shards, alerts_topic, alert_grace_seconds
 
     def expand(self, messages):
-        parsed = messages | "Parse" >> beam.ParDo(ParseMessageFn(self._pii_key, self._lateness, self._shards)) \
+        parsed = messages | "Parse" >> beam.ParDo(ParseMessageFn(self._pii_key_source, self._lateness, self._shards)) \
             .with_output_types(LAKE_ROWS).with_outputs(*SILVER_INPUTS, main="lake")
         # The silver upserts batch as often as the sinks do: state work per shard and batch.
         silver = {tag: parsed[tag] for tag in SILVER_INPUTS} | "Silver" >> StreamingSilver(
