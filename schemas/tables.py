@@ -327,6 +327,35 @@ DEAD_LETTER = Table("dead_letter", "ops", "Rejected records with a typed reason.
     col("message_id", STRING, "Pub/Sub message id (look the record up in raw/)."),
 ), partition_by=("ingest_date",))
 
+# --- sink failures: rows a sink rejected ---------------------------------------------------
+SINK_DEAD_LETTER = Table("sink_dead_letter", "ops", "Rows a sink (BigQuery, the alerts topic) rejected, or kept "
+                         "failing past the retry deadline, with the error; the stream goes on "
+                         "(transforms.sink_failures). The lake copy is authoritative.", (
+    col("failed_date", DATE, "UTC date of the failure (partition).", True),
+    col("dead_letter_id", STRING, "Stable id of the row's failure: SHA-256 of run, target, batch and row.", True),
+    col("failed_at", TIMESTAMP, "When the write was given up.", True),
+    col("pipeline", STRING, "Pipeline whose sink failed.", True),
+    col("run_id", STRING, "The launch that wrote the batch.", True),
+    col("target", STRING, "Where the rows were going: project.dataset.table, or pubsub:projects/P/topics/T.", True),
+    col("error_type", STRING, "Exception class, e.g. BadRequest; RetryError when transient errors outlasted the "
+                              "retry deadline.", True),
+    col("error_message", STRING, "The error as the client reported it.", True),
+    col("row_json", STRING, "The rejected row, as JSON of the target's columns (hashes, never plaintext PII).", True),
+), partition_by=("failed_date",), key=("dead_letter_id",))
+
+# --- run log: every run's counters and its accounting check ---------------------------------
+RUN_LOG = Table("run_log", "ops", "One row per run and counter: what each run read, wrote, rejected and "
+                "deduplicated, and whether its accounting balanced (pipelines.common.accounting).", (
+    col("run_date", DATE, "UTC date the run finished (partition).", True),
+    col("run_log_id", STRING, "Stable id: SHA-256 of run and counter.", True),
+    col("run_id", STRING, "The run.", True),
+    col("pipeline", STRING, "backfill, gold_daily, replay_dead_letter, ...", True),
+    col("finished_at", TIMESTAMP, "When the run finished.", True),
+    col("counter", STRING, "Counter name (namespace funnel).", True),
+    col("value", INT64, "Its value at the end of the run.", True),
+    col("balanced", BOOL, "Whether the run's accounting check held (same on every row of a run).", True),
+), partition_by=("run_date",), key=("run_log_id",))
+
 # --- releases: which versions of a layer's tables go together ---------------------------
 RELEASES = Table("releases", "ops", "Lake only: one row per table of each committed silver or gold release; a "
                  "reader takes a layer's tables at the versions of its latest release, so it never sees a mix "

@@ -53,6 +53,7 @@ from google.cloud import bigquery
 from schemas.table import DATE, TIMESTAMP, Table
 from transforms.lake_commit import Replace, ReplaceScope
 from transforms.lake_files import DataFile, read_data_file
+from transforms.sink_failures import RETRY_DEADLINE_SECONDS, SinkDeadLetter, sink_retry
 from transforms.stream_sinks import newest_per_key
 from transforms import metrics
 
@@ -301,11 +302,13 @@ class PublishFilesFn(beam.DoFn):
     transaction (``replace_tables``). Each MERGE is atomic on its own table;
     a failure between two MERGEs leaves some tables merged and the others as
     they were, each whole, and since a MERGE is idempotent, rerunning the job
-    completes it."""
+    completes it. Transient errors are retried (``transforms.sink_failures``);
+    a permanent one fails the run before its lake commit."""
 
     def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite], views=()):
         self._target, self._writes, self._views = target, writes, tuple(views)
         self._rows = {w.table.name: metrics.counter(f"bigquery_rows_{w.table.name}") for w in writes}
+        self._retries = metrics.counter("bigquery_retries")
 
     def process(self, files: list[DataFile]):
         bq = self._target.client()
@@ -317,11 +320,14 @@ class PublishFilesFn(beam.DoFn):
         def chunks(table):
             return _file_chunks(table, by_table[table.name])
 
+        # Each unit is idempotent (a MERGE by key; a transaction), so a retry after a write that landed adds nothing.
+        retry = sink_retry(self._retries)
         changed = {}
         for write in self._writes:
             if write.mode != "truncate":
-                changed[write.table.name] = merge_rows(bq, write, chunks(write.table))
-        changed.update(replace_tables(bq, {w.table: chunks(w.table) for w in self._writes if w.mode == "truncate"}))
+                changed[write.table.name] = retry(lambda w=write: merge_rows(bq, w, chunks(w.table)))()
+        changed.update(retry(lambda: replace_tables(
+            bq, {w.table: chunks(w.table) for w in self._writes if w.mode == "truncate"}))())
         for name, n in changed.items():
             self._rows[name].inc(n)
             logging.info("BigQuery %s.%s: %d rows written", bq.project, name, n)
@@ -372,17 +378,27 @@ class EnsureTables(beam.PTransform):
 class MergeBatchesFn(beam.DoFn):
     """(table name, lists of rows of one batch) -> one MERGE into that table, by its
     ``BigQueryWrite``; an upsert keeps the newest ``_version`` of each key
-    from the batch. Batches of tables without a write pass by."""
+    from the batch. Batches of tables without a write pass by.
 
-    def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite]):
+    Transient errors are retried (``transforms.sink_failures``, up to
+    ``retry_deadline`` seconds); a batch that still fails goes to
+    ``dead_letter`` with the error, and the table's next batch is merged as
+    usual."""
+
+    def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite], dead_letter: SinkDeadLetter,
+                 retry_deadline: float = RETRY_DEADLINE_SECONDS):
         self._target, self._writes = target, {w.table.name: w for w in writes}
+        self._dead_letter, self._deadline = dead_letter, retry_deadline
         self._rows = {w.table.name: metrics.counter(f"bigquery_rows_{w.table.name}") for w in writes}
+        self._dead = {w.table.name: metrics.counter(f"sink_dead_lettered_{w.table.name}") for w in writes}
+        self._retries = metrics.counter("bigquery_retries")
 
     def setup(self):
         # Once per process: a local runner calls setup for every bundle.
         self._bq = _client_with_tables(self._target, tuple(w.table for w in self._writes.values()))
+        self._retry = sink_retry(self._retries, self._deadline)
 
-    def process(self, batch):
+    def process(self, batch, pane=beam.DoFn.PaneInfoParam):
         name, lists = batch
         write = self._writes.get(name)
         if write is None:
@@ -392,6 +408,13 @@ class MergeBatchesFn(beam.DoFn):
         rows = [row if isinstance(row, dict) else dict(zip(names, row)) for part in lists for row in part]
         if write.mode == "upsert":
             rows = list(newest_per_key(rows, write.table.key[0]).values())
-        n = merge_rows(self._bq, write, [write.table.to_arrow(rows, with_partition_columns=True)])
+        try:
+            n = self._retry(merge_rows)(self._bq, write, [write.table.to_arrow(rows, with_partition_columns=True)])
+        except Exception as error:  # noqa: BLE001 - permanent, or transient past the deadline: never stall
+            # The pane index numbers the table's batches: a retried bundle records them once.
+            dead = self._dead_letter.record(table_id(self._bq.project, write.table), tuple(names), rows, error,
+                                            pane.index + 1)
+            metrics.add(self._dead[name], dead)
+            return
         self._rows[name].inc(n)
         yield name, n

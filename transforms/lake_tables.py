@@ -43,13 +43,13 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from schemas.table import Table
-from schemas.tables import (BRONZE, DEAD_LETTER, GOLD, OPS_ALERTS_STREAM, RAW, RELEASES, SILVER,
-                            SILVER_STREAM)
+from schemas.tables import (BRONZE, DEAD_LETTER, GOLD, OPS_ALERTS_STREAM, RAW, RELEASES, RUN_LOG, SILVER,
+                            SILVER_STREAM, SINK_DEAD_LETTER)
 
 RELEASED_LAYERS = ("silver", "gold")  # layers read through their releases
 # Every table the lake holds.
 ALL_LAKE_TABLES = (RAW, *BRONZE.values(), DEAD_LETTER, *SILVER.values(), *SILVER_STREAM.values(),
-                   *GOLD.values(), OPS_ALERTS_STREAM, RELEASES)
+                   *GOLD.values(), OPS_ALERTS_STREAM, RELEASES, SINK_DEAD_LETTER, RUN_LOG)
 
 
 # --- paths and tables --------------------------------------------------------------------

@@ -36,6 +36,7 @@ key, the state); ``PublishAlertsFn`` sends each alert to a Pub/Sub topic.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import time
@@ -48,7 +49,9 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Timestamp
 
+from schemas.tables import OPS_ALERTS_STREAM
 from transforms import alerts, metrics
+from transforms.sink_failures import RETRY_DEADLINE_SECONDS, SinkDeadLetter, sink_retry
 from transforms.stream_sinks import batched
 from transforms.stream_silver import Rows, _pack, shard_of
 
@@ -327,26 +330,47 @@ def alert_message(alert: dict) -> bytes:
 
 class PublishAlertsFn(beam.DoFn):
     """``Rows`` of alerts -> messages on ``topic`` (attributes ``alert_id``,
-    ``alert_type``: a subscriber can filter, and drop a redelivery)."""
+    ``alert_type``: a subscriber can filter, and drop a redelivery).
 
-    def __init__(self, topic: str):
-        self._topic = topic
+    Transient errors (Pub/Sub unavailable, ...) are retried by the
+    publisher's ``Retry`` (``transforms.sink_failures``); alerts whose publish
+    still fails go to ``dead_letter`` (they are in the lake's ops_alerts
+    either way), so the topic never stalls the job."""
+
+    def __init__(self, topic: str, dead_letter: SinkDeadLetter | None = None,
+                 retry_deadline: float = RETRY_DEADLINE_SECONDS):
+        self._topic, self._dead_letter, self._deadline = topic, dead_letter, retry_deadline
         self._published = metrics.counter("alerts_published")
+        self._retries = metrics.counter("pubsub_retries")
+        self._dead = metrics.counter("sink_dead_lettered_alerts")
 
     def setup(self):
         from google.cloud import pubsub_v1
         self._publisher = pubsub_v1.PublisherClient()
+        self._retry = sink_retry(self._retries, self._deadline)
 
     def start_bundle(self):
         self._pending = []
 
     def process(self, rows):
         for alert in rows:
-            self._pending.append(self._publisher.publish(self._topic, alert_message(alert), alert_id=alert["alert_id"],
-                                                         alert_type=alert["alert_type"]))
+            self._pending.append((alert, self._publisher.publish(
+                self._topic, alert_message(alert), retry=self._retry, alert_id=alert["alert_id"],
+                alert_type=alert["alert_type"])))
 
     def finish_bundle(self):
-        for future in self._pending:
-            future.result(timeout=120)  # a failed publish fails the bundle: Beam retries it
-        metrics.add(self._published, len(self._pending))
-        self._pending = []
+        pending, self._pending = self._pending, []
+        failed, error = [], None
+        for alert, future in pending:
+            try:
+                future.result(timeout=self._deadline + 60)
+            except Exception as e:  # noqa: BLE001 - given up after the publisher's retries
+                if self._dead_letter is None:
+                    raise  # no dead letter: fail the bundle, the runner retries it
+                failed.append(alert)
+                error = e
+        metrics.add(self._published, len(pending) - len(failed))
+        if failed:
+            batch = hashlib.sha256("\0".join(sorted(a["alert_id"] for a in failed)).encode()).hexdigest()[:16]
+            metrics.add(self._dead, self._dead_letter.record(f"pubsub:{self._topic}", OPS_ALERTS_STREAM.column_names,
+                                                             failed, error, 1, batch))

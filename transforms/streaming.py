@@ -34,14 +34,15 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas import contract
-from schemas.tables import BRONZE, DEAD_LETTER, OPS_ALERTS_STREAM, RAW, SILVER, SILVER_STREAM
+from schemas.tables import BRONZE, DEAD_LETTER, OPS_ALERTS_STREAM, RAW, SILVER, SILVER_STREAM, SINK_DEAD_LETTER
 from transforms import metrics
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, MergeBatchesFn
 from transforms.bronze import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.bronze import ParseCounters, parse_record
 from transforms.bronze_columnar import parse_chunk
 from transforms.pii import PiiKeySource
-from transforms.stream_sinks import BatchEvery, MergeSnapshotsFn, WriteBatchFilesFn, lake_values
+from transforms.sink_failures import SinkDeadLetter
+from transforms.stream_sinks import PIPELINE, BatchEvery, MergeSnapshotsFn, WriteBatchFilesFn, lake_values
 from transforms.stream_alerts import PublishAlertsFn, StreamingAlerts
 from transforms.stream_silver import (ALLOWED_LATENESS_SECONDS, SESSION_GAP_SECONDS, SHARDS, SILVER_INPUTS,
                                       Rows, StreamingSilver, session_elements, shard_of, silver_input)
@@ -222,8 +223,9 @@ class StreamingLakehouse(beam.PTransform):
             self._lateness, self._join_days, self._early, self._shards, self._sink_every)
         raised = silver | "Alerts" >> StreamingAlerts(self._shards, self._sink_every, self._lateness,
                                                       self._alert_grace)
+        dead_letter = SinkDeadLetter(self._lake, PIPELINE, self._run_id, self._bigquery)
         if self._alerts_topic is not None:
-            _ = raised | "PublishAlerts" >> beam.ParDo(PublishAlertsFn(self._alerts_topic))
+            _ = raised | "PublishAlerts" >> beam.ParDo(PublishAlertsFn(self._alerts_topic, dead_letter))
         alert_rows = raised | "AlertRows" >> beam.Map(_alert_lake_rows).with_output_types(LAKE_ROWS)
         batches = (parsed.lake, silver, alert_rows) | "Batches" >> BatchEvery(self._sink_every)
         files = batches | "AppendToLake" >> beam.ParDo(
@@ -233,6 +235,7 @@ class StreamingLakehouse(beam.PTransform):
         if self._bigquery is not None:
             writes = ([BigQueryWrite(t, "append") for t in (*BRONZE.values(), DEAD_LETTER, OPS_ALERTS_STREAM)]
                       + [BigQueryWrite(t, "upsert") for t in SILVER_STREAM.values()])
-            _ = messages.pipeline | "EnsureBigQueryTables" >> EnsureTables(self._bigquery, [w.table for w in writes])
-            _ = batches | "MergeIntoBigQuery" >> beam.ParDo(MergeBatchesFn(self._bigquery, writes))
+            _ = messages.pipeline | "EnsureBigQueryTables" >> EnsureTables(self._bigquery,
+                                                                             [w.table for w in writes] + [SINK_DEAD_LETTER])
+            _ = batches | "MergeIntoBigQuery" >> beam.ParDo(MergeBatchesFn(self._bigquery, writes, dead_letter))
         return files
