@@ -356,6 +356,23 @@ RUN_LOG = Table("run_log", "ops", "One row per run and counter: what each run re
     col("balanced", BOOL, "Whether the run's accounting check held (same on every row of a run).", True),
 ), partition_by=("run_date",), key=("run_log_id",))
 
+# --- erasure audit: one row per erasure, without the person's identifiers ----------------
+ERASURE_LOG = Table("erasure_log", "ops", "One row per erasure of a person (pipelines.erase_user): who asked, "
+                    "when, what was removed. Holds a keyed hash of the subject, never the identifier.", (
+    col("erased_date", DATE, "UTC date of the erasure (partition).", True),
+    col("erasure_id", STRING, "Id of the erasure run.", True),
+    col("erased_at", TIMESTAMP, "When the erasure finished.", True),
+    col("requested_by", STRING, "Who asked (--requested-by, else the operating user).", True),
+    col("subject_kind", STRING, "user_id or email: how the person was named.", True),
+    col("subject_hash", STRING, "HMAC-SHA256 of the identifier with the PII key (proves which request, reveals nothing).", True),
+    col("pii_key_version", STRING, "The key of subject_hash.", True),
+    col("user_count", INT64, "User ids the identifier resolved to.", True),
+    col("rows_deleted_json", STRING, "JSON object: table -> rows deleted (lake; BigQuery as bq:<table>).", True),
+    col("raw_objects_json", STRING, "JSON list: raw-layer data files holding the person's records.", True),
+    col("raw_deleted", BOOL, "Whether those raw rows were deleted (--include-raw).", True),
+    col("gold_recomputed_as_of", DATE, "The as-of day gold was recomputed for."),
+), partition_by=("erased_date",), key=("erasure_id",))
+
 # --- releases: which versions of a layer's tables go together ---------------------------
 RELEASES = Table("releases", "ops", "Lake only: one row per table of each committed silver or gold release; a "
                  "reader takes a layer's tables at the versions of its latest release, so it never sees a mix "

@@ -1,0 +1,152 @@
+"""Erase one person: their rows leave bronze, silver and gold.
+
+    python -m pipelines.erase_user --lake DIR (--user-id U | --email E)
+        [--include-raw] [--as-of DATE] [--requested-by WHO] [--pii-key-secret V]
+        [--sink bigquery --project P [--bigquery-endpoint URL]]
+
+Finds the person's footprint (``transforms.erasure``), deletes it from
+every bronze, silver and streaming silver table (one Delta commit each),
+releases the erased silver, and recomputes gold from it (``gold_daily`` as
+of ``--as-of``, default today), so gold equals a recompute without them.
+With ``--sink bigquery`` the same rows are deleted from the BigQuery
+datasets and gold is replaced there too.
+
+Raw is immutable: the raw objects holding the person's records are listed,
+and deleted only with ``--include-raw``. The landing files they came from
+are listed too: a backfill from those files would bring the person back.
+
+Writes one audit row to ``ops/erasure_log`` (and BigQuery ``ops`` with the
+sink): who, when, what, row counts, and a keyed hash of the identifier -
+never the identifier itself. Prints the same summary, also without it.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import uuid
+from datetime import date, datetime, timezone
+
+from pipelines import gold_daily
+from pipelines.common import add_pii_key_flags, add_sink_flags, bigquery_target, parse, setup_logging
+from schemas import contract
+from schemas.tables import ERASURE_LOG, RAW, SILVER
+from transforms import erasure
+from transforms.bronze import normalize_email, pseudonym
+from transforms.lake_commit import commit_append, release
+from transforms.lake_files import write_data_file
+from transforms.lake_tables import open_table
+from transforms.pii import PiiKeySource
+
+
+def _bigquery_delete(bq, fp: erasure.Footprint) -> dict[str, int]:
+    """The footprint deleted from the BigQuery bronze, silver and silver_stream tables."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud import bigquery
+
+    from transforms.bigquery_io import table_id
+
+    deleted = {}
+    for table in erasure.PERSONAL_TABLES:
+        columns = [c for c in erasure.ID_COLUMNS if c in table.column_names and fp.ids[c]]
+        if not columns:
+            continue
+        where = " OR ".join(f"{c} IN UNNEST(@{c}s)" for c in columns)
+        params = [bigquery.ArrayQueryParameter(f"{c}s", "STRING", sorted(fp.ids[c])) for c in columns]
+        try:
+            job = bq.query(f"DELETE FROM `{table_id(bq.project, table)}` WHERE {where}",
+                           job_config=bigquery.QueryJobConfig(query_parameters=params))
+            job.result()
+        except NotFound:
+            continue  # a table the sink never wrote
+        deleted[f"bq:{table.layer}.{table.name}"] = job.num_dml_affected_rows or 0
+    return deleted
+
+
+def _audit(lake: str, row: dict, bigquery) -> None:
+    file = write_data_file(lake, ERASURE_LOG, [row], (("erased_date", row["erased_date"]),))
+    commit_append(lake, ERASURE_LOG, [file], row["erasure_id"], pipeline="erase_user")
+    if bigquery is not None:
+        from transforms.bigquery_io import BigQueryWrite, ensure_tables, merge_rows
+
+        bq = bigquery.client()
+        ensure_tables(bq, [ERASURE_LOG])
+        merge_rows(bq, BigQueryWrite(ERASURE_LOG, "append"), [ERASURE_LOG.to_arrow([row], with_partition_columns=True)])
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user-id", help="the person's user id")
+    who.add_argument("--email", help="the person's email (matched by its hashes; trimmed, lower-cased)")
+    parser.add_argument("--include-raw", action="store_true",
+                        help="also delete the person's records from the immutable raw layer")
+    parser.add_argument("--as-of", type=date.fromisoformat, default=datetime.now(timezone.utc).date(),
+                        help="the as-of day of the gold recompute (default: today, UTC)")
+    parser.add_argument("--requested-by", default=None, help="who asked for the erasure (default: this user)")
+    add_sink_flags(parser, "the same rows are also deleted from BigQuery, and gold replaced there")
+    add_pii_key_flags(parser)
+    args, options = parse(parser, argv)
+    bigquery = bigquery_target(parser, args, options)
+    setup_logging()
+    # A local command, not a job: it reads the key itself (to match an email's keyed hashes).
+    key = PiiKeySource(args.pii_key_secret).resolve()
+    run_id = f"erase_user-{uuid.uuid4().hex}"
+    if args.email is not None:
+        subject_kind, subject = "email", normalize_email(args.email)
+        user_ids = erasure.user_ids_of_email(args.lake, args.email, key)
+    else:
+        subject_kind, subject = "user_id", args.user_id
+        user_ids = {args.user_id}
+    fp = erasure.footprint(args.lake, user_ids, args.email, key)
+    lines, messages = erasure.provenance(args.lake, fp)
+    raw_objects = erasure.raw_objects(args.lake, lines, messages)
+
+    deleted = {}
+    for table in erasure.PERSONAL_TABLES:
+        condition = fp.condition(table)
+        if condition is not None:
+            deleted[f"{table.layer}.{table.name}"] = erasure.delete_rows(args.lake, table, condition, run_id)
+    raw_condition = erasure.raw_condition(lines, messages)
+    if args.include_raw and raw_condition is not None:
+        deleted[f"raw.{RAW.name}"] = erasure.delete_rows(args.lake, RAW, raw_condition, run_id)
+    # The erased silver is released as a whole, then gold is recomputed from it.
+    release(args.lake, "silver", {name: open_table(args.lake, table).version()
+                                  for name, table in SILVER.items() if open_table(args.lake, table) is not None},
+            run_id)
+    if bigquery is not None:
+        deleted.update(_bigquery_delete(bigquery.client(), fp))
+    gold_flags = [f"--lake={args.lake}", f"--as-of={args.as_of}"]
+    if bigquery is not None:
+        gold_flags += ["--sink=bigquery", f"--project={bigquery.project}"] + (
+            [f"--bigquery-endpoint={bigquery.endpoint}"] if bigquery.endpoint else [])
+    gold_daily.main(gold_flags)
+
+    now = contract.now_micros()
+    audit = {"erased_date": contract.micros_to_date(now), "erasure_id": run_id, "erased_at": now,
+             "requested_by": args.requested_by or getpass.getuser(), "subject_kind": subject_kind,
+             "subject_hash": pseudonym(key.secret, f"{subject_kind}:{subject}"), "pii_key_version": key.version,
+             "user_count": len(user_ids), "rows_deleted_json": json.dumps(deleted, sort_keys=True),
+             "raw_objects_json": json.dumps(raw_objects), "raw_deleted": bool(args.include_raw and raw_condition),
+             "gold_recomputed_as_of": args.as_of.isoformat()}
+    _audit(args.lake, audit, bigquery)
+    landing = sorted({f for f, _ in lines})
+    print(f"\nerase_user {run_id}: {len(user_ids)} user id(s), "
+          f"{sum(v for k, v in deleted.items() if k.split('.')[0] in ('bronze', 'silver', 'silver_stream'))} "
+          f"lake rows deleted; gold recomputed as of {args.as_of}")
+    for name, n in sorted(deleted.items()):
+        print(f"  {name:<40} {n:>8,}")
+    verb = "deleted from" if audit["raw_deleted"] else "still in (raw is immutable; --include-raw deletes them)"
+    print(f"  raw objects holding their records, {verb}: {len(raw_objects)}")
+    for path in raw_objects:
+        print(f"    {path}")
+    if landing:
+        print(f"  landing files they came from (a backfill of these would bring them back): {len(landing)}")
+        for path in landing:
+            print(f"    {path}")
+    return audit
+
+
+if __name__ == "__main__":
+    main()
