@@ -128,6 +128,13 @@ def _partitioned(table: Table, rows: pa.Table, by_source: bool):
         yield tuple(values) + (group,), part
 
 
+def write_table_files(lake: str, table: Table, rows: pa.Table, by_source: bool = False) -> list[DataFile]:
+    """Arrow rows of ``table`` -> one data file per partition (and landing
+    file, with ``by_source``), outside a pipeline (small writes: a replay)."""
+    return [write_data_file(lake, table, part, tuple(zip(table.partition_by, values[:-1])))
+            for values, part in _partitioned(table, rows, by_source) if part.num_rows]
+
+
 class WriteDataFilesFn(beam.DoFn):
     """``(table name, Arrow rows)`` -> data files, one per partition (and
     landing file, for tables in ``by_source``: a replace of a landing file's
