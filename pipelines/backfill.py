@@ -33,16 +33,19 @@ replay never duplicates a row and BigQuery holds what the lake holds.
 from __future__ import annotations
 
 import argparse
+import logging
 import uuid
 from datetime import date, timedelta
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.common import add_pii_key_flags, add_sink_flags, bigquery_target, parse, pii_key_source, run_pipeline, setup_logging
+from pipelines.common import (add_pii_key_flags, add_sink_flags, bigquery_target, counters, parse, pii_key_source,
+                              run_pipeline, setup_logging)
 from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
+from transforms.accounting import AccountingError, backfill_problems, write_run_log
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
 from transforms.pii import PiiKeySource
 from transforms.bronze_columnar import ParseChunkFn
@@ -94,11 +97,13 @@ def shard_count(paths: list, kept_bronze: list[LakeFile]) -> int:
 
 def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
           date_range: tuple[date, date] | None, pii_key_source: PiiKeySource, now: int,
-          bigquery: BigQueryTarget | None = None, shards: int | None = None, run_id: str | None = None) -> None:
+          bigquery: BigQueryTarget | None = None, shards: int | None = None, run_id: str | None = None) -> int:
     """``paths``: from ``expand_inputs``; ``sources``: the landing files the
     inputs hold (``_source_files``); ``bigquery``: also merge bronze, dead
     letter and silver there; ``shards``: of the silver shuffles (default:
-    from the input size); ``run_id``: names the run's commits."""
+    from the input size); ``run_id``: names the run's commits. Returns the
+    bronze rows of other landing files that silver is rebuilt with (for the
+    accounting check)."""
     run_id = run_id or f"backfill-{uuid.uuid4().hex}"
     days = frozenset(_date_range(*date_range)) if date_range else None
     if date_range is not None:
@@ -131,6 +136,7 @@ def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
             bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules])
     _ = ((written, read[RAW_FILES]) | "WithRawCopies" >> beam.Flatten()
          | "Commit" >> CommitLakeWrites(lake, CommitPlan(run_id, "backfill", plan, releases=("silver",))))
+    return sum(f.rows for files in kept.values() for f in files)
 
 
 def main(argv=None):
@@ -162,8 +168,22 @@ def main(argv=None):
     print(f"backfill: {len(paths)} input files -> {args.lake}"
           + (f" and BigQuery {bigquery.project}" if bigquery else "")
           + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else ""))
-    return run_pipeline("backfill", options,
-                        lambda p: build(p, paths, sources, args.lake, date_range, key_source, now, bigquery))
+    run_id, planned = f"backfill-{uuid.uuid4().hex}", {}
+
+    def wiring(p):
+        planned["kept_bronze_rows"] = build(p, paths, sources, args.lake, date_range, key_source, now, bigquery,
+                                            run_id=run_id)
+
+    result = run_pipeline("backfill", options, wiring)
+    values = counters(result)
+    if not values:  # submitted, not waited for: there is nothing to account for yet
+        logging.info("backfill %s: no counters yet; run log and accounting check skipped", run_id)
+        return result
+    problems = backfill_problems(values, planned["kept_bronze_rows"])
+    write_run_log(args.lake, "backfill", run_id, values, not problems, bigquery)
+    if problems:
+        raise AccountingError(f"backfill {run_id}: the accounting does not balance: " + "; ".join(problems))
+    return result
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ from datetime import date, datetime, timezone
 
 import apache_beam as beam
 
-from pipelines.common import add_sink_flags, bigquery_target, parse, run_pipeline, setup_logging
+from pipelines.common import add_sink_flags, bigquery_target, counters, parse, run_pipeline, setup_logging
 from schemas import contract
 from schemas.tables import GOLD, SILVER
 from schemas.views import VIEWS
+from transforms.accounting import write_run_log
 from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
 from transforms.gold import GOLD_INPUTS, BuildGold, CutAtAsOfFn, end_of_day_micros
 from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
@@ -88,8 +89,11 @@ def main(argv=None):
     print(f"gold_daily: {args.lake} as of {args.as_of} -> {args.lake}/gold"
           + (f" and BigQuery {bigquery.project}.gold" if bigquery else ""))
     silver_as_of = {"as_of_version": args.as_of_version, "as_of_timestamp": args.as_of_timestamp}
-    return run_pipeline("gold_daily", options, lambda p: build(p, args.lake, args.as_of, bigquery,
-                                                               silver_as_of=silver_as_of))
+    run_id = f"gold_daily-{uuid.uuid4().hex}"
+    result = run_pipeline("gold_daily", options, lambda p: build(p, args.lake, args.as_of, bigquery,
+                                                                 silver_as_of=silver_as_of, run_id=run_id))
+    write_run_log(args.lake, "gold_daily", run_id, counters(result), bigquery=bigquery)
+    return result
 
 
 if __name__ == "__main__":

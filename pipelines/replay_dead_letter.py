@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from pipelines.common import add_pii_key_flags, setup_logging, use_filesystems
 from schemas import contract
 from schemas.tables import BRONZE, DEAD_LETTER, RAW
+from transforms.accounting import write_run_log
 from transforms.bronze_columnar import parse_chunk
 from transforms.erasure import raw_condition
 from transforms.lake_commit import commit_append
@@ -123,7 +124,9 @@ def main(argv=None) -> Counter:
     args = parser.parse_args(argv)
     setup_logging()
     use_filesystems()
-    counts = replay(args.lake, args.reason, args.since, PiiKeySource(args.pii_key_secret))
+    run_id = f"{PIPELINE}-{uuid.uuid4().hex}"
+    counts = replay(args.lake, args.reason, args.since, PiiKeySource(args.pii_key_secret), run_id)
+    write_run_log(args.lake, PIPELINE, run_id, dict(counts))
     print(f"replay_dead_letter: {args.lake}")
     for name, n in sorted(counts.items()):
         print(f"  {name:<32} {n:>10,}")

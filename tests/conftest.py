@@ -72,6 +72,21 @@ def read_table(path) -> list[dict]:
     return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
 
 
+def content_checksums(lake, tables: dict, folder: str) -> dict[str, str]:
+    """SHA-256 per table of its rows (sorted, canonical JSON, one per line):
+    equal checksums mean byte-identical contents, whatever files hold them."""
+    import hashlib
+
+    import orjson
+
+    sums = {}
+    for name in tables:
+        lines = sorted(orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str)
+                       for row in read_table(os.path.join(lake, folder, name)))
+        sums[name] = hashlib.sha256(b"\n".join(lines)).hexdigest()
+    return sums
+
+
 @pytest.fixture
 def lake(tmp_path) -> Path:
     return tmp_path / "lake"

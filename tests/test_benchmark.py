@@ -5,6 +5,7 @@ import json
 import shutil
 
 import duckdb
+import pytest
 import pyarrow.parquet as pq
 
 from benchmarks import baseline, reference, run
@@ -17,19 +18,33 @@ def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
     assert saved == json.loads(json.dumps(report))
     assert [r["size"] for r in saved["results"]] == [3000, 6000]
     for r in saved["results"]:
-        assert r["records"] > 0 and r["wall_s"] > 0 and r["peak_rss_mib"] > 0 and r["cpu_s_per_million"] > 0
+        # the figures are what the harness measured, and its totals and ratios follow from them
+        landing = tmp_path / "work" / f"n{r['size']}" / "landing"
+        assert r["records"] == sum(len(p.read_bytes().splitlines()) for p in landing.glob("*.jsonl"))
+        assert abs(r["records"] - r["size"]) < 0.2 * r["size"]
         assert set(r["steps"]) == {"backfill", "gold_daily"}
-        assert r["reference"]["wall_s"] > 0 and r["reference"]["time_ratio"] > 0
+        steps = r["steps"].values()
+        assert r["wall_s"] == pytest.approx(sum(s["wall_s"] for s in steps), abs=0.02)
+        assert r["cpu_s_per_million"] == pytest.approx(sum(s["cpu_s"] for s in steps) / r["records"] * 1e6, rel=0.01)
+        assert r["peak_rss_mib"] == max(s["peak_rss_mib"] for s in steps)
+        assert 50 < r["peak_rss_mib"] < 24 * 1024   # a Beam process, on this machine
+        assert all(0 < s["cpu_s"] and 0 < s["wall_s"] for s in steps)
+        assert r["reference"]["time_ratio"] == pytest.approx(r["wall_s"] / r["reference"]["wall_s"], abs=0.01)
         assert r["differences"] == []
         # the comparison covered real rows in every gold table
         assert all(n > 0 for n in r["gold_rows"].values()), r["gold_rows"]
-    assert len(saved["growth"]) == 1
+    [grown] = saved["growth"]
+    small, large = saved["results"]
+    assert grown["data_x"] == pytest.approx(large["records"] / small["records"], abs=0.01)
+    assert grown["time_x"] == pytest.approx(large["wall_s"] / small["wall_s"], abs=0.01)
     if baseline.worktree(baseline.BASELINE, tmp_path / "work") is not None:  # a git checkout, not a tarball
         assert saved["baseline"] == baseline.BASELINE
         for r in saved["results"]:
             # the previous release ran over the same files, and its gold is the same
-            assert r["baseline"]["records_per_s"] > 0 and r["baseline"]["differences"] == []
-            assert r["speedup"]["time_x"] > 0 and r["speedup"]["cpu_x"] > 0
+            assert r["baseline"]["differences"] == [] and r["baseline"]["tables_compared"]
+            assert r["speedup"]["time_x"] == pytest.approx(r["baseline"]["wall_s"] / r["wall_s"], abs=0.01)
+            assert r["speedup"]["cpu_x"] == pytest.approx(
+                r["baseline"]["cpu_s_per_million"] / r["cpu_s_per_million"], abs=0.01)
     assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,4 +1,5 @@
 """One definition per table; the derived schemas agree with each other and with the contract."""
+import hashlib
 import io
 import json
 
@@ -24,6 +25,19 @@ CONTRACT_GOLD_COLUMNS = {
     "mart_barcode_activity": "period_grain, period_start, platform, barcode_scans, scanning_users, scanned_orders, "
                              "median_seconds_payment_to_scan",
 }
+
+
+# The fixtures are byte copies of ../shared/contract/ as published (tests must not read ../shared):
+# a fixture regenerated from this code would change its bytes, and these pins fail.
+PUBLISHED_SHA256 = {
+    "contract_raw_event.schema.json": "d0dc813701b43fb2c349c0c2c55a57b8a72b375f1bc060731f43accc74345ee8",
+    "contract_sample_raw.jsonl": "26aedf415b91ddcd19ea4db36f8e0c0d6f428e5012babd1c7f00c5d8060d257e",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_SHA256))
+def test_the_contract_fixtures_are_the_published_files(name):
+    assert hashlib.sha256((FIXTURES / name).read_bytes()).hexdigest() == PUBLISHED_SHA256[name]
 
 
 def test_derived_json_schema_is_the_published_contract():
