@@ -67,11 +67,9 @@ def _audit(lake: str, row: dict, bigquery) -> None:
     file = write_data_file(lake, ERASURE_LOG, [row], (("erased_date", row["erased_date"]),))
     commit_append(lake, ERASURE_LOG, [file], row["erasure_id"], pipeline="erase_user")
     if bigquery is not None:
-        from transforms.bigquery_io import BigQueryWrite, ensure_tables, merge_rows
+        from transforms.bigquery_io import insert_new_rows
 
-        bq = bigquery.client()
-        ensure_tables(bq, [ERASURE_LOG])
-        merge_rows(bq, BigQueryWrite(ERASURE_LOG, "append"), [ERASURE_LOG.to_arrow([row], with_partition_columns=True)])
+        insert_new_rows(bigquery, ERASURE_LOG, [row])
 
 
 def main(argv=None) -> dict:

@@ -1,4 +1,5 @@
 """BigQuery tables from schemas/, created in the real local BigQuery emulator."""
+import json
 import uuid
 from datetime import date
 
@@ -239,3 +240,29 @@ def test_merge_statement_restates_exactly_the_lake_rule():
     assert {p.name: p.values for p in params}["replaced_partitions"] == [date(2026, 11, 2), date(2026, 11, 3)]
     with pytest.raises(ValueError, match="only an upsert restates"):
         bigquery_io.BigQueryWrite(views, "append", Replace(views, ReplaceScope.TABLE))
+
+
+def test_an_erasure_with_the_bigquery_sink_leaves_bigquery_equal_to_the_erased_lake(bigquery_emulator, tmp_path):
+    from pipelines import erase_user
+    from schemas.tables import RUN_LOG
+    from tests.conftest import SAMPLE
+
+    lake, bq = tmp_path / "lake", fresh_project()
+    backfill.main(["--input", str(SAMPLE), "--lake", str(lake), *sink_flags(bq)])
+    gold_daily.main(["--lake", str(lake), *sink_flags(bq)])
+    assert any(r[0] == "u-1001" for r in bigquery_rows(bq, SILVER["silver_users"]))
+    audit = erase_user.main(["--lake", str(lake), "--user-id", "u-1001", *sink_flags(bq)])
+    deleted = json.loads(audit["rows_deleted_json"])
+    assert all(deleted[f"bq:{name}"] == n for name, n in deleted.items() if name.startswith("bronze."))
+    assert deleted["bronze.bronze_users"] >= 1
+    assert_bigquery_holds_the_lake(bq, lake)
+    for table in GOLD.values():
+        assert bigquery_rows(bq, table) == lake_rows(lake, table), table.name
+    for table in [*BRONZE.values(), *SILVER.values(), *GOLD.values()]:
+        if "user_id" in table.column_names:
+            users = bq.query(f"SELECT COUNT(*) AS n FROM `{bigquery_io.table_id(bq.project, table)}` "
+                             "WHERE user_id = 'u-1001'").result()
+            assert next(iter(users)).n == 0, table.name
+    pipelines = {r.pipeline for r in bq.query(
+        f"SELECT DISTINCT pipeline FROM `{bigquery_io.table_id(bq.project, RUN_LOG)}`").result()}
+    assert pipelines == {"backfill", "gold_daily"}

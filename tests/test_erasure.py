@@ -111,3 +111,16 @@ def test_the_audit_names_who_when_and_what_without_the_identifier(erased):
     assert row["requested_by"] == "dpo@example.com" and row["subject_kind"] == "user_id"
     assert row["pii_key_version"] and len(row["subject_hash"]) == 64
     assert user_id not in json.dumps(row, default=str)
+
+
+def test_an_email_names_the_user_by_its_hashes(erased):
+    from transforms.erasure import user_ids_of_email
+    from transforms.pii import PiiKeySource
+
+    users = [r["payload"] for _, _, _, r in _records(erased["landing"])
+             if r is not None and r.get("record_type") == "user" and r["payload"].get("email")
+             and r["payload"]["user_id"] != erased["user_id"]]
+    user = users[0]
+    spelled = "  " + user["email"].upper() + " "   # trimmed and lower-cased, like the parse
+    assert user_ids_of_email(str(erased["lake"]), spelled, PiiKeySource().resolve()) == {user["user_id"]}
+    assert user_ids_of_email(str(erased["lake"]), "nobody@example.invalid", PiiKeySource().resolve()) == set()

@@ -64,9 +64,6 @@ def write_run_log(lake: str, pipeline: str, run_id: str, values: dict[str, int],
     file = write_data_file(lake, RUN_LOG, rows, (("run_date", rows[0]["run_date"]),))
     commit_append(lake, RUN_LOG, [file], f"run_log:{run_id}", pipeline=pipeline)
     if bigquery is not None:
-        from transforms.bigquery_io import BigQueryWrite, ensure_tables, merge_rows
-        from transforms.sink_failures import sink_retry
+        from transforms.bigquery_io import insert_new_rows
 
-        bq = bigquery.client()
-        ensure_tables(bq, [RUN_LOG])
-        sink_retry()(merge_rows)(bq, BigQueryWrite(RUN_LOG, "append"), [RUN_LOG.to_arrow(rows, with_partition_columns=True)])
+        insert_new_rows(bigquery, RUN_LOG, rows)

@@ -257,6 +257,16 @@ def merge_rows(bq: bigquery.Client, write: BigQueryWrite, chunks) -> int:
         return job.num_dml_affected_rows or 0
 
 
+def insert_new_rows(target: BigQueryTarget, table: Table, rows: list[dict], deadline: float = RETRY_DEADLINE_SECONDS) -> int:
+    """In-pipeline rows of an ``ops`` table with a key (logs, audits) -> the
+    ones whose key is new inserted (the table created when missing), with
+    transient errors retried; returns how many."""
+    bq = target.client()
+    ensure_tables(bq, [table])
+    return sink_retry(deadline=deadline)(merge_rows)(bq, BigQueryWrite(table, "append"),
+                                                     [table.to_arrow(rows, with_partition_columns=True)])
+
+
 def replace_tables(bq: bigquery.Client, chunks_by_table: dict) -> dict:
     """{Table: Arrow chunks} -> every table's rows replaced in one transaction:
     readers see all the old tables or all the new ones, and a failure at any

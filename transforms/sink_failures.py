@@ -115,12 +115,9 @@ class SinkDeadLetter:
         return len(dead)
 
     def _to_bigquery(self, dead: list[dict]) -> None:
-        from transforms.bigquery_io import BigQueryWrite, ensure_tables, merge_rows
+        from transforms.bigquery_io import insert_new_rows
 
         try:
-            bq = self.bigquery.client()
-            ensure_tables(bq, [SINK_DEAD_LETTER])
-            sink_retry(deadline=120.0)(merge_rows)(bq, BigQueryWrite(SINK_DEAD_LETTER, "append"),
-                                                   [SINK_DEAD_LETTER.to_arrow(dead, with_partition_columns=True)])
+            insert_new_rows(self.bigquery, SINK_DEAD_LETTER, dead, deadline=120.0)
         except Exception as error:  # noqa: BLE001 - the lake holds them; BigQuery's copy is a convenience
             logging.error("sink dead letter: %d rows in the lake, not in BigQuery (%s)", len(dead), error)
