@@ -78,13 +78,19 @@ class PiiKeySource:
         if not self.allow_dev_key:
             raise PiiKeyError(f"no PII key: {KEY_ENV} is not set and --pii-key-secret was not given; "
                               "the development key is for local runners only")
-        logging.warning("%s is not set: hashing PII with the local development key", KEY_ENV)
+        _warn_dev_key()
         return PiiKey(DEV_KEY, DEV_KEY_VERSION)
 
     def resolve_once(self) -> PiiKey:
         """``resolve``, with a Secret Manager read cached per process (every
         DoFn instance of a worker shares one call; the environment is read each time)."""
         return _resolved(self) if self.secret_version is not None else self.resolve()
+
+
+@functools.cache
+def _warn_dev_key() -> None:
+    # Once per process: a local runner may set a DoFn up for every bundle.
+    logging.warning("%s is not set: hashing PII with the local development key", KEY_ENV)
 
 
 @functools.lru_cache(maxsize=8)
