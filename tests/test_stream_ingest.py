@@ -217,9 +217,11 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
 
     # The same Pub/Sub messages (redeliveries included) replayed twice: byte-identical silver and gold
     # (gold as of yesterday: its clock is then fixed, not the moving now).
+    # The first replay is the backfill above.
     checksums = []
-    for _ in range(2):
-        backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake)])
+    for replay in range(2):
+        if replay:
+            backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake)])
         gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
         checksums.append((content_checksums(lake, SILVER, "silver"), content_checksums(lake, GOLD, "gold")))
     assert checksums[0] == checksums[1]
