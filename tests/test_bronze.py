@@ -102,3 +102,15 @@ def test_good_and_bad_records_split_into_bronze_and_typed_dead_letters(parse):
     assert sorted((r["source_line"], r["reason"], r["record_type"], r["pipeline"]) for r in out[DEAD_LETTER]) == [
         (3, "invalid_json", None, "backfill"), (4, "invalid_encoding", None, "backfill"),
         (5, "unknown_record_type", "refund", "backfill"), (7, "oversized", None, "backfill")]
+
+
+def test_a_metadata_integer_past_64_bits_parses_the_same_both_ways():
+    """Found by the fuzz test: msgspec keeps such an integer and orjson cannot
+    write it; the columnar parse hands the record to the per-record one,
+    which reads it as orjson does (a float)."""
+    event = (b'{"record_type": "event", "schema_version": 1, "source": "web-app", "emitted_at": "2026-11-02T09:00:00Z",'
+             b' "payload": {"event_id": "e-1", "event_type": "browse", "session_id": "s-1",'
+             b' "timestamp": "2026-11-02T09:00:00Z", "metadata": {"n": -9223372036854775809, "price": 2}}}')
+    per_record, columnar = _per_record([raw(event)]), _columnar([raw(event)])
+    assert columnar["bronze_events"] == per_record["bronze_events"] and not columnar[DEAD_LETTER]
+    assert [r["metadata_json"] for r in columnar["bronze_events"]] == ['{"n":-9.223372036854776e+18,"price":2}']

@@ -254,7 +254,15 @@ def _bronze_table(rt, columns: dict[str, list], raw: pa.Table, pii_key: PiiKey, 
         elif f.name == "experiments":
             out["experiments_json"] = pa.array([_json_text(v) for v in value], pa.string())
         elif f.name == "metadata":
-            extracted = [_metadata_columns(v) for v in value]
+            extracted = []
+            for i, v in enumerate(value):
+                try:
+                    extracted.append(_metadata_columns(v))
+                except TypeError:
+                    # An integer past 64 bits (msgspec keeps it, orjson cannot write it): the
+                    # per-record definition decides, reading it as orjson does (a float).
+                    extracted.append(_metadata_columns(None))
+                    ok[i] = False
             for name, type_ in (("metadata_json", pa.string()), ("article_id", pa.string()),
                                 ("price", pa.float64()), ("currency", pa.string()), ("order_id", pa.string())):
                 out[name] = pa.array([m[name] for m in extracted], type_)
