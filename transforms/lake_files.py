@@ -97,11 +97,13 @@ def write_data_file(lake: str, table: Table, rows: pa.Table | list[dict], partit
     folders = [f"{c}={v}" for c, v in partitions]
     relpath = "/".join(folders + [f"{prefix}{uuid.uuid4().hex}.parquet"])
     path = posixpath.join(table_dir(lake, table), relpath)
-    _makedirs(posixpath.dirname(path))
-    with FileSystems.create(path) as f:
-        pq.write_table(arrow, f, compression="zstd")
-    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-    return DataFile(table.name, relpath, path, tuple(partitions), size, arrow.num_rows, _stats(arrow),
+    # Encoded in memory first: the size the Delta log needs is then known without asking the
+    # store (a listing per file is most of the write's time on an object store).
+    encoded = pa.BufferOutputStream()
+    pq.write_table(arrow, encoded, compression="zstd")
+    data = encoded.getvalue()
+    write_bytes(path, memoryview(data))
+    return DataFile(table.name, relpath, path, tuple(partitions), data.size, arrow.num_rows, _stats(arrow),
                     content_sha256)
 
 
