@@ -10,7 +10,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install browser demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down s3-up s3-down maintain infra-check lock clean
+.PHONY: install tool-venvs browser demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down s3-up s3-down maintain infra-check lock clean
 
 install: $(STAMP)
 
@@ -46,8 +46,14 @@ demo-bq: demo
 
 # The tests start the Pub/Sub emulator themselves when none is running
 # (and stop it at the end), so `make test` needs no other step.
-test: install browser
+test: browser
+	@$(MAKE) --no-print-directory -j3 install tool-venvs
 	$(VENV)/bin/pytest
+
+# The emulators' and checkov's own virtualenvs (their pins clash with Beam's),
+# created together; the tests would otherwise create each on first use.
+tool-venvs:
+	$(PYTHON) -m devtools.tool_venv
 
 # Debian's Chromium for the explorer's browser test (tests/test_explorer.py);
 # playwright drives it, so no browser is downloaded from elsewhere.
