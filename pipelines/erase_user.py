@@ -106,9 +106,9 @@ def main(argv=None) -> dict:
         condition = fp.condition(table)
         if condition is not None:
             deleted[f"{table.layer}.{table.name}"] = erasure.delete_rows(args.lake, table, condition, run_id)
-    raw_condition = erasure.raw_condition(lines, messages)
-    if args.include_raw and raw_condition is not None:
-        deleted[f"raw.{RAW.name}"] = erasure.delete_rows(args.lake, RAW, raw_condition, run_id)
+    raw_rows = erasure.provenance_condition(lines, messages)
+    if args.include_raw and raw_rows is not None:
+        deleted[f"raw.{RAW.name}"] = erasure.delete_rows(args.lake, RAW, raw_rows, run_id)
     # The erased silver is released as a whole, then gold is recomputed from it.
     release(args.lake, "silver", {name: open_table(args.lake, table).version()
                                   for name, table in SILVER.items() if open_table(args.lake, table) is not None},
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
              "requested_by": args.requested_by or getpass.getuser(), "subject_kind": subject_kind,
              "subject_hash": pseudonym(key.secret, f"{subject_kind}:{subject}"), "pii_key_version": key.version,
              "user_count": len(user_ids), "rows_deleted_json": json.dumps(deleted, sort_keys=True),
-             "raw_objects_json": json.dumps(raw_objects), "raw_deleted": bool(args.include_raw and raw_condition),
+             "raw_objects_json": json.dumps(raw_objects), "raw_deleted": bool(args.include_raw and raw_rows),
              "gold_recomputed_as_of": args.as_of.isoformat()}
     _audit(args.lake, audit, bigquery)
     landing = sorted({f for f, _ in lines})

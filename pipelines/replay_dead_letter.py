@@ -30,7 +30,7 @@ from schemas import contract
 from schemas.tables import BRONZE, DEAD_LETTER, RAW
 from transforms.accounting import write_run_log
 from transforms.bronze_columnar import parse_chunk
-from transforms.erasure import raw_condition
+from transforms.erasure import provenance_condition
 from transforms.lake_commit import commit_append
 from transforms.lake_files import write_table_files
 from transforms.lake_tables import open_table, read_arrow, read_file, snapshot
@@ -107,7 +107,7 @@ def replay(lake: str, reason: str | None = None, since: int | None = None, key_s
             counts[f"accepted_{name}"] += rows.num_rows
     counts["still_rejected"] = parsed.dead_letter.num_rows
     # The accepted records leave the dead letter (after bronze holds them: a stop in between loses nothing).
-    condition = raw_condition({(f, n) for f, n, _ in accepted if f is not None},
+    condition = provenance_condition({(f, n) for f, n, _ in accepted if f is not None},
                               {m for f, _, m in accepted if f is None})
     if condition is not None:
         metrics = open_table(lake, DEAD_LETTER).delete(condition)

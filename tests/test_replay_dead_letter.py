@@ -68,7 +68,7 @@ def test_a_replay_stopped_before_the_dead_letter_commit_adds_nothing_when_rerun(
         raise Stopped()
 
     with monkeypatch.context() as m:
-        m.setattr(replay_dead_letter, "raw_condition", stop)   # after bronze, before the dead letter
+        m.setattr(replay_dead_letter, "provenance_condition", stop)   # after bronze, before the dead letter
         with pytest.raises(Stopped):
             replay_dead_letter.main(["--lake", str(lake)])
     added = len(_bronze(lake)) - before

@@ -121,7 +121,8 @@ def provenance(lake: str, fp: Footprint) -> tuple[set, set]:
     return lines, messages
 
 
-def raw_condition(lines: set, messages: set) -> str | None:
+def provenance_condition(lines: set, messages: set) -> str | None:
+    """The SQL predicate of rows received as those landing lines or Pub/Sub messages."""
     by_file = defaultdict(list)
     for f, n in lines:
         by_file[f].append(n)
