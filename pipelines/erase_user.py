@@ -110,9 +110,8 @@ def main(argv=None) -> dict:
     if args.include_raw and raw_rows is not None:
         deleted[f"raw.{RAW.name}"] = erasure.delete_rows(args.lake, RAW, raw_rows, run_id)
     # The erased silver is released as a whole, then gold is recomputed from it.
-    release(args.lake, "silver", {name: open_table(args.lake, table).version()
-                                  for name, table in SILVER.items() if open_table(args.lake, table) is not None},
-            run_id)
+    silver = {name: open_table(args.lake, table) for name, table in SILVER.items()}
+    release(args.lake, "silver", {name: dt.version() for name, dt in silver.items() if dt is not None}, run_id)
     if bigquery is not None:
         deleted.update(_bigquery_delete(bigquery.client(), fp))
     gold_flags = [f"--lake={args.lake}", f"--as-of={args.as_of}"]

@@ -30,10 +30,10 @@ from schemas import contract
 from schemas.tables import BRONZE, DEAD_LETTER, RAW
 from transforms.accounting import write_run_log
 from transforms.bronze_columnar import parse_chunk
-from transforms.erasure import provenance_condition
+from transforms.erasure import provenance_condition, raw_rows_holding
 from transforms.lake_commit import commit_append
 from transforms.lake_files import write_table_files
-from transforms.lake_tables import open_table, read_arrow, read_file, snapshot
+from transforms.lake_tables import open_table, read_arrow
 from transforms.pii import PiiKeySource
 
 PIPELINE = "replay_dead_letter"
@@ -62,15 +62,10 @@ def dead_letters(lake: str, reason: str | None, since: int | None) -> pa.Table:
 
 
 def raw_records(lake: str, wanted: set) -> pa.Table:
-    """The raw rows with those provenance keys (candidate files by the log's statistics)."""
-    files = {f for f, _, _ in wanted}
-    pubsub = any(f is None for f, _, _ in wanted)
-    parts = []
-    for file in snapshot(lake, RAW).files:
-        if file.source in files or (pubsub and (file.from_pubsub or file.source is None)):
-            rows = read_file(file, RAW)
-            keep = [_provenance_key(*k) in wanted for k in _keys(rows)]
-            parts.append(rows.filter(pa.array(keep, pa.bool_())))
+    """The raw rows with those provenance keys (``_provenance_key``)."""
+    lines = {(f, n) for f, n, _ in wanted if f is not None}
+    messages = {m for f, _, m in wanted if f is None}
+    parts = [rows for _, rows in raw_rows_holding(lake, lines, messages)]
     return pa.concat_tables(parts) if parts else RAW.arrow_schema().empty_table()
 
 

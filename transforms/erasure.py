@@ -133,19 +133,24 @@ def provenance_condition(lines: set, messages: set) -> str | None:
     return " OR ".join(parts) or None
 
 
-def raw_objects(lake: str, lines: set, messages: set) -> list[str]:
-    """The raw layer's data files holding any of those records (a file's
-    landing file is in the log's statistics: only candidates are read)."""
+def raw_rows_holding(lake: str, lines: set, messages: set):
+    """-> ``(raw data file, its rows received as those landing lines or
+    Pub/Sub messages)`` per file holding any (a file's landing file is in the
+    log's statistics: only candidates are read)."""
     files = {f for f, _ in lines}
-    found = []
     for file in snapshot(lake, RAW).files:
         if not (file.source in files or (messages and (file.from_pubsub or file.source is None))):
             continue
-        rows = read_file(file, RAW, ("source_file", "source_line", "message_id"))
+        rows = read_file(file, RAW)
         keys = zip(*(rows.column(c).to_pylist() for c in ("source_file", "source_line", "message_id")))
-        if any((f, n) in lines or m in messages for f, n, m in keys):
-            found.append(file.path)
-    return found
+        hit = pa.array([(f, n) in lines if f is not None else m in messages for f, n, m in keys], pa.bool_())
+        if pc.any(hit).as_py():
+            yield file, rows.filter(hit)
+
+
+def raw_objects(lake: str, lines: set, messages: set) -> list[str]:
+    """The raw layer's data files holding any of those records."""
+    return [file.path for file, _ in raw_rows_holding(lake, lines, messages)]
 
 
 def delete_rows(lake: str, table: Table, condition: str, run_id: str) -> int:
