@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 
 import orjson
 from google.api_core import exceptions
@@ -34,7 +34,6 @@ from google.api_core.retry import Retry
 
 from schemas import contract
 from schemas.tables import SINK_DEAD_LETTER
-from transforms import metrics
 
 # How long a sink keeps retrying one batch before it dead-letters it.
 RETRY_DEADLINE_SECONDS = 600.0
