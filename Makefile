@@ -10,7 +10,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install tool-venvs browser demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down s3-up s3-down maintain infra-check lock clean
+.PHONY: install tool-venvs browser demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down s3-up s3-down maintain infra-check generate template-build lock clean
 
 install: $(STAMP)
 
@@ -99,7 +99,6 @@ bq-up: install
 bq-down: install
 	$(PY) -m devtools.bigquery_emulator stop
 
-# Refresh the lock after changing a pin in setup.py or requirements-dev.txt.
 # Policy scan of infra/ (checkov, offline, from its own .venv-checkov); also part of make test.
 # A local S3 server (moto, in its own .venv-s3) on 127.0.0.1:9070, for a lake
 # on an object store; the tests start and stop it themselves.
@@ -116,6 +115,24 @@ maintain: install
 infra-check: install
 	$(PY) -m devtools.infra_check
 
+# Regenerate what derives from schemas/: infra/bigquery_tables.tf, the LookML
+# project in looker/, dbt's sources in dbt/ (the tests fail when they drift).
+generate: install
+	$(PY) -m schemas.generate
+
+# Google Cloud (README "Deploy"): the three images and template specs, and
+# one launch. PROJECT (else gcloud's configured project), REGION, NAME_PREFIX;
+# PARAMS="as_of=2026-11-25 sink=lake" overrides launch parameters. With no
+# project configured the gcloud commands are printed, not run.
+REGION ?= europe-west1
+export PROJECT REGION NAME_PREFIX
+template-build: install
+	$(PY) -m devtools.deploy build
+
+template-run-%: install
+	$(PY) -m devtools.deploy run $* $(foreach p,$(PARAMS),--param '$(p)')
+
+# Refresh the lock after changing a pin in setup.py or requirements-dev.txt.
 lock:
 	rm -rf /tmp/funnel-lock-venv && $(PYTHON) -m venv /tmp/funnel-lock-venv
 	/tmp/funnel-lock-venv/bin/pip install --quiet -e . -r requirements-dev.txt

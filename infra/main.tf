@@ -1,10 +1,15 @@
-# The funnel lakehouse on Google Cloud: lake bucket, BigQuery datasets,
-# Pub/Sub ingest with a dead-letter topic, and the identity Dataflow runs as.
+# The funnel lakehouse on Google Cloud, from an empty project: the APIs,
+# names every other file uses, and the KMS grants the services' agents need
+# to encrypt with var.kms_key. See the README's "Deploy" section.
 terraform {
   required_version = ">= 1.6"
   required_providers {
     google = {
       source  = "hashicorp/google"
+      version = "~> 6.0"
+    }
+    google-beta = {
+      source  = "hashicorp/google-beta"
       version = "~> 6.0"
     }
   }
@@ -15,143 +20,60 @@ provider "google" {
   region  = var.region
 }
 
-# --- the lake ---------------------------------------------------------------
-# Access logs of the lake go to a bucket of their own: a bucket logging to
-# itself would log its own log writes.
-resource "google_storage_bucket" "access_logs" {
-  #checkov:skip=CKV_GCP_62:the access-log bucket does not log access to itself
-  name                        = "${var.lake_bucket}-access-logs"
-  location                    = var.region
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-
-  versioning {
-    enabled = true
-  }
-
-  encryption {
-    default_kms_key_name = var.kms_key
-  }
-
-  lifecycle_rule {
-    condition {
-      age = 365
-    }
-    action {
-      type = "Delete"
-    }
-  }
+provider "google-beta" {
+  project = var.project
+  region  = var.region
 }
 
-resource "google_storage_bucket" "lake" {
-  name                        = var.lake_bucket
-  location                    = var.region
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-
-  # raw/ is immutable by design; versioning keeps an accidental delete recoverable.
-  versioning {
-    enabled = true
-  }
-
-  encryption {
-    default_kms_key_name = var.kms_key
-  }
-
-  logging {
-    log_bucket = google_storage_bucket.access_logs.name
-  }
-
-  lifecycle_rule {
-    condition {
-      matches_prefix = ["_staging/"]
-      age            = 2
-    }
-    action {
-      type = "Delete"
-    }
-  }
+data "google_project" "this" {
+  project_id = var.project
 }
 
-# --- warehouse ----------------------------------------------------------------
+# The names devtools/deploy.py derives the same way (tests/test_deployment_files.py holds them equal).
 locals {
-  datasets = {
-    bronze        = "Typed, normalized, PII-hashed rows per record type."
-    silver        = "One current row per identity, joined (daily backfill)."
-    silver_stream = "One current row per identity, joined, kept current by the streaming job."
-    gold          = "Funnel facts, dimensions and marts (truncate and load)."
-    ops           = "Dead letter, operational alerts, and the short-lived scratch tables MERGEs read from."
+  lake_bucket     = coalesce(var.lake_bucket, "${var.project}-${var.name_prefix}-lake")
+  landing_bucket  = coalesce(var.landing_bucket, "${var.project}-${var.name_prefix}-landing")
+  dataflow_bucket = coalesce(var.dataflow_bucket, "${var.project}-${var.name_prefix}-dataflow")
+  lake            = "gs://${local.lake_bucket}"
+  template_root   = "gs://${local.dataflow_bucket}/templates"
+  temp_location   = "gs://${local.dataflow_bucket}/temp"
+  image_root      = "${var.region}-docker.pkg.dev/${var.project}/${var.name_prefix}"
+  stream_job_name = "${var.name_prefix}-stream-ingest"
+  pii_key_version = "${google_secret_manager_secret.pii_key.id}/versions/latest"
+}
+
+resource "google_project_service" "apis" {
+  for_each = toset([
+    "artifactregistry.googleapis.com", "bigquery.googleapis.com", "cloudbuild.googleapis.com",
+    "cloudkms.googleapis.com", "cloudscheduler.googleapis.com", "compute.googleapis.com",
+    "dataflow.googleapis.com", "monitoring.googleapis.com", "pubsub.googleapis.com", "run.googleapis.com",
+    "secretmanager.googleapis.com", "storage.googleapis.com",
+  ])
+  service            = each.value
+  disable_on_destroy = false
+}
+
+# --- customer-managed encryption: each service's agent uses var.kms_key ---------------
+data "google_storage_project_service_account" "gcs" {}
+
+data "google_bigquery_default_service_account" "bigquery" {}
+
+resource "google_project_service_identity" "agents" {
+  provider = google-beta
+  for_each = toset(["pubsub.googleapis.com", "artifactregistry.googleapis.com", "secretmanager.googleapis.com"])
+  project  = var.project
+  service  = each.value
+}
+
+resource "google_kms_crypto_key_iam_member" "service_agents" {
+  for_each = {
+    storage          = data.google_storage_project_service_account.gcs.email_address
+    bigquery         = data.google_bigquery_default_service_account.bigquery.email
+    pubsub           = google_project_service_identity.agents["pubsub.googleapis.com"].email
+    artifactregistry = google_project_service_identity.agents["artifactregistry.googleapis.com"].email
+    secretmanager    = google_project_service_identity.agents["secretmanager.googleapis.com"].email
   }
-}
-
-resource "google_bigquery_dataset" "layer" {
-  for_each    = local.datasets
-  dataset_id  = each.key
-  location    = var.region
-  description = each.value
-
-  default_encryption_configuration {
-    kms_key_name = var.kms_key
-  }
-}
-
-# --- ingest ---------------------------------------------------------------------
-resource "google_pubsub_topic" "raw_events" {
-  name         = "funnel-raw-events"
-  kms_key_name = var.kms_key
-}
-
-resource "google_pubsub_topic" "raw_events_undeliverable" {
-  name         = "funnel-raw-events-undeliverable"
-  kms_key_name = var.kms_key
-}
-
-resource "google_pubsub_subscription" "stream_ingest" {
-  name                       = "funnel-stream-ingest"
-  topic                      = google_pubsub_topic.raw_events.id
-  ack_deadline_seconds       = 60
-  message_retention_duration = "604800s"
-
-  dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.raw_events_undeliverable.id
-    max_delivery_attempts = 10
-  }
-}
-
-# --- the identity the pipelines run as ----------------------------------------------
-resource "google_service_account" "dataflow" {
-  account_id   = "funnel-dataflow"
-  display_name = "funnel-lakehouse Dataflow workers"
-}
-
-resource "google_storage_bucket_iam_member" "dataflow_lake" {
-  bucket = google_storage_bucket.lake.name
-  role   = "roles/storage.objectAdmin"
-  member = "serviceAccount:${google_service_account.dataflow.email}"
-}
-
-resource "google_bigquery_dataset_iam_member" "dataflow_datasets" {
-  for_each   = google_bigquery_dataset.layer
-  dataset_id = each.value.dataset_id
-  role       = "roles/bigquery.dataEditor"
-  member     = "serviceAccount:${google_service_account.dataflow.email}"
-}
-
-resource "google_pubsub_subscription_iam_member" "dataflow_subscriber" {
-  subscription = google_pubsub_subscription.stream_ingest.name
-  role         = "roles/pubsub.subscriber"
-  member       = "serviceAccount:${google_service_account.dataflow.email}"
-}
-
-resource "google_project_iam_member" "dataflow_worker" {
-  project = var.project
-  role    = "roles/dataflow.worker"
-  member  = "serviceAccount:${google_service_account.dataflow.email}"
-}
-
-# Load jobs and the MERGE queries run as jobs in the project.
-resource "google_project_iam_member" "dataflow_bigquery_jobs" {
-  project = var.project
-  role    = "roles/bigquery.jobUser"
-  member  = "serviceAccount:${google_service_account.dataflow.email}"
+  crypto_key_id = var.kms_key
+  role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+  member        = "serviceAccount:${each.value}"
 }

@@ -3,19 +3,8 @@
 # Scheduler. It is a plain command, not a Beam pipeline, so it needs no
 # Dataflow; it touches only the lake bucket.
 
-variable "pipeline_image" {
-  description = "The pipelines' container image (templates/Dockerfile), e.g. REGION-docker.pkg.dev/PROJECT/funnel/backfill."
-  type        = string
-}
-
-variable "maintenance_schedule" {
-  description = "When the lake maintenance runs (cron, UTC): after the daily gold recompute."
-  type        = string
-  default     = "30 6 * * *"
-}
-
 resource "google_service_account" "maintenance" {
-  account_id   = "funnel-maintenance"
+  account_id   = "${var.name_prefix}-maintenance"
   display_name = "funnel-lakehouse lake maintenance"
 }
 
@@ -27,7 +16,7 @@ resource "google_storage_bucket_iam_member" "maintenance_lake" {
 }
 
 resource "google_cloud_run_v2_job" "maintain" {
-  name     = "funnel-lake-maintenance"
+  name     = "${var.name_prefix}-lake-maintenance"
   location = var.region
 
   template {
@@ -36,17 +25,13 @@ resource "google_cloud_run_v2_job" "maintain" {
       timeout         = "3600s"
       max_retries     = 1
       containers {
-        image   = var.pipeline_image
+        # any pipeline's image holds the package; maintain is not a flex template
+        image   = "${local.image_root}/backfill:${var.image_tag}"
         command = ["python", "-m", "pipelines.maintain"]
-        args    = ["--lake", "gs://${google_storage_bucket.lake.name}"]
+        args    = ["--lake", local.lake]
       }
     }
   }
-}
-
-resource "google_service_account" "scheduler" {
-  account_id   = "funnel-scheduler"
-  display_name = "funnel-lakehouse Cloud Scheduler"
 }
 
 resource "google_cloud_run_v2_job_iam_member" "scheduler_runs_maintenance" {
@@ -57,7 +42,7 @@ resource "google_cloud_run_v2_job_iam_member" "scheduler_runs_maintenance" {
 }
 
 resource "google_cloud_scheduler_job" "maintain" {
-  name      = "funnel-lake-maintenance"
+  name      = "${var.name_prefix}-lake-maintenance"
   region    = var.region
   schedule  = var.maintenance_schedule
   time_zone = "Etc/UTC"
@@ -67,6 +52,7 @@ resource "google_cloud_scheduler_job" "maintain" {
     uri         = "https://run.googleapis.com/v2/projects/${var.project}/locations/${var.region}/jobs/${google_cloud_run_v2_job.maintain.name}:run"
     oauth_token {
       service_account_email = google_service_account.scheduler.email
+      scope                 = "https://www.googleapis.com/auth/cloud-platform"
     }
   }
 }

@@ -35,13 +35,13 @@ from __future__ import annotations
 import argparse
 import logging
 import uuid
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.common import (add_pii_key_flags, add_sink_flags, bigquery_target, counters, parse, pii_key_source,
-                              run_pipeline, setup_logging)
+                              pipeline_parser, run_pipeline, setup_logging)
 from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
@@ -54,6 +54,13 @@ from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, Replac
 from transforms.lake_files import WriteDataFiles
 from transforms.lake_tables import LakeFile, ReadLakeTable, read_file, snapshot
 from transforms.silver import BuildSilver, shuffled_columns
+
+
+def dated_pattern(pattern: str, today: date) -> str:
+    """``{yesterday}``/``{today}`` in an input glob -> the UTC dates: a
+    scheduled launch (Cloud Scheduler's body is fixed) reads the day before."""
+    return (pattern.replace("{yesterday}", (today - timedelta(days=1)).isoformat())
+            .replace("{today}", today.isoformat()))
 
 
 def _date_range(first: date, last: date) -> list[str]:
@@ -139,21 +146,28 @@ def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
     return sum(f.rows for files in kept.values() for f in files)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arg_parser() -> argparse.ArgumentParser:
+    parser = pipeline_parser(__doc__)
     parser.add_argument("--input", required=True, action="append",
-                        help="glob of landing files (.jsonl, .jsonl.gz, .parquet) or raw-layer files; repeatable")
+                        help="glob of landing files (.jsonl, .jsonl.gz, .parquet) or raw-layer files; repeatable; "
+                             "{yesterday} and {today} become UTC dates (YYYY-MM-DD) at launch, for schedules")
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--from", dest="date_from", type=date.fromisoformat, help="first event_date to replace")
     parser.add_argument("--to", dest="date_to", type=date.fromisoformat, help="last event_date to replace")
     add_sink_flags(parser, "bronze, the dead letter and silver")
     add_pii_key_flags(parser)
+    return parser
+
+
+def main(argv=None):
+    parser = arg_parser()
     args, options = parse(parser, argv)
     bigquery = bigquery_target(parser, args, options)
     key_source = pii_key_source(parser, args, options)
     if (args.date_from is None) != (args.date_to is None):
         parser.error("--from and --to go together")
     setup_logging()
+    args.input = [dated_pattern(pattern, datetime.now(timezone.utc).date()) for pattern in args.input]
     paths = expand_inputs(args.input, args.lake)
     if not paths:
         parser.error(f"no input files match {args.input}")
@@ -174,11 +188,11 @@ def main(argv=None):
         planned["kept_bronze_rows"] = build(p, paths, sources, args.lake, date_range, key_source, now, bigquery,
                                             run_id=run_id)
 
-    result = run_pipeline("backfill", options, wiring)
-    values = counters(result)
-    if not values:  # submitted, not waited for: there is nothing to account for yet
-        logging.info("backfill %s: no counters yet; run log and accounting check skipped", run_id)
+    result, finished = run_pipeline("backfill", options, wiring, wait=args.wait)
+    if not finished:  # submitted, not waited for: the job commits the lake itself; nothing to account for here
+        logging.info("backfill %s: submitted; run log and accounting check need --wait", run_id)
         return result
+    values = counters(result)
     problems = backfill_problems(values, planned["kept_bronze_rows"])
     write_run_log(args.lake, "backfill", run_id, values, not problems, bigquery)
     if problems:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from typing import Callable
 
@@ -12,23 +13,79 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms import metrics
 
+# Set in the pipeline images to the image's own name (templates/Dockerfile).
+SDK_CONTAINER_IMAGE_ENV = "FUNNEL_SDK_CONTAINER_IMAGE"
+
 # The local default. DirectRunner would first try Prism, which downloads a
 # binary and fails offline; FnApiRunner is what DirectRunner falls back to.
 LOCAL_RUNNER = "FnApiRunner"
+
+
+# Flags a flex template does not offer as parameters, and why (the template
+# metadata test holds every other flag of a pipeline to its metadata.json).
+NOT_TEMPLATE_PARAMETERS = {
+    "wait": "a template's launcher submits the job and returns; Dataflow shows its progress and counters",
+    "run_for": "local runs only: the launcher cancels the local pipeline after this many seconds",
+}
+
+
+def pipeline_parser(doc: str) -> argparse.ArgumentParser:
+    """A pipeline's parser: its module docstring's summary, and ``--wait``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--wait", action="store_true",
+                        help="on a remote runner (Dataflow): wait for the job to finish and print its counters "
+                             "(local runs always wait); without it the launcher returns once the job is submitted")
+    return parser
+
+
+def template_parameter(flag: str) -> str:
+    """The flex-template parameter name of ``--some-flag``: ``some_flag``
+    (Dataflow passes each parameter back as ``--some_flag=value``)."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _spelled_with_hyphens(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--as_of=D`` -> ``--as-of=D`` for our own hyphenated flags, so a flex
+    template's parameters (underscore names) reach them; Beam's own
+    underscore flags (``--temp_location``) pass unchanged."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and "_" in name:
+            hyphenated = "--" + name[2:].replace("_", "-")
+            if hyphenated in parser._option_string_actions:
+                arg = hyphenated + eq + value
+        out.append(arg)
+    return out
 
 
 def parse(parser: argparse.ArgumentParser, argv=None, local_runner: str = LOCAL_RUNNER,
           streaming: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
     """Our flags -> Namespace; everything else (``--runner``, ``--project``,
     ``--temp_location`` ...) -> Beam's PipelineOptions, unchanged."""
+    import sys
+
+    argv = _spelled_with_hyphens(parser, list(sys.argv[1:] if argv is None else argv))
     args, beam_args = parser.parse_known_args(argv)
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         beam_args.append(f"--runner={local_runner}")
     if streaming and "--streaming" not in beam_args:
         beam_args.append("--streaming")
+    beam_args += _own_image_for_workers(beam_args)
     options = PipelineOptions(beam_args)
     use_filesystems(options)
     return args, options
+
+
+def _own_image_for_workers(beam_args: list[str]) -> list[str]:
+    """In a pipeline image (templates/Dockerfile), a remote run's workers use
+    that same image, which holds the package and its pinned dependencies,
+    unless ``--sdk_container_image`` says otherwise."""
+    image = os.environ.get(SDK_CONTAINER_IMAGE_ENV)
+    if not image or any(a.split("=", 1)[0] in ("--sdk_container_image", "--worker_harness_container_image")
+                        for a in beam_args):
+        return []
+    return [f"--sdk_container_image={image}", "--sdk_location=container"]
 
 
 def use_filesystems(options: PipelineOptions | None = None) -> None:
@@ -65,7 +122,7 @@ def bigquery_target(parser: argparse.ArgumentParser, args: argparse.Namespace, o
 
 
 def add_pii_key_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pii-key-secret", "--pii_key_secret", dest="pii_key_secret", metavar="projects/P/secrets/S/versions/V",
+    parser.add_argument("--pii-key-secret", dest="pii_key_secret", metavar="projects/P/secrets/S/versions/V",
                         help="the PII key's Secret Manager version, read on the workers (required on non-local "
                              "runners; local runs read FUNNEL_PII_KEY, else a development key)")
 
@@ -73,13 +130,9 @@ def add_pii_key_flags(parser: argparse.ArgumentParser) -> None:
 def pii_key_source(parser: argparse.ArgumentParser, args: argparse.Namespace, options: PipelineOptions):
     """Where the workers read the PII key (``transforms.pii``); a non-local
     runner without ``--pii-key-secret`` is an error here, at option parsing."""
-    from apache_beam.options.pipeline_options import StandardOptions
+    from transforms.pii import PiiKeyError, PiiKeySource
 
-    from transforms.pii import LOCAL_RUNNERS, PiiKeyError, PiiKeySource
-
-    runner = options.view_as(StandardOptions).runner
-    runner = runner if isinstance(runner, str) else type(runner).__name__
-    local = runner in LOCAL_RUNNERS
+    runner, local = runner_name(options), runs_locally(options)
     if not local and args.pii_key_secret is None:
         parser.error(f"--runner={runner} needs --pii-key-secret projects/P/secrets/S/versions/V: the workers read "
                      "the PII key from Secret Manager, and the development key is for local runners only")
@@ -115,12 +168,33 @@ def print_summary(title: str, started: float, values: dict[str, int]) -> None:
         print(f"  {name:<{width}}  {value:>12,}")
 
 
-def run_pipeline(title: str, options: PipelineOptions, build: Callable[[beam.Pipeline], None]):
-    """Build, run to completion, print the counters; returns the PipelineResult."""
+def runner_name(options: PipelineOptions) -> str:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def runs_locally(options: PipelineOptions) -> bool:
+    from transforms.pii import LOCAL_RUNNERS
+
+    return runner_name(options) in LOCAL_RUNNERS
+
+
+def run_pipeline(title: str, options: PipelineOptions, build: Callable[[beam.Pipeline], None],
+                 wait: bool = False) -> tuple[object, bool]:
+    """Build and run. Local runs, and remote ones with ``wait``, run to
+    completion and print the counters; a remote run (a flex template's
+    launcher) returns once the job is submitted. Returns the PipelineResult
+    and whether it finished."""
     started = time.time()
     p = beam.Pipeline(options=options)
     build(p)
     result = p.run()
+    if not (wait or runs_locally(options)):
+        job_id = getattr(result, "job_id", lambda: None)()
+        print(f"\n{title} submitted" + (f": job {job_id}" if job_id else "") + " (not waiting; --wait waits)")
+        return result, False
     result.wait_until_finish()
     print_summary(title, started, counters(result))
-    return result
+    return result, True

@@ -29,7 +29,8 @@ from datetime import date, datetime, timezone
 
 import apache_beam as beam
 
-from pipelines.common import add_sink_flags, bigquery_target, counters, parse, run_pipeline, setup_logging
+from pipelines.common import (add_sink_flags, bigquery_target, counters, parse, pipeline_parser, run_pipeline,
+                              setup_logging)
 from schemas import contract
 from schemas.tables import GOLD, SILVER
 from schemas.views import VIEWS
@@ -71,10 +72,10 @@ def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | N
     _ = written | "Commit" >> CommitLakeWrites(lake, CommitPlan(run_id, "gold_daily", plan, releases=("gold",)))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arg_parser() -> argparse.ArgumentParser:
+    parser = pipeline_parser(__doc__)
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
-    parser.add_argument("--as-of", "--as_of", dest="as_of", type=date.fromisoformat,
+    parser.add_argument("--as-of", dest="as_of", type=date.fromisoformat,
                         default=datetime.now(timezone.utc).date(),
                         help="last day of data to include (default: today, UTC)")
     travel = parser.add_mutually_exclusive_group()
@@ -83,6 +84,11 @@ def main(argv=None):
     travel.add_argument("--as-of-timestamp", type=datetime.fromisoformat,
                         help="read silver as it was at this time (ISO 8601, e.g. 2026-11-02T10:00:00+00:00)")
     add_sink_flags(parser, "the gold tables and the use-case views")
+    return parser
+
+
+def main(argv=None):
+    parser = arg_parser()
     args, options = parse(parser, argv)
     bigquery = bigquery_target(parser, args, options)
     setup_logging()
@@ -90,9 +96,10 @@ def main(argv=None):
           + (f" and BigQuery {bigquery.project}.gold" if bigquery else ""))
     silver_as_of = {"as_of_version": args.as_of_version, "as_of_timestamp": args.as_of_timestamp}
     run_id = f"gold_daily-{uuid.uuid4().hex}"
-    result = run_pipeline("gold_daily", options, lambda p: build(p, args.lake, args.as_of, bigquery,
-                                                                 silver_as_of=silver_as_of, run_id=run_id))
-    write_run_log(args.lake, "gold_daily", run_id, counters(result), bigquery=bigquery)
+    result, finished = run_pipeline("gold_daily", options, lambda p: build(
+        p, args.lake, args.as_of, bigquery, silver_as_of=silver_as_of, run_id=run_id), wait=args.wait)
+    if finished:  # a submitted job's counters are Dataflow's until it ends
+        write_run_log(args.lake, "gold_daily", run_id, counters(result), bigquery=bigquery)
     return result
 
 

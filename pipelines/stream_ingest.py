@@ -49,7 +49,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import local_runner
-from pipelines.common import add_pii_key_flags, add_sink_flags, bigquery_target, parse, pii_key_source, setup_logging
+from pipelines.common import (add_pii_key_flags, add_sink_flags, bigquery_target, parse, pii_key_source, pipeline_parser,
+                              runs_locally, setup_logging)
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER_STREAM
 from transforms.bigquery_io import BigQueryTarget
 from transforms.pii import PiiKeySource
@@ -112,8 +113,8 @@ def landed_rows(lake: str) -> dict[str, int]:
     return counts
 
 
-def main(argv=None, stop_when=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arg_parser() -> argparse.ArgumentParser:
+    parser = pipeline_parser(__doc__)
     parser.add_argument("--subscription", required=True, help="projects/P/subscriptions/S")
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--window-seconds", type=int, default=60, help="length of the file windows (default 60)")
@@ -133,6 +134,11 @@ def main(argv=None, stop_when=None):
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
     add_sink_flags(parser, "bronze, the dead letter and silver")
     add_pii_key_flags(parser)
+    return parser
+
+
+def main(argv=None, stop_when=None):
+    parser = arg_parser()
     args, options = parse(parser, argv, local_runner=STREAMING_RUNNER, streaming=True)
     bigquery = bigquery_target(parser, args, options)
     key_source = pii_key_source(parser, args, options)
@@ -147,7 +153,10 @@ def main(argv=None, stop_when=None):
           args.alerts_topic, args.alert_grace_seconds)
     if args.run_for is None:
         result = p.run()
-        result.wait_until_finish()
+        if args.wait or runs_locally(options):  # a streaming job runs until cancelled
+            result.wait_until_finish()
+        else:
+            print(f"stream_ingest submitted: job {getattr(result, 'job_id', lambda: '?')()} (not waiting; --wait waits)")
         return result
     logging.info("running for at most %.0f s", args.run_for)
     return run_for(p, args.lake, args.run_for, stop_when)

@@ -58,6 +58,10 @@ class Column:
     required: bool = False
     repeated: bool = False
 
+    @property
+    def bigquery_type(self) -> str:
+        return _BIGQUERY.get(self.type, self.type)
+
     def arrow_type(self) -> pa.DataType:
         base = _ARROW[self.type]
         return pa.list_(base) if self.repeated else base
@@ -134,15 +138,28 @@ class Table:
     def bigquery_schema(self) -> list:
         from google.cloud.bigquery import SchemaField
 
-        return [
-            SchemaField(
-                c.name,
-                _BIGQUERY.get(c.type, c.type),
-                mode="REPEATED" if c.repeated else ("REQUIRED" if c.required else "NULLABLE"),
-                description=c.description,
-            )
-            for c in self.columns
-        ]
+        return [SchemaField.from_api_repr(field) for field in self.bigquery_fields()]
+
+    @property
+    def bigquery_time_partition(self) -> str | None:
+        """The column BigQuery partitions the table by day on, if any."""
+        partition = self.partition_by[0] if self.partition_by else self.bigquery_partition
+        if partition is not None and {c.name: c for c in self.columns}[partition].type not in (DATE, TIMESTAMP):
+            raise ValueError(f"{self.name}: BigQuery time partitioning needs a DATE or TIMESTAMP, not {partition}")
+        return partition
+
+    @property
+    def bigquery_clustering(self) -> list[str]:
+        """BigQuery clustering columns: the other partition columns, then ``cluster_by`` (at most four)."""
+        partition = self.bigquery_time_partition
+        clustering = [c for c in self.partition_by[1:] + self.cluster_by if c != partition]
+        return list(dict.fromkeys(clustering))[:4]
+
+    def bigquery_fields(self) -> list[dict]:
+        """The BigQuery schema as the API (and Terraform's ``schema``) spells it."""
+        return [{"name": c.name, "type": c.bigquery_type,
+                 "mode": "REPEATED" if c.repeated else ("REQUIRED" if c.required else "NULLABLE"),
+                 "description": c.description} for c in self.columns]
 
     # --- conversions ------------------------------------------------------
     def to_arrow(self, rows: list[dict], with_partition_columns: bool = False) -> pa.Table:

@@ -307,6 +307,19 @@ OPS_ALERTS = Table("ops_alerts", "gold", "One row per operational alert, rebuilt
 OPS_ALERTS_STREAM = replace(OPS_ALERTS, layer="ops", key=("alert_id",), description="One row per operational alert, raised by the "
                             "streaming job as records arrive (the rules of gold.ops_alerts).")
 
+# The columns identifying a gold row (gold is rebuilt whole, so these are
+# declared for readers: Looker's primary keys, dbt's unique tests).
+GOLD_ROW_KEYS = {
+    FACT_FUNNEL_STAGE.name: ("session_id", "stage_number"),
+    FACT_USER_ACTIVITY.name: ("user_id", "activity_date"),
+    DIM_USER.name: ("user_id",),
+    MART_CONVERSION_RATE.name: ("period_grain", "period_start", "platform"),
+    MART_BARCODE_ACTIVITY.name: ("period_grain", "period_start", "platform"),
+    MART_RETARGETING.name: ("user_id",),
+    MART_AB_TEST.name: ("experiment", "variant"),
+    OPS_ALERTS.name: ("alert_id",),
+}
+
 GOLD = {t.name: t for t in (FACT_FUNNEL_STAGE, FACT_USER_ACTIVITY, DIM_USER,
                             MART_CONVERSION_RATE, MART_BARCODE_ACTIVITY,
                             MART_RETARGETING, MART_AB_TEST, OPS_ALERTS)}
@@ -385,3 +398,8 @@ RELEASES = Table("releases", "ops", "Lake only: one row per table of each commit
 ))
 
 ALL_TABLES = {**BRONZE, **SILVER, **GOLD, RAW.name: RAW, DEAD_LETTER.name: DEAD_LETTER}
+
+# Every table with a BigQuery copy (``--sink bigquery``): all lake tables but
+# raw (BigLake reads it in place) and the lake's own release log.
+BIGQUERY_TABLES = (*BRONZE.values(), DEAD_LETTER, *SILVER.values(), *SILVER_STREAM.values(), *GOLD.values(),
+                   OPS_ALERTS_STREAM, SINK_DEAD_LETTER, RUN_LOG, ERASURE_LOG)

@@ -85,15 +85,11 @@ def bigquery_table(project: str, table: Table) -> bigquery.Table:
     """The BigQuery definition of a table: schema, description, partitioning, clustering."""
     bq = bigquery.Table(table_id(project, table), schema=table.bigquery_schema())
     bq.description = table.description
-    columns = {c.name: c for c in table.columns}
-    partition = table.partition_by[0] if table.partition_by else table.bigquery_partition
-    if partition is not None:
-        if columns[partition].type not in (DATE, TIMESTAMP):
-            raise ValueError(f"{table.name}: BigQuery time partitioning needs a DATE or TIMESTAMP, not {partition}")
-        bq.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field=partition)
-    clustering = [c for c in table.partition_by[1:] + table.cluster_by if c != partition]
-    if clustering:
-        bq.clustering_fields = list(dict.fromkeys(clustering))[:4]  # BigQuery allows four
+    if table.bigquery_time_partition is not None:
+        bq.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY,
+                                                         field=table.bigquery_time_partition)
+    if table.bigquery_clustering:
+        bq.clustering_fields = table.bigquery_clustering
     return bq
 
 

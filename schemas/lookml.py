@@ -1,0 +1,190 @@
+"""A LookML project over the gold tables, derived from ``schemas.tables``: ``looker/``.
+
+* a view per gold table: a dimension (or, for dates and times, a dimension
+  group) per column with the schema's description; measures for unique
+  users and sessions (the contract's "Unique counts": distinct non-null
+  ``user_id``, distinct ``session_id``), for the funnel's stage sessions and
+  conversion (``sessions reaching payment_successful / sessions reaching
+  browse``, as ``mart_conversion_rate.conversion_rate``), and sums of the
+  marts' counts;
+* a model with an explore per use case.
+
+Every dimension and measure is SQL over the view's own columns
+(``${TABLE}.column``), never over another field, so what it counts is
+readable in one place. The views read ``gold.TABLE``: the dataset of the
+Looker connection's project (its name: ``CONNECTION``). Marts hold rows per
+``period_grain`` and per ``platform`` including ``all``, so their explores
+filter one grain and one platform by default: summing over grains or over
+``all`` and the platforms would count sessions twice.
+
+``python -m schemas.generate`` writes the files; the tests fail when they
+drift from the schemas.
+"""
+from __future__ import annotations
+
+import lkml
+
+from schemas.table import BOOL, DATE, FLOAT64, INT64, TIMESTAMP, Column, Table
+from schemas.tables import (DIM_USER, FACT_FUNNEL_STAGE, FACT_USER_ACTIVITY, GOLD, GOLD_ROW_KEYS, MART_AB_TEST,
+                            MART_BARCODE_ACTIVITY, MART_CONVERSION_RATE, MART_RETARGETING, OPS_ALERTS)
+
+ROOT = "looker"
+CONNECTION = "funnel_lakehouse"
+PROJECT_NAME = "funnel_lakehouse"
+MODEL = "funnel_lakehouse"
+
+# The funnel's stages (schemas/contract: stage_name of fact_funnel_stage), in order.
+STAGES = ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned")
+# Each rate of mart_conversion_rate: (numerator stage, denominator stage).
+RATES = {
+    "conversion_rate": ("payment_successful", "browse"),
+    "cart_rate": ("add_to_cart", "browse"),
+    "checkout_rate": ("payment_successful", "add_to_cart"),
+    "confirmation_rate": ("email_confirmation", "payment_successful"),
+    "scan_rate": ("barcode_scanned", "email_confirmation"),
+}
+# mart columns sessions_<short> by stage
+_MART_STAGE_COLUMN = dict(zip(STAGES, ("sessions_browse", "sessions_add_to_cart", "sessions_payment",
+                                       "sessions_email_confirmation", "sessions_barcode_scanned")))
+
+_DATE_TIMEFRAMES = ["date", "week", "month", "quarter", "year"]
+_TIME_TIMEFRAMES = ["raw", "time", "date", "week", "month", "quarter", "year"]
+_PERCENT = "percent_2"
+
+
+def _column_sql(c: Column) -> str:
+    return f"${{TABLE}}.{c.name}"
+
+
+def _field(c: Column) -> tuple[str, dict]:
+    """("dimensions" | "dimension_groups", the field) of one column."""
+    base = {"name": c.name, "description": c.description}
+    if c.repeated:
+        return "dimensions", {**base, "type": "string", "sql": f"ARRAY_TO_STRING({_column_sql(c)}, ', ')"}
+    if c.type in (DATE, TIMESTAMP):
+        timeframes = _DATE_TIMEFRAMES if c.type == DATE else _TIME_TIMEFRAMES
+        group = {**base, "type": "time", "timeframes": timeframes, "sql": _column_sql(c)}
+        if c.type == DATE:
+            group.update(datatype="date", convert_tz="no")
+        return "dimension_groups", group
+    kind = {INT64: "number", FLOAT64: "number", BOOL: "yesno"}.get(c.type, "string")
+    return "dimensions", {**base, "type": kind, "sql": _column_sql(c)}
+
+
+def _primary_key(table: Table) -> dict:
+    columns = GOLD_ROW_KEYS[table.name]
+    if len(columns) == 1:
+        return {"name": "pk", "hidden": "yes", "primary_key": "yes", "type": "string",
+                "description": f"Row key: {columns[0]}.", "sql": f"${{TABLE}}.{columns[0]}"}
+    parts = ", '|', ".join(f"CAST(${{TABLE}}.{c} AS STRING)" for c in columns)
+    return {"name": "pk", "hidden": "yes", "primary_key": "yes", "type": "string",
+            "description": "Row key: " + ", ".join(columns) + ".", "sql": f"CONCAT({parts})"}
+
+
+def _ratio(numerator: str, denominator: str) -> str:
+    return f"SAFE_DIVIDE({numerator}, {denominator})"
+
+
+def _stage_sessions(stage: str) -> str:
+    return f"COUNT(DISTINCT IF(${{TABLE}}.stage_name = '{stage}', ${{TABLE}}.session_id, NULL))"
+
+
+def measures(table: Table) -> list[dict]:
+    names = set(table.column_names)
+    out = []
+    if "user_id" in names:
+        out.append({"name": "unique_users", "type": "count_distinct", "sql": "${TABLE}.user_id",
+                    "description": "Distinct non-null user_id: anonymous sessions count as sessions, not users."})
+    if "session_id" in names:
+        out.append({"name": "unique_sessions", "type": "count_distinct", "sql": "${TABLE}.session_id",
+                    "description": "Distinct session_id."})
+    if table is FACT_FUNNEL_STAGE:
+        for stage in STAGES:
+            out.append({"name": f"sessions_{stage}", "type": "number", "sql": _stage_sessions(stage),
+                        "description": f"Sessions reaching {stage} (the funnel is sequential)."})
+        for rate, (num, den) in RATES.items():
+            out.append({"name": rate, "type": "number", "value_format_name": _PERCENT,
+                        "sql": _ratio(_stage_sessions(num), _stage_sessions(den)),
+                        "description": f"Sessions reaching {num} / sessions reaching {den}; null when none reach {den}."})
+    elif table in (MART_CONVERSION_RATE, MART_AB_TEST):
+        stage_columns = [c for c in table.columns if c.name in _MART_STAGE_COLUMN.values()]
+        if table is MART_AB_TEST:
+            stage_columns.insert(0, next(c for c in table.columns if c.name == "sessions"))
+        for c in stage_columns:
+            out.append({"name": f"total_{c.name}", "type": "sum", "sql": _column_sql(c),
+                        "description": c.description})
+        rates = RATES if table is MART_CONVERSION_RATE else {"conversion_rate": ("payment_successful", None)}
+        for rate, (num, den) in rates.items():
+            denominator = "${TABLE}.sessions" if den is None else f"${{TABLE}}.{_MART_STAGE_COLUMN[den]}"
+            out.append({"name": f"overall_{rate}", "type": "number", "value_format_name": _PERCENT,
+                        "sql": _ratio(f"SUM(${{TABLE}}.{_MART_STAGE_COLUMN[num]})", f"SUM({denominator})"),
+                        "description": f"{rate} over the selected rows: sums of the counts divided, not rates averaged."})
+    elif table is OPS_ALERTS:
+        out.append({"name": "alerts", "type": "count_distinct", "sql": "${TABLE}.alert_id",
+                    "description": "Distinct alerts."})
+    else:
+        # the other tables' counts add up across rows (per-user days, periods, carts)
+        for c in table.columns:
+            if c.type in (INT64, FLOAT64) and not c.repeated and c.name not in ("stage_number", "furthest_stage_number",
+                                                                             "median_seconds_payment_to_scan"):
+                out.append({"name": f"total_{c.name}", "type": "sum", "sql": _column_sql(c),
+                            "description": c.description})
+    return out
+
+
+def view(table: Table) -> dict:
+    fields = {"dimensions": [_primary_key(table)], "dimension_groups": []}
+    for c in table.columns:
+        kind, field = _field(c)
+        fields[kind].append(field)
+    return {"name": table.name, "sql_table_name": f"{table.layer}.{table.name}",
+            **{k: v for k, v in fields.items() if v}, "measures": measures(table)}
+
+
+def _join(table: Table, on: str) -> dict:
+    return {"name": table.name, "type": "left_outer", "relationship": "many_to_one",
+            "sql_on": f"${{{{base}}.{on}}} = ${{{table.name}.{on}}}"}
+
+
+_PERIOD_FILTERS = [{"period_grain": "day"}, {"platform": "all"}]
+
+
+def explores() -> list[dict]:
+    """One per use case."""
+    def explore(name, label, base: Table, description, joins=(), always=None):
+        out = {"name": name, "label": label, "view_name": base.name, "description": f"{description} ({base.description})"}
+        if always:
+            out["always_filter"] = {"filters": [{f"{base.name}.{k}": v} for f in always for k, v in f.items()]}
+        if joins:
+            out["joins"] = [{**j, "sql_on": j["sql_on"].replace("{base}", base.name)} for j in joins]
+        return out
+
+    return [
+        explore("funnel_conversion", "Funnel conversion", MART_CONVERSION_RATE,
+                "Conversion per day, month or year and platform ('all' for every platform)", always=_PERIOD_FILTERS),
+        explore("funnel_sessions", "Funnel sessions", FACT_FUNNEL_STAGE,
+                "Sessions by the stages they reached, with their users", joins=[_join(DIM_USER, "user_id")]),
+        explore("barcode_activity", "Barcode activity", MART_BARCODE_ACTIVITY,
+                "Scans at the venue per period and platform", always=_PERIOD_FILTERS),
+        explore("user_activity", "User activity", FACT_USER_ACTIVITY,
+                "What each user did per day", joins=[_join(DIM_USER, "user_id")]),
+        explore("users", "Users", DIM_USER, "Every user and how far they got"),
+        explore("retargeting", "Retargeting audience", MART_RETARGETING,
+                "Carts without a payment within 24 hours", joins=[_join(DIM_USER, "user_id")]),
+        explore("ab_tests", "A/B tests", MART_AB_TEST, "Experiment readouts: conversion, lift, significance, SRM"),
+        explore("operational_alerts", "Operational alerts", OPS_ALERTS,
+                "Failed confirmation emails, failure-rate spikes, payments without a confirmation"),
+    ]
+
+
+HEADER = "# Generated by `make generate` (python -m schemas.generate) from schemas/tables.py; do not edit.\n"
+
+
+def files() -> dict[str, str]:
+    """Path (from the repository root) -> LookML text."""
+    out = {f"{ROOT}/manifest.lkml": HEADER + lkml.dump({"project_name": PROJECT_NAME}) + "\n",
+           f"{ROOT}/{MODEL}.model.lkml": HEADER + lkml.dump({
+               "connection": CONNECTION, "includes": ["/views/*.view.lkml"], "explores": explores()}) + "\n"}
+    for table in GOLD.values():
+        out[f"{ROOT}/views/{table.name}.view.lkml"] = HEADER + lkml.dump({"views": [view(table)]}) + "\n"
+    return out
