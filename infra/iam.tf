@@ -96,3 +96,21 @@ resource "google_storage_bucket_iam_member" "scheduler_reads_templates" {
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.scheduler.email}"
 }
+
+# --- Looker (and dbt): read gold, run queries -------------------------------------
+resource "google_service_account" "looker" {
+  account_id   = "${var.name_prefix}-looker"
+  display_name = "funnel-lakehouse Looker connection"
+}
+
+resource "google_bigquery_dataset_iam_member" "looker_reads_gold" {
+  dataset_id = google_bigquery_dataset.layer["gold"].dataset_id
+  role       = "roles/bigquery.dataViewer"
+  member     = "serviceAccount:${google_service_account.looker.email}"
+}
+
+resource "google_project_iam_member" "looker_bigquery_jobs" {
+  project = var.project
+  role    = "roles/bigquery.jobUser"
+  member  = "serviceAccount:${google_service_account.looker.email}"
+}

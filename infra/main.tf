@@ -63,6 +63,8 @@ resource "google_project_service_identity" "agents" {
   for_each = toset(["pubsub.googleapis.com", "artifactregistry.googleapis.com", "secretmanager.googleapis.com"])
   project  = var.project
   service  = each.value
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_kms_crypto_key_iam_member" "service_agents" {

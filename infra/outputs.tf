@@ -53,3 +53,8 @@ output "stream_job_name" {
   description = "The streaming job's name the freshness alert watches."
   value       = local.stream_job_name
 }
+
+output "looker_service_account" {
+  description = "The Looker connection's service account (reads dataset gold)."
+  value       = google_service_account.looker.email
+}
