@@ -11,19 +11,21 @@ submitted. With no project configured (``--project``, ``$PROJECT``,
 ``$GOOGLE_CLOUD_PROJECT`` or gcloud's own), or with ``--print-only``, the
 commands are printed instead of run.
 
-Names follow infra/'s conventions (``infra/main.tf`` locals, held equal by
-tests/test_deployment_files.py), so after ``terraform apply`` with the same
-project, region and prefix nothing needs to be copied over.
+Names come from ``terraform -chdir=infra output`` when terraform has applied
+state there; otherwise from infra/'s conventions (``infra/main.tf`` locals,
+held equal by tests/test_deployment_files.py) for the project, region and
+prefix given.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,21 +34,31 @@ PIPELINES = ("backfill", "gold_daily", "stream_ingest")
 PROJECT_PLACEHOLDER = "PROJECT"
 
 
+# Terraform outputs (infra/outputs.tf) a Deployment takes over its conventions.
+OUTPUTS = ("region", "lake", "landing_bucket", "template_root", "temp_location", "staging_location", "image_root",
+           "service_account", "subscription", "alerts_topic", "pii_key_secret", "stream_job_name")
+
+
 @dataclass(frozen=True)
 class Deployment:
-    """Where a deployment's pieces are, by infra/'s naming conventions."""
+    """Where a deployment's pieces are: ``terraform output`` when there is
+    one (``outputs``), else infra/'s naming conventions."""
     project: str
     region: str = "europe-west1"
     prefix: str = "funnel"
     tag: str = "latest"
+    outputs: dict = field(default_factory=dict)
+
+    def _named(self, output: str, convention: str) -> str:
+        return self.outputs.get(output) or convention
 
     @property
     def lake(self) -> str:
-        return f"gs://{self.project}-{self.prefix}-lake"
+        return self._named("lake", f"gs://{self.project}-{self.prefix}-lake")
 
     @property
     def landing_bucket(self) -> str:
-        return f"{self.project}-{self.prefix}-landing"
+        return self._named("landing_bucket", f"{self.project}-{self.prefix}-landing")
 
     @property
     def dataflow_bucket(self) -> str:
@@ -54,39 +66,39 @@ class Deployment:
 
     @property
     def template_root(self) -> str:
-        return f"gs://{self.dataflow_bucket}/templates"
+        return self._named("template_root", f"gs://{self.dataflow_bucket}/templates")
 
     @property
     def temp_location(self) -> str:
-        return f"gs://{self.dataflow_bucket}/temp"
+        return self._named("temp_location", f"gs://{self.dataflow_bucket}/temp")
 
     @property
     def staging_location(self) -> str:
-        return f"gs://{self.dataflow_bucket}/staging"
+        return self._named("staging_location", f"gs://{self.dataflow_bucket}/staging")
 
     @property
     def image_root(self) -> str:
-        return f"{self.region}-docker.pkg.dev/{self.project}/{self.prefix}"
+        return self._named("image_root", f"{self.region}-docker.pkg.dev/{self.project}/{self.prefix}")
 
     @property
     def service_account(self) -> str:
-        return f"{self.prefix}-dataflow@{self.project}.iam.gserviceaccount.com"
+        return self._named("service_account", f"{self.prefix}-dataflow@{self.project}.iam.gserviceaccount.com")
 
     @property
     def subscription(self) -> str:
-        return f"projects/{self.project}/subscriptions/{self.prefix}-stream-ingest"
+        return self._named("subscription", f"projects/{self.project}/subscriptions/{self.prefix}-stream-ingest")
 
     @property
     def alerts_topic(self) -> str:
-        return f"projects/{self.project}/topics/{self.prefix}-alerts"
+        return self._named("alerts_topic", f"projects/{self.project}/topics/{self.prefix}-alerts")
 
     @property
     def pii_key_secret(self) -> str:
-        return f"projects/{self.project}/secrets/{self.prefix}-pii-key/versions/latest"
+        return self._named("pii_key_secret", f"projects/{self.project}/secrets/{self.prefix}-pii-key/versions/latest")
 
     @property
     def stream_job_name(self) -> str:
-        return f"{self.prefix}-stream-ingest"
+        return self._named("stream_job_name", f"{self.prefix}-stream-ingest")
 
     def image(self, pipeline: str) -> str:
         return f"{self.image_root}/{pipeline}:{self.tag}"
@@ -159,6 +171,17 @@ def configured_project() -> str | None:
     return None
 
 
+def terraform_outputs() -> dict[str, str]:
+    """``terraform -chdir=infra output -json`` as name -> value, when there
+    is a terraform binary and applied state; else nothing."""
+    if not shutil.which("terraform"):
+        return {}
+    done = subprocess.run(["terraform", f"-chdir={ROOT / 'infra'}", "output", "-json"], capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        return {}
+    return {name: out["value"] for name, out in json.loads(done.stdout).items() if name in OUTPUTS}
+
+
 def git_tag() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "latest"
@@ -180,7 +203,9 @@ def main(argv=None) -> int:
     if args.action == "run" and args.pipeline is None:
         parser.error("run needs a pipeline: " + ", ".join(PIPELINES))
     project = args.project or configured_project()
-    d = Deployment(project or PROJECT_PLACEHOLDER, args.region, args.prefix, args.tag or git_tag())
+    outputs = terraform_outputs() if project else {}
+    d = Deployment(project or PROJECT_PLACEHOLDER, outputs.get("region") or args.region, args.prefix,
+                   args.tag or git_tag(), outputs)
     if args.action == "build":
         commands = build_commands(d)
     else:

@@ -31,15 +31,16 @@ data "google_project" "this" {
 
 # The names devtools/deploy.py derives the same way (tests/test_deployment_files.py holds them equal).
 locals {
-  lake_bucket     = coalesce(var.lake_bucket, "${var.project}-${var.name_prefix}-lake")
-  landing_bucket  = coalesce(var.landing_bucket, "${var.project}-${var.name_prefix}-landing")
-  dataflow_bucket = coalesce(var.dataflow_bucket, "${var.project}-${var.name_prefix}-dataflow")
-  lake            = "gs://${local.lake_bucket}"
-  template_root   = "gs://${local.dataflow_bucket}/templates"
-  temp_location   = "gs://${local.dataflow_bucket}/temp"
-  image_root      = "${var.region}-docker.pkg.dev/${var.project}/${var.name_prefix}"
-  stream_job_name = "${var.name_prefix}-stream-ingest"
-  pii_key_version = "${google_secret_manager_secret.pii_key.id}/versions/latest"
+  lake_bucket      = coalesce(var.lake_bucket, "${var.project}-${var.name_prefix}-lake")
+  landing_bucket   = coalesce(var.landing_bucket, "${var.project}-${var.name_prefix}-landing")
+  dataflow_bucket  = coalesce(var.dataflow_bucket, "${var.project}-${var.name_prefix}-dataflow")
+  lake             = "gs://${local.lake_bucket}"
+  template_root    = "gs://${local.dataflow_bucket}/templates"
+  temp_location    = "gs://${local.dataflow_bucket}/temp"
+  staging_location = "gs://${local.dataflow_bucket}/staging"
+  image_root       = "${var.region}-docker.pkg.dev/${var.project}/${var.name_prefix}"
+  stream_job_name  = "${var.name_prefix}-stream-ingest"
+  pii_key_version  = "${google_secret_manager_secret.pii_key.id}/versions/latest"
 }
 
 resource "google_project_service" "apis" {

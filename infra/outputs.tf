@@ -1,4 +1,9 @@
 # What the Makefile (devtools/deploy.py) and the launches need.
+output "region" {
+  description = "Region of the Dataflow jobs."
+  value       = var.region
+}
+
 output "lake" {
   description = "Pass as --lake to the pipelines."
   value       = local.lake
@@ -17,6 +22,11 @@ output "template_root" {
 output "temp_location" {
   description = "Pass as --temp_location to Dataflow."
   value       = local.temp_location
+}
+
+output "staging_location" {
+  description = "Pass as --staging_location to Dataflow."
+  value       = local.staging_location
 }
 
 output "image_root" {

@@ -9,7 +9,7 @@ locals {
   flex_template_environment = {
     serviceAccountEmail = google_service_account.dataflow.email
     tempLocation        = local.temp_location
-    stagingLocation     = "gs://${local.dataflow_bucket}/staging"
+    stagingLocation     = local.staging_location
     ipConfiguration     = "WORKER_IP_PRIVATE"
     kmsKeyName          = var.kms_key
   }

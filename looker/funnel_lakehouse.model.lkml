@@ -5,7 +5,7 @@ include: "/views/*.view.lkml"
 explore: funnel_conversion {
   label: "Funnel conversion"
   view_name: mart_conversion_rate
-  description: "Conversion per day, month or year and platform ('all' for every platform) (Funnel conversion per period and platform (periods from session_date).)"
+  description: "Conversion per day, month or year and platform ('all' for every platform). mart_conversion_rate: Funnel conversion per period and platform (periods from session_date)."
 
   always_filter: {
     filters: [
@@ -18,7 +18,7 @@ explore: funnel_conversion {
 explore: funnel_sessions {
   label: "Funnel sessions"
   view_name: fact_funnel_stage
-  description: "Sessions by the stages they reached, with their users (One row per (session, reached funnel stage).)"
+  description: "Sessions by the stages they reached, with their users. fact_funnel_stage: One row per (session, reached funnel stage)."
 
   join: dim_user {
     type: left_outer
@@ -30,7 +30,7 @@ explore: funnel_sessions {
 explore: barcode_activity {
   label: "Barcode activity"
   view_name: mart_barcode_activity
-  description: "Scans at the venue per period and platform (Barcode scans per period and platform (periods from activity_time).)"
+  description: "Scans at the venue per period and platform. mart_barcode_activity: Barcode scans per period and platform (periods from activity_time)."
 
   always_filter: {
     filters: [
@@ -43,7 +43,7 @@ explore: barcode_activity {
 explore: user_activity {
   label: "User activity"
   view_name: fact_user_activity
-  description: "What each user did per day (One row per (user, UTC date) with any activity.)"
+  description: "What each user did per day. fact_user_activity: One row per (user, UTC date) with any activity."
 
   join: dim_user {
     type: left_outer
@@ -55,13 +55,13 @@ explore: user_activity {
 explore: users {
   label: "Users"
   view_name: dim_user
-  description: "Every user and how far they got (One row per user seen in a user record or a session.)"
+  description: "Every user and how far they got. dim_user: One row per user seen in a user record or a session."
 }
 
 explore: retargeting {
   label: "Retargeting audience"
   view_name: mart_retargeting
-  description: "Carts without a payment within 24 hours (Active users whose latest add_to_cart has no payment by them within 24 hours after it (and at least 24 hours have passed).)"
+  description: "Carts without a payment within 24 hours. mart_retargeting: Active users whose latest add_to_cart has no payment by them within 24 hours after it (and at least 24 hours have passed)."
 
   join: dim_user {
     type: left_outer
@@ -73,11 +73,11 @@ explore: retargeting {
 explore: ab_tests {
   label: "A/B tests"
   view_name: mart_ab_test
-  description: "Experiment readouts: conversion, lift, significance, SRM (Experiment readout per (experiment, variant): the unit is a session with the assignment, the metric is reaching payment_successful.)"
+  description: "Experiment readouts: conversion, lift, significance, SRM. mart_ab_test: Experiment readout per (experiment, variant): the unit is a session with the assignment, the metric is reaching payment_successful."
 }
 
 explore: operational_alerts {
   label: "Operational alerts"
   view_name: ops_alerts
-  description: "Failed confirmation emails, failure-rate spikes, payments without a confirmation (One row per operational alert, rebuilt from silver by every gold recompute.)"
+  description: "Failed confirmation emails, failure-rate spikes, payments without a confirmation. ops_alerts: One row per operational alert, rebuilt from silver by every gold recompute."
 }

@@ -152,7 +152,7 @@ _PERIOD_FILTERS = [{"period_grain": "day"}, {"platform": "all"}]
 def explores() -> list[dict]:
     """One per use case."""
     def explore(name, label, base: Table, description, joins=(), always=None):
-        out = {"name": name, "label": label, "view_name": base.name, "description": f"{description} ({base.description})"}
+        out = {"name": name, "label": label, "view_name": base.name, "description": f"{description}. {base.name}: {base.description}"}
         if always:
             out["always_filter"] = {"filters": [{f"{base.name}.{k}": v} for f in always for k, v in f.items()]}
         if joins:

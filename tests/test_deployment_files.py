@@ -192,6 +192,16 @@ def test_run_commands_launch_valid_parameters(name):
     assert ("--enable-streaming-engine" in command) is (name == "stream_ingest")
 
 
+def test_terraform_outputs_name_what_the_launches_use(infra):
+    declared = {unquote(k) for block in infra["parsed"]["output"] for k in block}
+    assert set(deploy.OUTPUTS) <= declared
+    outputs = {"lake": "gs://custom-lake/funnel", "template_root": "gs://custom-df/tpl",
+               "service_account": "sa@x.iam.gserviceaccount.com", "pii_key_secret": "projects/x/secrets/k/versions/2"}
+    command = deploy.run_command(deploy.Deployment("p", outputs=outputs), "backfill")
+    assert {"gs://custom-df/tpl/backfill.json", "sa@x.iam.gserviceaccount.com", "lake=gs://custom-lake/funnel",
+            "pii_key_secret=projects/x/secrets/k/versions/2"} <= set(command)
+
+
 def test_without_a_project_the_commands_are_printed(monkeypatch, capsys):
     monkeypatch.setattr(deploy, "configured_project", lambda: None)
     monkeypatch.setattr(deploy.subprocess, "run", lambda *a, **k: pytest.fail("ran a command"))
