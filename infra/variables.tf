@@ -45,9 +45,8 @@ variable "landing_daily_glob" {
 }
 
 variable "image_tag" {
-  description = "Tag of the pipeline images the maintenance job runs (make template-build prints it)."
+  description = "Tag of the pipeline images the maintenance job runs: the commit make template-build tagged them with (git rev-parse --short HEAD)."
   type        = string
-  default     = "latest"
 }
 
 variable "backfill_schedule" {

@@ -18,7 +18,8 @@ filter one grain and one platform by default: summing over grains or over
 ``all`` and the platforms would count sessions twice.
 
 ``python -m schemas.generate`` writes the files; the tests fail when they
-drift from the schemas.
+drift from the schemas. ``lkml`` is a development dependency
+(requirements-dev.txt): the pipelines never import this module.
 """
 from __future__ import annotations
 
