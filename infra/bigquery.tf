@@ -1,15 +1,5 @@
 # BigQuery: a dataset per layer and every table of schemas/tables.py
-# (local.bigquery_tables, generated into bigquery_tables.tf by `make generate`).
-locals {
-  datasets = {
-    bronze        = "Typed, normalized, PII-hashed rows per record type."
-    silver        = "One current row per identity, joined (daily backfill)."
-    silver_stream = "One current row per identity, joined, kept current by the streaming job."
-    gold          = "Funnel facts, dimensions and marts (truncate and load)."
-    ops           = "Dead letter, operational alerts, run log, and the short-lived scratch tables MERGEs read from."
-  }
-}
-
+# (local.datasets and local.bigquery_tables, generated into bigquery_tables.tf by `make generate`).
 resource "google_bigquery_dataset" "layer" {
   for_each    = local.datasets
   dataset_id  = each.key

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from typing import Callable
 
@@ -63,8 +64,6 @@ def parse(parser: argparse.ArgumentParser, argv=None, local_runner: str = LOCAL_
           streaming: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
     """Our flags -> Namespace; everything else (``--runner``, ``--project``,
     ``--temp_location`` ...) -> Beam's PipelineOptions, unchanged."""
-    import sys
-
     argv = _spelled_with_hyphens(parser, list(sys.argv[1:] if argv is None else argv))
     args, beam_args = parser.parse_known_args(argv)
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):

@@ -50,7 +50,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import local_runner
 from pipelines.common import (add_pii_key_flags, add_sink_flags, bigquery_target, parse, pii_key_source, pipeline_parser,
-                              runs_locally, setup_logging)
+                              run_pipeline, setup_logging)
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER_STREAM
 from transforms.bigquery_io import BigQueryTarget
 from transforms.pii import PiiKeySource
@@ -147,18 +147,17 @@ def main(argv=None, stop_when=None):
           + (f" and BigQuery {bigquery.project}" if bigquery else "") + f" ({args.window_seconds} s windows)")
     if options.view_as(StandardOptions).runner == STREAMING_RUNNER:
         local_runner.tune()
-    p = beam.Pipeline(options=options)
-    build(p, args.subscription, args.lake, args.window_seconds, key_source,
-          int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds, bigquery,
-          args.alerts_topic, args.alert_grace_seconds)
-    if args.run_for is None:
-        result = p.run()
-        if args.wait or runs_locally(options):  # a streaming job runs until cancelled
-            result.wait_until_finish()
-        else:
-            print(f"stream_ingest submitted: job {getattr(result, 'job_id', lambda: '?')()} (not waiting; --wait waits)")
-        return result
+
+    def wiring(p):
+        build(p, args.subscription, args.lake, args.window_seconds, key_source,
+              int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds, bigquery,
+              args.alerts_topic, args.alert_grace_seconds)
+
+    if args.run_for is None:  # a local streaming run lasts until it is stopped
+        return run_pipeline("stream_ingest", options, wiring, wait=args.wait)[0]
     logging.info("running for at most %.0f s", args.run_for)
+    p = beam.Pipeline(options=options)
+    wiring(p)
     return run_for(p, args.lake, args.run_for, stop_when)
 
 

@@ -12,16 +12,9 @@ from __future__ import annotations
 import yaml
 
 from schemas.table import Table
-from schemas.tables import BIGQUERY_TABLES, GOLD_ROW_KEYS
+from schemas.tables import BIGQUERY_TABLES, DATASETS, GOLD_ROW_KEYS
 
 PATH = "dbt/models/sources.yml"
-DATASETS = {
-    "bronze": "Typed, normalized, PII-hashed rows per record type (funnel-lakehouse).",
-    "silver": "One current row per identity, joined (daily backfill).",
-    "silver_stream": "One current row per identity, joined, kept current by the streaming job.",
-    "gold": "Funnel facts, dimensions and marts, recomputed daily (truncate and load).",
-    "ops": "Dead letter, operational alerts raised by the stream, sink failures, run log, erasure log.",
-}
 
 
 def unique_column(table: Table) -> str | None:

@@ -26,27 +26,18 @@ from __future__ import annotations
 import lkml
 
 from schemas.table import BOOL, DATE, FLOAT64, INT64, TIMESTAMP, Column, Table
-from schemas.tables import (DIM_USER, FACT_FUNNEL_STAGE, FACT_USER_ACTIVITY, GOLD, GOLD_ROW_KEYS, MART_AB_TEST,
-                            MART_BARCODE_ACTIVITY, MART_CONVERSION_RATE, MART_RETARGETING, OPS_ALERTS)
+from schemas.tables import (CONVERSION_RATES, DIM_USER, FACT_FUNNEL_STAGE, FACT_USER_ACTIVITY, GOLD, GOLD_ROW_KEYS,
+                            MART_AB_TEST, MART_BARCODE_ACTIVITY, MART_CONVERSION_RATE, MART_RETARGETING, OPS_ALERTS,
+                            STAGE_SESSION_COLUMNS)
+from transforms.funnel import STAGES
 
 ROOT = "looker"
 CONNECTION = "funnel_lakehouse"
 PROJECT_NAME = "funnel_lakehouse"
 MODEL = "funnel_lakehouse"
 
-# The funnel's stages (schemas/contract: stage_name of fact_funnel_stage), in order.
-STAGES = ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned")
-# Each rate of mart_conversion_rate: (numerator stage, denominator stage).
-RATES = {
-    "conversion_rate": ("payment_successful", "browse"),
-    "cart_rate": ("add_to_cart", "browse"),
-    "checkout_rate": ("payment_successful", "add_to_cart"),
-    "confirmation_rate": ("email_confirmation", "payment_successful"),
-    "scan_rate": ("barcode_scanned", "email_confirmation"),
-}
-# mart columns sessions_<short> by stage
-_MART_STAGE_COLUMN = dict(zip(STAGES, ("sessions_browse", "sessions_add_to_cart", "sessions_payment",
-                                       "sessions_email_confirmation", "sessions_barcode_scanned")))
+# sessions_<stage> column of the marts -> the funnel stage it counts
+_STAGE_OF_COLUMN = dict(zip(STAGE_SESSION_COLUMNS, STAGES))
 
 _DATE_TIMEFRAMES = ["date", "week", "month", "quarter", "year"]
 _TIME_TIMEFRAMES = ["raw", "time", "date", "week", "month", "quarter", "year"]
@@ -103,22 +94,23 @@ def measures(table: Table) -> list[dict]:
         for stage in STAGES:
             out.append({"name": f"sessions_{stage}", "type": "number", "sql": _stage_sessions(stage),
                         "description": f"Sessions reaching {stage} (the funnel is sequential)."})
-        for rate, (num, den) in RATES.items():
+        for rate, columns in CONVERSION_RATES.items():
+            num, den = (_STAGE_OF_COLUMN[c] for c in columns)
             out.append({"name": rate, "type": "number", "value_format_name": _PERCENT,
                         "sql": _ratio(_stage_sessions(num), _stage_sessions(den)),
                         "description": f"Sessions reaching {num} / sessions reaching {den}; null when none reach {den}."})
     elif table in (MART_CONVERSION_RATE, MART_AB_TEST):
-        stage_columns = [c for c in table.columns if c.name in _MART_STAGE_COLUMN.values()]
-        if table is MART_AB_TEST:
-            stage_columns.insert(0, next(c for c in table.columns if c.name == "sessions"))
-        for c in stage_columns:
-            out.append({"name": f"total_{c.name}", "type": "sum", "sql": _column_sql(c),
-                        "description": c.description})
-        rates = RATES if table is MART_CONVERSION_RATE else {"conversion_rate": ("payment_successful", None)}
+        counted = ("sessions",) + STAGE_SESSION_COLUMNS if table is MART_AB_TEST else STAGE_SESSION_COLUMNS
+        for c in table.columns:
+            if c.name in counted:
+                out.append({"name": f"total_{c.name}", "type": "sum", "sql": _column_sql(c),
+                            "description": c.description})
+        # mart_ab_test's conversion_rate: sessions_payment / sessions (schemas.tables)
+        rates = CONVERSION_RATES if table is MART_CONVERSION_RATE else {"conversion_rate": ("sessions_payment",
+                                                                                           "sessions")}
         for rate, (num, den) in rates.items():
-            denominator = "${TABLE}.sessions" if den is None else f"${{TABLE}}.{_MART_STAGE_COLUMN[den]}"
             out.append({"name": f"overall_{rate}", "type": "number", "value_format_name": _PERCENT,
-                        "sql": _ratio(f"SUM(${{TABLE}}.{_MART_STAGE_COLUMN[num]})", f"SUM({denominator})"),
+                        "sql": _ratio(f"SUM(${{TABLE}}.{num})", f"SUM(${{TABLE}}.{den})"),
                         "description": f"{rate} over the selected rows: sums of the counts divided, not rates averaged."})
     elif table is OPS_ALERTS:
         out.append({"name": "alerts", "type": "count_distinct", "sql": "${TABLE}.alert_id",

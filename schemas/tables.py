@@ -252,15 +252,19 @@ _STAGE_SESSIONS = tuple(col(f"sessions_{short}", INT64, f"Sessions reaching {sta
     ("email_confirmation", "email_confirmation"), ("barcode_scanned", "barcode_scanned")))
 # Sessions reaching each funnel stage, in stage order (mart_conversion_rate, mart_ab_test).
 STAGE_SESSION_COLUMNS = tuple(c.name for c in _STAGE_SESSIONS)
+# The contract's rates of mart_conversion_rate: rate -> (numerator, denominator), both stage-session columns.
+CONVERSION_RATES = {
+    "conversion_rate": ("sessions_payment", "sessions_browse"),
+    "cart_rate": ("sessions_add_to_cart", "sessions_browse"),
+    "checkout_rate": ("sessions_payment", "sessions_add_to_cart"),
+    "confirmation_rate": ("sessions_email_confirmation", "sessions_payment"),
+    "scan_rate": ("sessions_barcode_scanned", "sessions_email_confirmation"),
+}
 MART_CONVERSION_RATE = Table("mart_conversion_rate", "gold", "Funnel conversion per period and platform (periods from session_date).", _PERIOD + (
     *_STAGE_SESSIONS,
     col("users_browse", INT64, "Distinct users with a session reaching browse.", True),
     col("users_payment", INT64, "Distinct users with a session reaching payment_successful.", True),
-    col("conversion_rate", FLOAT64, "sessions_payment / sessions_browse; " + _RATE),
-    col("cart_rate", FLOAT64, "sessions_add_to_cart / sessions_browse; " + _RATE),
-    col("checkout_rate", FLOAT64, "sessions_payment / sessions_add_to_cart; " + _RATE),
-    col("confirmation_rate", FLOAT64, "sessions_email_confirmation / sessions_payment; " + _RATE),
-    col("scan_rate", FLOAT64, "sessions_barcode_scanned / sessions_email_confirmation; " + _RATE),
+    *(col(rate, FLOAT64, f"{num} / {den}; " + _RATE) for rate, (num, den) in CONVERSION_RATES.items()),
 ), cluster_by=("period_grain", "platform"))
 MART_BARCODE_ACTIVITY = Table("mart_barcode_activity", "gold", "Barcode scans per period and platform (periods from activity_time).", _PERIOD + (
     col("barcode_scans", INT64, "Unique barcode_scanned activities.", True),
@@ -398,6 +402,16 @@ RELEASES = Table("releases", "ops", "Lake only: one row per table of each commit
 ))
 
 ALL_TABLES = {**BRONZE, **SILVER, **GOLD, RAW.name: RAW, DEAD_LETTER.name: DEAD_LETTER}
+
+# The BigQuery datasets, one per layer, and what each holds (Terraform and dbt read these).
+DATASETS = {
+    "bronze": "Typed, normalized, PII-hashed rows per record type.",
+    "silver": "One current row per identity, joined (daily backfill).",
+    "silver_stream": "One current row per identity, joined, kept current by the streaming job.",
+    "gold": "Funnel facts, dimensions and marts (truncate and load).",
+    "ops": "Dead letter, operational alerts, sink failures, run log, erasure log, and the short-lived scratch "
+           "tables MERGEs read from.",
+}
 
 # Every table with a BigQuery copy (``--sink bigquery``): all lake tables but
 # raw (BigLake reads it in place) and the lake's own release log.

@@ -16,7 +16,7 @@ import yaml
 from devtools import deploy
 from pipelines import backfill, common, gold_daily, stream_ingest
 from schemas import dbt, generate, lookml, terraform
-from schemas.tables import BIGQUERY_TABLES, GOLD
+from schemas.tables import BIGQUERY_TABLES, DATASETS, GOLD
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = {"backfill": backfill, "gold_daily": gold_daily, "stream_ingest": stream_ingest}
@@ -288,8 +288,9 @@ def test_bigquery_tables_in_terraform_equal_the_schemas(infra):
         assert mine["partition_field"] == api.get("timePartitioning", {}).get("field"), table.name
         assert mine["clustering"] == api.get("clustering", {}).get("fields", []), table.name
         assert mine["description"] == api["description"]
-    datasets = {unquote(k) for k in infra["locals"]["datasets"]}
-    assert {d["dataset"] for d in declared.values()} <= datasets
+    datasets = unquote(infra["locals"]["datasets"])
+    assert datasets == DATASETS
+    assert {d["dataset"] for d in declared.values()} <= set(datasets)
 
 
 def test_scheduled_launches_are_valid_template_launches(infra):

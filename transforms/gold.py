@@ -22,7 +22,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.tables import GOLD, SILVER
+from schemas.tables import CONVERSION_RATES, GOLD, SILVER, STAGE_SESSION_COLUMNS
 from transforms.columnar import ShardedShuffle, coalesce_key, concat, first_of_groups
 from transforms.funnel import CONFIRMED, STAGES, country_code, lookup, reached_count, stage_times
 from transforms import alerts, experiments, metrics
@@ -306,15 +306,12 @@ def _ratio(numerator, denominator) -> pa.Array:
 
 def mart_conversion_rate(partials: pa.Table) -> pa.Table:
     summed = _group(partials, _PERIOD_KEYS, [(c, "sum") for c in partials.column_names if c not in _PERIOD_KEYS])
-    browse, cart, pay, confirm, scan = (summed.column(f"s{k}_sum_sum") for k in range(1, 6))
+    stages = {c: summed.column(f"s{k}_sum_sum") for k, c in enumerate(STAGE_SESSION_COLUMNS, start=1)}
     return _table("mart_conversion_rate", {
-        **{c: summed.column(c) for c in _PERIOD_KEYS},
-        "sessions_browse": browse, "sessions_add_to_cart": cart, "sessions_payment": pay,
-        "sessions_email_confirmation": confirm, "sessions_barcode_scanned": scan,
+        **{c: summed.column(c) for c in _PERIOD_KEYS}, **stages,
         "users_browse": summed.column("u_browse_count_distinct_sum"),
         "users_payment": summed.column("u_payment_count_distinct_sum"),
-        "conversion_rate": _ratio(pay, browse), "cart_rate": _ratio(cart, browse), "checkout_rate": _ratio(pay, cart),
-        "confirmation_rate": _ratio(confirm, pay), "scan_rate": _ratio(scan, confirm)})
+        **{rate: _ratio(stages[num], stages[den]) for rate, (num, den) in CONVERSION_RATES.items()}})
 
 
 def mart_barcode_activity(partials: pa.Table, seconds: pa.Table) -> pa.Table:
