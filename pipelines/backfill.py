@@ -52,8 +52,9 @@ from transforms.bronze_columnar import ParseChunkFn
 from transforms.landing import RAW_FILES, ReadLandingFiles, expand_inputs
 from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
 from transforms.lake_files import WriteDataFiles
-from transforms.lake_tables import LakeFile, ReadLakeTable, read_file, snapshot
+from transforms.lake_tables import LakeFile, ReadLakeTable, read_file, released_versions, snapshot
 from transforms.silver import BuildSilver, shuffled_columns
+from transforms.silver_lake import CommitAndMergeFn
 
 
 def dated_pattern(pattern: str, today: date) -> str:
@@ -102,15 +103,25 @@ def shard_count(paths: list, kept_bronze: list[LakeFile]) -> int:
     return max(1, min(512, -(-sum(sizes) // BYTES_PER_SHARD)))
 
 
+def rebuilds_silver(lake: str, rebuild_silver: bool) -> bool:
+    """Whether a run recomputes silver from all of bronze: when asked
+    (``--rebuild-silver``, after a rule changed) or when silver has no release
+    yet (a new lake, or one from before merged silver: its first run folds
+    all of bronze in once). Otherwise it merges what it adds."""
+    return rebuild_silver or released_versions(lake, "silver") is None
+
+
 def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
           date_range: tuple[date, date] | None, pii_key_source: PiiKeySource, now: int,
-          bigquery: BigQueryTarget | None = None, shards: int | None = None, run_id: str | None = None) -> int:
+          bigquery: BigQueryTarget | None = None, shards: int | None = None, run_id: str | None = None,
+          rebuild_silver: bool = False) -> int:
     """``paths``: from ``expand_inputs``; ``sources``: the landing files the
     inputs hold (``_source_files``); ``bigquery``: also merge bronze, dead
     letter and silver there; ``shards``: of the silver shuffles (default:
-    from the input size); ``run_id``: names the run's commits. Returns the
-    bronze rows of other landing files that silver is rebuilt with (for the
-    accounting check)."""
+    from the input size); ``run_id``: names the run's commits;
+    ``rebuild_silver``: see ``rebuilds_silver``. Returns the bronze rows of
+    other landing files that silver is rebuilt with (for the accounting
+    check; 0 when the run merges)."""
     run_id = run_id or f"backfill-{uuid.uuid4().hex}"
     days = frozenset(_date_range(*date_range)) if date_range else None
     if date_range is not None:
@@ -118,9 +129,12 @@ def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
     else:
         rules = [Replace(t, ReplaceScope.SOURCES, sources) for t in BRONZE.values()]
     rules.append(Replace(DEAD_LETTER, ReplaceScope.SOURCES, sources))
-    rules += [Replace(table, ReplaceScope.TABLE) for table in SILVER.values()]
+    rebuild = rebuilds_silver(lake, rebuild_silver)
+    if rebuild:
+        rules += [Replace(table, ReplaceScope.TABLE) for table in SILVER.values()]
     plan = read_plan(lake, rules)   # the versions this run reads and replaces
-    kept = {rule.table.name: rule.surviving(read) for rule, read in plan if rule.table.name in BRONZE}
+    kept = {rule.table.name: rule.surviving(read) for rule, read in plan if rule.table.name in BRONZE} \
+        if rebuild else {}
     shards = shards or shard_count(paths, [f for files in kept.values() for f in files])
 
     read = p | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
@@ -131,18 +145,21 @@ def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
                | "WriteBronze" >> WriteDataFiles([*BRONZE.values(), DEAD_LETTER], lake,
                                                  by_source=(*BRONZE, DEAD_LETTER.name))]
 
-    existing = tuple(p | f"ReadKept_{rt.bronze_table}" >> ReadLakeTable(
-        BRONZE[rt.bronze_table], tuple(kept[rt.bronze_table]), columns=shuffled_columns(rt.name))
-        for rt in RECORD_TYPES.values())
-    silver = (parsed.bronze, *existing) | "BuildSilver" >> BuildSilver(shards)
-    written.append(silver | "WriteSilver" >> WriteDataFiles(list(SILVER.values()), lake))
+    if rebuild:
+        existing = tuple(p | f"ReadKept_{rt.bronze_table}" >> ReadLakeTable(
+            BRONZE[rt.bronze_table], tuple(kept[rt.bronze_table]), columns=shuffled_columns(rt.name))
+            for rt in RECORD_TYPES.values())
+        silver = (parsed.bronze, *existing) | "BuildSilver" >> BuildSilver(shards)
+        written.append(silver | "WriteSilver" >> WriteDataFiles(list(SILVER.values()), lake))
 
     written = tuple(written) | "AllWritten" >> beam.Flatten()
     if bigquery is not None:
         written = written | "PublishToBigQuery" >> PublishToBigQuery(
             bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules])
+    commit_plan = CommitPlan(run_id, "backfill", plan, releases=("silver",) if rebuild else ())
     _ = ((written, read[RAW_FILES]) | "WithRawCopies" >> beam.Flatten()
-         | "Commit" >> CommitLakeWrites(lake, CommitPlan(run_id, "backfill", plan, releases=("silver",))))
+         | "Commit" >> CommitLakeWrites(lake, commit_plan,
+                                        None if rebuild else CommitAndMergeFn(lake, commit_plan)))
     return sum(f.rows for files in kept.values() for f in files)
 
 
@@ -154,6 +171,9 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--from", dest="date_from", type=date.fromisoformat, help="first event_date to replace")
     parser.add_argument("--to", dest="date_to", type=date.fromisoformat, help="last event_date to replace")
+    parser.add_argument("--rebuild-silver", action="store_true",
+                        help="recompute silver from all of bronze instead of merging this run's rows into it "
+                             "(after a rule changed)")
     add_sink_flags(parser, "bronze, the dead letter and silver")
     add_pii_key_flags(parser)
     return parser
@@ -186,7 +206,7 @@ def main(argv=None):
 
     def wiring(p):
         planned["kept_bronze_rows"] = build(p, paths, sources, args.lake, date_range, key_source, now, bigquery,
-                                            run_id=run_id)
+                                            run_id=run_id, rebuild_silver=args.rebuild_silver)
 
     result, finished = run_pipeline("backfill", options, wiring, wait=args.wait)
     if not finished:  # submitted, not waited for: the job commits the lake itself; nothing to account for here

@@ -137,11 +137,21 @@ _SILVER_COMMON = (
     col("source", STRING, "Producer of the winning version."),
     col("emitted_at", TIMESTAMP, "Producer clock of the winning version."),
     col("copies", INT64, "How many valid copies/versions of this identity were received.", True),
+    # Where the winning copy was received: what "first copy" and version ties
+    # are decided by when a later merge brings another copy (transforms.silver_merge).
+    col("ingested_at", TIMESTAMP, "When the winning copy (newest version) was received; null for a session "
+        "inferred without a record."),
+    col("source_file", STRING, "Landing file of the winning copy; null for Pub/Sub."),
+    col("source_line", INT64, "Line (or row) number in source_file."),
+    col("message_id", STRING, "Pub/Sub message id of the winning copy; null for file ingest."),
 )
+_SILVER_DATE = col("event_date", DATE, "UTC date of the winning copy's own time, as in bronze (partition).", True)
 
 
-def _silver(name: str, description: str, columns: tuple, key: str) -> Table:
-    return Table(name, "silver", description, columns + _SILVER_COMMON, key=(key,))
+def _silver(name: str, description: str, columns: tuple, key: str, partition: str = "event_date") -> Table:
+    # Partitioned by date: a merge rewrites the files of the days it touches, not all of silver.
+    dated = columns if partition != "event_date" else columns + (_SILVER_DATE,)
+    return Table(name, "silver", description, dated + _SILVER_COMMON, partition_by=(partition,), key=(key,))
 
 
 SILVER_USERS = _silver("silver_users", "One current row per user (newest updated_at, else emitted_at, wins).", (
@@ -179,7 +189,11 @@ SILVER_SESSIONS = _silver("silver_sessions", "One current row per session: versi
     col("payment_events", INT64, "Unique payment_successful events.", True),
     col("furthest_stage_in_session", INT64, "Highest funnel stage (0-3) the session's own views and events reach; "
         "confirmation and scan arrive later and count in gold.", True),
-), "session_id")
+    col("merge_versions", STRING, "Merge bookkeeping, not for analysis: JSON of the fields whose value came from an "
+        "older version than the winning one, with that version (emitted_at, ingested_at, source_file, source_line, "
+        "message_id), so a later merge of an older copy decides them exactly; null when every field is the newest "
+        "version's."),
+), "session_id", partition="session_date")
 SILVER_VIEWS = _silver("silver_views", "One row per view (first copy wins), joined to its session.",
                        (_VIEW_ID,) + _RESOLVED + _VIEW_COLUMNS, "view_id")
 SILVER_CLICKS = _silver("silver_clicks", "One row per click (first copy wins), joined to its session.",

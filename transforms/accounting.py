@@ -3,12 +3,16 @@ check: every record read is in bronze or the dead letter, and every bronze
 row that entered silver is a silver identity or an extra copy of one.
 
     records_read == sum(valid_<bronze table>) + sum(dead_letter_<reason>)
-    sum(valid_<bronze table>) - outside_date_range + kept bronze rows
+    sum(valid_<bronze table>) - outside_date_range - already_in_bronze + kept bronze rows
         == sum(unique_<type>) + sum(duplicates_<type>) + sum(superseded_<type>)
 
-"Kept bronze rows" are those of other landing files that silver is rebuilt
-with (a backfill restates silver from all of bronze); their count comes
-from the Delta log of the version the run read. A run that does not
+A run that merges into silver counts as identities the new ones, and as
+duplicates/superseded its other rows (copies of identities silver had, and
+the batch's own repeats); ``already_in_bronze`` are its rows bronze held
+already (a rerun of the same file merges nothing). "Kept bronze rows" are
+those of other landing files that silver is rebuilt with (a run with
+``--rebuild-silver``, or the first into a lake); their count comes from the
+Delta log of the version the run read. A run that does not
 balance is logged with ``balanced = false`` and fails with
 ``AccountingError`` (exit status 1) after its commit: nothing is hidden,
 and the run log says which numbers disagree.
@@ -34,7 +38,8 @@ def backfill_problems(values: dict[str, int], kept_bronze_rows: int) -> list[str
     problems = []
     if read != valid + dead:
         problems.append(f"records_read {read:,} != bronze {valid:,} + dead-lettered {dead:,}")
-    into_silver = valid - values.get("outside_date_range", 0) + kept_bronze_rows
+    into_silver = (valid - values.get("outside_date_range", 0) - values.get("already_in_bronze", 0)
+                   + kept_bronze_rows)
     identities = sum(values.get(f"unique_{t}", 0) for t in RECORD_TYPES)
     extra = sum(values.get(f"{kind}_{t}", 0) for t in RECORD_TYPES for kind in ("duplicates", "superseded"))
     if into_silver != identities + extra:

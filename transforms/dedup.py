@@ -15,6 +15,7 @@ associative merges let the runner pre-combine before the shuffle.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -211,15 +212,33 @@ def _same(a, b) -> np.ndarray:
                       .to_numpy(zero_copy_only=False), bool)
 
 
+def _copies(ordered: pa.Table, first_rows: np.ndarray) -> np.ndarray:
+    """Copies per group: rows counted once each, except that a row with a
+    ``copies`` column (a current silver row, standing for the copies merged
+    into it before) counts as that many."""
+    if "copies" not in ordered.column_names:
+        return np.diff(np.append(first_rows, ordered.num_rows))
+    weights = np.asarray(pc.fill_null(ordered.column("copies"), 1).to_numpy(zero_copy_only=False), np.int64)
+    return np.add.reduceat(weights, first_rows) if len(first_rows) else np.zeros(0, np.int64)
+
+
 def dedup_table(record_type: str, table: pa.Table) -> tuple[pa.Table, DedupCounts]:
     """Bronze rows of one record type (Arrow) -> one row per key with
     ``copies``, by the rules of the module docstring (the CombineFns above
-    are their per-element form; a property test checks both agree)."""
+    are their per-element form; a property test checks both agree).
+
+    The input may also hold current silver rows as bronze-shaped rows with a
+    ``copies`` column (``transforms.silver_merge``): the rules are
+    associative, so merging new copies into such a row gives the row that
+    all copies at once give."""
     rt = RECORD_TYPES[record_type]
     key = rt.key
-    columns = table.column_names
+    columns = [c for c in table.column_names if c != "copies"]
     if table.num_rows == 0:
-        return table.append_column("copies", pa.array([], pa.int64())), DedupCounts(0, 0, 0)
+        empty = table.select(columns).append_column("copies", pa.array([], pa.int64()))
+        if record_type == "session":
+            empty = empty.append_column(MERGE_VERSIONS, pa.array([], pa.string()))
+        return empty, DedupCounts(0, 0, 0)
     if record_type == "session":
         return _merge_non_null(table, key)
     newest = record_type in _NEWEST_VERSION
@@ -231,7 +250,7 @@ def dedup_table(record_type: str, table: pa.Table) -> tuple[pa.Table, DedupCount
     starts = first_of_groups(ordered.column(key))
     groups = group_ids(starts)
     first_rows = np.flatnonzero(starts)
-    copies = np.diff(np.append(first_rows, ordered.num_rows))
+    copies = _copies(ordered, first_rows)
     conflicts = 0
     if not newest:
         winner_of_row = pa.array(first_rows[groups])
@@ -243,30 +262,80 @@ def dedup_table(record_type: str, table: pa.Table) -> tuple[pa.Table, DedupCount
         conflicts = int(np.count_nonzero(np.bincount(groups, weights=differs)))
     winners = ordered.take(pa.array(first_rows)).select(columns)
     winners = winners.append_column("copies", pa.array(copies, pa.int64()))
-    return winners, DedupCounts(len(first_rows), int(ordered.num_rows - len(first_rows)), conflicts)
+    return winners, DedupCounts(len(first_rows), int(copies.sum() - len(first_rows)), conflicts)
 
 
 _NEWEST_VERSION = {"user": ("updated_at", "emitted_at"), "event_response": ("emitted_at",)}
+# A session's version: what decides which version's value of a field wins.
+SESSION_VERSION = ("emitted_at", *INGEST_ORDER)
+# The fields of a session whose value can come from an older version than the
+# winning one (a newer version left them null); the others are required, or
+# taken with the winning version as a whole (its arrival, source, emitted_at).
+SESSION_MERGED_FIELDS = ("user_id", "platform", "session_end_time", "device_type", "geo_location",
+                         "experiments_json")
+MERGE_VERSIONS = "merge_versions"
 
 
 def _merge_non_null(table: pa.Table, key: str) -> tuple[pa.Table, DedupCounts]:
     """Sessions: per column, the value of the newest version that has it
-    (a platform of 'unknown' counts as null)."""
+    (a platform of 'unknown' counts as null). ``merge_versions`` records,
+    per field whose value came from an older version, that version
+    (``SESSION_VERSION``), so that merging more versions later is exact."""
     table = table.set_column(table.column_names.index("platform"), "platform",
                              pc.if_else(pc.equal(table.column("platform"), "unknown"),
                                         pa.scalar(None, pa.string()), table.column("platform")))
     table = table.append_column("_version", _version(table, ("emitted_at",)))
     table, ingest_keys = _ingest_order_keys(table, "descending")
     ordered = table.sort_by([(key, "ascending"), ("_version", "descending")] + ingest_keys)
-    values = [c for c in table.column_names if c != key and not c.startswith("_")]
-    merged = pa.TableGroupBy(ordered, key, use_threads=False).aggregate(
-        [(c, "first") for c in values] + [(key, "count")])
-    merged = merged.rename_columns([n.removesuffix("_first") if n != f"{key}_count" else "copies"
-                                    for n in merged.column_names])
-    merged = merged.set_column(merged.column_names.index("platform"), "platform",
-                               pc.fill_null(merged.column("platform"), "unknown"))
-    merged = merged.select([key] + values + ["copies"])
-    return merged, DedupCounts(merged.num_rows, table.num_rows - merged.num_rows, 0)
+    starts = first_of_groups(ordered.column(key))
+    groups = group_ids(starts)
+    first_rows = np.flatnonzero(starts)
+    copies = _copies(ordered, first_rows)
+    values = [c for c in table.column_names if c not in (key, "copies", MERGE_VERSIONS) and not c.startswith("_")]
+    merged = {key: ordered.column(key).take(pa.array(first_rows))}
+    from_older = {}
+    for c in values:
+        if c in SESSION_MERGED_FIELDS:
+            chosen = _first_valid_per_group(ordered.column(c), groups, len(first_rows))
+            merged[c] = ordered.column(c).take(pa.array(chosen, mask=chosen < 0))
+            from_older[c] = np.where((chosen >= 0) & (chosen != first_rows), chosen, -1)
+        else:  # the winning version's own value (its arrival as a whole; source and schema are required)
+            merged[c] = ordered.column(c).take(pa.array(first_rows))
+    merged["platform"] = pc.fill_null(merged["platform"], "unknown")
+    merged["copies"] = pa.array(copies, pa.int64())
+    merged[MERGE_VERSIONS] = _merge_versions(ordered, from_older, len(first_rows))
+    result = pa.table({c: merged[c] for c in [key, *values, "copies", MERGE_VERSIONS]})
+    return result, DedupCounts(result.num_rows, int(copies.sum() - result.num_rows), 0)
+
+
+def _first_valid_per_group(column, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Row index of the first non-null value of each group (-1: none)."""
+    valid = np.flatnonzero(np.asarray(pc.is_valid(column).to_numpy(zero_copy_only=False), bool))
+    chosen = np.full(n_groups, -1, np.int64)
+    found, at = np.unique(groups[valid], return_index=True)
+    chosen[found] = valid[at]
+    return chosen
+
+
+def _merge_versions(ordered: pa.Table, from_older: dict[str, np.ndarray], n_groups: int) -> pa.Array:
+    """``MERGE_VERSIONS`` of every group: JSON ``{field: version}`` for the
+    fields taken from an older version, null when there are none (the usual case)."""
+    older = np.zeros(n_groups, bool)
+    for rows in from_older.values():
+        older |= rows >= 0
+    texts = [None] * n_groups
+    if older.any():
+        version = {c: ordered.column(c) for c in SESSION_VERSION}
+        for g in np.flatnonzero(older):
+            texts[g] = json.dumps({c: [version[v][int(rows[g])].as_py() if v != "ingested_at" and v != "emitted_at"
+                                       else _micros_of(version[v][int(rows[g])]) for v in SESSION_VERSION]
+                                   for c, rows in sorted(from_older.items()) if rows[g] >= 0},
+                                  separators=(",", ":"))
+    return pa.array(texts, pa.string())
+
+
+def _micros_of(scalar) -> int | None:
+    return None if not scalar.is_valid else scalar.cast(pa.int64()).as_py()
 
 
 def content_columns(table: Table) -> list[str]:

@@ -52,6 +52,7 @@ class ReplaceScope(enum.Enum):
     TABLE = "table"            # every row: truncate and load
     SOURCES = "sources"        # the rows read from given landing files (None: from Pub/Sub)
     PARTITIONS = "partitions"  # the rows of given values of the first partition column
+    FILES = "files"            # the rows of given data files (relpaths): a merge rewriting the files it touches
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Replace:
     def replaces(self, file: LakeFile) -> bool:
         if self.scope is ReplaceScope.TABLE:
             return True
+        if self.scope is ReplaceScope.FILES:
+            return file.relpath in self.values
         if self.scope is ReplaceScope.SOURCES:
             # One landing file per data file (lake_files writes them so): its statistics say which.
             return (None in self.values and file.from_pubsub) or (file.source is not None and file.source in self.values)
@@ -81,7 +84,8 @@ class Replace:
         return [f for f in version.files if not self.replaces(f)]
 
     def check(self, files: list[DataFile]) -> None:
-        """Raises unless every new file lies inside what the run restates."""
+        """Raises unless every new file lies inside what the run restates
+        (a merge's files may lie anywhere: it upserts rows by key)."""
         for file in files:
             if self.scope is ReplaceScope.PARTITIONS:
                 value = dict(file.partitions).get(self.partition_column)
@@ -224,10 +228,11 @@ class CommitFn(beam.DoFn):
         self._lake, self._plan = lake, plan
 
     def process(self, files: list[DataFile]):
+        yield from self.commit(files_by_table(files))
+
+    def commit(self, by_table: dict[str, list[DataFile]]):
         plan = self._plan
-        by_table = defaultdict(list)
-        for f in files:
-            by_table[f.table].append(f)
+        by_table = defaultdict(list, by_table)
         raw = by_table.pop(RAW.name, [])
         if raw:
             yield RAW.name, commit_raw(self._lake, raw, plan.run_id, plan.pipeline)
@@ -254,12 +259,20 @@ def _committed_version(lake: str, table: Table, run_id: str) -> int:
     raise LookupError(f"{table.name}: no commit of run {run_id} in its history")
 
 
-class CommitLakeWrites(beam.PTransform):
-    """All ``DataFile``s of a run -> committed by one final step (``CommitFn``)."""
+def files_by_table(files: list[DataFile]) -> dict[str, list[DataFile]]:
+    by_table = defaultdict(list)
+    for f in files:
+        by_table[f.table].append(f)
+    return dict(by_table)
 
-    def __init__(self, lake: str, plan: CommitPlan):
+
+class CommitLakeWrites(beam.PTransform):
+    """All ``DataFile``s of a run -> committed by one final step (``CommitFn``,
+    or ``fn``: one that does more after the commits)."""
+
+    def __init__(self, lake: str, plan: CommitPlan, fn: CommitFn | None = None):
         super().__init__()
-        self._fn = CommitFn(lake, plan)
+        self._fn = fn or CommitFn(lake, plan)
 
     def expand(self, files):
         return (files

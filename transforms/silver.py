@@ -39,7 +39,7 @@ from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, SILVER
 from transforms.columnar import ShardedShuffle, concat, count_true, first_of_groups, key_column
-from transforms.dedup import INGEST_ORDER, DedupCounters, content_columns, dedup_table
+from transforms.dedup import INGEST_ORDER, MERGE_VERSIONS, DedupCounters, content_columns, dedup_table
 from transforms.funnel import lookup, reached_count, reached_stages, stage_times
 from transforms import metrics
 
@@ -168,7 +168,8 @@ def resolve_sessions(sessions: pa.Table, children: dict[str, pa.Table]) -> pa.Ta
         "session_date": start.cast(pa.timestamp("us", tz="UTC")).cast(pa.date32()),
         "session_start_time": start,
         "session_end_time": end,
-        **{c: of_record(c) for c in ("device_type", "geo_location", "experiments_json", "source", "emitted_at")},
+        **{c: of_record(c) for c in ("device_type", "geo_location", "experiments_json", "source", "emitted_at",
+                                      *INGEST_ORDER, MERGE_VERSIONS)},
         "first_activity_at": first_time,
         "last_activity_at": last_time,
         "duration_seconds": pc.divide(pc.subtract(pc.coalesce(end, last_time), start).cast(pa.float64()), 1e6),
@@ -255,7 +256,7 @@ class SessionJoinFn(beam.DoFn):
         sessions = by_kind.get("session")
         if sessions is None:
             sessions = _merged_session_schema().empty_table()
-        children = {j.child: by_kind.get(j.child, _winner_schema(j.child).empty_table()) for j in SESSION_CHILDREN}
+        children = {j.child: by_kind.get(j.child, winner_schema(j.child).empty_table()) for j in SESSION_CHILDREN}
         silver_sessions = resolve_sessions(sessions, children)
         metrics.add(self._inferred, silver_sessions.num_rows - count_true(silver_sessions.column("has_session_record")))
         yield "silver_sessions", silver_sessions
@@ -292,14 +293,15 @@ class AttachParentShardFn(beam.DoFn):
                 [self._pass_on.key, *self._pass_on.context])))
 
 
-def _winner_schema(record_type: str) -> pa.Schema:
+def winner_schema(record_type: str) -> pa.Schema:
+    """What the dedup takes of a type: the bronze columns it carries and ``copies``."""
     rt = RECORD_TYPES[record_type]
     schema = BRONZE[rt.bronze_table].arrow_schema()
     return pa.schema([schema.field(c) for c in shuffled_columns(record_type)] + [pa.field("copies", pa.int64())])
 
 
 def _merged_session_schema() -> pa.Schema:
-    return _winner_schema("session")
+    return winner_schema("session").append(pa.field(MERGE_VERSIONS, pa.string()))
 
 
 class BuildSilver(beam.PTransform):

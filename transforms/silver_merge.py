@@ -1,0 +1,299 @@
+"""Silver, merged: a batch of new bronze rows folded into the silver rows it
+touches, by the same rules that build silver from all of bronze.
+
+A silver row is an accumulator of every copy merged into it: the winning
+copy's values, where it was received (its arrival, which decides "first
+copy" and version ties), ``copies``, and for sessions the version each field
+came from (``merge_versions``). ``bronze_shaped`` turns a current row back
+into dedup input carrying its ``copies``; the dedup rules
+(``transforms.dedup``) are associative over such rows, so
+
+    merge(merge(silver, day 1), day 2) == build(all copies)
+
+whatever the split into batches, their order, or their path (the stream's
+batches, landing files, a replay). Joins and session summaries are not
+accumulated: they are recomputed for every identity the batch touches from
+the current rows of its join partners (``merge_batch``): the sessions of new
+views, clicks and events with all their children, the responses of events
+whose context changes, the activities of those responses, and, for context
+only, the parents of new responses and activities.
+
+The merge reads silver through a ``Lookup`` (rows of a table whose column
+holds one of some values), so the rule is pure and the lake side
+(``transforms.silver_lake``) decides how to find them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.contract import RECORD_TYPES
+from schemas.tables import BRONZE, SILVER
+from transforms.columnar import concat, count_true
+from transforms.dedup import MERGE_VERSIONS, SESSION_VERSION, DedupCounts, _same, dedup_table
+from transforms.silver import (ACTIVITY_JOIN, RESPONSE_JOIN, SESSION_CHILDREN, _as_table, attach_parent,
+                               resolve_sessions, shuffled_columns, winner_schema)
+
+SESSIONS = RECORD_TYPES["session"].silver_table
+_KINDS_BY_SESSION = ("session", *(j.child for j in SESSION_CHILDREN))
+
+
+class Lookup(Protocol):
+    def rows(self, table: str, column: str, values: pa.Array) -> pa.Table:
+        """The current rows of silver table ``table`` whose ``column`` is one of ``values``."""
+
+
+@dataclass
+class MergeResult:
+    """What a batch changes in silver: per table the rows to upsert (new or
+    changed, whole rows) and the keys to delete (an inferred session that
+    lost its last child to an earlier copy naming another session); and per
+    record type the batch's counts (``unique``: new identities, extra
+    copies: the batch's other rows)."""
+
+    upserts: dict[str, pa.Table] = field(default_factory=dict)
+    deletes: dict[str, pa.Array] = field(default_factory=dict)
+    counts: dict[str, DedupCounts] = field(default_factory=dict)
+    inferred_sessions: int = 0
+
+    def changed_keys(self, table: str) -> pa.Array:
+        key = SILVER[table].key[0]
+        parts = [self.upserts[table].column(key).combine_chunks()] if table in self.upserts else []
+        if table in self.deletes:
+            parts.append(self.deletes[table])
+        return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
+def bronze_shaped(record_type: str, rows: pa.Table) -> pa.Table:
+    """Current silver rows of a type as dedup input: the bronze columns the
+    dedup carries (``shuffled_columns``) and ``copies``. A child's platform is
+    then its resolved one: the only use of a child's own platform is the
+    platform of a session without a record, which is its earliest child's, so
+    the resolved value is that child's own. Sessions: only those with a
+    record, plus one row per field that came from an older version (with that
+    version and only that field, ``copies`` 0), so the per-field rule sees
+    every version that matters."""
+    schema = winner_schema(record_type)
+    if rows.num_rows == 0:
+        return schema.empty_table()
+    if record_type == "session":
+        rows = rows.filter(rows.column("has_session_record"))
+        older = _older_versions(rows, schema)
+        main = _null_fields_from_older(rows)
+        return concat([_conform(main, schema), older], schema)
+    return _conform(rows, schema)
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    n = rows.num_rows
+    return pa.Table.from_arrays([rows.column(f.name).cast(f.type) if f.name in rows.column_names
+                                 else pa.nulls(n, f.type) for f in schema], schema=schema)
+
+
+def _null_fields_from_older(rows: pa.Table) -> pa.Table:
+    """The winning version's row of each session: fields that came from an older version nulled."""
+    texts = rows.column(MERGE_VERSIONS).to_pylist()
+    if not any(texts):
+        return rows
+    listed = [json.loads(t) if t else {} for t in texts]
+    for name in {f for versions in listed for f in versions}:
+        mask = pa.array([name in versions for versions in listed])
+        column = rows.column(name)
+        rows = rows.set_column(rows.column_names.index(name), name,
+                               pc.if_else(mask, pa.scalar(None, column.type), column))
+    return rows
+
+
+def _older_versions(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """One bronze-shaped row per (session, field from an older version)."""
+    records = []
+    keyed = rows.select(["session_id", MERGE_VERSIONS]).to_pylist()
+    for i, row in enumerate(keyed):
+        if not row[MERGE_VERSIONS]:
+            continue
+        for name, version in json.loads(row[MERGE_VERSIONS]).items():
+            records.append((i, name, dict(zip(SESSION_VERSION, version))))
+    if not records:
+        return schema.empty_table()
+    columns = {f.name: [None] * len(records) for f in schema}
+    for n, (i, name, version) in enumerate(records):
+        columns["session_id"][n] = keyed[i]["session_id"]
+        columns[name][n] = _value(rows, name, i)
+        for v, value in version.items():
+            columns[v][n] = value
+        columns["copies"][n] = 0
+    arrays = []
+    for f in schema:
+        values = columns[f.name]
+        if pa.types.is_timestamp(f.type):
+            arrays.append(pa.array(values, pa.int64()).cast(f.type))
+        else:
+            arrays.append(pa.array(values, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _value(rows: pa.Table, name: str, i: int):
+    scalar = rows.column(name)[i]
+    if pa.types.is_timestamp(scalar.type):
+        return None if not scalar.is_valid else scalar.cast(pa.int64()).as_py()
+    return scalar.as_py()
+
+
+# --- one batch into silver ----------------------------------------------------------------------
+def _keys(table: pa.Table | None, column: str) -> pa.Array:
+    if table is None or table.num_rows == 0:
+        return pa.array([], pa.string())
+    return pc.unique(pc.drop_null(table.column(column).combine_chunks()))
+
+
+def _union(*arrays: pa.Array) -> pa.Array:
+    parts = [a for a in arrays if len(a)]
+    return pc.unique(pa.concat_arrays(parts)) if parts else pa.array([], pa.string())
+
+
+def _minus(values: pa.Array, taken: pa.Array) -> pa.Array:
+    return values.filter(pc.invert(pc.is_in(values, value_set=taken))) if len(taken) else values
+
+
+def _distinct_rows(table: pa.Table, key: str) -> pa.Table:
+    """One row per key of rows read twice (found by two lookups)."""
+    if table.num_rows == 0:
+        return table
+    _, first = np.unique(np.asarray(table.column(key).to_pylist(), dtype=object), return_index=True)
+    return table.take(pa.array(np.sort(first)))
+
+
+def _bronze_input(record_type: str, batch: dict[str, pa.Table]) -> pa.Table:
+    schema = winner_schema(record_type)
+    rows = batch.get(record_type)
+    if rows is None or rows.num_rows == 0:
+        return schema.empty_table()
+    columns = [c for c in shuffled_columns(record_type)]
+    return _conform(rows.select(columns), schema)
+
+
+def _merge_type(record_type: str, batch: dict[str, pa.Table], current: pa.Table,
+                result: MergeResult) -> pa.Table:
+    """The batch's rows of a type merged with the current silver rows given:
+    one winner per key, and the batch's counts."""
+    new = _bronze_input(record_type, batch)
+    schema = winner_schema(record_type)
+    winners, dedup = dedup_table(record_type, concat([bronze_shaped(record_type, current), new], schema))
+    key = RECORD_TYPES[record_type].key
+    existing = _keys(current.filter(current.column("has_session_record")) if record_type == "session" else current,
+                     key)
+    fresh = count_true(pc.invert(pc.is_in(_keys(new, key), value_set=existing))) if new.num_rows else 0
+    result.counts[record_type] = DedupCounts(fresh, new.num_rows - fresh, dedup.conflicts)
+    return winners
+
+
+def merge_batch(batch: dict[str, pa.Table], lookup: Lookup) -> MergeResult:
+    """New bronze rows (``{record type: rows}``, any of the bronze columns
+    the dedup carries) -> the silver changes they make, reading the current
+    rows the merge needs through ``lookup``."""
+    result = MergeResult()
+    recomputed: dict[str, pa.Table] = {}
+
+    def current(rt: str, column: str, values: pa.Array) -> pa.Table:
+        table = RECORD_TYPES[rt].silver_table
+        if not len(values):
+            return SILVER[table].arrow_schema().empty_table()
+        return lookup.rows(table, column, values)
+
+    # users: their versions only
+    users = _merge_type("user", batch, current("user", "user_id", _keys(batch.get("user"), "user_id")), result)
+    recomputed["silver_users"] = _as_table("silver_users", {c: users.column(c) for c in users.column_names})
+
+    # sessions with every child: the batch's, and those of the batch's children (either copy's session)
+    children_by_key = {j.child: current(j.child, RECORD_TYPES[j.child].key,
+                                        _keys(batch.get(j.child), RECORD_TYPES[j.child].key))
+                       for j in SESSION_CHILDREN}
+    sessions = _union(_keys(batch.get("session"), "session_id"),
+                      *(_keys(batch.get(j.child), "session_id") for j in SESSION_CHILDREN),
+                      *(_keys(rows, "session_id") for rows in children_by_key.values()))
+    current_sessions = current("session", "session_id", sessions)
+    session_winners = _merge_type("session", batch, current_sessions, result)
+    children = {}
+    for j in SESSION_CHILDREN:
+        key = RECORD_TYPES[j.child].key
+        rows = concat([children_by_key[j.child], current(j.child, "session_id", sessions)],
+                      SILVER[j.table].arrow_schema())
+        children[j.child] = _merge_type(j.child, batch, _distinct_rows(rows, key), result)
+    silver_sessions = resolve_sessions(session_winners, children)
+    result.inferred_sessions = silver_sessions.num_rows - count_true(silver_sessions.column("has_session_record"))
+    recomputed[SESSIONS] = silver_sessions
+    gone = _minus(_keys(current_sessions, "session_id"), _keys(silver_sessions, "session_id"))
+    if len(gone):
+        result.deletes[SESSIONS] = gone
+    for j in SESSION_CHILDREN:
+        recomputed[j.table], _ = attach_parent(children[j.child], silver_sessions, j)
+
+    # responses: the batch's, and those of every recomputed event (their context may change)
+    events = recomputed[RECORD_TYPES[RESPONSE_JOIN.parent].silver_table]
+    recomputed_parents = _keys(events, RESPONSE_JOIN.key)
+    responses = _merge_joined(RESPONSE_JOIN, batch, events, recomputed_parents, current, result)
+    recomputed[RESPONSE_JOIN.table] = responses
+
+    # activities: the batch's, and those of every recomputed response
+    recomputed[ACTIVITY_JOIN.table] = _merge_joined(ACTIVITY_JOIN, batch, responses,
+                                                    _keys(responses, ACTIVITY_JOIN.key), current, result)
+
+    for name, rows in recomputed.items():
+        changed = _changed(name, rows, lookup_rows=lambda keys, n=name: lookup.rows(n, SILVER[n].key[0], keys))
+        if changed.num_rows:
+            result.upserts[name] = changed
+    return result
+
+
+def _merge_joined(join, batch, parents_recomputed: pa.Table, parent_keys: pa.Array, current,
+                  result: MergeResult) -> pa.Table:
+    """A child type whose parent is joined by ``join.key``: the batch's rows
+    and the current children of recomputed parents, merged and attached to
+    their parent's context (recomputed, else current)."""
+    child_key = RECORD_TYPES[join.child].key
+    rows = concat([current(join.child, child_key, _keys(batch.get(join.child), child_key)),
+                   current(join.child, join.key, parent_keys)], SILVER[join.table].arrow_schema())
+    winners = _merge_type(join.child, batch, _distinct_rows(rows, child_key), result)
+    others = current(join.parent, RECORD_TYPES[join.parent].key, _minus(_keys(winners, join.key), parent_keys))
+    context = concat([parents_recomputed.select([join.key, *join.context]),
+                      others.select([join.key, *join.context])],
+                     parents_recomputed.select([join.key, *join.context]).schema)
+    attached, _ = attach_parent(winners, context, join)
+    return attached
+
+
+def _changed(name: str, rows: pa.Table, lookup_rows) -> pa.Table:
+    """The recomputed rows that are new or differ from the current row (only
+    those are written)."""
+    if rows.num_rows == 0:
+        return rows
+    key = SILVER[name].key[0]
+    before = lookup_rows(rows.column(key).combine_chunks())
+    if before.num_rows == 0:
+        return rows
+    at = pc.index_in(rows.column(key), value_set=before.column(key))
+    found = np.asarray(pc.is_valid(at).to_numpy(zero_copy_only=False), bool)
+    differs = ~found
+    taken = before.take(pc.fill_null(at, 0))
+    for c in rows.column_names:
+        differs |= found & ~_same(rows.column(c), taken.column(c).cast(rows.schema.field(c).type))
+    return rows.filter(pa.array(differs))
+
+
+def build_silver(bronze: dict[str, pa.Table]) -> MergeResult:
+    """Silver from bronze rows alone (an empty silver, merged with them):
+    the definition the property tests compare every split of the input with."""
+    return merge_batch(bronze, _EMPTY)
+
+
+class _Empty:
+    def rows(self, table, column, values):
+        return SILVER[table].arrow_schema().empty_table()
+
+
+_EMPTY = _Empty()
