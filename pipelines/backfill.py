@@ -52,9 +52,9 @@ from transforms.bronze_columnar import ParseChunkFn
 from transforms.landing import RAW_FILES, ReadLandingFiles, expand_inputs
 from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
 from transforms.lake_files import WriteDataFiles
-from transforms.lake_tables import LakeFile, ReadLakeTable, read_file, released_versions, snapshot
+from transforms.lake_tables import LakeFile, ReadLakeTable, read_file, snapshot
 from transforms.silver import BuildSilver, shuffled_columns
-from transforms.silver_lake import CommitAndMergeFn
+from transforms.silver_lake import CommitAndMergeFn, head
 
 
 def dated_pattern(pattern: str, today: date) -> str:
@@ -105,10 +105,10 @@ def shard_count(paths: list, kept_bronze: list[LakeFile]) -> int:
 
 def rebuilds_silver(lake: str, rebuild_silver: bool) -> bool:
     """Whether a run recomputes silver from all of bronze: when asked
-    (``--rebuild-silver``, after a rule changed) or when silver has no release
-    yet (a new lake, or one from before merged silver: its first run folds
-    all of bronze in once). Otherwise it merges what it adds."""
-    return rebuild_silver or released_versions(lake, "silver") is None
+    (``--rebuild-silver``, after a rule changed) or when silver was never
+    merged (a new lake: the sharded recompute is the fast way in). Otherwise
+    it merges what bronze gains (``transforms.silver_lake``)."""
+    return rebuild_silver or head(lake)[0] is None
 
 
 def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
@@ -156,10 +156,9 @@ def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
     if bigquery is not None:
         written = written | "PublishToBigQuery" >> PublishToBigQuery(
             bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules])
-    commit_plan = CommitPlan(run_id, "backfill", plan, releases=("silver",) if rebuild else ())
+    commit_plan = CommitPlan(run_id, "backfill", plan)
     _ = ((written, read[RAW_FILES]) | "WithRawCopies" >> beam.Flatten()
-         | "Commit" >> CommitLakeWrites(lake, commit_plan,
-                                        None if rebuild else CommitAndMergeFn(lake, commit_plan)))
+         | "Commit" >> CommitLakeWrites(lake, commit_plan, CommitAndMergeFn(lake, commit_plan, rebuild)))
     return sum(f.rows for files in kept.values() for f in files)
 
 
@@ -204,6 +203,8 @@ def main(argv=None):
           + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else ""))
     run_id, planned = f"backfill-{uuid.uuid4().hex}", {}
 
+    planned["rebuilt"] = rebuilds_silver(args.lake, args.rebuild_silver)
+
     def wiring(p):
         planned["kept_bronze_rows"] = build(p, paths, sources, args.lake, date_range, key_source, now, bigquery,
                                             run_id=run_id, rebuild_silver=args.rebuild_silver)
@@ -213,7 +214,7 @@ def main(argv=None):
         logging.info("backfill %s: submitted; run log and accounting check need --wait", run_id)
         return result
     values = counters(result)
-    problems = backfill_problems(values, planned["kept_bronze_rows"])
+    problems = backfill_problems(values, planned["kept_bronze_rows"], planned["rebuilt"])
     write_run_log(args.lake, "backfill", run_id, values, not problems, bigquery)
     if problems:
         raise AccountingError(f"backfill {run_id}: the accounting does not balance: " + "; ".join(problems))

@@ -415,6 +415,19 @@ RELEASES = Table("releases", "ops", "Lake only: one row per table of each commit
     col("released_at", TIMESTAMP, "When the release was committed.", True),
 ))
 
+# --- silver head: which bronze versions silver holds, and the merge in progress -----------
+SILVER_HEAD = Table("silver_head", "ops", "Lake only: one row, rewritten by every merge into silver: the bronze "
+                    "versions silver holds once the merge named here is released, and who merges "
+                    "(transforms.silver_lake). Merges take turns through it.", (
+    col("claim_id", STRING, "The merge: its commits to silver carry this id.", True),
+    col("pipeline", STRING, "Pipeline that claimed it.", True),
+    col("claimed_at", TIMESTAMP, "When it was claimed (a claim older than the lease is taken over).", True),
+    col("rebuild", BOOL, "True: silver is recomputed from all of bronze as of from_versions_json, then merged "
+        "up to to_versions_json.", True),
+    col("from_versions_json", STRING, "JSON: bronze table -> version silver held before (null: none).", True),
+    col("to_versions_json", STRING, "JSON: bronze table -> version silver holds after.", True),
+))
+
 ALL_TABLES = {**BRONZE, **SILVER, **GOLD, RAW.name: RAW, DEAD_LETTER.name: DEAD_LETTER}
 
 # The BigQuery datasets, one per layer, and what each holds (Terraform and dbt read these).

@@ -3,16 +3,16 @@ check: every record read is in bronze or the dead letter, and every bronze
 row that entered silver is a silver identity or an extra copy of one.
 
     records_read == sum(valid_<bronze table>) + sum(dead_letter_<reason>)
-    sum(valid_<bronze table>) - outside_date_range - already_in_bronze + kept bronze rows
-        == sum(unique_<type>) + sum(duplicates_<type>) + sum(superseded_<type>)
+    bronze rows into silver == sum(unique_<type>) + sum(duplicates_<type>) + sum(superseded_<type>)
 
-A run that merges into silver counts as identities the new ones, and as
-duplicates/superseded its other rows (copies of identities silver had, and
-the batch's own repeats); ``already_in_bronze`` are its rows bronze held
-already (a rerun of the same file merges nothing). "Kept bronze rows" are
-those of other landing files that silver is rebuilt with (a run with
-``--rebuild-silver``, or the first into a lake); their count comes from the
-Delta log of the version the run read. A run that does not
+A run that merges (``transforms.silver_lake``) puts into silver the bronze
+rows bronze gained since the last merge (``bronze_rows_merged``: its own,
+and any another path added and did not merge yet; none of a rerun of the
+same file); it counts as identities the new ones, and as duplicates or
+superseded the other rows. A rebuild (``--rebuild-silver``, or the first
+run into a lake) puts in its valid rows inside its date range, the bronze
+rows of other landing files it recomputes silver with ("kept", counted
+from the Delta log of the version it read), and what it merges after. A run that does not
 balance is logged with ``balanced = false`` and fails with
 ``AccountingError`` (exit status 1) after its commit: nothing is hidden,
 and the run log says which numbers disagree.
@@ -30,7 +30,7 @@ class AccountingError(SystemExit):
     """A run whose counters do not add up (exit status 1, with the message)."""
 
 
-def backfill_problems(values: dict[str, int], kept_bronze_rows: int) -> list[str]:
+def backfill_problems(values: dict[str, int], kept_bronze_rows: int, rebuilt: bool = True) -> list[str]:
     """The accounting equations that do not hold, as sentences (empty: balanced)."""
     read = values.get("records_read", 0)
     valid = sum(values.get(f"valid_{t}", 0) for t in BRONZE)
@@ -38,8 +38,8 @@ def backfill_problems(values: dict[str, int], kept_bronze_rows: int) -> list[str
     problems = []
     if read != valid + dead:
         problems.append(f"records_read {read:,} != bronze {valid:,} + dead-lettered {dead:,}")
-    into_silver = (valid - values.get("outside_date_range", 0) - values.get("already_in_bronze", 0)
-                   + kept_bronze_rows)
+    merged = values.get("bronze_rows_merged", 0)
+    into_silver = valid - values.get("outside_date_range", 0) + kept_bronze_rows + merged if rebuilt else merged
     identities = sum(values.get(f"unique_{t}", 0) for t in RECORD_TYPES)
     extra = sum(values.get(f"{kind}_{t}", 0) for t in RECORD_TYPES for kind in ("duplicates", "superseded"))
     if into_silver != identities + extra:

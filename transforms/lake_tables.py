@@ -44,12 +44,13 @@ from deltalake.exceptions import TableNotFoundError
 
 from schemas.table import Table
 from schemas.tables import (BRONZE, DEAD_LETTER, GOLD, OPS_ALERTS_STREAM, ERASURE_LOG, RAW, RELEASES, RUN_LOG, SILVER,
+                            SILVER_HEAD,
                             SILVER_STREAM, SINK_DEAD_LETTER)
 
 RELEASED_LAYERS = ("silver", "gold")  # layers read through their releases
 # Every table the lake holds.
 ALL_LAKE_TABLES = (RAW, *BRONZE.values(), DEAD_LETTER, *SILVER.values(), *SILVER_STREAM.values(),
-                   *GOLD.values(), OPS_ALERTS_STREAM, RELEASES, SINK_DEAD_LETTER, RUN_LOG,
+                   *GOLD.values(), OPS_ALERTS_STREAM, RELEASES, SILVER_HEAD, SINK_DEAD_LETTER, RUN_LOG,
                    ERASURE_LOG)
 
 

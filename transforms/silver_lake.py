@@ -21,22 +21,26 @@ hold the batch), and merges the batch into the others.
 """
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas import contract
 from schemas.contract import RECORD_TYPES
-from schemas.tables import BRONZE, SILVER
+from schemas.tables import BRONZE, RELEASES, SILVER, SILVER_HEAD
 from transforms import metrics
 from transforms.columnar import concat, first_of_groups, group_ids
 from transforms.dedup import DedupCounters
-from transforms.lake_commit import (CommitFn, Replace, ReplaceScope, already_committed, commit_replace,
-                                    files_by_table, release)
-from transforms.lake_files import read_data_file, write_table_files
-from transforms.lake_tables import Snapshot, dataset, ensure_table, open_table, read_file, snapshot
+from transforms.lake_commit import (CommitFn, LakeConflictError, Replace, ReplaceScope, already_committed,
+                                    commit_replace, files_by_table, release)
+from transforms.lake_files import write_data_file, write_table_files
+from transforms.lake_tables import Snapshot, dataset, ensure_table, open_table, read_arrow, read_file, snapshot
 from transforms.silver import shuffled_columns
 from transforms.silver_merge import MergeResult, merge_batch
 
@@ -125,7 +129,7 @@ def commit_merge(lake: str, lookup: LakeLookup, result: MergeResult, run_id: str
         versions[name] = version if version is not None else open_table(lake, table).version()
         logging.info("merge %s: %d rows upserted, %d files rewritten", name,
                      result.upserts[name].num_rows if name in result.upserts else 0, len(touched))
-    release(lake, "silver", versions, f"{run_id}:{sequence}")
+    release(lake, "silver", versions, run_id)
     return versions
 
 
@@ -139,56 +143,15 @@ class MergeCounters:
         self._inferred = metrics.counter("sessions_inferred_without_record")
         self._upserted = {name: metrics.counter(f"silver_rows_upserted_{name}") for name in SILVER}
 
-    def count(self, result: MergeResult) -> None:
+        self._merged = metrics.counter("bronze_rows_merged")
+
+    def count(self, result: MergeResult, merged_rows: int = 0) -> None:
+        metrics.add(self._merged, merged_rows)
         for record_type, counts in result.counts.items():
             self._dedup.count(record_type, counts)
         metrics.add(self._inferred, result.inferred_sessions)
         for name, rows in result.upserts.items():
             metrics.add(self._upserted[name], rows.num_rows)
-
-
-def merge_into_silver(lake: str, batch: dict[str, pa.Table], run_id: str, pipeline: str,
-                      sequence: int = 1, counters: MergeCounters | None = None) -> SilverCommit:
-    """New bronze rows (``{record type: rows}``) -> merged into silver,
-    committed and released."""
-    lookup = LakeLookup(lake)
-    result = merge_batch(batch, lookup)
-    if counters is not None:
-        counters.count(result)
-    return SilverCommit(commit_merge(lake, lookup, result, run_id, pipeline, sequence), result)
-
-
-class CommitAndMergeFn(CommitFn):
-    """``CommitFn``, then the bronze rows the run added (those bronze did not
-    hold before, by provenance: ``new_rows``) merged into silver."""
-
-    def setup(self):
-        self._counters = MergeCounters()
-        self._already_in_bronze = metrics.counter("already_in_bronze")
-
-    def process(self, files):
-        by_table = files_by_table(files)
-        yield from self.commit(by_table)
-        plan = self._plan
-        merge_into_silver(self._lake, self._added_bronze(plan.rules, by_table), plan.run_id, plan.pipeline,
-                          counters=self._counters)
-
-    def _added_bronze(self, rules, by_table: dict) -> dict[str, pa.Table]:
-        added = {}
-        for rule, read in rules:
-            table = rule.table
-            if table.name not in BRONZE:
-                continue
-            kind = KIND_OF_BRONZE[table.name]
-            columns = list(dict.fromkeys([*shuffled_columns(kind), *PROVENANCE]))
-            rows = concat([read_data_file(f, table).select(columns) for f in by_table.get(table.name, [])],
-                          table.arrow_schema().empty_table().select(columns).schema)
-            before = concat([read_file(f, table, PROVENANCE) for f in read.files if rule.replaces(f)],
-                            table.arrow_schema().empty_table().select(list(PROVENANCE)).schema)
-            fresh = new_rows(rows, before)
-            metrics.add(self._already_in_bronze, rows.num_rows - fresh.num_rows)
-            added[kind] = fresh
-        return added
 
 
 # --- which bronze rows are new ------------------------------------------------------------------
@@ -221,3 +184,198 @@ def new_rows(rows: pa.Table, before: pa.Table) -> pa.Table:
 def by_record_type(bronze: dict[str, pa.Table]) -> dict[str, pa.Table]:
     """``{bronze table: rows}`` -> ``{record type: rows}``."""
     return {rt.name: bronze[rt.bronze_table] for rt in RECORD_TYPES.values() if rt.bronze_table in bronze}
+
+
+# --- silver follows bronze: merges in turn through the head -------------------------------------
+# A claim's commits to silver: a rebuild's replaces are (claim, 1), every merge's (claim, 2).
+REBUILD_SEQUENCE, MERGE_SEQUENCE = 1, 2
+LEASE_SECONDS = 600     # a claim older than this is taken over (its merger is taken for dead)
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A merge: silver goes from holding bronze at ``start`` (None: nothing)
+    to holding it at ``end`` (versions per bronze table). ``rebuild``: silver
+    is first replaced by a recompute from bronze at ``start``."""
+
+    claim_id: str
+    pipeline: str
+    claimed_at: int
+    start: dict | None
+    end: dict
+    rebuild: bool = False
+
+    def row(self) -> dict:
+        return {"claim_id": self.claim_id, "pipeline": self.pipeline, "claimed_at": self.claimed_at,
+                "rebuild": self.rebuild, "from_versions_json": json.dumps(self.start, sort_keys=True),
+                "to_versions_json": json.dumps(self.end, sort_keys=True)}
+
+    @classmethod
+    def of(cls, row: dict) -> "Claim":
+        return cls(row["claim_id"], row["pipeline"], row["claimed_at"], json.loads(row["from_versions_json"]),
+                   json.loads(row["to_versions_json"]), row["rebuild"])
+
+    def expired(self, now: int) -> bool:
+        return now - self.claimed_at > LEASE_SECONDS * 1_000_000
+
+
+def head(lake: str) -> tuple[Claim | None, Snapshot]:
+    """The latest claim (None: silver has never been merged) and the version read."""
+    read = snapshot(lake, SILVER_HEAD)
+    if not read.files:
+        return None, read
+    rows = SILVER_HEAD.from_arrow(read_arrow(lake, SILVER_HEAD, read.version))
+    return Claim.of(rows[0]), read
+
+
+def released(lake: str, claim: Claim) -> bool:
+    return already_committed(lake, RELEASES, f"{claim.claim_id}:silver")
+
+
+def _write_head(lake: str, claim: Claim, read: Snapshot) -> bool:
+    """Replaces the head with ``claim`` against the version read; False when
+    another merger claimed since (the commits conflict)."""
+    written = write_data_file(lake, SILVER_HEAD, [claim.row()])
+    try:
+        commit_replace(lake, Replace(SILVER_HEAD, ReplaceScope.TABLE), [written], claim.claim_id, read,
+                       claim.pipeline, sequence=int(time.time() * 1000))
+    except LakeConflictError:
+        return False
+    return True
+
+
+def bronze_versions(lake: str) -> dict[str, int | None]:
+    return {name: snapshot(lake, table).version for name, table in BRONZE.items()}
+
+
+def _carried(table) -> list[str]:
+    return list(dict.fromkeys([*shuffled_columns(KIND_OF_BRONZE[table.name]), *PROVENANCE]))
+
+
+def bronze_changes(lake: str, start: dict | None, end: dict, leave_out: frozenset = frozenset()) -> dict:
+    """The bronze rows added between versions ``start`` and ``end`` and not
+    held before (``new_rows``: a replace re-adding rows, a compaction, adds
+    nothing), ``{record type: rows}``; files in ``leave_out`` (relpaths per
+    table, ``"table/relpath"``) are taken as held."""
+    changes = {}
+    for name, table in BRONZE.items():
+        before = snapshot(lake, table, start.get(name)) if start and start.get(name) is not None else None
+        after = snapshot(lake, table, end[name]) if end.get(name) is not None else None
+        old = {f.relpath: f for f in (before.files if before else ())}
+        new = {f.relpath: f for f in (after.files if after else ())}
+        added = [f for path, f in new.items() if path not in old and f"{name}/{path}" not in leave_out]
+        removed = [f for path, f in old.items() if path not in new]
+        columns = _carried(table)
+        rows = concat([read_file(f, table, tuple(columns)) for f in added],
+                      table.arrow_schema().empty_table().select(columns).schema)
+        gone = concat([read_file(f, table, PROVENANCE) for f in removed],
+                      table.arrow_schema().empty_table().select(list(PROVENANCE)).schema)
+        changes[KIND_OF_BRONZE[name]] = new_rows(rows, gone)
+    return changes
+
+
+def apply_claim(lake: str, claim: Claim, counters: MergeCounters | None = None,
+                leave_out: frozenset = frozenset()) -> MergeResult:
+    """Merges the bronze changes of ``claim`` into silver, commits (each
+    table once per claim) and releases. A conflict with another writer of
+    silver (an erasure) is retried from a fresh read."""
+    batch = bronze_changes(lake, claim.start, claim.end, leave_out)
+    for attempt in range(5):
+        lookup = LakeLookup(lake)
+        result = merge_batch(batch, lookup)
+        try:
+            commit_merge(lake, lookup, result, claim.claim_id, claim.pipeline, MERGE_SEQUENCE)
+        except LakeConflictError:
+            if attempt == 4:
+                raise
+            continue
+        if counters is not None:
+            counters.count(result, sum(rows.num_rows for rows in batch.values()))
+        return result
+    raise AssertionError("unreachable")
+
+
+def catch_up(lake: str, pipeline: str, wait: bool = True, counters: MergeCounters | None = None,
+             claim_id: str | None = None) -> MergeResult | None:
+    """Brings silver up to bronze as it is now: claims the head and merges
+    what bronze gained since the last merge, whoever wrote it. If another
+    merge holds the head, waits for it (``wait``) or returns None (what
+    bronze gained is then merged by a later call); a claim past its lease is
+    rolled forward first."""
+    while True:
+        current, read = head(lake)
+        if current is not None and not released(lake, current):
+            if current.expired(contract.now_micros()) and not current.rebuild:
+                taken = Claim(current.claim_id, pipeline, contract.now_micros(), current.start, current.end)
+                if _write_head(lake, taken, read):
+                    logging.warning("silver: taking over merge %s of %s (past its lease)", current.claim_id,
+                                    current.pipeline)
+                    apply_claim(lake, taken, counters)
+                continue
+            if current.expired(contract.now_micros()):
+                raise RuntimeError(f"silver: rebuild {current.claim_id} did not finish; run backfill "
+                                   "--rebuild-silver again")
+            if not wait:
+                return None
+            time.sleep(POLL_SECONDS)
+            continue
+        start = current.end if current is not None else None
+        end = bronze_versions(lake)
+        if start == end:
+            return MergeResult()
+        claim = Claim(claim_id or f"{pipeline}-merge-{uuid.uuid4().hex}", pipeline, contract.now_micros(),
+                      start, end)
+        if _write_head(lake, claim, read):
+            return apply_claim(lake, claim, counters)
+
+
+def claim_rebuild(lake: str, pipeline: str, claim_id: str, planned: dict) -> Claim:
+    """Claims the head for a rebuild of silver from bronze as planned
+    (``planned``: the versions it read), waiting for a merge in progress."""
+    while True:
+        current, read = head(lake)
+        if current is not None and not released(lake, current) and not current.expired(contract.now_micros()):
+            time.sleep(POLL_SECONDS)
+            continue
+        claim = Claim(claim_id, pipeline, contract.now_micros(), planned, bronze_versions(lake), rebuild=True)
+        if _write_head(lake, claim, read):
+            return claim
+
+
+class CommitAndMergeFn(CommitFn):
+    """``CommitFn`` for a run that adds bronze rows, then silver brought up to
+    bronze: merged (``catch_up``), or with ``rebuild`` replaced by the
+    recompute the run wrote (its silver rules), then merged with what
+    bronze gained meanwhile (rows others appended after the run read it)."""
+
+    def __init__(self, lake: str, plan, rebuild: bool = False):
+        super().__init__(lake, plan)
+        self._rebuild = rebuild
+
+    def setup(self):
+        self._counters = MergeCounters()
+
+    def process(self, files):
+        by_table = files_by_table(files)
+        plan = self._plan
+        if not self._rebuild:
+            yield from self.commit(by_table)
+            catch_up(self._lake, plan.pipeline, counters=self._counters, claim_id=f"{plan.run_id}-merge")
+            return
+        silver_rules = tuple((rule, read) for rule, read in plan.rules if rule.table.layer == "silver")
+        others = tuple((rule, read) for rule, read in plan.rules if rule.table.layer != "silver")
+        yield from CommitFn(self._lake, replace(plan, rules=others, releases=())).commit(
+            {name: fs for name, fs in by_table.items() if name not in SILVER})
+        planned = {rule.table.name: read.version for rule, read in others if rule.table.name in BRONZE}
+        claim = claim_rebuild(self._lake, plan.pipeline, f"{plan.run_id}-rebuild", planned)
+        versions = {}
+        for rule, read in silver_rules:
+            version = commit_replace(self._lake, rule, by_table.get(rule.table.name, []), claim.claim_id, read,
+                                     plan.pipeline, REBUILD_SEQUENCE)
+            versions[rule.table.name] = version if version is not None else open_table(self._lake,
+                                                                                         rule.table).version()
+            yield rule.table.name, versions[rule.table.name]
+        # what the recompute holds already: the run's own files (the others it read at the planned versions)
+        own = frozenset(f"{name}/{f.relpath}" for name, fs in by_table.items() if name in BRONZE for f in fs)
+        apply_claim(self._lake, claim, self._counters, leave_out=own)
