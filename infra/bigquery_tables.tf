@@ -2,14 +2,13 @@
 # infra/bigquery.tf creates a dataset and a table per entry.
 locals {
   datasets = {
-    "bronze"        = "Typed, normalized, PII-hashed rows per record type."
-    "silver"        = "One current row per identity, joined (daily backfill)."
-    "silver_stream" = "One current row per identity, joined, kept current by the streaming job."
-    "gold"          = "Funnel facts, dimensions and marts (truncate and load)."
-    "ops"           = "Dead letter, operational alerts, sink failures, run log, erasure log, and the short-lived scratch tables MERGEs read from."
+    "bronze" = "Typed, normalized, PII-hashed rows per record type."
+    "silver" = "One current row per identity, joined; merged by the streaming job and the backfill alike."
+    "gold"   = "Funnel facts, dimensions and marts (truncate and load)."
+    "ops"    = "Dead letter, operational alerts, sink failures, run log, erasure log, and the short-lived scratch tables MERGEs read from."
   }
   bigquery_tables = {
-    "bronze.bronze_users"                  = {
+    "bronze.bronze_users"           = {
       "dataset"         = "bronze"
       "table_id"        = "bronze_users"
       "description"     = "One row per received valid user record."
@@ -146,7 +145,7 @@ locals {
         },
       ]
     }
-    "bronze.bronze_sessions"               = {
+    "bronze.bronze_sessions"        = {
       "dataset"         = "bronze"
       "table_id"        = "bronze_sessions"
       "description"     = "One row per received valid session record (versions included)."
@@ -271,7 +270,7 @@ locals {
         },
       ]
     }
-    "bronze.bronze_views"                  = {
+    "bronze.bronze_views"           = {
       "dataset"         = "bronze"
       "table_id"        = "bronze_views"
       "description"     = "One row per received valid page view."
@@ -390,7 +389,7 @@ locals {
         },
       ]
     }
-    "bronze.bronze_clicks"                 = {
+    "bronze.bronze_clicks"          = {
       "dataset"         = "bronze"
       "table_id"        = "bronze_clicks"
       "description"     = "One row per received valid click."
@@ -503,7 +502,7 @@ locals {
         },
       ]
     }
-    "bronze.bronze_events"                 = {
+    "bronze.bronze_events"          = {
       "dataset"         = "bronze"
       "table_id"        = "bronze_events"
       "description"     = "One row per received valid event."
@@ -646,7 +645,7 @@ locals {
         },
       ]
     }
-    "bronze.bronze_event_responses"        = {
+    "bronze.bronze_event_responses" = {
       "dataset"         = "bronze"
       "table_id"        = "bronze_event_responses"
       "description"     = "One row per received valid event response (status versions included)."
@@ -777,7 +776,7 @@ locals {
         },
       ]
     }
-    "bronze.bronze_user_activity"          = {
+    "bronze.bronze_user_activity"   = {
       "dataset"         = "bronze"
       "table_id"        = "bronze_user_activity"
       "description"     = "One row per received valid user activity."
@@ -890,7 +889,7 @@ locals {
         },
       ]
     }
-    "ops.dead_letter"                      = {
+    "ops.dead_letter"               = {
       "dataset"         = "ops"
       "table_id"        = "dead_letter"
       "description"     = "Rejected records with a typed reason. Holds a pointer to the raw record, never its content (which may carry personal data)."
@@ -965,11 +964,11 @@ locals {
         },
       ]
     }
-    "silver.silver_users"                  = {
+    "silver.silver_users"           = {
       "dataset"         = "silver"
       "table_id"        = "silver_users"
       "description"     = "One current row per user (newest updated_at, else emitted_at, wins)."
-      "partition_field" = null
+      "partition_field" = "event_date"
       "clustering"      = []
       "schema"          = [
         {
@@ -1033,6 +1032,12 @@ locals {
           "description" = "Version of the PII key that computed this row's *_hash columns (a Secret Manager version, env:<fingerprint> or dev)."
         },
         {
+          "name"        = "event_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "UTC date of the winning copy's own time, as in bronze (partition)."
+        },
+        {
           "name"        = "source"
           "type"        = "STRING"
           "mode"        = "NULLABLE"
@@ -1050,13 +1055,37 @@ locals {
           "mode"        = "REQUIRED"
           "description" = "How many valid copies/versions of this identity were received."
         },
+        {
+          "name"        = "ingested_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "NULLABLE"
+          "description" = "When the winning copy (newest version) was received; null for a session inferred without a record."
+        },
+        {
+          "name"        = "source_file"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Landing file of the winning copy; null for Pub/Sub."
+        },
+        {
+          "name"        = "source_line"
+          "type"        = "INTEGER"
+          "mode"        = "NULLABLE"
+          "description" = "Line (or row) number in source_file."
+        },
+        {
+          "name"        = "message_id"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Pub/Sub message id of the winning copy; null for file ingest."
+        },
       ]
     }
-    "silver.silver_sessions"               = {
+    "silver.silver_sessions"        = {
       "dataset"         = "silver"
       "table_id"        = "silver_sessions"
       "description"     = "One current row per session: versions merged (newest non-null field wins), inferred from its views/clicks/events when the session record never arrived."
-      "partition_field" = null
+      "partition_field" = "session_date"
       "clustering"      = []
       "schema"          = [
         {
@@ -1180,6 +1209,12 @@ locals {
           "description" = "Highest funnel stage (0-3) the session's own views and events reach; confirmation and scan arrive later and count in gold."
         },
         {
+          "name"        = "merge_versions"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Merge bookkeeping, not for analysis: JSON of the fields whose value came from an older version than the winning one, with that version (emitted_at, ingested_at, source_file, source_line, message_id), so a later merge of an older copy decides them exactly; null when every field is the newest version's."
+        },
+        {
           "name"        = "source"
           "type"        = "STRING"
           "mode"        = "NULLABLE"
@@ -1197,13 +1232,37 @@ locals {
           "mode"        = "REQUIRED"
           "description" = "How many valid copies/versions of this identity were received."
         },
+        {
+          "name"        = "ingested_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "NULLABLE"
+          "description" = "When the winning copy (newest version) was received; null for a session inferred without a record."
+        },
+        {
+          "name"        = "source_file"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Landing file of the winning copy; null for Pub/Sub."
+        },
+        {
+          "name"        = "source_line"
+          "type"        = "INTEGER"
+          "mode"        = "NULLABLE"
+          "description" = "Line (or row) number in source_file."
+        },
+        {
+          "name"        = "message_id"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Pub/Sub message id of the winning copy; null for file ingest."
+        },
       ]
     }
-    "silver.silver_views"                  = {
+    "silver.silver_views"           = {
       "dataset"         = "silver"
       "table_id"        = "silver_views"
       "description"     = "One row per view (first copy wins), joined to its session."
-      "partition_field" = null
+      "partition_field" = "event_date"
       "clustering"      = []
       "schema"          = [
         {
@@ -1255,6 +1314,12 @@ locals {
           "description" = "Arrived through a referral."
         },
         {
+          "name"        = "event_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "UTC date of the winning copy's own time, as in bronze (partition)."
+        },
+        {
           "name"        = "source"
           "type"        = "STRING"
           "mode"        = "NULLABLE"
@@ -1272,13 +1337,37 @@ locals {
           "mode"        = "REQUIRED"
           "description" = "How many valid copies/versions of this identity were received."
         },
+        {
+          "name"        = "ingested_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "NULLABLE"
+          "description" = "When the winning copy (newest version) was received; null for a session inferred without a record."
+        },
+        {
+          "name"        = "source_file"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Landing file of the winning copy; null for Pub/Sub."
+        },
+        {
+          "name"        = "source_line"
+          "type"        = "INTEGER"
+          "mode"        = "NULLABLE"
+          "description" = "Line (or row) number in source_file."
+        },
+        {
+          "name"        = "message_id"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Pub/Sub message id of the winning copy; null for file ingest."
+        },
       ]
     }
-    "silver.silver_clicks"                 = {
+    "silver.silver_clicks"          = {
       "dataset"         = "silver"
       "table_id"        = "silver_clicks"
       "description"     = "One row per click (first copy wins), joined to its session."
-      "partition_field" = null
+      "partition_field" = "event_date"
       "clustering"      = []
       "schema"          = [
         {
@@ -1324,6 +1413,12 @@ locals {
           "description" = "Page path."
         },
         {
+          "name"        = "event_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "UTC date of the winning copy's own time, as in bronze (partition)."
+        },
+        {
           "name"        = "source"
           "type"        = "STRING"
           "mode"        = "NULLABLE"
@@ -1341,13 +1436,37 @@ locals {
           "mode"        = "REQUIRED"
           "description" = "How many valid copies/versions of this identity were received."
         },
+        {
+          "name"        = "ingested_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "NULLABLE"
+          "description" = "When the winning copy (newest version) was received; null for a session inferred without a record."
+        },
+        {
+          "name"        = "source_file"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Landing file of the winning copy; null for Pub/Sub."
+        },
+        {
+          "name"        = "source_line"
+          "type"        = "INTEGER"
+          "mode"        = "NULLABLE"
+          "description" = "Line (or row) number in source_file."
+        },
+        {
+          "name"        = "message_id"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Pub/Sub message id of the winning copy; null for file ingest."
+        },
       ]
     }
-    "silver.silver_events"                 = {
+    "silver.silver_events"          = {
       "dataset"         = "silver"
       "table_id"        = "silver_events"
       "description"     = "One row per event (first copy wins), joined to its session."
-      "partition_field" = null
+      "partition_field" = "event_date"
       "clustering"      = []
       "schema"          = [
         {
@@ -1423,6 +1542,12 @@ locals {
           "description" = "metadata.order_id."
         },
         {
+          "name"        = "event_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "UTC date of the winning copy's own time, as in bronze (partition)."
+        },
+        {
           "name"        = "source"
           "type"        = "STRING"
           "mode"        = "NULLABLE"
@@ -1440,13 +1565,37 @@ locals {
           "mode"        = "REQUIRED"
           "description" = "How many valid copies/versions of this identity were received."
         },
+        {
+          "name"        = "ingested_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "NULLABLE"
+          "description" = "When the winning copy (newest version) was received; null for a session inferred without a record."
+        },
+        {
+          "name"        = "source_file"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Landing file of the winning copy; null for Pub/Sub."
+        },
+        {
+          "name"        = "source_line"
+          "type"        = "INTEGER"
+          "mode"        = "NULLABLE"
+          "description" = "Line (or row) number in source_file."
+        },
+        {
+          "name"        = "message_id"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Pub/Sub message id of the winning copy; null for file ingest."
+        },
       ]
     }
-    "silver.silver_event_responses"        = {
+    "silver.silver_event_responses" = {
       "dataset"         = "silver"
       "table_id"        = "silver_event_responses"
       "description"     = "One current row per response (newest emitted_at wins), joined through its event to the session."
-      "partition_field" = null
+      "partition_field" = "event_date"
       "clustering"      = []
       "schema"          = [
         {
@@ -1516,6 +1665,12 @@ locals {
           "description" = "Platform of the record's session; the record's own if the session is unknown."
         },
         {
+          "name"        = "event_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "UTC date of the winning copy's own time, as in bronze (partition)."
+        },
+        {
           "name"        = "source"
           "type"        = "STRING"
           "mode"        = "NULLABLE"
@@ -1533,13 +1688,37 @@ locals {
           "mode"        = "REQUIRED"
           "description" = "How many valid copies/versions of this identity were received."
         },
+        {
+          "name"        = "ingested_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "NULLABLE"
+          "description" = "When the winning copy (newest version) was received; null for a session inferred without a record."
+        },
+        {
+          "name"        = "source_file"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Landing file of the winning copy; null for Pub/Sub."
+        },
+        {
+          "name"        = "source_line"
+          "type"        = "INTEGER"
+          "mode"        = "NULLABLE"
+          "description" = "Line (or row) number in source_file."
+        },
+        {
+          "name"        = "message_id"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Pub/Sub message id of the winning copy; null for file ingest."
+        },
       ]
     }
-    "silver.silver_user_activity"          = {
+    "silver.silver_user_activity"   = {
       "dataset"         = "silver"
       "table_id"        = "silver_user_activity"
       "description"     = "One row per activity (first copy wins), joined through response -> event -> session."
-      "partition_field" = null
+      "partition_field" = "event_date"
       "clustering"      = []
       "schema"          = [
         {
@@ -1597,238 +1776,10 @@ locals {
           "description" = "Platform of the record's session; the record's own if the session is unknown."
         },
         {
-          "name"        = "source"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Producer of the winning version."
-        },
-        {
-          "name"        = "emitted_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Producer clock of the winning version."
-        },
-        {
-          "name"        = "copies"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "How many valid copies/versions of this identity were received."
-        },
-      ]
-    }
-    "silver_stream.silver_users"           = {
-      "dataset"         = "silver_stream"
-      "table_id"        = "silver_users"
-      "description"     = "One current row per user (newest updated_at, else emitted_at, wins). Kept current by the streaming job."
-      "partition_field" = null
-      "clustering"      = []
-      "schema"          = [
-        {
-          "name"        = "user_id"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "User key."
-        },
-        {
-          "name"        = "platform"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Platform of the winning user record."
-        },
-        {
-          "name"        = "email_hash"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "HMAC-SHA256 of the normalized email."
-        },
-        {
-          "name"        = "email_sha256"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Unkeyed SHA-256 of the normalized email."
-        },
-        {
-          "name"        = "phone_number_hash"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "HMAC-SHA256 of the E.164 phone number."
-        },
-        {
-          "name"        = "country"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "ISO 3166 alpha-2."
-        },
-        {
-          "name"        = "is_active"
-          "type"        = "BOOLEAN"
-          "mode"        = "NULLABLE"
-          "description" = "Account is active."
-        },
-        {
-          "name"        = "signup_date"
-          "type"        = "DATE"
-          "mode"        = "NULLABLE"
-          "description" = "Signup date."
-        },
-        {
-          "name"        = "updated_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Version time of the winning profile."
-        },
-        {
-          "name"        = "pii_key_version"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Version of the PII key that computed this row's *_hash columns (a Secret Manager version, env:<fingerprint> or dev)."
-        },
-        {
-          "name"        = "source"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Producer of the winning version."
-        },
-        {
-          "name"        = "emitted_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Producer clock of the winning version."
-        },
-        {
-          "name"        = "copies"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "How many valid copies/versions of this identity were received."
-        },
-      ]
-    }
-    "silver_stream.silver_sessions"        = {
-      "dataset"         = "silver_stream"
-      "table_id"        = "silver_sessions"
-      "description"     = "One current row per session: versions merged (newest non-null field wins), inferred from its views/clicks/events when the session record never arrived. Kept current by the streaming job."
-      "partition_field" = null
-      "clustering"      = []
-      "schema"          = [
-        {
-          "name"        = "session_id"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Session key."
-        },
-        {
-          "name"        = "user_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "User; null for anonymous sessions or when the session record is missing."
-        },
-        {
-          "name"        = "platform"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Platform of the session record, else of its earliest view/click/event."
-        },
-        {
-          "name"        = "has_session_record"
-          "type"        = "BOOLEAN"
-          "mode"        = "REQUIRED"
-          "description" = "False when the session was inferred from its views/clicks/events."
-        },
-        {
-          "name"        = "session_date"
+          "name"        = "event_date"
           "type"        = "DATE"
           "mode"        = "REQUIRED"
-          "description" = "UTC date of session_start_time."
-        },
-        {
-          "name"        = "session_start_time"
-          "type"        = "TIMESTAMP"
-          "mode"        = "REQUIRED"
-          "description" = "Start; for inferred sessions the earliest view/click/event."
-        },
-        {
-          "name"        = "session_end_time"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "End as reported by the producer."
-        },
-        {
-          "name"        = "device_type"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Device type."
-        },
-        {
-          "name"        = "geo_location"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Country or 'lat,lon'."
-        },
-        {
-          "name"        = "experiments_json"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "A/B assignments, JSON object experiment -> variant."
-        },
-        {
-          "name"        = "first_activity_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Earliest view/click/event."
-        },
-        {
-          "name"        = "last_activity_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Latest view/click/event."
-        },
-        {
-          "name"        = "duration_seconds"
-          "type"        = "FLOAT"
-          "mode"        = "NULLABLE"
-          "description" = "session_end_time (else the last view/click/event) minus session_start_time."
-        },
-        {
-          "name"        = "views"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "Unique views."
-        },
-        {
-          "name"        = "clicks"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "Unique clicks."
-        },
-        {
-          "name"        = "events"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "Unique events of any type."
-        },
-        {
-          "name"        = "browse_events"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "Unique browse events."
-        },
-        {
-          "name"        = "add_to_cart_events"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "Unique add_to_cart events."
-        },
-        {
-          "name"        = "payment_events"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "Unique payment_successful events."
-        },
-        {
-          "name"        = "furthest_stage_in_session"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "Highest funnel stage (0-3) the session's own views and events reach; confirmation and scan arrive later and count in gold."
+          "description" = "UTC date of the winning copy's own time, as in bronze (partition)."
         },
         {
           "name"        = "source"
@@ -1848,426 +1799,33 @@ locals {
           "mode"        = "REQUIRED"
           "description" = "How many valid copies/versions of this identity were received."
         },
-      ]
-    }
-    "silver_stream.silver_views"           = {
-      "dataset"         = "silver_stream"
-      "table_id"        = "silver_views"
-      "description"     = "One row per view (first copy wins), joined to its session. Kept current by the streaming job."
-      "partition_field" = null
-      "clustering"      = []
-      "schema"          = [
         {
-          "name"        = "view_id"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "View key."
-        },
-        {
-          "name"        = "session_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Session the record belongs to."
-        },
-        {
-          "name"        = "user_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "User resolved through the session; null if anonymous or unknown."
-        },
-        {
-          "name"        = "platform"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Platform of the record's session; the record's own if the session is unknown."
-        },
-        {
-          "name"        = "view_timestamp"
-          "type"        = "TIMESTAMP"
-          "mode"        = "REQUIRED"
-          "description" = "View time."
-        },
-        {
-          "name"        = "page_type"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Page type."
-        },
-        {
-          "name"        = "landing_page"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Landing page path."
-        },
-        {
-          "name"        = "is_referral"
-          "type"        = "BOOLEAN"
-          "mode"        = "NULLABLE"
-          "description" = "Arrived through a referral."
-        },
-        {
-          "name"        = "source"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Producer of the winning version."
-        },
-        {
-          "name"        = "emitted_at"
+          "name"        = "ingested_at"
           "type"        = "TIMESTAMP"
           "mode"        = "NULLABLE"
-          "description" = "Producer clock of the winning version."
+          "description" = "When the winning copy (newest version) was received; null for a session inferred without a record."
         },
         {
-          "name"        = "copies"
+          "name"        = "source_file"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Landing file of the winning copy; null for Pub/Sub."
+        },
+        {
+          "name"        = "source_line"
           "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "How many valid copies/versions of this identity were received."
+          "mode"        = "NULLABLE"
+          "description" = "Line (or row) number in source_file."
+        },
+        {
+          "name"        = "message_id"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Pub/Sub message id of the winning copy; null for file ingest."
         },
       ]
     }
-    "silver_stream.silver_clicks"          = {
-      "dataset"         = "silver_stream"
-      "table_id"        = "silver_clicks"
-      "description"     = "One row per click (first copy wins), joined to its session. Kept current by the streaming job."
-      "partition_field" = null
-      "clustering"      = []
-      "schema"          = [
-        {
-          "name"        = "click_id"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Click key."
-        },
-        {
-          "name"        = "session_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Session the record belongs to."
-        },
-        {
-          "name"        = "user_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "User resolved through the session; null if anonymous or unknown."
-        },
-        {
-          "name"        = "platform"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Platform of the record's session; the record's own if the session is unknown."
-        },
-        {
-          "name"        = "click_timestamp"
-          "type"        = "TIMESTAMP"
-          "mode"        = "REQUIRED"
-          "description" = "Click time."
-        },
-        {
-          "name"        = "element_clicked"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Element clicked."
-        },
-        {
-          "name"        = "page"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Page path."
-        },
-        {
-          "name"        = "source"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Producer of the winning version."
-        },
-        {
-          "name"        = "emitted_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Producer clock of the winning version."
-        },
-        {
-          "name"        = "copies"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "How many valid copies/versions of this identity were received."
-        },
-      ]
-    }
-    "silver_stream.silver_events"          = {
-      "dataset"         = "silver_stream"
-      "table_id"        = "silver_events"
-      "description"     = "One row per event (first copy wins), joined to its session. Kept current by the streaming job."
-      "partition_field" = null
-      "clustering"      = []
-      "schema"          = [
-        {
-          "name"        = "event_id"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Event key."
-        },
-        {
-          "name"        = "session_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Session the record belongs to."
-        },
-        {
-          "name"        = "user_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "User resolved through the session; null if anonymous or unknown."
-        },
-        {
-          "name"        = "platform"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Platform of the record's session; the record's own if the session is unknown."
-        },
-        {
-          "name"        = "event_type"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Normalized lower snake case event type (funnel: browse, add_to_cart, payment_successful)."
-        },
-        {
-          "name"        = "event_type_raw"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Event type as sent."
-        },
-        {
-          "name"        = "timestamp"
-          "type"        = "TIMESTAMP"
-          "mode"        = "REQUIRED"
-          "description" = "Event time."
-        },
-        {
-          "name"        = "metadata_json"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Event metadata as JSON."
-        },
-        {
-          "name"        = "article_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "metadata.article_id."
-        },
-        {
-          "name"        = "price"
-          "type"        = "FLOAT"
-          "mode"        = "NULLABLE"
-          "description" = "metadata.price."
-        },
-        {
-          "name"        = "currency"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "metadata.currency."
-        },
-        {
-          "name"        = "order_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "metadata.order_id."
-        },
-        {
-          "name"        = "source"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Producer of the winning version."
-        },
-        {
-          "name"        = "emitted_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Producer clock of the winning version."
-        },
-        {
-          "name"        = "copies"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "How many valid copies/versions of this identity were received."
-        },
-      ]
-    }
-    "silver_stream.silver_event_responses" = {
-      "dataset"         = "silver_stream"
-      "table_id"        = "silver_event_responses"
-      "description"     = "One current row per response (newest emitted_at wins), joined through its event to the session. Kept current by the streaming job."
-      "partition_field" = null
-      "clustering"      = []
-      "schema"          = [
-        {
-          "name"        = "response_id"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Response key."
-        },
-        {
-          "name"        = "event_id"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Event the response answers."
-        },
-        {
-          "name"        = "response_type"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "email_confirmation or sms_confirmation."
-        },
-        {
-          "name"        = "sent_email_hash"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "HMAC-SHA256 of the normalized recipient email."
-        },
-        {
-          "name"        = "sent_phone_number_hash"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "HMAC-SHA256 of the E.164 recipient phone."
-        },
-        {
-          "name"        = "status"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "queued, sent, delivered, failed or bounced."
-        },
-        {
-          "name"        = "sent_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Send time; emitted_at when the producer sent none."
-        },
-        {
-          "name"        = "pii_key_version"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Version of the PII key that computed this row's *_hash columns (a Secret Manager version, env:<fingerprint> or dev)."
-        },
-        {
-          "name"        = "session_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Session the record belongs to."
-        },
-        {
-          "name"        = "user_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "User resolved through the session; null if anonymous or unknown."
-        },
-        {
-          "name"        = "platform"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Platform of the record's session; the record's own if the session is unknown."
-        },
-        {
-          "name"        = "source"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Producer of the winning version."
-        },
-        {
-          "name"        = "emitted_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Producer clock of the winning version."
-        },
-        {
-          "name"        = "copies"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "How many valid copies/versions of this identity were received."
-        },
-      ]
-    }
-    "silver_stream.silver_user_activity"   = {
-      "dataset"         = "silver_stream"
-      "table_id"        = "silver_user_activity"
-      "description"     = "One row per activity (first copy wins), joined through response -> event -> session. Kept current by the streaming job."
-      "partition_field" = null
-      "clustering"      = []
-      "schema"          = [
-        {
-          "name"        = "activity_id"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Activity key."
-        },
-        {
-          "name"        = "response_id"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Response (ticket confirmation) the activity used."
-        },
-        {
-          "name"        = "activity_type"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "barcode_scanned, ..."
-        },
-        {
-          "name"        = "activity_time"
-          "type"        = "TIMESTAMP"
-          "mode"        = "REQUIRED"
-          "description" = "Activity time."
-        },
-        {
-          "name"        = "location"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Where it happened, e.g. a gate."
-        },
-        {
-          "name"        = "event_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Event the response answers."
-        },
-        {
-          "name"        = "session_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Session the record belongs to."
-        },
-        {
-          "name"        = "user_id"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "User resolved through the session; null if anonymous or unknown."
-        },
-        {
-          "name"        = "platform"
-          "type"        = "STRING"
-          "mode"        = "REQUIRED"
-          "description" = "Platform of the record's session; the record's own if the session is unknown."
-        },
-        {
-          "name"        = "source"
-          "type"        = "STRING"
-          "mode"        = "NULLABLE"
-          "description" = "Producer of the winning version."
-        },
-        {
-          "name"        = "emitted_at"
-          "type"        = "TIMESTAMP"
-          "mode"        = "NULLABLE"
-          "description" = "Producer clock of the winning version."
-        },
-        {
-          "name"        = "copies"
-          "type"        = "INTEGER"
-          "mode"        = "REQUIRED"
-          "description" = "How many valid copies/versions of this identity were received."
-        },
-      ]
-    }
-    "gold.fact_funnel_stage"               = {
+    "gold.fact_funnel_stage"        = {
       "dataset"         = "gold"
       "table_id"        = "fact_funnel_stage"
       "description"     = "One row per (session, reached funnel stage)."
@@ -2338,7 +1896,7 @@ locals {
         },
       ]
     }
-    "gold.fact_user_activity"              = {
+    "gold.fact_user_activity"       = {
       "dataset"         = "gold"
       "table_id"        = "fact_user_activity"
       "description"     = "One row per (user, UTC date) with any activity."
@@ -2409,7 +1967,7 @@ locals {
         },
       ]
     }
-    "gold.dim_user"                        = {
+    "gold.dim_user"                 = {
       "dataset"         = "gold"
       "table_id"        = "dim_user"
       "description"     = "One row per user seen in a user record or a session."
@@ -2484,7 +2042,7 @@ locals {
         },
       ]
     }
-    "gold.mart_conversion_rate"            = {
+    "gold.mart_conversion_rate"     = {
       "dataset"         = "gold"
       "table_id"        = "mart_conversion_rate"
       "description"     = "Funnel conversion per period and platform (periods from session_date)."
@@ -2586,7 +2144,7 @@ locals {
         },
       ]
     }
-    "gold.mart_barcode_activity"           = {
+    "gold.mart_barcode_activity"    = {
       "dataset"         = "gold"
       "table_id"        = "mart_barcode_activity"
       "description"     = "Barcode scans per period and platform (periods from activity_time)."
@@ -2640,7 +2198,7 @@ locals {
         },
       ]
     }
-    "gold.mart_retargeting"                = {
+    "gold.mart_retargeting"         = {
       "dataset"         = "gold"
       "table_id"        = "mart_retargeting"
       "description"     = "Active users whose latest add_to_cart has no payment by them within 24 hours after it (and at least 24 hours have passed)."
@@ -2693,7 +2251,7 @@ locals {
         },
       ]
     }
-    "gold.mart_ab_test"                    = {
+    "gold.mart_ab_test"             = {
       "dataset"         = "gold"
       "table_id"        = "mart_ab_test"
       "description"     = "Experiment readout per (experiment, variant): the unit is a session with the assignment, the metric is reaching payment_successful."
@@ -2804,7 +2362,7 @@ locals {
         },
       ]
     }
-    "gold.ops_alerts"                      = {
+    "gold.ops_alerts"               = {
       "dataset"         = "gold"
       "table_id"        = "ops_alerts"
       "description"     = "One row per operational alert, rebuilt from silver by every gold recompute."
@@ -2851,7 +2409,7 @@ locals {
         },
       ]
     }
-    "ops.ops_alerts"                       = {
+    "ops.ops_alerts"                = {
       "dataset"         = "ops"
       "table_id"        = "ops_alerts"
       "description"     = "One row per operational alert, raised by the streaming job as records arrive (the rules of gold.ops_alerts)."
@@ -2898,7 +2456,7 @@ locals {
         },
       ]
     }
-    "ops.sink_dead_letter"                 = {
+    "ops.sink_dead_letter"          = {
       "dataset"         = "ops"
       "table_id"        = "sink_dead_letter"
       "description"     = "Rows a sink (BigQuery, the alerts topic) rejected, or kept failing past the retry deadline, with the error; the stream goes on (transforms.sink_failures). The lake copy is authoritative."
@@ -2961,7 +2519,7 @@ locals {
         },
       ]
     }
-    "ops.run_log"                          = {
+    "ops.run_log"                   = {
       "dataset"         = "ops"
       "table_id"        = "run_log"
       "description"     = "One row per run and counter: what each run read, wrote, rejected and deduplicated, and whether its accounting balanced (pipelines.common.accounting)."
@@ -3018,7 +2576,7 @@ locals {
         },
       ]
     }
-    "ops.erasure_log"                      = {
+    "ops.erasure_log"               = {
       "dataset"         = "ops"
       "table_id"        = "erasure_log"
       "description"     = "One row per erasure of a person (pipelines.erase_user): who asked, when, what was removed. Holds a keyed hash of the subject, never the identifier."

@@ -68,7 +68,7 @@ resource "google_monitoring_alert_policy" "stream_freshness" {
   }
 
   documentation {
-    content   = "The streaming job ${local.stream_job_name} is behind or stopped: silver_stream and the operational alerts are late. Check the job's backlog (subscription ${google_pubsub_subscription.stream_ingest.name}) and its logs."
+    content   = "The streaming job ${local.stream_job_name} is behind or stopped: silver and the operational alerts are late. Check the job's backlog (subscription ${google_pubsub_subscription.stream_ingest.name}) and its logs."
     mime_type = "text/markdown"
   }
 }

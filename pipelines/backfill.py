@@ -33,6 +33,7 @@ replay never duplicates a row and BigQuery holds what the lake holds.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -46,7 +47,7 @@ from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.accounting import AccountingError, backfill_problems, write_run_log
-from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
+from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery, merge_silver_changes
 from transforms.pii import PiiKeySource
 from transforms.bronze_columnar import ParseChunkFn
 from transforms.landing import RAW_FILES, ReadLandingFiles, expand_inputs
@@ -114,14 +115,14 @@ def rebuilds_silver(lake: str, rebuild_silver: bool) -> bool:
 def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
           date_range: tuple[date, date] | None, pii_key_source: PiiKeySource, now: int,
           bigquery: BigQueryTarget | None = None, shards: int | None = None, run_id: str | None = None,
-          rebuild_silver: bool = False) -> int:
+          rebuild_silver: bool = False) -> tuple[int, bool]:
     """``paths``: from ``expand_inputs``; ``sources``: the landing files the
     inputs hold (``_source_files``); ``bigquery``: also merge bronze, dead
     letter and silver there; ``shards``: of the silver shuffles (default:
     from the input size); ``run_id``: names the run's commits;
-    ``rebuild_silver``: see ``rebuilds_silver``. Returns the bronze rows of
-    other landing files that silver is rebuilt with (for the accounting
-    check; 0 when the run merges)."""
+    ``rebuild_silver``: see ``rebuilds_silver``. Returns, for the accounting
+    check, the bronze rows of other landing files that silver is rebuilt
+    with (0 when the run merges) and whether it rebuilds."""
     run_id = run_id or f"backfill-{uuid.uuid4().hex}"
     days = frozenset(_date_range(*date_range)) if date_range else None
     if date_range is not None:
@@ -158,8 +159,20 @@ def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
             bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules])
     commit_plan = CommitPlan(run_id, "backfill", plan)
     _ = ((written, read[RAW_FILES]) | "WithRawCopies" >> beam.Flatten()
-         | "Commit" >> CommitLakeWrites(lake, commit_plan, CommitAndMergeFn(lake, commit_plan, rebuild)))
-    return sum(f.rows for files in kept.values() for f in files)
+         | "Commit" >> CommitLakeWrites(lake, commit_plan, CommitAndMergeFn(
+             lake, commit_plan, rebuild, None if bigquery is None else functools.partial(_merge_in_bigquery, bigquery))))
+    return sum(f.rows for files in kept.values() for f in files), rebuild
+
+
+def _merge_in_bigquery(bigquery: BigQueryTarget, result) -> None:
+    merge_silver_changes(bigquery, result.upserts, result.deletes)
+
+
+def _true_or_false(text: str) -> bool:
+    """A flag's value as a template launch passes it (``--rebuild_silver=true``)."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -170,7 +183,7 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--from", dest="date_from", type=date.fromisoformat, help="first event_date to replace")
     parser.add_argument("--to", dest="date_to", type=date.fromisoformat, help="last event_date to replace")
-    parser.add_argument("--rebuild-silver", action="store_true",
+    parser.add_argument("--rebuild-silver", nargs="?", const=True, default=False, type=_true_or_false,
                         help="recompute silver from all of bronze instead of merging this run's rows into it "
                              "(after a rule changed)")
     add_sink_flags(parser, "bronze, the dead letter and silver")
@@ -189,7 +202,12 @@ def main(argv=None):
     args.input = [dated_pattern(pattern, datetime.now(timezone.utc).date()) for pattern in args.input]
     paths = expand_inputs(args.input, args.lake)
     if not paths:
-        parser.error(f"no input files match {args.input}")
+        # A day without landing files (producers that only publish to Pub/Sub): nothing to read is a
+        # success, logged with zero counts, not a failed scheduled launch.
+        print(f"backfill: no input files match {args.input}: nothing to read")
+        run_id = f"backfill-{uuid.uuid4().hex}"
+        write_run_log(args.lake, "backfill", run_id, {"files_read": 0, "records_read": 0}, True, bigquery)
+        return None
     now = contract.now_micros()
     date_range = (args.date_from, args.date_to) if args.date_from else None
     sources = _source_files(paths)
@@ -203,10 +221,8 @@ def main(argv=None):
           + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else ""))
     run_id, planned = f"backfill-{uuid.uuid4().hex}", {}
 
-    planned["rebuilt"] = rebuilds_silver(args.lake, args.rebuild_silver)
-
     def wiring(p):
-        planned["kept_bronze_rows"] = build(p, paths, sources, args.lake, date_range, key_source, now, bigquery,
+        planned["silver"] = build(p, paths, sources, args.lake, date_range, key_source, now, bigquery,
                                             run_id=run_id, rebuild_silver=args.rebuild_silver)
 
     result, finished = run_pipeline("backfill", options, wiring, wait=args.wait)
@@ -214,7 +230,7 @@ def main(argv=None):
         logging.info("backfill %s: submitted; run log and accounting check need --wait", run_id)
         return result
     values = counters(result)
-    problems = backfill_problems(values, planned["kept_bronze_rows"], planned["rebuilt"])
+    problems = backfill_problems(values, *planned["silver"])
     write_run_log(args.lake, "backfill", run_id, values, not problems, bigquery)
     if problems:
         raise AccountingError(f"backfill {run_id}: the accounting does not balance: " + "; ".join(problems))

@@ -40,7 +40,7 @@ from transforms.pii import PiiKeySource
 
 
 def _bigquery_delete(bq, fp: erasure.Footprint) -> dict[str, int]:
-    """The footprint deleted from the BigQuery bronze, silver and silver_stream tables."""
+    """The footprint deleted from the BigQuery bronze and silver tables."""
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
     _audit(args.lake, audit, bigquery)
     landing = sorted({f for f, _ in lines})
     print(f"\nerase_user {run_id}: {len(user_ids)} user id(s), "
-          f"{sum(v for k, v in deleted.items() if k.split('.')[0] in ('bronze', 'silver', 'silver_stream'))} "
+          f"{sum(v for k, v in deleted.items() if k.split('.')[0] in ('bronze', 'silver'))} "
           f"lake rows deleted; gold recomputed as of {args.as_of}")
     for name, n in sorted(deleted.items()):
         print(f"  {name:<40} {n:>8,}")

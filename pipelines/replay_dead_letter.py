@@ -11,9 +11,10 @@ dead letter; the rest stays as it was. A record whose provenance is in
 bronze already is never added again, so a replay run twice - or rerun after
 it stopped between its bronze and dead-letter commits - adds nothing.
 
-Silver and gold take the accepted records at their next run (the daily
-backfill rebuilds silver from all of bronze; then gold_daily). A local
-command, not a Beam job: dead letters are few.
+Then silver is brought up to bronze (``transforms.silver_lake.catch_up``:
+the merge every path uses), so the accepted records are in silver when it
+ends, and in gold at the next gold run. A local command, not a Beam job:
+dead letters are few.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from transforms.lake_commit import commit_append
 from transforms.lake_files import write_table_files
 from transforms.lake_tables import open_table, read_arrow
 from transforms.pii import PiiKeySource
+from transforms.silver_lake import catch_up
 
 PIPELINE = "replay_dead_letter"
 PROVENANCE = ("source_file", "source_line", "message_id")
@@ -107,6 +109,10 @@ def replay(lake: str, reason: str | None = None, since: int | None = None, key_s
     if condition is not None:
         metrics = open_table(lake, DEAD_LETTER).delete(condition)
         counts["dead_letters_removed"] = int(metrics.get("num_deleted_rows") or 0)
+    # Silver takes the accepted rows now (with whatever else bronze gained), by the merge every path uses.
+    merged = catch_up(lake, PIPELINE)
+    for record_type, n in merged.counts.items():
+        counts[f"silver_new_{record_type}"] += n.unique
     return counts
 
 

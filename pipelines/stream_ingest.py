@@ -1,9 +1,8 @@
-"""Streaming ingest: Pub/Sub -> raw, bronze, dead letter and streaming silver.
+"""Streaming ingest: Pub/Sub -> raw, bronze, dead letter, silver and alerts.
 
     python -m pipelines.stream_ingest --subscription projects/P/subscriptions/S --lake DIR \\
-        [--window-seconds 60] [--allowed-lateness-hours 48] [--join-state-days 30] \\
-        [--early-firing-seconds N] [--alerts-topic projects/P/topics/T] [--alert-grace-seconds 120]
-        [--run-for SECONDS] [--runner ...]
+        [--window-seconds 60] [--allowed-lateness-hours 48] [--alerts-topic projects/P/topics/T]
+        [--alert-grace-seconds 120] [--run-for SECONDS] [--runner ...]
         [--sink bigquery --project P [--bigquery-endpoint URL]]
 
 The job is ``transforms.streaming.StreamingLakehouse`` fed by Pub/Sub:
@@ -11,29 +10,25 @@ The job is ``transforms.streaming.StreamingLakehouse`` fed by Pub/Sub:
 * raw: every message byte for byte, with message id, attributes, publish
   time and ingest time, appended to the Delta table in one commit per
   processing-time batch (never rewritten);
-* bronze: the batch path's per-record parse, appended per record type in
+* bronze: the batch path's parse, appended per record type in
   ``event_date``/``platform`` partitions; dead letter likewise;
-* silver (``silver_stream/<table>``, a Delta table, one current row per
-  key): sessions from event-time session windows with early (every window
-  length, while the session is open) and late updates, users, responses and
-  scans from stateful upserts and joins (``transforms.stream_silver``); dedup
-  by identity and joins with the batch's own rules, so the result equals
-  the batch's for the same input;
-* operational alerts (``transforms.stream_alerts``) in ``ops_alerts/``, and
-  with ``--alerts-topic`` on that topic.
+* silver (``silver/<table>``, the backfill's too): after every batch, what
+  bronze gained is merged into it by the backfill's own rule
+  (``transforms.silver_lake``), so a late record, a redelivery or a scan
+  weeks after its payment lands where one backfill of everything would put
+  it;
+* operational alerts (``transforms.stream_alerts``) over the silver rows each
+  merge changes, in ``ops_alerts/``, and with ``--alerts-topic`` on that topic.
 
-With ``--sink bigquery`` the same rows also go to BigQuery, merged at most
-every window length (``transforms.bigquery_io``): bronze and the dead letter
-appended by a MERGE that inserts only records not received before (a
-redelivered message adds nothing), silver upserted by a MERGE on identity
-into dataset ``silver_stream`` (the daily backfill owns ``silver``, as in
-the lake).
+With ``--sink bigquery`` the same rows also go to BigQuery every window
+length (``transforms.bigquery_io``): bronze and the dead letter by a MERGE
+that inserts only records not received before (a redelivered message adds
+nothing), the changed silver rows by a MERGE on identity into dataset
+``silver``.
 
-Files are windowed by ingest time (when this pipeline received a message), so
-a backlog published before the job started is written, not dropped as late.
-Records later than the allowed lateness are counted
-(``late_beyond_allowed_lateness``), kept in raw and bronze, and reach silver
-through the daily batch (``--input 'LAKE/raw/**/*.parquet'``).
+Files are batched by processing time (when this pipeline received a
+message), so a backlog published before the job started is written, not
+dropped as late.
 
 Locally the runner is ``BundleBasedDirectRunner`` and ``--run-for`` bounds
 the run (a streaming job never ends on its own); on Dataflow pass
@@ -51,20 +46,18 @@ from apache_beam.options.pipeline_options import StandardOptions
 from pipelines import local_runner
 from pipelines.common import (add_pii_key_flags, add_sink_flags, bigquery_target, parse, pii_key_source, pipeline_parser,
                               run_pipeline, setup_logging)
-from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER_STREAM
+from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bigquery_io import BigQueryTarget
 from transforms.pii import PiiKeySource
 from transforms.lake_tables import snapshot
-from transforms.stream_alerts import ALERT_GRACE_SECONDS
-from transforms.stream_silver import ALLOWED_LATENESS_SECONDS
+from transforms.stream_alerts import ALERT_GRACE_SECONDS, ALLOWED_LATENESS_SECONDS
 from transforms.streaming import StreamingLakehouse
 
 STREAMING_RUNNER = "BundleBasedDirectRunner"
 
 
 def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key_source: PiiKeySource,
-          allowed_lateness: int = ALLOWED_LATENESS_SECONDS, join_state_days: int = 30,
-          early_firing_seconds: int | None = None, bigquery: BigQueryTarget | None = None,
+          allowed_lateness: int = ALLOWED_LATENESS_SECONDS, bigquery: BigQueryTarget | None = None,
           alerts_topic: str | None = None, alert_grace_seconds: float = ALERT_GRACE_SECONDS) -> None:
     """``bigquery``: also merge bronze, dead letter and silver there;
     ``alerts_topic``: publish the operational alerts there;
@@ -72,8 +65,7 @@ def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, p
     _ = (p
          | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
          | "Lakehouse" >> StreamingLakehouse(
-             lake, pii_key_source, window_seconds, allowed_lateness, join_state_days,
-             early_firing_seconds=window_seconds if early_firing_seconds is None else early_firing_seconds,
+             lake, pii_key_source, window_seconds, allowed_lateness,
              sink_every_seconds=window_seconds, bigquery=bigquery, alerts_topic=alerts_topic,
              alert_grace_seconds=alert_grace_seconds))
 
@@ -104,12 +96,12 @@ def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_
 
 
 def landed_rows(lake: str) -> dict[str, int]:
-    """Rows per layer committed so far, and current streaming silver
-    sessions (from the Delta logs' record counts, without reading data)."""
+    """Rows per layer committed so far, and silver's sessions (from the
+    Delta logs' record counts, without reading data)."""
     counts = {}
     for layer, tables in (("raw", [RAW]), ("bronze", list(BRONZE.values())), ("dead letter", [DEAD_LETTER])):
         counts[layer] = sum(snapshot(lake, table).rows for table in tables)
-    counts["silver sessions"] = snapshot(lake, SILVER_STREAM["silver_sessions"]).rows
+    counts["silver sessions"] = snapshot(lake, SILVER["silver_sessions"]).rows
     return counts
 
 
@@ -119,12 +111,8 @@ def arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--window-seconds", type=int, default=60, help="length of the file windows (default 60)")
     parser.add_argument("--allowed-lateness-hours", type=float, default=ALLOWED_LATENESS_SECONDS / 3600,
-                        help="event-time lateness still applied to streaming silver (default 48)")
-    parser.add_argument("--join-state-days", type=int, default=30,
-                        help="how long a response or scan can trail its parent and still join (default 30)")
-    parser.add_argument("--early-firing-seconds", type=int,
-                        help="update open sessions in silver this often (default: the window length; 0: only "
-                             "when a session closes, 30 minutes after its last record)")
+                        help="how long past its due time a decided alert is remembered, so a late record "
+                             "neither raises nor retracts it again (default 48)")
     parser.add_argument("--alerts-topic", help="projects/P/topics/T: publish every operational alert there "
                                                "(they are always written to LAKE/ops_alerts)")
     parser.add_argument("--alert-grace-seconds", type=float, default=ALERT_GRACE_SECONDS,
@@ -150,8 +138,7 @@ def main(argv=None, stop_when=None):
 
     def wiring(p):
         build(p, args.subscription, args.lake, args.window_seconds, key_source,
-              int(args.allowed_lateness_hours * 3600), args.join_state_days, args.early_firing_seconds, bigquery,
-              args.alerts_topic, args.alert_grace_seconds)
+              int(args.allowed_lateness_hours * 3600), bigquery, args.alerts_topic, args.alert_grace_seconds)
 
     if args.run_for is None:  # a local streaming run lasts until it is stopped
         return run_pipeline("stream_ingest", options, wiring, wait=args.wait)[0]

@@ -1,6 +1,6 @@
 """dbt sources over the BigQuery datasets, derived from ``schemas.tables``: ``dbt/models/sources.yml``.
 
-One source per dataset (bronze, silver, silver_stream, gold, ops), a table
+One source per dataset (bronze, silver, gold, ops), a table
 per table with its description and columns (name, BigQuery type,
 description); required columns carry a ``not_null`` test and a table's
 one-row-per-value column (``unique_column``) a ``unique`` test. The project is dbt's target (``database`` left to

@@ -210,12 +210,6 @@ SILVER_USER_ACTIVITY = _silver("silver_user_activity", "One row per activity (fi
 
 SILVER = {t.name: t for t in (SILVER_USERS, SILVER_SESSIONS, SILVER_VIEWS, SILVER_CLICKS,
                               SILVER_EVENTS, SILVER_EVENT_RESPONSES, SILVER_USER_ACTIVITY)}
-# The streaming job's silver (speed layer): the same tables in their own
-# layer, because the stream sees only its own records and the daily backfill
-# restates ``silver`` from all of bronze.
-SILVER_STREAM = {name: replace(t, layer="silver_stream",
-                               description=t.description + " Kept current by the streaming job.")
-                 for name, t in SILVER.items()}
 
 # --- gold ------------------------------------------------------------------------------
 FACT_FUNNEL_STAGE = Table("fact_funnel_stage", "gold", "One row per (session, reached funnel stage).", (
@@ -433,8 +427,7 @@ ALL_TABLES = {**BRONZE, **SILVER, **GOLD, RAW.name: RAW, DEAD_LETTER.name: DEAD_
 # The BigQuery datasets, one per layer, and what each holds (Terraform and dbt read these).
 DATASETS = {
     "bronze": "Typed, normalized, PII-hashed rows per record type.",
-    "silver": "One current row per identity, joined (daily backfill).",
-    "silver_stream": "One current row per identity, joined, kept current by the streaming job.",
+    "silver": "One current row per identity, joined; merged by the streaming job and the backfill alike.",
     "gold": "Funnel facts, dimensions and marts (truncate and load).",
     "ops": "Dead letter, operational alerts, sink failures, run log, erasure log, and the short-lived scratch "
            "tables MERGEs read from.",
@@ -442,5 +435,5 @@ DATASETS = {
 
 # Every table with a BigQuery copy (``--sink bigquery``): all lake tables but
 # raw (BigLake reads it in place) and the lake's own release log.
-BIGQUERY_TABLES = (*BRONZE.values(), DEAD_LETTER, *SILVER.values(), *SILVER_STREAM.values(), *GOLD.values(),
+BIGQUERY_TABLES = (*BRONZE.values(), DEAD_LETTER, *SILVER.values(), *GOLD.values(),
                    OPS_ALERTS_STREAM, SINK_DEAD_LETTER, RUN_LOG, ERASURE_LOG)

@@ -21,7 +21,7 @@ PATH = "infra/bigquery_tables.tf"
 
 
 def table_key(table: Table) -> str:
-    """``dataset.table``: silver and silver_stream share table names."""
+    """``dataset.table``."""
     return f"{table.layer}.{table.name}"
 
 

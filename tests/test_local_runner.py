@@ -3,21 +3,19 @@ import apache_beam as beam
 from apache_beam.transforms import userstate
 
 from pipelines import local_runner
-from transforms.stream_silver import JoinToParentFn, UpsertSessionsFn, UpsertUsersFn
-from transforms.silver import RESPONSE_JOIN
+from transforms.stream_alerts import AlertStateFn
 
 
 def test_memoized_dofn_specs_equal_beams_for_stateful_and_plain_dofns():
     original = userstate.get_dofn_specs
-    dofns = [UpsertSessionsFn(60), UpsertUsersFn(60), JoinToParentFn(RESPONSE_JOIN, 60), beam.DoFn(),
-             beam.Map(lambda x: x).dofn]
+    dofns = [AlertStateFn(60), AlertStateFn(60, 5), beam.DoFn(), beam.Map(lambda x: x).dofn]
     expected = [original(d) for d in dofns]
     assert local_runner.memoize_dofn_specs()
     try:
         assert local_runner.memoize_dofn_specs()  # idempotent
         assert [userstate.get_dofn_specs(d) for d in dofns] == expected
         assert [userstate.get_dofn_specs(d) for d in dofns] == expected  # from the cache
-        assert userstate.is_stateful_dofn(dofns[0]) and not userstate.is_stateful_dofn(dofns[3])
+        assert userstate.is_stateful_dofn(dofns[0]) and not userstate.is_stateful_dofn(dofns[2])
     finally:
         from apache_beam.runners.direct import transform_evaluator
         userstate.get_dofn_specs = transform_evaluator.get_dofn_specs = original

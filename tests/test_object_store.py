@@ -10,7 +10,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import backfill, export_audience, generate, gold_daily, maintain, report, stream_ingest
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
-from schemas.tables import BRONZE, GOLD, RAW, SILVER, SILVER_STREAM
+from schemas.tables import BRONZE, GOLD, RAW, SILVER
 from transforms.lake_tables import read_arrow, snapshot
 
 pytestmark = pytest.mark.emulator
@@ -70,7 +70,7 @@ def test_stream_ingest_on_an_object_store_lake(s3_lake, pubsub_emulator, tmp_pat
         if counts["raw"] < len(messages) or counts["bronze"] + counts["dead letter"] < len(messages):
             return False
         sessions = set(read_arrow(s3_lake, BRONZE["bronze_sessions"]).column("session_id").to_pylist())
-        streamed = set(read_arrow(s3_lake, SILVER_STREAM["silver_sessions"]).column("session_id").to_pylist())
+        streamed = set(read_arrow(s3_lake, SILVER["silver_sessions"]).column("session_id").to_pylist())
         return bool(sessions) and sessions <= streamed
 
     started = time.time()

@@ -1,5 +1,6 @@
 """stream_ingest end to end on the real Pub/Sub emulator."""
 import json
+import threading
 import time
 import uuid
 from collections import Counter
@@ -13,7 +14,7 @@ from pipelines import backfill, generate, gold_daily, stream_ingest
 from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
 from schemas.contract import RECORD_TYPES
 from transforms.silver import ACTIVITY_JOIN, RESPONSE_JOIN
-from schemas.tables import BRONZE, DEAD_LETTER, GOLD, SILVER, SILVER_STREAM
+from schemas.tables import BRONZE, DEAD_LETTER, GOLD, SILVER
 from tests.bigquery_checks import assert_bigquery_holds_the_lake, bigquery_holds_the_lake, fresh_project, sink_flags
 from tests.conftest import content_checksums, read_table
 from transforms import alerts, bigquery_io
@@ -107,8 +108,38 @@ def _rows_by_key(rows, key):
     return {r[key]: r for r in rows}
 
 
-def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulator, bigquery_emulator, tmp_path):
-    """... in the lake and in BigQuery, where a redelivered message is one row."""
+def _silver_is_complete(lake) -> bool:
+    """Silver holds all of bronze: every identity, every received copy
+    counted, every child joined to its parent where the parent is known."""
+    keyed = {rt.silver_table: rt.key for rt in RECORD_TYPES.values()}
+    bronze = {rt.name: read_table(lake / "bronze" / rt.bronze_table) for rt in RECORD_TYPES.values()}
+    silver = {t: read_table(lake / "silver" / t) for t in keyed}
+    expected = {rt.silver_table: {r[rt.key] for r in bronze[rt.name]} for rt in RECORD_TYPES.values()}
+    expected["silver_sessions"] |= {r["session_id"] for kind in ("view", "click", "event") for r in bronze[kind]}
+    if any({r[keyed[t]] for r in silver[t]} != ids for t, ids in expected.items()):
+        return False
+    if any(sum(r["copies"] for r in silver[rt.silver_table]) != len(bronze[rt.name]) for rt in RECORD_TYPES.values()):
+        return False
+    for join in (RESPONSE_JOIN, ACTIVITY_JOIN):
+        parents = {r[join.key]: r for r in silver[RECORD_TYPES[join.parent].silver_table]}
+        if any(r[c] != parents[r[join.key]][c] for r in silver[join.table] if r[join.key] in parents
+               for c in join.context):
+            return False
+    return True
+
+
+def _gold_of_one_backfill(tmp_path, files, as_of) -> dict:
+    """Gold of a fresh lake from one backfill of ``files`` (landing files)."""
+    reference = tmp_path / "reference"
+    backfill.main([*(a for f in files for a in ("--input", str(f))), "--lake", str(reference)])
+    gold_daily.main(["--lake", str(reference), "--as-of", as_of])
+    return content_checksums(reference, GOLD, "gold")
+
+
+def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emulator, bigquery_emulator, tmp_path):
+    """The stream merges into the one silver (with Pub/Sub redeliveries,
+    BigQuery alongside): gold_daily alone then gives the gold one backfill
+    of the same records gives, and the alerts the batch rules give."""
     bq = fresh_project()
     run = uuid.uuid4().hex[:8]
     topic = f"projects/{pubsub_emulator}/topics/raw-events-{run}"
@@ -117,47 +148,18 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
     alerts_topic = f"projects/{pubsub_emulator}/topics/alerts-{run}"
     alerts_subscription = f"projects/{pubsub_emulator}/subscriptions/alerts-{run}"
     ensure_topic_and_subscription(alerts_topic, alerts_subscription)
-    # Event times of yesterday: within the streaming job's allowed lateness.
+    # Event times of yesterday: the alerts' deadlines have passed (see the grace below).
     yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     generate.generate(generate.Config(users=400, days=1, seed=5, start=yesterday), str(landing))
-    messages = lines_of(sorted(str(p) for p in landing.glob("*.jsonl")))
+    files = sorted(landing.glob("*.jsonl"))
+    messages = lines_of([str(p) for p in files])
     deliveries = Deliveries(topic, subscription, messages, redelivered=40)
 
-    keyed = {rt.silver_table: rt.key for rt in RECORD_TYPES.values()}
-
-    def bronze_ids(record_type):
-        rt = RECORD_TYPES[record_type]
-        return {r[rt.key] for r in read_table(lake / "bronze" / rt.bronze_table)}
-
-    def complete():
-        """Every delivered message landed, and streaming silver holds all of
-        it: every identity, every delivered copy counted, every child joined
-        to its parent where the parent is known; BigQuery holds the same."""
-        if not deliveries.landed(lake):
-            return False
-        bronze = {rt.name: read_table(lake / "bronze" / rt.bronze_table) for rt in RECORD_TYPES.values()}
-        streamed = {t: read_table(lake / "silver_stream" / t) for t in keyed}
-        expected = {rt.silver_table: {r[rt.key] for r in bronze[rt.name]} for rt in RECORD_TYPES.values()}
-        expected["silver_sessions"] |= {r["session_id"] for kind in ("view", "click", "event") for r in bronze[kind]}
-        if any({r[keyed[t]] for r in streamed[t]} != ids for t, ids in expected.items()):
-            return False
-        if any(sum(r["copies"] for r in streamed[rt.silver_table]) != len(bronze[rt.name])
-               for rt in RECORD_TYPES.values()):
-            return False
-        for join in (RESPONSE_JOIN, ACTIVITY_JOIN):
-            parents = {r[join.key]: r for r in streamed[RECORD_TYPES[join.parent].silver_table]}
-            if any(r[c] != parents[r[join.key]][c] for r in streamed[join.table] if r[join.key] in parents
-                   for c in join.context):
-                return False
-        if not expected_alerts() <= streamed_alerts():
-            return False
-        return bigquery_holds_the_lake(bq, lake, SILVER_STREAM.values())
-
     def expected_alerts():
-        """The batch's alert rules over the streamed silver."""
-        events = read_arrow(str(lake), SILVER_STREAM["silver_events"])
-        responses = read_arrow(str(lake), SILVER_STREAM["silver_event_responses"])
+        """The batch's alert rules over silver."""
+        events = read_arrow(str(lake), SILVER["silver_events"])
+        responses = read_arrow(str(lake), SILVER["silver_event_responses"])
         raised = alerts.shard_alerts(events, responses, clock=None) + alerts.rate_alerts(
             alerts.window_counts(responses))
         return {(a["alert_id"], a["alert_type"]) for a in raised}
@@ -165,26 +167,29 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
     def streamed_alerts():
         return {(a["alert_id"], a["alert_type"]) for a in read_table(lake / "ops_alerts")}
 
+    def complete():
+        return (deliveries.landed(lake) and _silver_is_complete(lake) and expected_alerts() <= streamed_alerts()
+                and bigquery_holds_the_lake(bq, lake, SILVER.values()))
+
     stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
                         "--alerts-topic", alerts_topic, "--run-for", str(DEADLINE_SECONDS), *sink_flags(bq)],
                        stop_when=complete)
     assert complete()
-    streamed_to_bigquery = assert_bigquery_holds_the_lake(bq, lake, SILVER_STREAM)
-    assert streamed_to_bigquery["bronze_views"] < len(read_table(lake / "bronze" / "bronze_views"))  # redelivered
-    streamed = {t: read_table(lake / "silver_stream" / t) for t in keyed}
-    for table, key in keyed.items():
-        keys = [r[key] for r in streamed[table]]
-        assert len(keys) == len(set(keys)), f"{table}: an identity twice"
-
+    silver = {rt.silver_table: read_table(lake / "silver" / rt.silver_table) for rt in RECORD_TYPES.values()}
+    for rt in RECORD_TYPES.values():
+        keys = [r[rt.key] for r in silver[rt.silver_table]]
+        assert len(keys) == len(set(keys)), f"{rt.silver_table}: an identity twice"
     # The data exercises what makes this hard: duplicates, merged session
-    # versions, sessions whose record never arrived.
-    assert len(streamed["silver_sessions"]) > 50
-    assert any(r["copies"] > 1 for r in streamed["silver_views"] + streamed["silver_clicks"])
-    assert any(r["copies"] > 1 for r in streamed["silver_sessions"])
-    assert any(not r["has_session_record"] for r in streamed["silver_sessions"])
-    assert any(r["session_id"] for r in streamed["silver_event_responses"])      # joined to their session
-    assert any(r["session_id"] for r in streamed["silver_user_activity"])
-    assert any(r["copies"] > 1 for r in streamed["silver_event_responses"])     # status versions merged
+    # versions, sessions whose record never arrived, redeliveries.
+    assert len(silver["silver_sessions"]) > 50
+    assert any(r["copies"] > 1 for r in silver["silver_views"] + silver["silver_clicks"])
+    assert any(r["copies"] > 1 for r in silver["silver_sessions"])
+    assert any(not r["has_session_record"] for r in silver["silver_sessions"])
+    assert any(r["session_id"] for r in silver["silver_event_responses"])      # joined to their session
+    assert any(r["session_id"] for r in silver["silver_user_activity"])
+    assert any(r["copies"] > 1 for r in silver["silver_event_responses"])     # status versions merged
+    assert assert_bigquery_holds_the_lake(bq, lake, SILVER)["bronze_views"] < len(read_table(lake / "bronze" /
+                                                                                             "bronze_views"))
 
     # Alerts: raised once each, on the alerts topic as in the lake, and the
     # same set as the batch rules give over the same silver: the local
@@ -199,32 +204,66 @@ def test_streaming_silver_equals_the_batch_from_the_same_raw_files(pubsub_emulat
     assert sorted(m.attributes["alert_id"] for m in on_topic) == sorted(a["alert_id"] for a in lake_alerts)
     assert all(json.loads(m.data)["alert_type"] == m.attributes["alert_type"] for m in on_topic)
 
-    # The batch path over the very raw files the stream wrote.
-    backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake), *sink_flags(bq)])
-    assert_bigquery_holds_the_lake(bq, lake)
-    for table, key in keyed.items():
-        batch = _rows_by_key(read_table(lake / "silver" / table), key)
-        stream = _rows_by_key(streamed[table], key)
-        assert stream.keys() == batch.keys(), table
-        differing = [k for k in batch if batch[k] != stream[k]]
-        assert not differing, (table, batch[differing[0]], stream[differing[0]])
-
-    gold_daily.main(["--lake", str(lake)])
+    # gold_daily alone, on the streamed lake: the gold of one backfill of the same records.
+    gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
+    assert content_checksums(lake, GOLD, "gold") == _gold_of_one_backfill(tmp_path, files, yesterday)
     rebuilt = {(a["alert_id"], a["alert_type"]) for a in read_table(lake / "gold" / "ops_alerts")}
     assert rebuilt == streamed_alerts()
     by_id = {a["alert_id"]: a for a in read_table(lake / "gold" / "ops_alerts")}
     assert all(a == by_id[a["alert_id"]] for a in lake_alerts)          # the same rows, not only the same ids
 
-    # The same Pub/Sub messages (redeliveries included) replayed twice: byte-identical silver and gold
-    # (gold as of yesterday: its clock is then fixed, not the moving now).
-    # The first replay is the backfill above.
+    # The stream's raw files replayed (redeliveries included), twice: nothing new for silver, the same gold.
     checksums = []
-    for replay in range(2):
-        if replay:
-            backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake)])
+    for _ in range(2):
+        backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake), *sink_flags(bq)])
         gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
         checksums.append((content_checksums(lake, SILVER, "silver"), content_checksums(lake, GOLD, "gold")))
     assert checksums[0] == checksums[1]
+    assert checksums[0][1] == _gold_of_one_backfill(tmp_path / "again", files, yesterday)
+    assert_bigquery_holds_the_lake(bq, lake)
+
+
+def test_a_backfill_merging_while_the_stream_merges_loses_and_doubles_nothing(pubsub_emulator, bigquery_emulator,
+                                                                              tmp_path):
+    """Half the records through Pub/Sub, half as landing files backfilled
+    while the stream runs (both merging into silver and BigQuery at once):
+    the gold of one backfill of everything."""
+    bq = fresh_project()
+    run = uuid.uuid4().hex[:8]
+    topic = f"projects/{pubsub_emulator}/topics/raw-events-{run}"
+    subscription = f"projects/{pubsub_emulator}/subscriptions/stream-ingest-{run}"
+    ensure_topic_and_subscription(topic, subscription)
+    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    generate.generate(generate.Config(users=300, days=1, seed=8, start=yesterday), str(landing))
+    files = sorted(landing.glob("*.jsonl"))
+    lines = lines_of([str(p) for p in files])
+    # Every other record each way: a journey's records (and its joins) cross the two paths.
+    streamed, filed = lines[0::2], lines[1::2]
+    half = tmp_path / "half" / "filed.jsonl"
+    half.parent.mkdir()
+    half.write_bytes(b"\n".join(filed) + b"\n")
+    publish(topic, streamed)
+    ran = {}
+
+    def backfill_once_streaming():
+        """Starts the backfill once the stream has merged something, then waits for the stream to have it all."""
+        if "backfill" not in ran and stream_ingest.landed_rows(str(lake))["silver sessions"] > 0:
+            ran["backfill"] = threading.Thread(target=lambda: ran.setdefault("result", backfill.main(
+                ["--input", str(half), "--lake", str(lake), *sink_flags(bq)])))
+            ran["backfill"].start()
+        if "backfill" not in ran or ran["backfill"].is_alive():
+            return False
+        landed = stream_ingest.landed_rows(str(lake))
+        return landed["raw"] >= len(lines) and _silver_is_complete(lake)
+
+    stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
+                        "--run-for", str(DEADLINE_SECONDS), *sink_flags(bq)], stop_when=backfill_once_streaming)
+    assert backfill_once_streaming() and "result" in ran
+    gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
+    assert _silver_is_complete(lake)
+    assert content_checksums(lake, GOLD, "gold") == _gold_of_one_backfill(tmp_path, files, yesterday)
+    assert_bigquery_holds_the_lake(bq, lake)
 
 
 def pull_all(subscription) -> list:

@@ -11,11 +11,11 @@ statements name every table and carry its description from there.
 from __future__ import annotations
 
 from schemas.table import Table
-from schemas.tables import BRONZE, DEAD_LETTER, SILVER, SILVER_STREAM
+from schemas.tables import BRONZE, DEAD_LETTER, SILVER
 from transforms.lake_tables import table_dir
 
 # The tables worth querying in place: bronze (every record), the dead letter, both silvers.
-BIGLAKE_TABLES = (*BRONZE.values(), DEAD_LETTER, *SILVER.values(), *SILVER_STREAM.values())
+BIGLAKE_TABLES = (*BRONZE.values(), DEAD_LETTER, *SILVER.values())
 
 
 def dataset(table: Table) -> str:

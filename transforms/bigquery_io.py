@@ -10,8 +10,8 @@ clustering columns: bronze is partitioned by ``event_date`` and clustered by
 ``platform``, the gold facts by their date and clustered by ``platform`` /
 ``user_id``.
 
-Datasets follow the layers: ``bronze``, ``silver``, ``silver_stream`` (the
-streaming job's silver), ``gold`` and ``ops`` (the dead letter, and the
+Datasets follow the layers: ``bronze``, ``silver`` (merged by the stream and
+the backfill alike), ``gold`` and ``ops`` (the dead letter, and the
 short-lived scratch tables the writes read from).
 
 How a run's rows go in (``BigQueryWrite``):
@@ -152,7 +152,7 @@ def merge_key(table: Table) -> tuple[str, str | None]:
     """The SQL expression identifying a row (``{t}`` stands for the table
     alias) and the partition column a MERGE can prune on: ``event_date``,
     which a record keeps however often it is received (unlike ``ingest_date``)."""
-    if table.layer in ("silver", "silver_stream") or (table.layer == "ops" and table.key):
+    if table.layer == "silver" or (table.layer == "ops" and table.key):
         return "{t}." + table.key[0], None  # one row per key (silver; ops tables with a key: alerts)
     if table.layer in ("bronze", "ops"):
         return PROVENANCE, ("event_date" if "event_date" in table.partition_by else None)
@@ -251,6 +251,27 @@ def merge_rows(bq: bigquery.Client, write: BigQueryWrite, chunks) -> int:
         job = bq.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
         job.result()
         return job.num_dml_affected_rows or 0
+
+
+def merge_silver_changes(target: BigQueryTarget, upserts: dict[str, pa.Table], deletes: dict[str, pa.Array],
+                         deadline: float = RETRY_DEADLINE_SECONDS) -> None:
+    """A merge's silver changes (``transforms.silver_merge.MergeResult``) ->
+    one MERGE per table of the changed rows, and a DELETE of the keys it
+    removed; transient errors retried. Each statement is idempotent, so a
+    retried merge applies cleanly."""
+    from schemas.tables import SILVER
+
+    bq = target.client()
+    ensure_tables(bq, list(SILVER.values()))
+    retry = sink_retry(deadline=deadline)
+    for name, rows in upserts.items():
+        retry(merge_rows)(bq, BigQueryWrite(SILVER[name], "upsert"), [rows])
+    for name, keys in deletes.items():
+        table = SILVER[name]
+        key = table.key[0]
+        job_config = bigquery.QueryJobConfig(query_parameters=[_parameter("keys", table, key, keys.to_pylist())])
+        retry(lambda: bq.query(f"DELETE FROM `{table_id(bq.project, table)}` WHERE `{key}` IN UNNEST(@keys)",
+                               job_config=job_config).result())()
 
 
 def insert_new_rows(target: BigQueryTarget, table: Table, rows: list[dict], deadline: float = RETRY_DEADLINE_SECONDS) -> int:

@@ -100,32 +100,37 @@ class NewestVersionFn(_KeepOneFn):
 
 
 class MergeNonNullFn(beam.CombineFn):
-    """Field by field: the value of the newest version that has it non-null.
-    Accumulator: [{column: (version, value)}, copies]. A platform that
-    normalized to 'unknown' (not sent) counts as null here."""
+    """Sessions: each of ``SESSION_MERGED_FIELDS`` takes the value of the
+    newest version that has it non-null; every other column is the newest
+    version's (its arrival as a whole). Accumulator: [{field: (version,
+    value)}, (version, newest row), copies]. A platform that normalized to
+    'unknown' (not sent) counts as null here."""
 
     def create_accumulator(self):
-        return [{}, 0]
+        return [{}, None, 0]
 
     def add_input(self, acc, row):
         version = (row.get("emitted_at") if row.get("emitted_at") is not None else _NEVER, ingest_order(row))
-        fields = {k: (version, v) for k, v in row.items()
-                  if v is not None and not (k == "platform" and v == "unknown")}
-        return self.merge_accumulators([acc, [fields, 1]])
+        fields = {k: (version, row[k]) for k in SESSION_MERGED_FIELDS
+                  if row.get(k) is not None and not (k == "platform" and row[k] == "unknown")}
+        return self.merge_accumulators([acc, [fields, (version, row), 1]])
 
     def merge_accumulators(self, accs):
-        merged, copies = {}, 0
-        for fields, n in accs:
+        merged, newest, copies = {}, None, 0
+        for fields, winner, n in accs:
             copies += n
+            if winner is not None and (newest is None or winner[0] > newest[0]):
+                newest = winner
             for k, vv in fields.items():
                 if k not in merged or vv[0] > merged[k][0]:
                     merged[k] = vv
-        return [merged, copies]
+        return [merged, newest, copies]
 
     def extract_output(self, acc):
-        fields, copies = acc
-        row = {k: v for k, (_, v) in fields.items()}
-        row.setdefault("platform", "unknown")
+        fields, (_, newest), copies = acc
+        row = {**newest, **{k: fields[k][1] if k in fields else None for k in SESSION_MERGED_FIELDS}}
+        if row["platform"] is None:
+            row["platform"] = "unknown"
         return [row, copies, False]
 
 

@@ -34,12 +34,12 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties
 
 from schemas.table import Table
-from schemas.tables import BRONZE, RAW, SILVER, SILVER_STREAM
+from schemas.tables import BRONZE, RAW, SILVER
 from transforms.bronze import normalize_email, pseudonym
 from transforms.lake_tables import open_table, read_arrow, read_file, snapshot
 from transforms.pii import PiiKey
 
-PERSONAL_TABLES = (*BRONZE.values(), *SILVER.values(), *SILVER_STREAM.values())
+PERSONAL_TABLES = (*BRONZE.values(), *SILVER.values())
 ID_COLUMNS = ("user_id", "session_id", "event_id", "response_id")
 
 
@@ -80,7 +80,7 @@ def user_ids_of_email(lake: str, email: str, key: PiiKey) -> set:
     by the unkeyed SHA-256, and by the keyed hash for rows of this key."""
     normalized = normalize_email(email)
     found = set()
-    for table in (BRONZE["bronze_users"], SILVER["silver_users"], SILVER_STREAM["silver_users"]):
+    for table in (BRONZE["bronze_users"], SILVER["silver_users"]):
         found |= _ids(lake, table, "user_id", "email_sha256", {hashlib.sha256(normalized.encode()).hexdigest()})
         found |= _ids(lake, table, "user_id", "email_hash", {pseudonym(key.secret, normalized)})
     return found
@@ -90,7 +90,7 @@ def footprint(lake: str, user_ids: set, email: str | None = None, key: PiiKey | 
     """The person's footprint (see the module docstring)."""
     fp = Footprint()
     fp.ids["user_id"] = set(user_ids)
-    sessions_tables = (BRONZE["bronze_sessions"], SILVER["silver_sessions"], SILVER_STREAM["silver_sessions"])
+    sessions_tables = (BRONZE["bronze_sessions"], SILVER["silver_sessions"])
     children = [t for t in PERSONAL_TABLES if "session_id" in t.column_names and t not in sessions_tables]
     for table in sessions_tables:
         fp.ids["session_id"] |= _ids(lake, table, "session_id", "user_id", fp.ids["user_id"])

@@ -16,8 +16,9 @@ retried commit is a no-op.
 * Delta does not check that an added file lies inside what an overwrite
   replaces; ``Replace.check`` does, before anything is committed.
 * Raw copies of landing files are added once per content: each commit
-  records ``Transaction("landing:<sha256>", 1)`` for the contents it adds,
-  and a content already recorded is not added again.
+  records ``Transaction("landing:<sha256>", first received at, micros)``
+  for the contents it adds, and a content already recorded is not added
+  again (a run reading it again gives its records that ingest time).
 """
 from __future__ import annotations
 
@@ -175,19 +176,29 @@ def commit_append(lake: str, table: Table, files: list[DataFile], run_id: str, s
     return True
 
 
+def first_received(lake: str, content_sha256: str) -> int | None:
+    """When a landing content was first received (micros), if the raw layer
+    holds it: its transaction's version (1 in lakes from before this was
+    recorded, which say only that it was)."""
+    dt = open_table(lake, RAW)
+    version = None if dt is None else dt.transaction_version(LANDING_TRANSACTION + content_sha256)
+    return version if version is not None and version > 1 else None
+
+
 def commit_raw(lake: str, files: list[DataFile], run_id: str, pipeline: str) -> int:
     """Raw copies of landing files: each content added once ever (see the
-    module docstring); returns how many were added."""
+    module docstring), its transaction's version the time it was first
+    received; returns how many were added."""
     dt = ensure_table(lake, RAW)
-    new, seen, dropped = [], set(), []
+    new, seen, dropped = [], {}, []
     for f in sorted(files, key=lambda f: f.relpath):
         if f.content_sha256 in seen or dt.transaction_version(LANDING_TRANSACTION + f.content_sha256) is not None:
             dropped.append(f.path)
         else:
-            seen.add(f.content_sha256)
+            seen[f.content_sha256] = f.received_at or 1
             new.append(f)
     committed = commit_append(lake, RAW, new, run_id, pipeline=pipeline,
-                              transactions=tuple(Transaction(LANDING_TRANSACTION + s, 1) for s in sorted(seen)))
+                              transactions=tuple(Transaction(LANDING_TRANSACTION + s, seen[s]) for s in sorted(seen)))
     _delete(dropped)
     return len(new) if committed else 0
 

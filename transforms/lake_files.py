@@ -48,6 +48,7 @@ class DataFile:
     rows: int
     stats: str                      # Delta statistics (JSON): record count; source_file's range and nulls
     content_sha256: str | None = None  # raw copies of landing files: the landing file's content
+    received_at: int | None = None     # raw copies: when that content was first received (micros)
 
     def add_action(self, data_change: bool = True) -> AddAction:
         """``data_change=False``: the file holds rows the table has already (a compaction)."""

@@ -8,7 +8,7 @@ its log under ``_delta_log/``)::
     raw/                       ingest_date=D/
     bronze/<table>/            event_date=D/platform=P/
     dead_letter/               ingest_date=D/
-    silver/<table>/            silver_stream/<table>/      gold/<table>/
+    silver/<table>/            gold/<table>/               silver_head/
     ops_alerts/                releases/
 
 A data file is in a table only once a commit added it (``transforms.lake_commit``):
@@ -44,12 +44,11 @@ from deltalake.exceptions import TableNotFoundError
 
 from schemas.table import Table
 from schemas.tables import (BRONZE, DEAD_LETTER, GOLD, OPS_ALERTS_STREAM, ERASURE_LOG, RAW, RELEASES, RUN_LOG, SILVER,
-                            SILVER_HEAD,
-                            SILVER_STREAM, SINK_DEAD_LETTER)
+                            SILVER_HEAD, SINK_DEAD_LETTER)
 
 RELEASED_LAYERS = ("silver", "gold")  # layers read through their releases
 # Every table the lake holds.
-ALL_LAKE_TABLES = (RAW, *BRONZE.values(), DEAD_LETTER, *SILVER.values(), *SILVER_STREAM.values(),
+ALL_LAKE_TABLES = (RAW, *BRONZE.values(), DEAD_LETTER, *SILVER.values(),
                    *GOLD.values(), OPS_ALERTS_STREAM, RELEASES, SILVER_HEAD, SINK_DEAD_LETTER, RUN_LOG,
                    ERASURE_LOG)
 

@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas import contract
 from schemas.tables import RAW
 from transforms import metrics
+from transforms.lake_commit import first_received
 from transforms.lake_files import DataFile, _makedirs
 from transforms.lake_tables import LakeFile, read_file, snapshot, table_dir
 
@@ -74,12 +75,20 @@ class ReadLandingFileFn(beam.DoFn):
     """A landing file's path (JSONL, JSONL.gz, Parquet), or a raw-layer file
     (``LakeFile``) -> raw chunks (Arrow, at most ``RAW_CHUNK_ROWS`` rows).
     A landing file is also copied into the raw layer: its ``DataFile``
-    (with the SHA-256 of the file's content) goes to ``RAW_FILES``."""
+    (with the SHA-256 of the file's content) goes to ``RAW_FILES``.
 
-    def __init__(self, lake: str, ingested_at: int, total_files: int = 0):
+    A landing content received before keeps the time it was first received
+    as its records' ``ingested_at`` (``transforms.lake_commit.first_received``):
+    received again, a record is the same record (its first copy, its
+    versions' order and silver's arrival columns stay as they were). When
+    the raw layer holds landing contents, a file is therefore read twice:
+    once for its hash."""
+
+    def __init__(self, lake: str, ingested_at: int, total_files: int = 0, raw_exists: bool = False):
         self._lake, self._raw_root = lake, table_dir(lake, RAW)
         self._ingested_at = ingested_at
         self._total = total_files
+        self._raw_exists = raw_exists
         self._files = metrics.counter("files_read")
         self._blank = metrics.counter("blank_lines_skipped")
 
@@ -95,8 +104,14 @@ class ReadLandingFileFn(beam.DoFn):
                 yield arrow.slice(start, RAW_CHUNK_ROWS)
             self._files.inc()
             return
+        ingested_at = self._ingested_at
+        if self._raw_exists:
+            first = hashlib.sha256()
+            for _ in self._records(path, first):
+                pass
+            ingested_at = first_received(self._lake, first.hexdigest()) or ingested_at
         digest = hashlib.sha256()
-        partitions = (("ingest_date", contract.micros_to_date(self._ingested_at)),)
+        partitions = (("ingest_date", contract.micros_to_date(ingested_at)),)
         relpath = f"ingest_date={partitions[0][1]}/{uuid.uuid4().hex}.parquet"
         copy = posixpath.join(self._raw_root, relpath)
         _makedirs(posixpath.dirname(copy))
@@ -115,13 +130,13 @@ class ReadLandingFileFn(beam.DoFn):
                     else:
                         self._blank.inc()
                 while len(data) >= RAW_CHUNK_ROWS:
-                    chunk = raw_chunk(data[:RAW_CHUNK_ROWS], lines[:RAW_CHUNK_ROWS], path, self._ingested_at)
+                    chunk = raw_chunk(data[:RAW_CHUNK_ROWS], lines[:RAW_CHUNK_ROWS], path, ingested_at)
                     del data[:RAW_CHUNK_ROWS], lines[:RAW_CHUNK_ROWS]
                     writer.write_table(chunk.drop_columns(["ingest_date"]))
                     rows += chunk.num_rows
                     yield chunk
             if data:
-                chunk = raw_chunk(data, lines, path, self._ingested_at)
+                chunk = raw_chunk(data, lines, path, ingested_at)
                 writer.write_table(chunk.drop_columns(["ingest_date"]))
                 rows += chunk.num_rows
                 yield chunk
@@ -131,7 +146,7 @@ class ReadLandingFileFn(beam.DoFn):
         if rows:
             stats.update(minValues={"source_file": path}, maxValues={"source_file": path})
         yield beam.pvalue.TaggedOutput(RAW_FILES, DataFile(RAW.name, relpath, copy, partitions, size, rows,
-                                                           json.dumps(stats), digest.hexdigest()))
+                                                           json.dumps(stats), digest.hexdigest(), ingested_at))
         self._files.inc()
         # Exact locally (one bundle); on a distributed runner the first number counts this worker's files.
         logging.info("read %s: %d lines (%d of %d files)", path, n, self._done, self._total)
@@ -168,7 +183,8 @@ class ReadLandingFiles(beam.PTransform):
                 | "ListFiles" >> beam.Create(self._paths)
                 # one file per worker on a distributed runner (Create alone would fuse them into one)
                 | "SpreadFiles" >> beam.Reshuffle()
-                | "ReadEachFile" >> beam.ParDo(ReadLandingFileFn(self._lake, self._ingested_at, len(self._paths)))
+                | "ReadEachFile" >> beam.ParDo(ReadLandingFileFn(self._lake, self._ingested_at, len(self._paths),
+                                                               snapshot(self._lake, RAW).version is not None))
                 .with_outputs(RAW_FILES, main="chunks"))
 
 

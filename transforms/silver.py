@@ -75,7 +75,8 @@ JOINS = (
 SESSION_CHILDREN = tuple(j for j in JOINS if j.parent == "session")
 RESPONSE_JOIN, ACTIVITY_JOIN = (j for j in JOINS if j.parent != "session")
 _SESSION_FIELDS = ("user_id", "platform", "session_start_time", "session_end_time", "device_type",
-                   "geo_location", "experiments_json", "source", "emitted_at", "copies")
+                   "geo_location", "experiments_json", "source", "emitted_at", "copies", *INGEST_ORDER,
+                   MERGE_VERSIONS)
 
 
 def parent_context(join: ParentJoin, parent_row: dict) -> dict:
@@ -107,9 +108,8 @@ def resolve_session(session_id: str, session: dict | None, children: dict[str, l
         row.update({k: session.get(k) for k in _SESSION_FIELDS})
         row["has_session_record"] = True
     else:
-        row.update({"user_id": None, "platform": first[1]["platform"], "session_start_time": first[0],
-                    "session_end_time": None, "device_type": None, "geo_location": None,
-                    "experiments_json": None, "source": None, "emitted_at": None, "copies": 0,
+        row.update({k: None for k in _SESSION_FIELDS})
+        row.update({"platform": first[1]["platform"], "session_start_time": first[0], "copies": 0,
                     "has_session_record": False})
     row["session_date"] = contract.micros_to_date(row["session_start_time"])
     end = row["session_end_time"] if row["session_end_time"] is not None else row["last_activity_at"]

@@ -253,37 +253,77 @@ def _carried(table) -> list[str]:
     return list(dict.fromkeys([*shuffled_columns(KIND_OF_BRONZE[table.name]), *PROVENANCE]))
 
 
-def bronze_changes(lake: str, start: dict | None, end: dict, leave_out: frozenset = frozenset()) -> dict:
-    """The bronze rows added between versions ``start`` and ``end`` and not
+@dataclass(frozen=True)
+class BronzeChanges:
+    """What bronze gained between two versions (``added``: rows it did not
+    hold before, ``{record type: rows}``) and which identities lost rows
+    without getting them back (``restate``: ``{record type: (keys, every
+    copy bronze still holds of them)}``)."""
+
+    added: dict
+    restate: dict
+
+    @property
+    def rows(self) -> int:
+        """Bronze rows into silver: the added ones, and every copy of a restated identity."""
+        return (sum(rows.num_rows for rows in self.added.values())
+                + sum(rows.num_rows for _, rows in self.restate.values()))
+
+
+def bronze_changes(lake: str, start: dict | None, end: dict, leave_out: frozenset = frozenset()) -> BronzeChanges:
+    """Bronze between versions ``start`` and ``end``: the rows added and not
     held before (``new_rows``: a replace re-adding rows, a compaction, adds
-    nothing), ``{record type: rows}``; files in ``leave_out`` (relpaths per
-    table, ``"table/relpath"``) are taken as held."""
-    changes = {}
+    nothing), and the identities whose rows were removed and not re-added (a
+    landing file sent again with lines missing, a date range rebuilt from
+    fewer files), found again in all of bronze. Files in ``leave_out``
+    (``"table/relpath"``) count as neither added nor removed."""
+    added, restate = {}, {}
     for name, table in BRONZE.items():
+        kind = KIND_OF_BRONZE[name]
+        key = RECORD_TYPES[kind].key
         before = snapshot(lake, table, start.get(name)) if start and start.get(name) is not None else None
         after = snapshot(lake, table, end[name]) if end.get(name) is not None else None
-        old = {f.relpath: f for f in (before.files if before else ())}
-        new = {f.relpath: f for f in (after.files if after else ())}
-        added = [f for path, f in new.items() if path not in old and f"{name}/{path}" not in leave_out]
-        removed = [f for path, f in old.items() if path not in new]
+        old = {f.relpath: f for f in (before.files if before else ()) if f"{name}/{f.relpath}" not in leave_out}
+        new = {f.relpath: f for f in (after.files if after else ()) if f"{name}/{f.relpath}" not in leave_out}
         columns = _carried(table)
-        rows = concat([read_file(f, table, tuple(columns)) for f in added],
+        rows = concat([read_file(f, table, tuple(columns)) for path, f in new.items() if path not in old],
                       table.arrow_schema().empty_table().select(columns).schema)
-        gone = concat([read_file(f, table, PROVENANCE) for f in removed],
-                      table.arrow_schema().empty_table().select(list(PROVENANCE)).schema)
-        changes[KIND_OF_BRONZE[name]] = new_rows(rows, gone)
-    return changes
+        gone = concat([read_file(f, table, (key, *PROVENANCE)) for path, f in old.items() if path not in new],
+                      table.arrow_schema().empty_table().select([key, *PROVENANCE]).schema)
+        added[kind] = new_rows(rows, gone.select(list(PROVENANCE)))
+        withdrawn = new_rows(gone, rows.select(list(PROVENANCE)))
+        if withdrawn.num_rows:
+            keys = pc.unique(withdrawn.column(key).combine_chunks())
+            restate[kind] = (keys, bronze_rows_with_keys(after, table, keys, columns))
+    return BronzeChanges(added, restate)
+
+
+def bronze_rows_with_keys(version: Snapshot | None, table, keys: pa.Array, columns: list[str]) -> pa.Table:
+    """Every row of a bronze table version whose key is one of ``keys``: its
+    key column read from every file (copies of one identity can lie in any
+    partition), the files holding one read whole."""
+    key = table.key[0]
+    parts = []
+    for f in (version.files if version else ()):
+        found = pc.is_in(read_file(f, table, (key,)).column(0), value_set=keys)
+        if pc.any(found).as_py():
+            parts.append(read_file(f, table, tuple(columns)).filter(found))
+    return concat(parts, table.arrow_schema().empty_table().select(columns).schema)
 
 
 def apply_claim(lake: str, claim: Claim, counters: MergeCounters | None = None,
-                leave_out: frozenset = frozenset()) -> MergeResult:
+                leave_out: frozenset = frozenset(), before_commit=None) -> MergeResult:
     """Merges the bronze changes of ``claim`` into silver, commits (each
-    table once per claim) and releases. A conflict with another writer of
-    silver (an erasure) is retried from a fresh read."""
-    batch = bronze_changes(lake, claim.start, claim.end, leave_out)
+    table once per claim) and releases; ``before_commit(result)`` runs
+    first (a batch's BigQuery MERGE: the lake is committed after it, so they
+    never disagree). A conflict with another writer of silver (an erasure)
+    is retried from a fresh read."""
+    changes = bronze_changes(lake, claim.start, claim.end, leave_out)
     for attempt in range(5):
         lookup = LakeLookup(lake)
-        result = merge_batch(batch, lookup)
+        result = merge_batch(changes.added, lookup, changes.restate)
+        if before_commit is not None:
+            before_commit(result)
         try:
             commit_merge(lake, lookup, result, claim.claim_id, claim.pipeline, MERGE_SEQUENCE)
         except LakeConflictError:
@@ -291,13 +331,13 @@ def apply_claim(lake: str, claim: Claim, counters: MergeCounters | None = None,
                 raise
             continue
         if counters is not None:
-            counters.count(result, sum(rows.num_rows for rows in batch.values()))
+            counters.count(result, changes.rows)
         return result
     raise AssertionError("unreachable")
 
 
 def catch_up(lake: str, pipeline: str, wait: bool = True, counters: MergeCounters | None = None,
-             claim_id: str | None = None) -> MergeResult | None:
+             before_commit=None) -> MergeResult | None:
     """Brings silver up to bronze as it is now: claims the head and merges
     what bronze gained since the last merge, whoever wrote it. If another
     merge holds the head, waits for it (``wait``) or returns None (what
@@ -311,7 +351,7 @@ def catch_up(lake: str, pipeline: str, wait: bool = True, counters: MergeCounter
                 if _write_head(lake, taken, read):
                     logging.warning("silver: taking over merge %s of %s (past its lease)", current.claim_id,
                                     current.pipeline)
-                    apply_claim(lake, taken, counters)
+                    apply_claim(lake, taken, counters, before_commit=before_commit)
                 continue
             if current.expired(contract.now_micros()):
                 raise RuntimeError(f"silver: rebuild {current.claim_id} did not finish; run backfill "
@@ -324,10 +364,10 @@ def catch_up(lake: str, pipeline: str, wait: bool = True, counters: MergeCounter
         end = bronze_versions(lake)
         if start == end:
             return MergeResult()
-        claim = Claim(claim_id or f"{pipeline}-merge-{uuid.uuid4().hex}", pipeline, contract.now_micros(),
-                      start, end)
+        # A new id per claim: a merge retried after its claim was released must not match it.
+        claim = Claim(f"{pipeline}-merge-{uuid.uuid4().hex}", pipeline, contract.now_micros(), start, end)
         if _write_head(lake, claim, read):
-            return apply_claim(lake, claim, counters)
+            return apply_claim(lake, claim, counters, before_commit=before_commit)
 
 
 def claim_rebuild(lake: str, pipeline: str, claim_id: str, planned: dict) -> Claim:
@@ -349,9 +389,9 @@ class CommitAndMergeFn(CommitFn):
     recompute the run wrote (its silver rules), then merged with what
     bronze gained meanwhile (rows others appended after the run read it)."""
 
-    def __init__(self, lake: str, plan, rebuild: bool = False):
+    def __init__(self, lake: str, plan, rebuild: bool = False, before_commit=None):
         super().__init__(lake, plan)
-        self._rebuild = rebuild
+        self._rebuild, self._before_commit = rebuild, before_commit
 
     def setup(self):
         self._counters = MergeCounters()
@@ -361,7 +401,7 @@ class CommitAndMergeFn(CommitFn):
         plan = self._plan
         if not self._rebuild:
             yield from self.commit(by_table)
-            catch_up(self._lake, plan.pipeline, counters=self._counters, claim_id=f"{plan.run_id}-merge")
+            catch_up(self._lake, plan.pipeline, counters=self._counters, before_commit=self._before_commit)
             return
         silver_rules = tuple((rule, read) for rule, read in plan.rules if rule.table.layer == "silver")
         others = tuple((rule, read) for rule, read in plan.rules if rule.table.layer != "silver")
@@ -376,6 +416,9 @@ class CommitAndMergeFn(CommitFn):
             versions[rule.table.name] = version if version is not None else open_table(self._lake,
                                                                                          rule.table).version()
             yield rule.table.name, versions[rule.table.name]
-        # what the recompute holds already: the run's own files (the others it read at the planned versions)
+        # The recompute holds the planned versions' kept files and the run's own; the files the run
+        # replaced are no removal of others' rows.
         own = frozenset(f"{name}/{f.relpath}" for name, fs in by_table.items() if name in BRONZE for f in fs)
-        apply_claim(self._lake, claim, self._counters, leave_out=own)
+        replaced = frozenset(f"{rule.table.name}/{f.relpath}" for rule, read in others if rule.table.name in BRONZE
+                             for f in read.files if rule.replaces(f))
+        apply_claim(self._lake, claim, self._counters, leave_out=own | replaced, before_commit=self._before_commit)

@@ -178,13 +178,25 @@ def _bronze_input(record_type: str, batch: dict[str, pa.Table]) -> pa.Table:
 
 
 def _merge_type(record_type: str, batch: dict[str, pa.Table], current: pa.Table,
-                result: MergeResult) -> pa.Table:
+                result: MergeResult, restate: dict) -> pa.Table:
     """The batch's rows of a type merged with the current silver rows given:
-    one winner per key, and the batch's counts."""
+    one winner per key, and the batch's counts. Keys in ``restate`` are
+    taken from their bronze copies alone (their silver rows are dropped, and
+    deleted if no copy is left)."""
+    key = RECORD_TYPES[record_type].key
     new = _bronze_input(record_type, batch)
+    restated, restated_rows = restate.get(record_type, (pa.array([], pa.string()), None))
+    if len(restated):
+        current = current.filter(pc.invert(pc.is_in(current.column(key), value_set=restated)))
+        new = concat([new.filter(pc.invert(pc.is_in(new.column(key), value_set=restated))),
+                      _bronze_input(record_type, {record_type: restated_rows})], new.schema)
     schema = winner_schema(record_type)
     winners, dedup = dedup_table(record_type, concat([bronze_shaped(record_type, current), new], schema))
-    key = RECORD_TYPES[record_type].key
+    if len(restated) and record_type != "session":  # sessions: deleted below, when nothing is left of them
+        gone = _minus(restated, _keys(winners, key))
+        if len(gone):
+            name = RECORD_TYPES[record_type].silver_table
+            result.deletes[name] = _union(result.deletes.get(name, pa.array([], pa.string())), gone)
     existing = _keys(current.filter(current.column("has_session_record")) if record_type == "session" else current,
                      key)
     fresh = count_true(pc.invert(pc.is_in(_keys(new, key), value_set=existing))) if new.num_rows else 0
@@ -192,12 +204,19 @@ def _merge_type(record_type: str, batch: dict[str, pa.Table], current: pa.Table,
     return winners
 
 
-def merge_batch(batch: dict[str, pa.Table], lookup: Lookup) -> MergeResult:
+def merge_batch(batch: dict[str, pa.Table], lookup: Lookup, restate: dict | None = None) -> MergeResult:
     """New bronze rows (``{record type: rows}``, any of the bronze columns
     the dedup carries) -> the silver changes they make, reading the current
-    rows the merge needs through ``lookup``."""
+    rows the merge needs through ``lookup``. ``restate``: ``{record type:
+    (keys, rows)}``, identities some of whose bronze rows left bronze (a
+    replace that did not give them back): their rows are recomputed from
+    ``rows``, all their copies bronze still holds."""
     result = MergeResult()
     recomputed: dict[str, pa.Table] = {}
+    restate = restate or {}
+
+    def keys_of(rt: str) -> pa.Array:
+        return _union(_keys(batch.get(rt), RECORD_TYPES[rt].key), restate.get(rt, (pa.array([], pa.string()),))[0])
 
     def current(rt: str, column: str, values: pa.Array) -> pa.Table:
         table = RECORD_TYPES[rt].silver_table
@@ -206,24 +225,23 @@ def merge_batch(batch: dict[str, pa.Table], lookup: Lookup) -> MergeResult:
         return lookup.rows(table, column, values)
 
     # users: their versions only
-    users = _merge_type("user", batch, current("user", "user_id", _keys(batch.get("user"), "user_id")), result)
+    users = _merge_type("user", batch, current("user", "user_id", keys_of("user")), result, restate)
     recomputed["silver_users"] = _as_table("silver_users", {c: users.column(c) for c in users.column_names})
 
     # sessions with every child: the batch's, and those of the batch's children (either copy's session)
-    children_by_key = {j.child: current(j.child, RECORD_TYPES[j.child].key,
-                                        _keys(batch.get(j.child), RECORD_TYPES[j.child].key))
+    children_by_key = {j.child: current(j.child, RECORD_TYPES[j.child].key, keys_of(j.child))
                        for j in SESSION_CHILDREN}
-    sessions = _union(_keys(batch.get("session"), "session_id"),
+    sessions = _union(keys_of("session"),
                       *(_keys(batch.get(j.child), "session_id") for j in SESSION_CHILDREN),
                       *(_keys(rows, "session_id") for rows in children_by_key.values()))
     current_sessions = current("session", "session_id", sessions)
-    session_winners = _merge_type("session", batch, current_sessions, result)
+    session_winners = _merge_type("session", batch, current_sessions, result, restate)
     children = {}
     for j in SESSION_CHILDREN:
         key = RECORD_TYPES[j.child].key
         rows = concat([children_by_key[j.child], current(j.child, "session_id", sessions)],
                       SILVER[j.table].arrow_schema())
-        children[j.child] = _merge_type(j.child, batch, _distinct_rows(rows, key), result)
+        children[j.child] = _merge_type(j.child, batch, _distinct_rows(rows, key), result, restate)
     silver_sessions = resolve_sessions(session_winners, children)
     result.inferred_sessions = silver_sessions.num_rows - count_true(silver_sessions.column("has_session_record"))
     recomputed[SESSIONS] = silver_sessions
@@ -236,12 +254,12 @@ def merge_batch(batch: dict[str, pa.Table], lookup: Lookup) -> MergeResult:
     # responses: the batch's, and those of every recomputed event (their context may change)
     events = recomputed[RECORD_TYPES[RESPONSE_JOIN.parent].silver_table]
     recomputed_parents = _keys(events, RESPONSE_JOIN.key)
-    responses = _merge_joined(RESPONSE_JOIN, batch, events, recomputed_parents, current, result)
+    responses = _merge_joined(RESPONSE_JOIN, batch, events, recomputed_parents, current, result, restate)
     recomputed[RESPONSE_JOIN.table] = responses
 
     # activities: the batch's, and those of every recomputed response
     recomputed[ACTIVITY_JOIN.table] = _merge_joined(ACTIVITY_JOIN, batch, responses,
-                                                    _keys(responses, ACTIVITY_JOIN.key), current, result)
+                                                    _keys(responses, ACTIVITY_JOIN.key), current, result, restate)
 
     for name, rows in recomputed.items():
         changed = _changed(name, rows, lookup_rows=lambda keys, n=name: lookup.rows(n, SILVER[n].key[0], keys))
@@ -251,14 +269,15 @@ def merge_batch(batch: dict[str, pa.Table], lookup: Lookup) -> MergeResult:
 
 
 def _merge_joined(join, batch, parents_recomputed: pa.Table, parent_keys: pa.Array, current,
-                  result: MergeResult) -> pa.Table:
+                  result: MergeResult, restate: dict) -> pa.Table:
     """A child type whose parent is joined by ``join.key``: the batch's rows
     and the current children of recomputed parents, merged and attached to
     their parent's context (recomputed, else current)."""
     child_key = RECORD_TYPES[join.child].key
-    rows = concat([current(join.child, child_key, _keys(batch.get(join.child), child_key)),
+    restated = restate.get(join.child, (pa.array([], pa.string()),))[0]
+    rows = concat([current(join.child, child_key, _union(_keys(batch.get(join.child), child_key), restated)),
                    current(join.child, join.key, parent_keys)], SILVER[join.table].arrow_schema())
-    winners = _merge_type(join.child, batch, _distinct_rows(rows, child_key), result)
+    winners = _merge_type(join.child, batch, _distinct_rows(rows, child_key), result, restate)
     others = current(join.parent, RECORD_TYPES[join.parent].key, _minus(_keys(winners, join.key), parent_keys))
     context = concat([parents_recomputed.select([join.key, *join.context]),
                       others.select([join.key, *join.context])],

@@ -13,9 +13,9 @@ go to ``ops/sink_dead_letter`` in the lake (one Delta commit recorded as
 ``(run_id/target, batch)``, so a retried bundle records them once) and, best
 effort, to BigQuery ``ops.sink_dead_letter``, with the error; the next batch
 is written as usual. The lake keeps its own copy of every streamed row
-(``raw/``, ``bronze/``, ``silver_stream/``), so nothing is lost: the next
-batch backfill restates bronze and silver in BigQuery from the lake, and
-``row_json`` holds the rows for a look.
+(``raw/``, ``bronze/``, ``silver/``), so nothing is lost: a backfill of
+the raw files restates bronze in BigQuery, one with ``--rebuild-silver``
+silver, and ``row_json`` holds the rows for a look.
 
 Batch runs differ on purpose: a backfill or gold run retries transient
 errors the same way, but a permanent error fails the run before its lake

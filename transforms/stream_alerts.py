@@ -52,9 +52,10 @@ from apache_beam.utils.timestamp import Timestamp
 from schemas.tables import OPS_ALERTS_STREAM
 from transforms import alerts, metrics
 from transforms.sink_failures import RETRY_DEADLINE_SECONDS, SinkDeadLetter, sink_retry
-from transforms.stream_sinks import batched
-from transforms.stream_silver import Rows, _pack, shard_of
+from transforms.stream_sinks import Rows, batched, pack, shard_of
 
+SHARDS = 64                                   # of the payments' state
+ALLOWED_LATENESS_SECONDS = 2 * 24 * 3600      # a decided item is remembered this long past its due time
 # The first part of an alert state key: what the second part numbers.
 PAYMENTS, FAILURE_WINDOW = 0, 1
 ALERT_GROUP = typehints.KV[typehints.Tuple[int, int], typehints.Any]
@@ -160,7 +161,7 @@ class _Book:
         return math.ceil(min(held) / HOLD_STEP_SECONDS) * HOLD_STEP_SECONDS if held else None
 
     def blob(self) -> bytes | None:
-        return _pack({"items": self.items, "watermark": self.watermark}) if self.items else None
+        return pack({"items": self.items, "watermark": self.watermark}) if self.items else None
 
     def _due(self, item) -> int | None:
         raise NotImplementedError

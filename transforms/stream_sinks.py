@@ -1,7 +1,7 @@
 """The streaming job's lake sinks: processing-time batches (``BatchEvery``),
 each table's batch appended to its Delta table in one commit
-(``WriteBatchFilesFn``), and the streaming silver tables rewritten with each
-batch's upserts (``MergeSnapshotsFn``).
+(``WriteBatchFilesFn``), and silver brought up to bronze after each batch
+(``MergeSilverFn``).
 
 Every commit is recorded as ``(run_id, batch number)``, the batch number
 being the pane index of the table's batch: a runner retrying a bundle
@@ -11,20 +11,39 @@ replays the same pane, and its commit is then a no-op
 from __future__ import annotations
 
 import functools
+import pickle
 from collections import defaultdict
 
 import apache_beam as beam
-import pyarrow as pa
+import mmh3
 from apache_beam.transforms import trigger
 from apache_beam.transforms.window import GlobalWindows
 
+from schemas import contract
 from schemas.table import Table
+from schemas.tables import SILVER
 from transforms import metrics
-from transforms.lake_commit import Replace, ReplaceScope, commit_append, commit_replace
+from transforms.lake_commit import commit_append
 from transforms.lake_files import write_data_file
-from transforms.lake_tables import read_arrow, snapshot
+from transforms.silver_lake import MergeCounters, catch_up
 
 PIPELINE = "stream_ingest"
+
+
+class Rows(list):
+    """A batch of rows travelling as one element. Being a list subclass, it is
+    pickled whole (in C) by Beam's default coder instead of value by value
+    (measured: 0.6 against 1.1 us a row, a third fewer bytes)."""
+
+    __slots__ = ()
+
+
+def shard_of(key: str, shards: int) -> int:
+    return mmh3.hash(key, signed=False) % shards
+
+
+def pack(value) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _TableBatchFn(beam.DoFn):
@@ -77,26 +96,26 @@ def lake_values(table: Table, row: dict) -> tuple:
     return tuple(map(row.get, table._names))
 
 
-class MergeSnapshotsFn(_TableBatchFn):
-    """(silver table name, lists of upserted rows of one batch) -> the
-    streaming silver table of that name (``tables``: the ``silver_stream``
-    layer; the batch owns ``silver/``) rewritten with them in one commit: the
-    newest ``_version`` per key wins, other keys stay."""
+class MergeSilverFn(beam.DoFn):
+    """(key, a batch's markers) -> silver brought up to bronze
+    (``transforms.silver_lake.catch_up``, waiting for a merge another path
+    holds) -> ``(silver table, Rows)`` of the rows it changed, as in-pipeline
+    dicts with ``_version`` (the merge's claim time: a sink keeps the newest
+    per key)."""
 
-    COUNTER = "rows_upserted_"
+    def __init__(self, lake: str):
+        self._lake = lake
 
-    def _sink(self, table: Table, lists, sequence: int):
-        rows = (row for part in lists for row in part)
-        key = table.key[0]
-        newest = newest_per_key(rows, key)
-        read = snapshot(self._lake, table)
-        current = {r[key]: r for r in table.from_arrow(read_arrow(self._lake, table, read.version))}
-        current.update(newest)
-        written = write_data_file(self._lake, table, list(current.values()))
-        commit_replace(self._lake, Replace(table, ReplaceScope.TABLE), [written], self._run_id, read, PIPELINE,
-                       sequence=sequence)
-        self._rows[table.name].inc(len(newest))
-        yield table.name, len(current)
+    def setup(self):
+        self._counters = MergeCounters()
+
+    def process(self, batch):
+        result = catch_up(self._lake, PIPELINE, counters=self._counters)
+        if result is None:
+            return
+        version = contract.now_micros()
+        for name, rows in result.upserts.items():
+            yield name, Rows({**row, "_version": version} for row in SILVER[name].from_arrow(rows))
 
 
 def batch_window(seconds: int | None) -> beam.WindowInto:
