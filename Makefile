@@ -10,7 +10,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install tool-venvs browser demo demo-bq test bench bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down s3-up s3-down maintain infra-check generate template-build lock clean
+.PHONY: install tool-venvs browser demo demo-bq test bench bench-daily bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down s3-up s3-down maintain infra-check generate template-build lock clean
 
 install: $(STAMP)
 
@@ -62,12 +62,21 @@ browser:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 # Throughput and memory of backfill + gold at 250k, 1M and 4M raw records, this
-# code and the previous release side by side (BENCHMARKS.md);
-# SIZES=250000,1000000 for a shorter run, BASELINE=none to skip the previous release.
+# code and the previous release side by side, then the daily run (bench-daily)
+# (BENCHMARKS.md); SIZES=250000,1000000 for a shorter run, BASELINE=none to skip
+# the previous releases.
 SIZES ?= 250000,1000000,4000000
 BASELINE ?= 9f29f42
 bench: install
 	$(PY) -m benchmarks.run --sizes $(SIZES) --baseline $(BASELINE)
+	$(PY) -m benchmarks.daily --baseline $(if $(filter none,$(BASELINE)),none,$(DAILY_BASELINE))
+
+# One day's landing file backfilled (then gold) into an empty lake and lakes of
+# 28 and 56 days, this code and the last release that recomputed silver
+# (DAILY_BASELINE=none to skip it).
+DAILY_BASELINE ?= 5c58303
+bench-daily: install
+	$(PY) -m benchmarks.daily --baseline $(DAILY_BASELINE)
 
 # publish -> silver latency and backlog drain rate of stream_ingest on the
 # Pub/Sub emulator (started and stopped here unless one is running), this code

@@ -249,7 +249,7 @@ def main(argv=None):
     parser.add_argument("--window-seconds", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--workdir", help="keep data, lake and the job's log here (default: a temporary folder)")
-    parser.add_argument("--job-args", default="", help="more stream_ingest flags, e.g. '--early-firing-seconds 0'")
+    parser.add_argument("--job-args", default="", help="more stream_ingest flags, e.g. '--alert-grace-seconds 0'")
     parser.add_argument("--baseline", default=baseline.BASELINE,
                         help="git ref of the code to compare with, in the same sitting; 'none' to skip")
     args = parser.parse_args(argv)

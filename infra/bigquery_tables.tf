@@ -1290,6 +1290,12 @@ locals {
           "description" = "Platform of the record's session; the record's own if the session is unknown."
         },
         {
+          "name"        = "record_platform"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The record's own platform as sent (normalized)."
+        },
+        {
           "name"        = "view_timestamp"
           "type"        = "TIMESTAMP"
           "mode"        = "REQUIRED"
@@ -1395,6 +1401,12 @@ locals {
           "description" = "Platform of the record's session; the record's own if the session is unknown."
         },
         {
+          "name"        = "record_platform"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The record's own platform as sent (normalized)."
+        },
+        {
           "name"        = "click_timestamp"
           "type"        = "TIMESTAMP"
           "mode"        = "REQUIRED"
@@ -1492,6 +1504,12 @@ locals {
           "type"        = "STRING"
           "mode"        = "REQUIRED"
           "description" = "Platform of the record's session; the record's own if the session is unknown."
+        },
+        {
+          "name"        = "record_platform"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The record's own platform as sent (normalized)."
         },
         {
           "name"        = "event_type"
@@ -1665,6 +1683,12 @@ locals {
           "description" = "Platform of the record's session; the record's own if the session is unknown."
         },
         {
+          "name"        = "record_platform"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The record's own platform as sent (normalized)."
+        },
+        {
           "name"        = "event_date"
           "type"        = "DATE"
           "mode"        = "REQUIRED"
@@ -1774,6 +1798,12 @@ locals {
           "type"        = "STRING"
           "mode"        = "REQUIRED"
           "description" = "Platform of the record's session; the record's own if the session is unknown."
+        },
+        {
+          "name"        = "record_platform"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The record's own platform as sent (normalized)."
         },
         {
           "name"        = "event_date"

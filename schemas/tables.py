@@ -42,6 +42,8 @@ _RESOLVED = (
     col("session_id", STRING, "Session the record belongs to."),
     col("user_id", STRING, "User resolved through the session; null if anonymous or unknown."),
     col("platform", STRING, "Platform of the record's session; the record's own if the session is unknown.", True),
+    # kept so a later merge can resolve again (the platform of a session without a record is its earliest child's own)
+    col("record_platform", STRING, "The record's own platform as sent (normalized).", True),
 )
 
 BRONZE_PARTITION = ("event_date", "platform")

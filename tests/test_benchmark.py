@@ -98,3 +98,46 @@ def test_streaming_benchmark_counts_only_valid_identities_and_uses_nearest_rank_
     assert stream.percentile(list(range(1, 101)), 95) == 95
     assert stream.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert stream.percentile([], 50) is None
+
+
+# --- every harness runs, baseline included, at a tiny size (a broken harness once landed unnoticed) ---
+def test_the_streaming_cpu_harness_runs_both_trees(tmp_path):
+    from benchmarks import stream_cpu
+
+    report = stream_cpu.main(["--records", "400", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "streaming_cpu.json").read_text()) == json.loads(json.dumps(report))
+    for name in ("baseline", "current") if "baseline" in report else ("current",):
+        run = report[name]
+        assert run["records"] == 400 and run["cpu_s"] > 0
+        assert run["cpu_s_per_million"] == pytest.approx(run["cpu_s"] / 400 * 1e6, rel=0.01)
+        assert run["graph"]["pardos"] > 0
+    assert report["current"]["graph"]["stateful_pardos"] == 1      # the alerts' state only
+
+
+def test_the_daily_harness_runs_both_trees(tmp_path):
+    from benchmarks import daily
+
+    report = daily.main(["--users", "60", "--history", "1,2", "--workdir", str(tmp_path / "work"),
+                         "--out", str(tmp_path / "out")])
+    assert report["history_days"] == [1, 2] and report["day_lines"] > 0
+    trees = ("baseline", "current") if baseline.worktree(daily.PREVIOUS_RELEASE, tmp_path / "w") else ("current",)
+    assert tuple(report["runs"]) == trees
+    for name in trees:
+        runs = report["runs"][name]
+        assert sorted(runs) == [0, 1, 2]
+        assert all(s["cpu_s"] > 0 and s["peak_rss_mib"] > 50 for steps in runs.values() for s in steps.values())
+        assert report["backfill_cpu_x_empty"][name][0] == 1.0
+
+
+@pytest.mark.emulator
+def test_the_streaming_harness_runs_both_trees(tmp_path, pubsub_emulator):
+    from benchmarks import stream
+
+    report = stream.main(["--rate", "5", "--seconds", "4", "--backlog", "40", "--window-seconds", "2",
+                          "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    for run in (report, report.get("baseline")):
+        if run is None:
+            continue
+        assert run["paced"]["complete"] and run["paced"]["identities_in_silver"] == run["paced"]["identities"]
+        assert run["backlog"]["identities_in_silver"] == run["backlog"]["identities"]
+        assert run["lake_rows"]["raw"] >= 40 + 20

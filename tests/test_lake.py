@@ -132,7 +132,7 @@ def test_a_new_file_outside_what_the_run_replaces_is_refused_before_anything_is_
 def test_truncate_and_load_of_an_empty_result_leaves_an_empty_readable_table(tmp_path):
     table = SILVER["silver_clicks"]
     lake = tmp_path / "lake"
-    row = {"click_id": "c", "platform": "web", "click_timestamp": T0, "copies": 1}
+    row = {"click_id": "c", "platform": "web", "click_timestamp": T0, "copies": 1, "event_date": "2026-11-02"}
     _write(lake, table, [row], Replace(table, ReplaceScope.TABLE))
     assert len(read_table(lake / "silver" / table.name)) == 1
     _write(lake, table, [], Replace(table, ReplaceScope.TABLE))
@@ -146,10 +146,10 @@ def test_a_run_that_fails_before_its_commit_leaves_every_table_raw_included_at_i
     tables = [RAW, *BRONZE.values(), *SILVER.values(), RELEASES]
     before = {t.name: snapshot(str(lake), t).version for t in tables}
 
-    def crash(self, files):
+    def crash(self, by_table):
         raise RuntimeError("the worker died before the commit")
 
-    monkeypatch.setattr(CommitFn, "process", crash)
+    monkeypatch.setattr(CommitFn, "commit", crash)
     other = tmp_path / "other.jsonl"
     other.write_bytes(SAMPLE.read_bytes() + b"\n")  # other content: a raw copy to add
     with pytest.raises(Exception, match="died before the commit"):
@@ -380,16 +380,16 @@ def test_a_backfill_replay_committing_after_a_streaming_append_keeps_the_streame
     streamed = {c.name: None for c in views.columns} | {
         "view_id": "v-streamed-meanwhile", "session_id": "s-x", "event_date": day, "platform": "web",
         "view_timestamp": T0, "source": "x", "schema_version": 1, "ingested_at": T0}
-    real = CommitFn.process
+    real = CommitFn.commit
 
-    def stream_appends_first(self, files):
+    def stream_appends_first(self, by_table):
         row = views.to_arrow([streamed], with_partition_columns=True)
         commit_append(str(lake), views, [write_data_file(str(lake), views, row, (("event_date", day),
                                                                                   ("platform", "web")))],
                       "stream_ingest-meanwhile", 1)
-        yield from real(self, files)
+        yield from real(self, by_table)
 
-    monkeypatch.setattr(CommitFn, "process", stream_appends_first)
+    monkeypatch.setattr(CommitFn, "commit", stream_appends_first)
     before = read_arrow(str(lake), views).num_rows
     backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--from", day, "--to", day,
                    "--lake", str(lake)])

@@ -197,6 +197,7 @@ def attach_parent(children: pa.Table, parents: pa.Table, join: ParentJoin) -> tu
     row = pc.index_in(children.column(join.key), value_set=parents.column(join.key))
     found = pc.is_valid(row)
     columns = {c: children.column(c) for c in children.column_names}
+    columns["record_platform"] = children.column("platform")
     for c in join.context:
         values = pc.take(parents.column(c), row)
         columns[c] = pc.if_else(found, values, children.column(c)) if c == "platform" else values

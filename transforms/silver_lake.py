@@ -69,8 +69,11 @@ class LakeLookup:
     def _column(self, name: str, column: str) -> list[tuple[str, pa.Array]]:
         if (name, column) not in self._columns:
             self.snapshot(name)
-            self._columns[name, column] = [(path, fragment.to_table(columns=[column]).column(0).combine_chunks())
-                                           for path, (fragment, _) in self._fragments[name].items()]
+            # cast: files delta-rs rewrote (a DELETE) hold string_view columns
+            wanted = SILVER[name].arrow_schema().field(column).type
+            self._columns[name, column] = [
+                (path, fragment.to_table(columns=[column]).column(0).combine_chunks().cast(wanted))
+                for path, (fragment, _) in self._fragments[name].items()]
         return self._columns[name, column]
 
     def file_rows(self, name: str, relpath: str) -> pa.Table:

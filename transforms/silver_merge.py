@@ -71,10 +71,8 @@ class MergeResult:
 
 def bronze_shaped(record_type: str, rows: pa.Table) -> pa.Table:
     """Current silver rows of a type as dedup input: the bronze columns the
-    dedup carries (``shuffled_columns``) and ``copies``. A child's platform is
-    then its resolved one: the only use of a child's own platform is the
-    platform of a session without a record, which is its earliest child's, so
-    the resolved value is that child's own. Sessions: only those with a
+    dedup carries (``shuffled_columns``) and ``copies``; a child's platform is
+    its own (``record_platform``), as in bronze. Sessions: only those with a
     record, plus one row per field that came from an older version (with that
     version and only that field, ``copies`` 0), so the per-field rule sees
     every version that matters."""
@@ -86,6 +84,8 @@ def bronze_shaped(record_type: str, rows: pa.Table) -> pa.Table:
         older = _older_versions(rows, schema)
         main = _null_fields_from_older(rows)
         return concat([_conform(main, schema), older], schema)
+    if "record_platform" in rows.column_names:
+        rows = rows.set_column(rows.column_names.index("platform"), "platform", rows.column("record_platform"))
     return _conform(rows, schema)
 
 
