@@ -135,9 +135,9 @@ def test_the_streaming_harness_runs_both_trees(tmp_path, pubsub_emulator):
 
     report = stream.main(["--rate", "5", "--seconds", "4", "--backlog", "40", "--window-seconds", "2",
                           "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    # this code merges every record into silver, late ones included
+    assert report["paced"]["complete"] and report["paced"]["identities_in_silver"] == report["paced"]["identities"]
+    assert report["backlog"]["identities_in_silver"] == report["backlog"]["identities"] > 0
     for run in (report, report.get("baseline")):
-        if run is None:
-            continue
-        assert run["paced"]["complete"] and run["paced"]["identities_in_silver"] == run["paced"]["identities"]
-        assert run["backlog"]["identities_in_silver"] == run["backlog"]["identities"]
-        assert run["lake_rows"]["raw"] >= 40 + 20
+        if run is not None:  # the previous release's figures were measured (it leaves its late records out)
+            assert run["lake_rows"]["raw"] >= 40 + 20 and run["backlog"]["raw_records_per_s"] > 0

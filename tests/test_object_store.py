@@ -18,8 +18,13 @@ pytestmark = pytest.mark.emulator
 DEADLINE_SECONDS = 900
 
 
+# When each run received the records: two runs over the same files differ there, and only there.
+RECEIPT_TIME = ("ingested_at", "merge_versions")
+
+
 def _rows(lake, table):
-    return sorted(map(repr, read_arrow(lake, table).to_pylist()))
+    rows = read_arrow(lake, table).to_pylist()
+    return sorted(repr({c: v for c, v in r.items() if c not in RECEIPT_TIME}) for r in rows)
 
 
 def test_batch_pipelines_report_export_and_maintenance_on_an_object_store_lake(s3_lake, tmp_path):

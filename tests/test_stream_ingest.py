@@ -55,6 +55,15 @@ class Deliveries:
         return self._sought and raw >= self.expected and bronze + dead >= self.expected
 
 
+def fresh_topic(project: str, name: str, **subscription_options) -> tuple[str, str]:
+    """A topic and its subscription of their own (names unique per call)."""
+    run = uuid.uuid4().hex[:8]
+    topic = f"projects/{project}/topics/{name}-{run}"
+    subscription = f"projects/{project}/subscriptions/{name}-{run}"
+    ensure_topic_and_subscription(topic, subscription, **subscription_options)
+    return topic, subscription
+
+
 def _lake_counts(lake):
     landed = stream_ingest.landed_rows(str(lake))
     return landed["raw"], landed["bronze"], landed["dead letter"]
@@ -63,10 +72,7 @@ def _lake_counts(lake):
 def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator, bigquery_emulator, tmp_path):
     """... in the lake, and in BigQuery once per message however often it was delivered."""
     bq = fresh_project()
-    run = uuid.uuid4().hex[:8]
-    topic = f"projects/{pubsub_emulator}/topics/raw-events-{run}"
-    subscription = f"projects/{pubsub_emulator}/subscriptions/stream-ingest-{run}"
-    ensure_topic_and_subscription(topic, subscription, retain_acked_messages=True)
+    topic, subscription = fresh_topic(pubsub_emulator, "raw-events", retain_acked_messages=True)
 
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     manifest = generate.generate(generate.Config(users=40, days=1, seed=9, invalid_share=0.1), str(landing))
@@ -141,13 +147,8 @@ def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emul
     BigQuery alongside): gold_daily alone then gives the gold one backfill
     of the same records gives, and the alerts the batch rules give."""
     bq = fresh_project()
-    run = uuid.uuid4().hex[:8]
-    topic = f"projects/{pubsub_emulator}/topics/raw-events-{run}"
-    subscription = f"projects/{pubsub_emulator}/subscriptions/stream-ingest-{run}"
-    ensure_topic_and_subscription(topic, subscription, retain_acked_messages=True)
-    alerts_topic = f"projects/{pubsub_emulator}/topics/alerts-{run}"
-    alerts_subscription = f"projects/{pubsub_emulator}/subscriptions/alerts-{run}"
-    ensure_topic_and_subscription(alerts_topic, alerts_subscription)
+    topic, subscription = fresh_topic(pubsub_emulator, "raw-events", retain_acked_messages=True)
+    alerts_topic, alerts_subscription = fresh_topic(pubsub_emulator, "alerts")
     # Event times of yesterday: the alerts' deadlines have passed (see the grace below).
     yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
     landing, lake = tmp_path / "landing", tmp_path / "lake"
@@ -206,7 +207,8 @@ def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emul
 
     # gold_daily alone, on the streamed lake: the gold of one backfill of the same records.
     gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
-    assert content_checksums(lake, GOLD, "gold") == _gold_of_one_backfill(tmp_path, files, yesterday)
+    one_backfill = _gold_of_one_backfill(tmp_path, files, yesterday)
+    assert content_checksums(lake, GOLD, "gold") == one_backfill
     rebuilt = {(a["alert_id"], a["alert_type"]) for a in read_table(lake / "gold" / "ops_alerts")}
     assert rebuilt == streamed_alerts()
     by_id = {a["alert_id"]: a for a in read_table(lake / "gold" / "ops_alerts")}
@@ -218,8 +220,7 @@ def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emul
         backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake), *sink_flags(bq)])
         gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
         checksums.append((content_checksums(lake, SILVER, "silver"), content_checksums(lake, GOLD, "gold")))
-    assert checksums[0] == checksums[1]
-    assert checksums[0][1] == _gold_of_one_backfill(tmp_path / "again", files, yesterday)
+    assert checksums[0] == checksums[1] and checksums[0][1] == one_backfill
     assert_bigquery_holds_the_lake(bq, lake)
 
 
@@ -229,10 +230,7 @@ def test_a_backfill_merging_while_the_stream_merges_loses_and_doubles_nothing(pu
     while the stream runs (both merging into silver and BigQuery at once):
     the gold of one backfill of everything."""
     bq = fresh_project()
-    run = uuid.uuid4().hex[:8]
-    topic = f"projects/{pubsub_emulator}/topics/raw-events-{run}"
-    subscription = f"projects/{pubsub_emulator}/subscriptions/stream-ingest-{run}"
-    ensure_topic_and_subscription(topic, subscription)
+    topic, subscription = fresh_topic(pubsub_emulator, "raw-events")
     yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     generate.generate(generate.Config(users=300, days=1, seed=8, start=yesterday), str(landing))

@@ -45,10 +45,14 @@ def compact(lake: str, table: Table, small_bytes: int = SMALL_FILE_BYTES) -> int
     """Merges small files of the same partition and origin; returns how many
     files were merged away (0: nothing to do)."""
     current = snapshot(lake, table)
+    # Origin matters only where a replace finds files by landing file (bronze, raw, the dead letter);
+    # silver's merges find rows by key, so its files merge per partition whatever their sources.
+    by_origin = table.layer not in ("silver", "gold")
     groups = defaultdict(list)
     for file in current.files:
         if file.size < small_bytes:
-            groups[(file.partitions, file.source, file.from_pubsub)].append(file)
+            groups[(file.partitions, file.source, file.from_pubsub) if by_origin
+                   else (file.partitions, None, False)].append(file)
     adds, removes = [], []
     now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
     for (partitions, _, _), files in sorted(groups.items(), key=lambda kv: repr(kv[0])):
@@ -75,16 +79,18 @@ def maintain(lake: str, table: Table, retention_hours: int = RETENTION_HOURS, co
     """Compacts (optionally), checkpoints the log, drops expired log
     entries and vacuums the table; a table that does not exist is skipped.
 
-    Tables of a released layer (silver, gold) are rewritten whole by every
-    run, so they are not compacted (a compaction would be a version their
-    release does not name), and vacuum keeps the files of the version their
-    latest release names, however old."""
+    Gold is rewritten whole by every run, so it is not compacted; silver is
+    merged into, and the stream's batches leave small files, so it is (the
+    compaction is a version no release names: readers keep reading the
+    released one, the next merge releases one that includes it). Vacuum keeps
+    the files of the version a released layer's latest release names, however
+    old."""
     report = TableReport(table.name)
     if open_table(lake, table) is None:
         return report
     report.files_before = len(snapshot(lake, table).files)
     released = released_versions(lake, table.layer) if table.layer in RELEASED_LAYERS else None
-    if compact_files and table.layer not in RELEASED_LAYERS:
+    if compact_files and table.layer != "gold":
         report.compacted = compact(lake, table)
     dt = open_table(lake, table)
     dt.create_checkpoint()
