@@ -44,11 +44,12 @@ demo-bq: demo
 	@echo "==> backfill + gold with --sink bigquery (local BigQuery emulator), read back with SQL"
 	$(PY) -m devtools.bigquery_demo --input '$(DEMO_DATA)/*.jsonl' --lake $(LAKE)
 
-# The tests start the Pub/Sub emulator themselves when none is running
-# (and stop it at the end), so `make test` needs no other step.
+# The emulators and the S3 server are started for the run (unless running) and
+# stopped after; pytest runs in two processes (pytest-xdist), a test file's
+# tests in one of them, so `make test` needs no other step.
 test: browser
 	@$(MAKE) --no-print-directory -j3 install tool-venvs
-	$(VENV)/bin/pytest
+	$(PY) -m devtools.with_services $(VENV)/bin/pytest -n 2 --dist loadfile
 
 # The emulators' and checkov's own virtualenvs (their pins clash with Beam's),
 # created together; the tests would otherwise create each on first use.

@@ -3,7 +3,7 @@
 Starts the emulator (unless one runs), creates a topic and subscription,
 generates a day of funnel data, publishes it at ``--rate`` messages per
 second while ``pipelines.stream_ingest`` runs for ``--seconds``, and prints
-what landed in the lake as it goes, streaming silver sessions included.
+what landed in the lake as it goes, silver's sessions included.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def main(argv=None):
     parser.add_argument("--lake", default="lake-stream")
     parser.add_argument("--users", type=int, default=600)
     parser.add_argument("--rate", type=float, default=40,
-                        help="messages per second (the local runner sustains about 50 with streaming silver)")
+                        help="messages per second the local runner drains (default 40)")
     parser.add_argument("--seconds", type=float, default=120, help="how long the pipeline runs")
     parser.add_argument("--window-seconds", type=int, default=10)
     args = parser.parse_args(argv)

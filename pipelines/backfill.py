@@ -1,16 +1,19 @@
 """Batch backfill: landing files (or the raw layer) -> raw, bronze, dead letter, silver.
 
-    python -m pipelines.backfill --input 'DIR/*.jsonl' --lake DIR [--from DATE --to DATE] [--runner ...]
+    python -m pipelines.backfill --input 'DIR/*.jsonl' --lake DIR [--from DATE --to DATE] [--rebuild-silver]
+        [--runner ...]
 
-* raw: each landing file copied once, named by its content hash (never rewritten);
+* raw: each landing content copied once (recorded by its SHA-256, with when
+  it was first received; never rewritten);
 * bronze: typed rows per record type, partitioned by ``event_date``/``platform``;
 * dead letter: every rejected record with a typed reason;
-* silver: recomputed from all of bronze (this run's rows plus the untouched
-  existing ones) and replaced as a whole.
+* silver: what bronze gained merged into the rows it touches
+  (``transforms.silver_lake``); with ``--rebuild-silver``, or into a lake
+  whose silver was never merged, recomputed from all of bronze.
 
 Re-running the same input replaces that input's own bronze and dead-letter
 files, so bronze holds each received record once and silver comes out the
-same. With ``--from/--to`` exactly the bronze ``event_date`` partitions of
+same (the merge takes only rows bronze did not hold). With ``--from/--to`` exactly the bronze ``event_date`` partitions of
 that range are replaced by what the input holds for it (replay the raw layer
 with ``--input 'LAKE/raw/**/*.parquet'`` to rebuild a range); records of other
 dates are counted (``outside_date_range``) and left alone.
@@ -19,16 +22,18 @@ Workers write data files; one final step commits them to the lake's Delta
 tables (``transforms.lake_commit``): raw's new copies, then each bronze
 table and the dead letter (the input's own rows, or the date range,
 replaced in one commit each, against the versions this run read), then
-silver's tables and their release. A run that fails before the commit
-leaves every table, raw included, at its version; a rerun of a committer
-that died halfway skips what it committed already.
+the silver merge (or the rebuilt tables) and silver's release. A run that
+fails before the commit leaves every table, raw included, at its version; a
+rerun of a committer that died halfway skips what it committed already, and
+bronze it committed is merged by the next merge of any path.
 
 With ``--sink bigquery --project P`` the same rows also go to BigQuery
 before the lake commit (``transforms.bigquery_io``): bronze and the dead
 letter by a MERGE on where each record was received, silver by a MERGE on
-its identity. Each MERGE restates what this run's lake rule restates (the
-input's own rows, or the date range, or all of silver), so a rerun or a
-replay never duplicates a row and BigQuery holds what the lake holds.
+identity of the rows the merge changed (a rebuild: all of silver). Each
+MERGE restates what this run's lake rule restates (the input's own rows, or
+the date range), so a rerun or a replay never duplicates a row and BigQuery
+holds what the lake holds.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
         [--sink bigquery --project P [--bigquery-endpoint URL]]
 
 Finds the person's footprint (``transforms.erasure``), deletes it from
-every bronze, silver and streaming silver table (one Delta commit each),
+every bronze and silver table (one Delta commit each),
 releases the erased silver, and recomputes gold from it (``gold_daily`` as
 of ``--as-of``, default today), so gold equals a recompute without them.
 With ``--sink bigquery`` the same rows are deleted from the BigQuery

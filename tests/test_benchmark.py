@@ -107,24 +107,24 @@ def test_the_streaming_cpu_harness_runs_both_trees(tmp_path):
     report = stream_cpu.main(["--records", "400", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "streaming_cpu.json").read_text()) == json.loads(json.dumps(report))
     for name in ("baseline", "current") if "baseline" in report else ("current",):
-        run = report[name]
-        assert run["records"] == 400 and run["cpu_s"] > 0
-        assert run["cpu_s_per_million"] == pytest.approx(run["cpu_s"] / 400 * 1e6, rel=0.01)
-        assert run["graph"]["pardos"] > 0
+        measured = report[name]
+        assert measured["records"] == 400 and measured["cpu_s"] > 0
+        assert measured["cpu_s_per_million"] == pytest.approx(measured["cpu_s"] / 400 * 1e6, rel=0.01)
+        assert measured["graph"]["pardos"] > 0
     assert report["current"]["graph"]["stateful_pardos"] == 1      # the alerts' state only
 
 
 def test_the_daily_harness_runs_both_trees(tmp_path):
     from benchmarks import daily
 
-    report = daily.main(["--users", "60", "--history", "1,2", "--workdir", str(tmp_path / "work"),
+    report = daily.main(["--users", "60", "--history", "1", "--workdir", str(tmp_path / "work"),
                          "--out", str(tmp_path / "out")])
-    assert report["history_days"] == [1, 2] and report["day_lines"] > 0
+    assert report["history_days"] == [1] and report["day_lines"] > 0
     trees = ("baseline", "current") if baseline.worktree(daily.PREVIOUS_RELEASE, tmp_path / "w") else ("current",)
     assert tuple(report["runs"]) == trees
     for name in trees:
         runs = report["runs"][name]
-        assert sorted(runs) == [0, 1, 2]
+        assert sorted(runs) == [0, 1]
         assert all(s["cpu_s"] > 0 and s["peak_rss_mib"] > 50 for steps in runs.values() for s in steps.values())
         assert report["backfill_cpu_x_empty"][name][0] == 1.0
 
@@ -133,11 +133,11 @@ def test_the_daily_harness_runs_both_trees(tmp_path):
 def test_the_streaming_harness_runs_both_trees(tmp_path, pubsub_emulator):
     from benchmarks import stream
 
-    report = stream.main(["--rate", "5", "--seconds", "4", "--backlog", "40", "--window-seconds", "2",
+    report = stream.main(["--rate", "5", "--seconds", "2", "--backlog", "20", "--window-seconds", "2",
                           "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     # this code merges every record into silver, late ones included
     assert report["paced"]["complete"] and report["paced"]["identities_in_silver"] == report["paced"]["identities"]
     assert report["backlog"]["identities_in_silver"] == report["backlog"]["identities"] > 0
-    for run in (report, report.get("baseline")):
-        if run is not None:  # the previous release's figures were measured (it leaves its late records out)
-            assert run["lake_rows"]["raw"] >= 40 + 20 and run["backlog"]["raw_records_per_s"] > 0
+    for job in (report, report.get("baseline")):
+        if job is not None:  # the previous release's figures were measured (it leaves its late records out)
+            assert job["lake_rows"]["raw"] >= 20 + 10 and job["backlog"]["raw_records_per_s"] > 0

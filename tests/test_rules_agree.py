@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import string
-from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa

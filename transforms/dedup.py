@@ -1,6 +1,6 @@
-"""One row per identity (record_type, key) from bronze rows, batch form.
+"""One row per identity (record_type, key) from bronze rows.
 
-The contract's rules, one ``CombineFn`` each:
+The contract's rules:
 
 * immutable types (view, click, event, user_activity): the first copy wins
   (earliest ingest); a later copy with different content is still a
@@ -10,8 +10,11 @@ The contract's rules, one ``CombineFn`` each:
 * session: newest ``emitted_at`` wins field by field, and a non-null field is
   never replaced by null.
 
-A combine (not a stateful DoFn) because it is about 12x faster in batch and
-associative merges let the runner pre-combine before the shuffle.
+``dedup_table`` applies them to Arrow tables: the batch rebuild and every
+merge into silver run it. They are associative, so a current silver row
+(with its ``copies``) merges like any copy (``transforms.silver_merge``).
+The ``CombineFn``s are the same rules per element, the readable definition
+a property test holds ``dedup_table`` to (``tests/test_rules_agree.py``).
 """
 from __future__ import annotations
 
@@ -151,39 +154,7 @@ def extra_copies_counter(record_type: str):
     return metrics.counter(f"{kind}_{record_type}")
 
 
-class CountCopiesFn(beam.DoFn):
-    def __init__(self, record_type: str):
-        self._duplicates = extra_copies_counter(record_type)
-        self._conflicts = metrics.counter(f"conflicts_{record_type}")
-        self._unique = metrics.counter(f"unique_{record_type}")
-
-    def process(self, keyed):
-        _, (row, copies, conflict) = keyed
-        self._unique.inc()
-        if copies > 1:
-            self._duplicates.inc(copies - 1)
-        if conflict:
-            self._conflicts.inc()
-        yield {**row, "copies": copies}
-
-
-class DedupByIdentity(beam.PTransform):
-    """Bronze rows of one record type -> one row per key, with ``copies``."""
-
-    def __init__(self, record_type: str, table: Table):
-        super().__init__()
-        self._rt = RECORD_TYPES[record_type]
-        self._table = table
-
-    def expand(self, rows):
-        key = self._rt.key
-        return (rows
-                | "KeyByIdentity" >> beam.Map(lambda r: (r[key], r))
-                | "PickCurrent" >> beam.CombinePerKey(combine_fn_for(self._rt.name, self._table))
-                | "CountCopies" >> beam.ParDo(CountCopiesFn(self._rt.name)))
-
-
-# --- the same rules on Arrow tables (batch) ----------------------------------------------------
+# --- the same rules on Arrow tables ----------------------------------------------------
 INGEST_ORDER = ("ingested_at", "source_file", "source_line", "message_id")
 
 

@@ -2,15 +2,14 @@
 
 A person is one or more user ids (given, or found by email through
 ``email_sha256``/``email_hash`` in the users tables). Their **footprint** is
-closed over the entities' links, from every version in bronze, silver and
-the streaming silver:
+closed over the entities' links, from every version in bronze and silver:
 
 * sessions whose ``user_id`` is theirs (in any version of the session);
 * views, clicks and events of those sessions;
 * responses to those events (and, given an email, responses sent to it);
 * activities on those responses.
 
-Each bronze, silver and streaming silver table then loses every row whose
+Each bronze and silver table then loses every row whose
 ``user_id``, ``session_id``, ``event_id`` or ``response_id`` is in the
 footprint: one Delta ``DELETE`` per table, which rewrites only the files
 holding such rows (a rewritten file keeps one landing file's rows, so the

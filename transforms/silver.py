@@ -1,9 +1,8 @@
 """Bronze -> silver: one current row per identity, joined.
 
 ``JOINS`` is the one definition of how silver rows are resolved, read by
-the batch composite here and by the streaming one
-(``transforms.stream_silver``); each join is tolerant of either side
-missing:
+the batch composite here and by the merge (``transforms.silver_merge``);
+each join is tolerant of either side missing:
 
 * view / click / event -> session by ``session_id`` (a session whose record
   never arrived is inferred from its earliest view/click/event: that date
@@ -16,10 +15,10 @@ resolved as far as the data allows; when the parent is unknown the row keeps
 its own platform and null session/user (``unknown_parent_context``).
 
 The rules exist in two forms: per session or per child in plain Python
-(``resolve_session``, ``unknown_parent_context``; the streaming upserts
-apply them to one key's rows) and on Arrow tables (``resolve_sessions``,
-``attach_parent``; the batch applies them to a shard's rows). A property
-test checks that both give the same rows.
+(``resolve_session``, ``unknown_parent_context``: the readable definition)
+and on Arrow tables (``resolve_sessions``, ``attach_parent``: what the
+batch and the merge apply). A property test checks that both give the same
+rows.
 
 ``BuildSilver`` (batch): four shuffles of Arrow shards -- by identity
 (dedup), by session (resolve sessions, attach their children), by event
@@ -31,7 +30,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 

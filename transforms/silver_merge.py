@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.contract import RECORD_TYPES
-from schemas.tables import BRONZE, SILVER
+from schemas.tables import SILVER
 from transforms.columnar import concat, count_true
 from transforms.dedup import MERGE_VERSIONS, SESSION_VERSION, DedupCounts, _same, dedup_table
 from transforms.silver import (ACTIVITY_JOIN, RESPONSE_JOIN, SESSION_CHILDREN, _as_table, attach_parent,

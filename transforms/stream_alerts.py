@@ -1,5 +1,6 @@
 """Operational alerts as records arrive: the rules of ``transforms.alerts``
-applied to streaming silver's rows, each alert raised once.
+applied to the silver rows each of the stream's merges changes, each alert
+raised once.
 
 The state is keyed two ways (the first part of the key):
 
@@ -305,7 +306,7 @@ class AlertStateFn(beam.DoFn):
 
 
 class StreamingAlerts(beam.PTransform):
-    """Streaming silver's ``(table, rows)`` -> ``Rows`` of alerts (dicts of
+    """The merged silver rows ``(table, rows)`` -> ``Rows`` of alerts (dicts of
     ``ops_alerts`` columns), each raised once. The state step runs once per
     ``batch_seconds`` of processing time per key, and then holds due items
     ``grace_seconds``; with ``batch_seconds=None`` (bounded input: every
