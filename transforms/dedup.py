@@ -301,17 +301,14 @@ def _merge_versions(ordered: pa.Table, from_older: dict[str, np.ndarray], n_grou
         older |= rows >= 0
     texts = [None] * n_groups
     if older.any():
-        version = {c: ordered.column(c) for c in SESSION_VERSION}
-        for g in np.flatnonzero(older):
-            texts[g] = json.dumps({c: [version[v][int(rows[g])].as_py() if v != "ingested_at" and v != "emitted_at"
-                                       else _micros_of(version[v][int(rows[g])]) for v in SESSION_VERSION]
-                                   for c, rows in sorted(from_older.items()) if rows[g] >= 0},
-                                  separators=(",", ":"))
+        # Python lists once (timestamps as micros): indexing Arrow arrays per value costs microseconds each.
+        version = [(ordered.column(v).cast(pa.int64()) if pa.types.is_timestamp(ordered.schema.field(v).type)
+                    else ordered.column(v)).to_pylist() for v in SESSION_VERSION]
+        fields = sorted(from_older.items())
+        for g in np.flatnonzero(older).tolist():
+            texts[g] = json.dumps({c: [values[int(rows[g])] for values in version]
+                                   for c, rows in fields if rows[g] >= 0}, separators=(",", ":"))
     return pa.array(texts, pa.string())
-
-
-def _micros_of(scalar) -> int | None:
-    return None if not scalar.is_valid else scalar.cast(pa.int64()).as_py()
 
 
 def content_columns(table: Table) -> list[str]:
