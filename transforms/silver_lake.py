@@ -98,14 +98,6 @@ class LakeLookup:
         return concat(rows, SILVER[table].arrow_schema())
 
 
-@dataclass(frozen=True)
-class SilverCommit:
-    """What a merge committed: each silver table's version after it, and the result."""
-
-    versions: dict[str, int]
-    result: MergeResult
-
-
 def commit_merge(lake: str, lookup: LakeLookup, result: MergeResult, run_id: str, pipeline: str,
                  sequence: int = 1) -> dict[str, int]:
     """Writes and commits ``result`` table by table (see the module docstring),
@@ -169,10 +161,9 @@ def _occurrences(rows: pa.Table) -> pa.Array:
     ordered = text.take(pa.array(order))
     starts = first_of_groups(ordered)
     groups = group_ids(starts)
-    rank = np.arange(len(order)) - np.flatnonzero(starts)[groups]
-    numbered = np.empty(len(order), object)
-    numbered[order] = [f"{t}\x1e{r}" for t, r in zip(ordered.to_pylist(), rank.tolist())]
-    return pa.array(numbered, pa.string())
+    rank = pa.array(np.arange(len(order)) - np.flatnonzero(starts)[groups]).cast(pa.string())
+    numbered = pc.binary_join_element_wise(ordered, rank, "\x1e")
+    return numbered.take(pc.sort_indices(pa.array(order)))  # back to the rows' own order
 
 
 def new_rows(rows: pa.Table, before: pa.Table) -> pa.Table:
@@ -184,9 +175,6 @@ def new_rows(rows: pa.Table, before: pa.Table) -> pa.Table:
     return rows.filter(pc.invert(pc.is_in(_occurrences(rows), value_set=_occurrences(before))))
 
 
-def by_record_type(bronze: dict[str, pa.Table]) -> dict[str, pa.Table]:
-    """``{bronze table: rows}`` -> ``{record type: rows}``."""
-    return {rt.name: bronze[rt.bronze_table] for rt in RECORD_TYPES.values() if rt.bronze_table in bronze}
 
 
 # --- silver follows bronze: merges in turn through the head -------------------------------------
