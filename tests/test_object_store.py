@@ -29,7 +29,7 @@ def _rows(lake, table):
 
 def test_batch_pipelines_report_export_and_maintenance_on_an_object_store_lake(s3_lake, tmp_path):
     landing = tmp_path / "landing"
-    generate.generate(generate.Config(users=120, days=1, seed=13), str(landing))
+    generate.generate(generate.Config(users=60, days=1, seed=13), str(landing))
     local = str(tmp_path / "lake")
     for lake in (s3_lake, local):
         backfill.main(["--input", str(landing / "*.jsonl"), "--lake", lake])

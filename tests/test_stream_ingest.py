@@ -229,13 +229,14 @@ def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emul
     by_id = {a["alert_id"]: a for a in read_table(lake / "gold" / "ops_alerts")}
     assert all(a == by_id[a["alert_id"]] for a in lake_alerts)          # the same rows, not only the same ids
 
-    # The stream's raw files replayed (redeliveries included), twice: nothing new for silver, the same gold.
-    checksums = []
-    for _ in range(2):
-        backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake), *sink_flags(bq)])
-        gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
-        checksums.append((content_checksums(lake, SILVER, "silver"), content_checksums(lake, GOLD, "gold")))
-    assert checksums[0] == checksums[1] and checksums[0][1] == one_backfill
+    # The stream's raw files replayed (redeliveries included): nothing new for
+    # silver (byte for byte the streamed silver), the same gold. Replaying a
+    # replay is test_end_to_end's; once here keeps make test within budget.
+    streamed_silver = content_checksums(lake, SILVER, "silver")
+    backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--lake", str(lake), *sink_flags(bq)])
+    gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
+    assert content_checksums(lake, SILVER, "silver") == streamed_silver
+    assert content_checksums(lake, GOLD, "gold") == one_backfill
     assert_bigquery_holds_the_lake(bq, lake)
 
 
@@ -247,15 +248,9 @@ def test_a_backfill_merging_while_the_stream_merges_loses_and_doubles_nothing(pu
     bq = fresh_project()
     topic, subscription = fresh_topic(pubsub_emulator, "raw-events")
     yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
-    landing, lake = tmp_path / "landing", tmp_path / "lake"
-    generate.generate(generate.Config(users=300, days=1, seed=8, start=yesterday), str(landing))
-    files = sorted(landing.glob("*.jsonl"))
+    lake = tmp_path / "lake"
+    files, streamed, half = _halves(tmp_path, users=300, seed=8, start=yesterday)
     lines = lines_of([str(p) for p in files])
-    # Every other record each way: a journey's records (and its joins) cross the two paths.
-    streamed, filed = lines[0::2], lines[1::2]
-    half = tmp_path / "half" / "filed.jsonl"
-    half.parent.mkdir()
-    half.write_bytes(b"\n".join(filed) + b"\n")
     publish(topic, streamed)
     ran = {}
 
@@ -278,6 +273,43 @@ def test_a_backfill_merging_while_the_stream_merges_loses_and_doubles_nothing(pu
     assert _silver_is_complete(lake)
     assert content_checksums(lake, GOLD, "gold") == _gold_of_one_backfill(tmp_path, files, yesterday)
     assert_bigquery_holds_the_lake(bq, lake)
+
+
+def _halves(tmp_path, users, seed, start):
+    """Generated landing files, their records split every other one (a
+    journey's records and its joins cross the two paths): the streamed half
+    as messages, the other half as one landing file."""
+    landing = tmp_path / "landing"
+    generate.generate(generate.Config(users=users, days=1, seed=seed, start=start), str(landing))
+    files = sorted(landing.glob("*.jsonl"))
+    lines = lines_of([str(p) for p in files])
+    half = tmp_path / "half" / "filed.jsonl"
+    half.parent.mkdir()
+    half.write_bytes(b"\n".join(lines[1::2]) + b"\n")
+    return files, lines[0::2], half
+
+
+def test_landing_files_backfilled_before_the_stream_starts_give_the_gold_of_one_backfill(pubsub_emulator, tmp_path):
+    """The other order: half the records as landing files backfilled into an
+    empty lake, then the other half through Pub/Sub merged by the stream."""
+    topic, subscription = fresh_topic(pubsub_emulator, "raw-events")
+    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+    lake = tmp_path / "lake"
+    files, streamed, half = _halves(tmp_path, users=150, seed=11, start=yesterday)
+    backfill.main(["--input", str(half), "--lake", str(lake)])
+    filed_raw = stream_ingest.landed_rows(str(lake))["raw"]
+    assert filed_raw == len(half.read_bytes().splitlines()) and stream_ingest.landed_rows(str(lake))["silver sessions"]
+    publish(topic, streamed)
+
+    def complete() -> bool:
+        return (stream_ingest.landed_rows(str(lake))["raw"] >= filed_raw + len(streamed)
+                and _silver_is_complete(lake))
+
+    stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
+                        "--run-for", str(DEADLINE_SECONDS)], stop_when=at_most_every(3, complete))
+    assert complete()
+    gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
+    assert content_checksums(lake, GOLD, "gold") == _gold_of_one_backfill(tmp_path, files, yesterday)
 
 
 def pull_all(subscription) -> list:
