@@ -213,3 +213,10 @@ def test_alert_inputs_route_payments_and_confirmations_by_payment_and_outcomes_b
             (PAYMENTS, ("e-1", (PAYMENT, T0))),
             (FAILURE_WINDOW, ("r-1", (OUTCOME, (T0, True)))),
             (FAILURE_WINDOW, ("r-2", (OUTCOME, (T0 + 15 * MIN, False))))]))
+
+
+def test_a_failure_rate_on_a_tie_rounds_away_from_zero_as_sql_does():
+    """9 failed of 128 is exactly 0.0703125: the alert says 0.070313, as
+    ROUND(9 / 128, 6) does in BigQuery and in the DuckDB reference."""
+    assert alerts.failure_rate(9, 128) == 0.070313
+    assert alerts.failure_rate(2, 20) == 0.1 and alerts.failure_rate(1, 3) == 0.333333

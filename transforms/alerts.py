@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from decimal import ROUND_HALF_UP, Decimal
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -96,7 +97,15 @@ def email_failure_rate(start: int, confirmations: int, failed: int) -> dict:
             "alert_type": AlertType.EMAIL_FAILURE_RATE.value, "detected_at": end,
             "event_id": None, "response_id": None,
             "details": _details(window_start=iso(start), window_end=iso(end), confirmations=confirmations,
-                                failed=failed, failure_rate=round(failed / confirmations, 6))}
+                                failed=failed, failure_rate=failure_rate(failed, confirmations))}
+
+
+def failure_rate(failed: int, confirmations: int) -> float:
+    """``failed / confirmations`` to six places, a tie rounded away from zero
+    as BigQuery's and DuckDB's ROUND do (9 of 128 is 0.070313; Python's
+    ``round`` would give 0.070312)."""
+    exact = Decimal(failed) / Decimal(confirmations)
+    return float(exact.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP))
 
 
 # --- the batch rebuild, over one gold shard's silver rows (Arrow) -------------------------------
