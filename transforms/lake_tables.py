@@ -203,16 +203,43 @@ def layer_versions(lake: str, tables: dict[str, Table], as_of_version: int | Non
     return {name: released.get(name) for name in tables}
 
 
+# Rows one read element gathers from consecutive files. A partitioned table
+# has many small files (silver: a few per day and table), and every element
+# a shuffle splits costs a compressed part per shard: gathering small files
+# keeps the parts few and large, and bounds an element's memory.
+ROWS_PER_READ = 400_000
+
+
+def read_groups(files: list[LakeFile], rows_per_read: int = ROWS_PER_READ) -> list[tuple[LakeFile, ...]]:
+    """Consecutive files gathered until a group holds ``rows_per_read`` rows
+    (a larger file is a group of its own)."""
+    groups, group, rows = [], [], 0
+    for file in files:
+        if group and rows + file.rows > rows_per_read:
+            groups.append(tuple(group))
+            group, rows = [], 0
+        group.append(file)
+        rows += file.rows
+    return groups + [tuple(group)] if group else groups
+
+
+def read_files(files: tuple[LakeFile, ...], table: Table, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """Several data files of ``table`` as one Arrow table (see ``read_file``)."""
+    parts = [read_file(f, table, columns) for f in files]
+    return pa.concat_tables(parts).combine_chunks() if len(parts) > 1 else parts[0]
+
+
 class ReadLakeTable(beam.PTransform):
     """The files of a table version (``Snapshot.files``) -> ``(table name,
-    Arrow rows)`` per file, partition columns restored; ``columns``: only those."""
+    Arrow rows)`` per group of files (``read_groups``), partition columns
+    restored; ``columns``: only those."""
 
     def __init__(self, table: Table, files: tuple[LakeFile, ...], columns: tuple[str, ...] | None = None):
         super().__init__()
-        self._table, self._files, self._columns = table, list(files), columns
+        self._table, self._groups, self._columns = table, read_groups(list(files)), columns
 
     def expand(self, pbegin):
         table, columns = self._table, self._columns
         return (pbegin
-                | "ListFiles" >> beam.Create(self._files)
-                | "ReadParquet" >> beam.Map(lambda file: (table.name, read_file(file, table, columns))))
+                | "ListFiles" >> beam.Create(self._groups)
+                | "ReadParquet" >> beam.Map(lambda files: (table.name, read_files(files, table, columns))))
