@@ -38,7 +38,6 @@ holds what the lake holds.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -52,7 +51,7 @@ from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.accounting import AccountingError, backfill_problems, write_run_log
-from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery, merge_silver_changes
+from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery, silver_merger
 from transforms.pii import PiiKeySource
 from transforms.bronze_columnar import ParseChunkFn
 from transforms.landing import RAW_FILES, ReadLandingFiles, expand_inputs
@@ -165,12 +164,8 @@ def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
     commit_plan = CommitPlan(run_id, "backfill", plan)
     _ = ((written, read[RAW_FILES]) | "WithRawCopies" >> beam.Flatten()
          | "Commit" >> CommitLakeWrites(lake, commit_plan, CommitAndMergeFn(
-             lake, commit_plan, rebuild, None if bigquery is None else functools.partial(_merge_in_bigquery, bigquery))))
+             lake, commit_plan, rebuild, silver_merger(bigquery))))
     return sum(f.rows for files in kept.values() for f in files), rebuild
-
-
-def _merge_in_bigquery(bigquery: BigQueryTarget, result) -> None:
-    merge_silver_changes(bigquery, result.upserts, result.deletes)
 
 
 def _true_or_false(text: str) -> bool:

@@ -40,6 +40,7 @@ from transforms.gold import GOLD_INPUTS, BuildGold, CutAtAsOfFn, end_of_day_micr
 from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
 from transforms.lake_files import WriteDataFiles
 from transforms.lake_tables import ReadLakeTable, layer_versions, snapshot
+from transforms.bigquery_io import silver_merger
 from transforms.silver_lake import catch_up
 
 
@@ -99,7 +100,7 @@ def main(argv=None):
     if args.as_of_version is None and args.as_of_timestamp is None:
         # Silver up to bronze first (a no-op when the stream and the backfills merged all they added),
         # so gold never misses what bronze holds.
-        catch_up(args.lake, "gold_daily")
+        catch_up(args.lake, "gold_daily", before_commit=silver_merger(bigquery))
     run_id = f"gold_daily-{uuid.uuid4().hex}"
     result, finished = run_pipeline("gold_daily", options, lambda p: build(
         p, args.lake, args.as_of, bigquery, silver_as_of=silver_as_of, run_id=run_id), wait=args.wait)

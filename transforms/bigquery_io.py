@@ -274,6 +274,19 @@ def merge_silver_changes(target: BigQueryTarget, upserts: dict[str, pa.Table], d
                                job_config=job_config).result())()
 
 
+def silver_merger(target: BigQueryTarget | None):
+    """The ``before_commit`` of a silver merge (``silver_lake.catch_up``)
+    that applies its changes to BigQuery's silver, or None without BigQuery.
+    Every path merges BigQuery this way, inside its claim of the lake's
+    silver: claims are taken one at a time, so BigQuery receives the merges
+    in the lake's order and a slower writer never puts an older row back."""
+    return None if target is None else functools.partial(_merge_result, target)
+
+
+def _merge_result(target: BigQueryTarget, result) -> None:
+    merge_silver_changes(target, result.upserts, result.deletes)
+
+
 def insert_new_rows(target: BigQueryTarget, table: Table, rows: list[dict], deadline: float = RETRY_DEADLINE_SECONDS) -> int:
     """In-pipeline rows of an ``ops`` table with a key (logs, audits) -> the
     ones whose key is new inserted (the table created when missing), with

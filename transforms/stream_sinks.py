@@ -99,18 +99,19 @@ def lake_values(table: Table, row: dict) -> tuple:
 class MergeSilverFn(beam.DoFn):
     """(key, a batch's markers) -> silver brought up to bronze
     (``transforms.silver_lake.catch_up``, waiting for a merge another path
-    holds) -> ``(silver table, Rows)`` of the rows it changed, as in-pipeline
-    dicts with ``_version`` (the merge's claim time: a sink keeps the newest
-    per key)."""
+    holds; ``before_commit``: BigQuery's silver merged inside the claim, as
+    every path does, ``bigquery_io.silver_merger``) -> ``(silver table,
+    Rows)`` of the rows it changed, as in-pipeline dicts with ``_version``
+    (the merge's time), for the alerts."""
 
-    def __init__(self, lake: str):
-        self._lake = lake
+    def __init__(self, lake: str, before_commit=None):
+        self._lake, self._before_commit = lake, before_commit
 
     def setup(self):
         self._counters = MergeCounters()
 
     def process(self, batch):
-        result = catch_up(self._lake, PIPELINE, counters=self._counters)
+        result = catch_up(self._lake, PIPELINE, counters=self._counters, before_commit=self._before_commit)
         if result is None:
             return
         version = contract.now_micros()

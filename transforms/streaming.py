@@ -40,7 +40,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from schemas import contract
 from schemas.tables import BRONZE, DEAD_LETTER, OPS_ALERTS_STREAM, RAW, SILVER, SINK_DEAD_LETTER
 from transforms import metrics
-from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, MergeBatchesFn
+from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, EnsureTables, MergeBatchesFn, silver_merger
 from transforms.bronze import ParseCounters, parse_record
 from transforms.bronze_columnar import parse_chunk
 from transforms.pii import PiiKeySource
@@ -172,7 +172,7 @@ class StreamingLakehouse(beam.PTransform):
         merged = (files
                   | "EveryBatch" >> beam.Map(lambda path: ("silver", 1)).with_output_types(LAKE_ROWS)
                   | "MergeBatches" >> BatchEvery(self._sink_every)
-                  | "MergeSilver" >> beam.ParDo(MergeSilverFn(self._lake)).with_output_types(LAKE_ROWS))
+                  | "MergeSilver" >> beam.ParDo(MergeSilverFn(self._lake, silver_merger(self._bigquery))).with_output_types(LAKE_ROWS))
         raised = merged | "Alerts" >> StreamingAlerts(self._shards, self._sink_every, self._lateness,
                                                       self._alert_grace)
         dead_letter = SinkDeadLetter(self._lake, PIPELINE, self._run_id, self._bigquery)
@@ -183,12 +183,11 @@ class StreamingLakehouse(beam.PTransform):
         alert_files = alert_batches | "AppendAlerts" >> beam.ParDo(
             WriteBatchFilesFn([OPS_ALERTS_STREAM], self._lake, self._run_id))
         if self._bigquery is not None:
-            writes = ([BigQueryWrite(t, "append") for t in (*BRONZE.values(), DEAD_LETTER, OPS_ALERTS_STREAM)]
-                      + [BigQueryWrite(t, "upsert") for t in SILVER.values()])
-            _ = messages.pipeline | "EnsureBigQueryTables" >> EnsureTables(self._bigquery,
-                                                                             [w.table for w in writes] + [SINK_DEAD_LETTER])
-            silver_batches = merged | "SilverBatches" >> BatchEvery(self._sink_every)
-            for name, tables in (("Lake", batches), ("Alerts", alert_batches), ("Silver", silver_batches)):
+            # Silver is merged into BigQuery by MergeSilver, inside its claim (in the lake's order).
+            writes = [BigQueryWrite(t, "append") for t in (*BRONZE.values(), DEAD_LETTER, OPS_ALERTS_STREAM)]
+            _ = messages.pipeline | "EnsureBigQueryTables" >> EnsureTables(
+                self._bigquery, [w.table for w in writes] + [*SILVER.values(), SINK_DEAD_LETTER])
+            for name, tables in (("Lake", batches), ("Alerts", alert_batches)):
                 _ = tables | f"Merge{name}IntoBigQuery" >> beam.ParDo(MergeBatchesFn(self._bigquery, writes,
                                                                                        dead_letter))
         return (files, alert_files) | "AllFiles" >> beam.Flatten()
