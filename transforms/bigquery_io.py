@@ -54,7 +54,6 @@ from schemas.table import DATE, TIMESTAMP, Table
 from transforms.lake_commit import Replace, ReplaceScope
 from transforms.lake_files import DataFile, read_data_file
 from transforms.sink_failures import RETRY_DEADLINE_SECONDS, SinkDeadLetter, sink_retry
-from transforms.stream_sinks import newest_per_key
 from transforms import metrics
 
 
@@ -417,8 +416,8 @@ class EnsureTables(beam.PTransform):
 
 class MergeBatchesFn(beam.DoFn):
     """(table name, lists of rows of one batch) -> one MERGE into that table, by its
-    ``BigQueryWrite``; an upsert keeps the newest ``_version`` of each key
-    from the batch. Batches of tables without a write pass by.
+    ``BigQueryWrite`` (silver is merged by ``silver_merger`` instead, inside
+    the lake merge's claim). Batches of tables without a write pass by.
 
     Transient errors are retried (``transforms.sink_failures``, up to
     ``retry_deadline`` seconds); a batch that still fails goes to
@@ -446,8 +445,6 @@ class MergeBatchesFn(beam.DoFn):
         names = write.table.column_names
         # bronze and dead-letter rows come as value tuples in the table's order
         rows = [row if isinstance(row, dict) else dict(zip(names, row)) for part in lists for row in part]
-        if write.mode == "upsert":
-            rows = list(newest_per_key(rows, write.table.key[0]).values())
         try:
             n = self._retry(merge_rows)(self._bq, write, [write.table.to_arrow(rows, with_partition_columns=True)])
         except Exception as error:  # noqa: BLE001 - permanent, or transient past the deadline: never stall

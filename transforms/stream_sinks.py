@@ -19,7 +19,6 @@ import mmh3
 from apache_beam.transforms import trigger
 from apache_beam.transforms.window import GlobalWindows
 
-from schemas import contract
 from schemas.table import Table
 from schemas.tables import SILVER
 from transforms import metrics
@@ -101,8 +100,7 @@ class MergeSilverFn(beam.DoFn):
     (``transforms.silver_lake.catch_up``, waiting for a merge another path
     holds; ``before_commit``: BigQuery's silver merged inside the claim, as
     every path does, ``bigquery_io.silver_merger``) -> ``(silver table,
-    Rows)`` of the rows it changed, as in-pipeline dicts with ``_version``
-    (the merge's time), for the alerts."""
+    Rows)`` of the rows it changed, as in-pipeline dicts, for the alerts."""
 
     def __init__(self, lake: str, before_commit=None):
         self._lake, self._before_commit = lake, before_commit
@@ -114,9 +112,8 @@ class MergeSilverFn(beam.DoFn):
         result = catch_up(self._lake, PIPELINE, counters=self._counters, before_commit=self._before_commit)
         if result is None:
             return
-        version = contract.now_micros()
         for name, rows in result.upserts.items():
-            yield name, Rows({**row, "_version": version} for row in SILVER[name].from_arrow(rows))
+            yield name, Rows(SILVER[name].from_arrow(rows))
 
 
 def batch_window(seconds: int | None) -> beam.WindowInto:
@@ -134,15 +131,6 @@ def _every(seconds: int):
     # One trigger object per period: triggers compare by identity, and the
     # inputs of a Flatten must share their windowing.
     return trigger.Repeatedly(trigger.AfterProcessingTime(seconds))
-
-
-def newest_per_key(rows, key: str) -> dict:
-    """Streaming upserts -> the one with the highest ``_version`` per key."""
-    newest = {}
-    for row in rows:
-        if row[key] not in newest or row["_version"] > newest[row[key]]["_version"]:
-            newest[row[key]] = row
-    return newest
 
 
 class BatchEvery(beam.PTransform):
