@@ -1212,7 +1212,7 @@ locals {
           "name"        = "merge_versions"
           "type"        = "STRING"
           "mode"        = "NULLABLE"
-          "description" = "Merge bookkeeping, not for analysis: JSON of the fields whose value came from an older version than the winning one, with that version (emitted_at, ingested_at, source_file, source_line, message_id), so a later merge of an older copy decides them exactly; null when every field is the newest version's."
+          "description" = "Merge bookkeeping, not for analysis: JSON list, newest first, of the older versions than the winning one that gave fields, each {version: [emitted_at, ingested_at, source_file, source_line, message_id], fields: [names]}, so a later merge of an older copy decides them exactly; null when every field is the newest version's."
         },
         {
           "name"        = "source"

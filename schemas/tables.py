@@ -191,10 +191,10 @@ SILVER_SESSIONS = _silver("silver_sessions", "One current row per session: versi
     col("payment_events", INT64, "Unique payment_successful events.", True),
     col("furthest_stage_in_session", INT64, "Highest funnel stage (0-3) the session's own views and events reach; "
         "confirmation and scan arrive later and count in gold.", True),
-    col("merge_versions", STRING, "Merge bookkeeping, not for analysis: JSON of the fields whose value came from an "
-        "older version than the winning one, with that version (emitted_at, ingested_at, source_file, source_line, "
-        "message_id), so a later merge of an older copy decides them exactly; null when every field is the newest "
-        "version's."),
+    col("merge_versions", STRING, "Merge bookkeeping, not for analysis: JSON list, newest first, of the older "
+        "versions than the winning one that gave fields, each {version: [emitted_at, ingested_at, source_file, "
+        "source_line, message_id], fields: [names]}, so a later merge of an older copy decides them exactly; null "
+        "when every field is the newest version's."),
 ), "session_id", partition="session_date")
 SILVER_VIEWS = _silver("silver_views", "One row per view (first copy wins), joined to its session.",
                        (_VIEW_ID,) + _RESOLVED + _VIEW_COLUMNS, "view_id")

@@ -16,6 +16,7 @@ from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, SILVER
 from tests.conftest import MIN, T0, bronze
 from transforms.columnar import concat
+from transforms.dedup import parse_merge_versions
 from transforms.silver_lake import new_rows
 from transforms.silver_merge import MergeResult, build_silver, merge_batch
 
@@ -158,6 +159,27 @@ def test_an_older_session_version_arriving_later_fills_only_what_the_newer_left_
     silver.apply(merge_batch(_tables([("session", newest)]), silver))
     [row] = silver.tables["silver_sessions"].to_pylist()
     assert (row["user_id"], row["device_type"], row["copies"]) == ("u-1", "tablet", 3)
+
+
+def test_fields_from_two_older_versions_are_kept_apart_and_merge_in_any_order():
+    newest = bronze("bronze_sessions", 3, session_id="s-1", session_start_time=T0, emitted_at=T0 + 30 * MIN,
+                    session_end_time=T0 + 30 * MIN)
+    middle = bronze("bronze_sessions", 2, session_id="s-1", session_start_time=T0, emitted_at=T0 + 20 * MIN,
+                    device_type="tablet")
+    oldest = bronze("bronze_sessions", 1, session_id="s-1", session_start_time=T0, emitted_at=T0,
+                    device_type="mobile", user_id="u-1")
+    rows = []
+    for order in ([newest, middle, oldest], [oldest, newest, middle], [middle, oldest, newest]):
+        silver = MemorySilver()
+        for version in order:
+            silver.apply(merge_batch(_tables([("session", version)]), silver))
+        [row] = silver.tables["silver_sessions"].to_pylist()
+        rows.append(row)
+    assert rows[0] == rows[1] == rows[2]
+    assert (rows[0]["device_type"], rows[0]["user_id"], rows[0]["copies"]) == ("tablet", "u-1", 3)
+    versions = parse_merge_versions(rows[0]["merge_versions"])
+    assert [(v["emitted_at"], fields) for v, fields in versions] == [(T0 + 20 * MIN, ["device_type"]),
+                                                                      (T0, ["user_id"])]
 
 
 def test_a_child_arriving_later_updates_its_session_and_a_changed_session_its_children():

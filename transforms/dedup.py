@@ -294,21 +294,49 @@ def _first_valid_per_group(column, groups: np.ndarray, n_groups: int) -> np.ndar
 
 
 def _merge_versions(ordered: pa.Table, from_older: dict[str, np.ndarray], n_groups: int) -> pa.Array:
-    """``MERGE_VERSIONS`` of every group: JSON ``{field: version}`` for the
-    fields taken from an older version, null when there are none (the usual case)."""
+    """``MERGE_VERSIONS`` of every group: null when every field is the
+    winning version's (``parse_merge_versions`` reads it back)."""
     older = np.zeros(n_groups, bool)
     for rows in from_older.values():
         older |= rows >= 0
-    texts = [None] * n_groups
-    if older.any():
-        # Python lists once (timestamps as micros): indexing Arrow arrays per value costs microseconds each.
-        version = [(ordered.column(v).cast(pa.int64()) if pa.types.is_timestamp(ordered.schema.field(v).type)
-                    else ordered.column(v)).to_pylist() for v in SESSION_VERSION]
-        fields = sorted(from_older.items())
-        for g in np.flatnonzero(older).tolist():
-            texts[g] = json.dumps({c: [values[int(rows[g])] for values in version]
-                                   for c, rows in fields if rows[g] >= 0}, separators=(",", ":"))
-    return pa.array(texts, pa.string())
+    texts = np.full(n_groups, None, object)
+    groups = np.flatnonzero(older)
+    if not len(groups):
+        return pa.array(texts.tolist(), pa.string())
+    fields = sorted(from_older)
+    chosen = np.stack([from_older[c][groups] for c in fields])  # (field, group): a row of ``ordered``, or -1
+    needed = np.unique(chosen[chosen >= 0])
+    # Python lists only of the rows named (timestamps as micros): per-value Arrow indexing costs microseconds.
+    taken = ordered.take(pa.array(needed))
+    values = [(taken.column(v).cast(pa.int64()) if pa.types.is_timestamp(taken.schema.field(v).type)
+               else taken.column(v)).to_pylist() for v in SESSION_VERSION]
+    version_text = dict(zip(needed.tolist(), (json.dumps(list(v), separators=(",", ":")) for v in zip(*values))))
+    # The usual case, one older version giving every such field, by lookups alone.
+    newest_older = chosen.max(axis=0)
+    single = ((chosen == newest_older) | (chosen < 0)).all(axis=0)
+    pattern = ((chosen >= 0) * (1 << np.arange(len(fields)))[:, None]).sum(axis=0)
+    names_text = {p: json.dumps([f for i, f in enumerate(fields) if p >> i & 1]) for p in np.unique(pattern).tolist()}
+    for g, row, p in zip(groups[single].tolist(), newest_older[single].tolist(), pattern[single].tolist()):
+        texts[g] = f'[{{"version":{version_text[row]},"fields":{names_text[p]}}}]'
+    for j in np.flatnonzero(~single).tolist():
+        by_version: dict[str, list[str]] = {}
+        for row in sorted(set(chosen[:, j][chosen[:, j] >= 0].tolist())):  # newest version first
+            by_version.setdefault(version_text[row], [])
+        for f, row in zip(fields, chosen[:, j].tolist()):
+            if row >= 0:
+                by_version[version_text[row]].append(f)
+        texts[groups[j]] = "[" + ",".join(f'{{"version":{v},"fields":{json.dumps(names)}}}'
+                                          for v, names in by_version.items()) + "]"
+    return pa.array(texts.tolist(), pa.string())
+
+
+def parse_merge_versions(text: str | None) -> list[tuple[dict, list[str]]]:
+    """A ``merge_versions`` value -> ``[(version, fields)]``, newest version
+    first: each older version (``SESSION_VERSION`` -> value, timestamps as
+    micros) that gave the session some fields, and those fields."""
+    if not text:
+        return []
+    return [(dict(zip(SESSION_VERSION, entry["version"])), entry["fields"]) for entry in json.loads(text)]
 
 
 def content_columns(table: Table) -> list[str]:

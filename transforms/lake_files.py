@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -116,19 +117,29 @@ def read_data_file(file: DataFile, table: Table) -> pa.Table:
 def _partitioned(table: Table, rows: pa.Table, by_source: bool):
     """-> ((partition value..., source group), rows) for every partition (and
     landing file, with ``by_source``) the rows fall in."""
-    parts = [rows.column(c).cast(pa.string()) for c in table.partition_by]
+    parts = [rows.column(c) for c in table.partition_by]
     if by_source:
         parts.append(pc.fill_null(rows.column("source_file"), ""))
     if not parts:
         yield ("",), rows
         return
-    combined = pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
-    encoded = combined.combine_chunks().dictionary_encode() if isinstance(combined, pa.ChunkedArray) \
-        else combined.dictionary_encode()
-    for index, part in split_by_shard(rows, encoded.indices.to_numpy(zero_copy_only=False), len(encoded.dictionary)):
-        values = encoded.dictionary[index].as_py().split("\x1f")
-        group = values.pop() if by_source else ""
-        yield tuple(values) + (group,), part
+    # Each column encoded apart and the codes combined as numbers: no per-row text.
+    codes, texts = np.zeros(rows.num_rows, np.int64), []
+    for column in parts:
+        encoded = (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).dictionary_encode()
+        texts.append(encoded.dictionary.cast(pa.string()).to_pylist())
+        indices = np.asarray(pc.fill_null(encoded.indices, len(texts[-1])).to_numpy(zero_copy_only=False), np.int64)
+        texts[-1].append(None)
+        codes = codes * len(texts[-1]) + indices
+    combined, group_of_row = np.unique(codes, return_inverse=True)
+    for group, part in split_by_shard(rows, group_of_row.astype(np.int64), len(combined)):
+        values, code = [], int(combined[group])
+        for names in reversed(texts):
+            code, index = divmod(code, len(names))
+            values.append(names[index])
+        values.reverse()
+        source = values.pop() if by_source else ""
+        yield tuple(values) + (source,), part
 
 
 def write_table_files(lake: str, table: Table, rows: pa.Table, by_source: bool = False) -> list[DataFile]:

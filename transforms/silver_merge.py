@@ -24,7 +24,6 @@ holds one of some values), so the rule is pure and the lake side
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,7 +34,7 @@ import pyarrow.compute as pc
 from schemas.contract import RECORD_TYPES
 from schemas.tables import SILVER
 from transforms.columnar import concat, count_true
-from transforms.dedup import MERGE_VERSIONS, SESSION_VERSION, DedupCounts, _same, dedup_table
+from transforms.dedup import MERGE_VERSIONS, SESSION_VERSION, DedupCounts, _same, dedup_table, parse_merge_versions
 from transforms.silver import (ACTIVITY_JOIN, RESPONSE_JOIN, SESSION_CHILDREN, _as_table, attach_parent,
                                resolve_sessions, shuffled_columns, winner_schema)
 
@@ -81,8 +80,9 @@ def bronze_shaped(record_type: str, rows: pa.Table) -> pa.Table:
         return schema.empty_table()
     if record_type == "session":
         rows = rows.filter(rows.column("has_session_record"))
-        older = _older_versions(rows, schema)
-        main = _null_fields_from_older(rows)
+        entries = [parse_merge_versions(t) for t in rows.column(MERGE_VERSIONS).to_pylist()]
+        older = _older_versions(rows, entries, schema)
+        main = _null_fields_from_older(rows, entries)
         return concat([_conform(main, schema), older], schema)
     if "record_platform" in rows.column_names:
         rows = rows.set_column(rows.column_names.index("platform"), "platform", rows.column("record_platform"))
@@ -95,53 +95,36 @@ def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
                                  else pa.nulls(n, f.type) for f in schema], schema=schema)
 
 
-def _null_fields_from_older(rows: pa.Table) -> pa.Table:
+def _null_fields_from_older(rows: pa.Table, entries: list) -> pa.Table:
     """The winning version's row of each session: fields that came from an older version nulled."""
-    texts = rows.column(MERGE_VERSIONS).to_pylist()
-    if not any(texts):
-        return rows
-    listed = [json.loads(t) if t else {} for t in texts]
-    for name in {f for versions in listed for f in versions}:
-        mask = pa.array([name in versions for versions in listed])
+    older_fields = [{f for _, fields in versions for f in fields} for versions in entries]
+    for name in set().union(*older_fields):
+        mask = pa.array([name in fields for fields in older_fields])
         column = rows.column(name)
         rows = rows.set_column(rows.column_names.index(name), name,
                                pc.if_else(mask, pa.scalar(None, column.type), column))
     return rows
 
 
-def _older_versions(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """One bronze-shaped row per (session, field from an older version)."""
-    records = []
-    keyed = rows.select(["session_id", MERGE_VERSIONS]).to_pylist()
-    for i, row in enumerate(keyed):
-        if not row[MERGE_VERSIONS]:
-            continue
-        for name, version in json.loads(row[MERGE_VERSIONS]).items():
-            records.append((i, name, dict(zip(SESSION_VERSION, version))))
+def _older_versions(rows: pa.Table, entries: list, schema: pa.Schema) -> pa.Table:
+    """One bronze-shaped row per (session, older version that gave it
+    fields): that version, only those fields, ``copies`` 0."""
+    records = [(i, version, fields) for i, versions in enumerate(entries) for version, fields in versions]
     if not records:
         return schema.empty_table()
-    columns = {f.name: [None] * len(records) for f in schema}
-    for n, (i, name, version) in enumerate(records):
-        columns["session_id"][n] = keyed[i]["session_id"]
-        columns[name][n] = _value(rows, name, i)
-        for v, value in version.items():
-            columns[v][n] = value
-        columns["copies"][n] = 0
-    arrays = []
-    for f in schema:
-        values = columns[f.name]
-        if pa.types.is_timestamp(f.type):
-            arrays.append(pa.array(values, pa.int64()).cast(f.type))
-        else:
-            arrays.append(pa.array(values, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _value(rows: pa.Table, name: str, i: int):
-    scalar = rows.column(name)[i]
-    if pa.types.is_timestamp(scalar.type):
-        return None if not scalar.is_valid else scalar.cast(pa.int64()).as_py()
-    return scalar.as_py()
+    at = pa.array([i for i, _, _ in records])
+    columns = {f.name: pa.nulls(len(records), f.type) for f in schema}
+    columns["session_id"] = rows.column("session_id").take(at)
+    columns["copies"] = pa.array(np.zeros(len(records), np.int64))
+    for name in {f for _, _, fields in records for f in fields}:
+        mask = pa.array([name in fields for _, _, fields in records])
+        columns[name] = pc.if_else(mask, rows.column(name).take(at).cast(schema.field(name).type),
+                                   pa.scalar(None, schema.field(name).type))
+    for v in SESSION_VERSION:
+        values = [version[v] for _, version, _ in records]
+        t = schema.field(v).type
+        columns[v] = pa.array(values, pa.int64()).cast(t) if pa.types.is_timestamp(t) else pa.array(values, t)
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
 # --- one batch into silver ----------------------------------------------------------------------
