@@ -13,7 +13,8 @@ from transforms.bronze import normalize_email, pseudonym
 
 
 def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
-    report = run.main(["--sizes", "3000,6000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    report = run.main(["--sizes", "3000,6000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                       "--rounds", "1"])
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert [r["size"] for r in saved["results"]] == [3000, 6000]
@@ -31,6 +32,7 @@ def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
         assert all(0 < s["cpu_s"] and 0 < s["wall_s"] for s in steps)
         assert r["reference"]["time_ratio"] == pytest.approx(r["wall_s"] / r["reference"]["wall_s"], abs=0.01)
         assert r["differences"] == []
+        assert [x["wall_s"] for x in r["rounds"]] == [r["wall_s"]]
         # the comparison covered real rows in every gold table
         assert all(n > 0 for n in r["gold_rows"].values()), r["gold_rows"]
     [grown] = saved["growth"]
@@ -42,6 +44,7 @@ def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
         for r in saved["results"]:
             # the previous release ran over the same files, and its gold is the same
             assert r["baseline"]["differences"] == [] and r["baseline"]["tables_compared"]
+            assert [x["wall_s"] for x in r["baseline"]["rounds"]] == [r["baseline"]["wall_s"]]
             assert r["speedup"]["time_x"] == pytest.approx(r["baseline"]["wall_s"] / r["wall_s"], abs=0.01)
             assert r["speedup"]["cpu_x"] == pytest.approx(
                 r["baseline"]["cpu_s_per_million"] / r["cpu_s_per_million"], abs=0.01)
@@ -49,7 +52,11 @@ def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
 
 
 def test_differential_check_reports_a_changed_value_and_a_missing_row(tmp_path):
-    run.main(["--sizes", "3000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    report = run.main(["--sizes", "3000", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                       "--baseline", "none"])
+    # two rounds by default, the fastest reported with both kept
+    [result] = report["results"]
+    assert len(result["rounds"]) == 2 and result["wall_s"] == min(x["wall_s"] for x in result["rounds"])
     lake, ref = tmp_path / "work" / "n3000" / "lake", tmp_path / "work" / "n3000" / "reference_gold"
     assert reference.differences(reference.compare_gold(lake, ref)) == []
 
