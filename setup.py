@@ -8,6 +8,7 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
                                                "schemas", "schemas.*", "reporting", "reporting.*"]),
+    entry_points={"console_scripts": ["funnel = pipelines.cli:main"]},
     install_requires=[
         "apache-beam[gcp,aws]==2.77.0",  # aws: Beam's S3 filesystem (a lake on S3)
         "pyarrow==25.0.1",

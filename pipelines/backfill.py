@@ -45,19 +45,46 @@ from datetime import date, datetime, timedelta, timezone
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.common import (add_pii_key_flags, add_sink_flags, bigquery_target, counters, parse, pii_key_source,
-                              pipeline_parser, run_pipeline, setup_logging)
+from pipelines.arguments import check_lake
+from pipelines.common import (
+    add_pii_key_flags,
+    add_sink_flags,
+    bigquery_target,
+    counters,
+    parse,
+    pii_key_source,
+    pipeline_parser,
+    run_pipeline,
+    setup_logging,
+)
 from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.accounting import AccountingError, backfill_problems, write_run_log
-from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery, silver_merger
-from transforms.pii import PiiKeySource
+from transforms.bigquery_io import (
+    BigQueryTarget,
+    BigQueryWrite,
+    PublishToBigQuery,
+    silver_merger,
+)
 from transforms.bronze_columnar import ParseChunkFn
-from transforms.landing import RAW_FILES, ReadLandingFiles, expand_inputs
-from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
+from transforms.lake_commit import (
+    CommitLakeWrites,
+    CommitPlan,
+    Replace,
+    ReplaceScope,
+    read_plan,
+)
 from transforms.lake_files import WriteDataFiles
 from transforms.lake_tables import LakeFile, ReadLakeTable, read_file, snapshot
+from transforms.landing import (
+    LANDING_SUFFIXES,
+    RAW_FILES,
+    ReadLandingFiles,
+    expand_inputs,
+    unsupported_inputs,
+)
+from transforms.pii import PiiKeySource
 from transforms.silver import BuildSilver, shuffled_columns
 from transforms.silver_lake import CommitAndMergeFn, head
 
@@ -198,8 +225,12 @@ def main(argv=None):
     key_source = pii_key_source(parser, args, options)
     if (args.date_from is None) != (args.date_to is None):
         parser.error("--from and --to go together")
+    check_lake(parser, args.lake)
     setup_logging()
     args.input = [dated_pattern(pattern, datetime.now(timezone.utc).date()) for pattern in args.input]
+    for pattern in unsupported_inputs(args.input, args.lake):
+        parser.error(f"--input {pattern} matches no file a backfill reads: landing files end in "
+                     f"{', '.join(LANDING_SUFFIXES)}; raw-layer files are named under LAKE/raw/")
     paths = expand_inputs(args.input, args.lake)
     if not paths:
         # A day without landing files (producers that only publish to Pub/Sub): nothing to read is a

@@ -6,13 +6,12 @@ letter and silver on Cloud Storage (``transforms.biglake``).
 """
 from __future__ import annotations
 
-import argparse
-
+from pipelines.arguments import command_parser
 from transforms.biglake import create_statements
 
 
 def main(argv=None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--lake", required=True, help="gs://bucket/path of the lake")
     parser.add_argument("--project", required=True, help="BigQuery project of the lake_* datasets")
     parser.add_argument("--connection", required=True,

@@ -12,6 +12,7 @@ from typing import Callable
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.arguments import CommandParser, command_parser
 from transforms import metrics
 
 # Set in the pipeline images to the image's own name (templates/Dockerfile).
@@ -30,9 +31,9 @@ NOT_TEMPLATE_PARAMETERS = {
 }
 
 
-def pipeline_parser(doc: str) -> argparse.ArgumentParser:
+def pipeline_parser(doc: str) -> CommandParser:
     """A pipeline's parser: its module docstring's summary, and ``--wait``."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser = command_parser(doc)
     parser.add_argument("--wait", action="store_true",
                         help="on a remote runner (Dataflow): wait for the job to finish and print its counters "
                              "(local runs always wait); without it the launcher returns once the job is submitted")

@@ -21,14 +21,20 @@ never the identifier itself. Prints the same summary, also without it.
 """
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
 import uuid
 from datetime import date, datetime, timezone
 
 from pipelines import gold_daily
-from pipelines.common import add_pii_key_flags, add_sink_flags, bigquery_target, parse, setup_logging
+from pipelines.arguments import check_lake, command_parser
+from pipelines.common import (
+    add_pii_key_flags,
+    add_sink_flags,
+    bigquery_target,
+    parse,
+    setup_logging,
+)
 from schemas import contract
 from schemas.tables import ERASURE_LOG, RAW, SILVER
 from transforms import erasure
@@ -73,7 +79,7 @@ def _audit(lake: str, row: dict, bigquery) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user-id", help="the person's user id")
@@ -87,6 +93,7 @@ def main(argv=None) -> dict:
     add_pii_key_flags(parser)
     args, options = parse(parser, argv)
     bigquery = bigquery_target(parser, args, options)
+    check_lake(parser, args.lake, must_exist=True)
     setup_logging()
     # A local command, not a job: it reads the key itself (to match an email's keyed hashes).
     key = PiiKeySource(args.pii_key_secret).resolve()

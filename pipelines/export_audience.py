@@ -12,13 +12,13 @@ audience gives the same file.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 from datetime import date, datetime, time, timezone
 
 import pyarrow.compute as pc
 
+from pipelines.arguments import check_gold, command_parser
 from pipelines.common import use_filesystems
 from schemas.tables import GOLD
 from transforms.lake_tables import layer_versions, read_arrow
@@ -47,12 +47,15 @@ def write_csv(path: str, hashes: list[str]) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--lake", required=True, help="lakehouse root with gold/mart_retargeting")
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.add_argument("--since", type=date.fromisoformat, help="only carts abandoned on or after this UTC date")
     args = parser.parse_args(argv)
     use_filesystems()
+    check_gold(parser, args.lake, "mart_retargeting")
+    if os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a folder; name the CSV file to write")
     hashes, missing = audience(args.lake, args.since)
     write_csv(args.out, hashes)
     print(f"retargeting audience: {len(hashes):,} users -> {args.out}"

@@ -32,7 +32,6 @@ from re-applying the funnel rules to the records.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -43,6 +42,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import orjson
 
+from pipelines.arguments import command_parser, non_negative_int, positive_int, share
 from schemas.contract import MAX_RECORD_BYTES
 
 STAGES = ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned")
@@ -563,20 +563,26 @@ def generate(cfg: Config, out: str) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=Config.users)
-    parser.add_argument("--days", type=int, default=Config.days)
+    parser = command_parser(__doc__)
+    parser.add_argument("--users", type=positive_int, default=Config.users)
+    parser.add_argument("--days", type=positive_int, default=Config.days)
     parser.add_argument("--seed", type=int, default=Config.seed)
     parser.add_argument("--start", default=Config.start, help="first session day, UTC (default %(default)s)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
-    parser.add_argument("--invalid-share", type=float, default=Config.invalid_share)
-    parser.add_argument("--duplicate-share", type=float, default=Config.duplicate_share)
-    parser.add_argument("--b-share", type=float, default=Config.b_share,
+    parser.add_argument("--invalid-share", type=share, default=Config.invalid_share)
+    parser.add_argument("--duplicate-share", type=share, default=Config.duplicate_share)
+    parser.add_argument("--b-share", type=share, default=Config.b_share,
                         help="share of sessions in checkout_button variant B (not 0.5: a sample-ratio mismatch)")
-    parser.add_argument("--email-failure-bursts", type=int, default=Config.email_failure_bursts,
+    parser.add_argument("--email-failure-bursts", type=non_negative_int, default=Config.email_failure_bursts,
                         help="15-minute windows with a burst of failed confirmations")
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file; name a folder for the landing files")
+    try:
+        date.fromisoformat(args.start)
+    except ValueError:
+        parser.error(f"--start {args.start} is not a date (YYYY-MM-DD)")
     cfg = Config(users=args.users, days=args.days, seed=args.seed, start=args.start, format=args.format,
                  invalid_share=args.invalid_share, duplicate_share=args.duplicate_share, b_share=args.b_share,
                  email_failure_bursts=args.email_failure_bursts)

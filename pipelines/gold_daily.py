@@ -29,20 +29,37 @@ from datetime import date, datetime, timezone
 
 import apache_beam as beam
 
-from pipelines.common import (add_sink_flags, bigquery_target, counters, parse, pipeline_parser, run_pipeline,
-                              setup_logging)
+from pipelines.arguments import check_lake
+from pipelines.common import (
+    add_sink_flags,
+    bigquery_target,
+    counters,
+    parse,
+    pipeline_parser,
+    run_pipeline,
+    setup_logging,
+)
 from schemas import contract
-from schemas.tables import GOLD, SILVER
+from schemas.tables import BRONZE, GOLD, SILVER
 from schemas.views import VIEWS
 from transforms.accounting import write_run_log
-from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, PublishToBigQuery
+from transforms.bigquery_io import (
+    BigQueryTarget,
+    BigQueryWrite,
+    PublishToBigQuery,
+    silver_merger,
+)
 from transforms.gold import GOLD_INPUTS, BuildGold, CutAtAsOfFn, end_of_day_micros
-from transforms.lake_commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
+from transforms.lake_commit import (
+    CommitLakeWrites,
+    CommitPlan,
+    Replace,
+    ReplaceScope,
+    read_plan,
+)
 from transforms.lake_files import WriteDataFiles
-from transforms.lake_tables import ReadLakeTable, layer_versions, snapshot
-from transforms.bigquery_io import silver_merger
+from transforms.lake_tables import ReadLakeTable, layer_versions, open_table, snapshot
 from transforms.silver_lake import catch_up
-
 
 # Bytes of silver Parquet per shard of the gold shuffle (about 100k rows).
 BYTES_PER_SHARD = 8 << 20
@@ -93,6 +110,10 @@ def main(argv=None):
     parser = arg_parser()
     args, options = parse(parser, argv)
     bigquery = bigquery_target(parser, args, options)
+    check_lake(parser, args.lake, must_exist=True)
+    if not any(open_table(args.lake, table) is not None for table in (*SILVER.values(), *BRONZE.values())):
+        parser.error(f"--lake {args.lake} holds no silver and no bronze to build gold from: run `funnel backfill` "
+                     "or `funnel stream` into it first")
     setup_logging()
     print(f"gold_daily: {args.lake} as of {args.as_of} -> {args.lake}/gold"
           + (f" and BigQuery {bigquery.project}.gold" if bigquery else ""))

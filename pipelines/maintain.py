@@ -13,20 +13,20 @@ because the retention (default 7 days) is longer than any run.
 """
 from __future__ import annotations
 
-import argparse
-
+from pipelines.arguments import check_lake, command_parser, non_negative_int
 from pipelines.common import setup_logging, use_filesystems
 from transforms.lake_maintenance import RETENTION_HOURS, maintain
 from transforms.lake_tables import ALL_LAKE_TABLES
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or an object store URL)")
-    parser.add_argument("--retention-hours", type=int, default=RETENTION_HOURS,
+    parser.add_argument("--retention-hours", type=non_negative_int, default=RETENTION_HOURS,
                         help=f"keep unneeded files this long (default {RETENTION_HOURS}); longer than any run")
     parser.add_argument("--no-compact", dest="compact", action="store_false", help="skip compaction")
     args = parser.parse_args(argv)
+    check_lake(parser, args.lake, must_exist=True)
     use_filesystems()
     setup_logging()
     reports = {}

@@ -9,12 +9,13 @@ as they are (duplicates, invalid records and all), in file order.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import time
 
 from google.api_core.exceptions import AlreadyExists
 from google.cloud import pubsub_v1
+
+from pipelines.arguments import command_parser, positive_float
 
 
 def ensure_topic_and_subscription(topic: str, subscription: str | None = None,
@@ -64,14 +65,19 @@ def publish(topic: str, messages: list[bytes], rate: float | None = None, sent_a
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--topic", required=True, help="projects/P/topics/T")
     parser.add_argument("--input", required=True, help="glob of JSONL landing files")
-    parser.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
+    parser.add_argument("--rate", type=positive_float, help="messages per second (default: as fast as possible)")
     parser.add_argument("--subscription", help="create this subscription on the topic too")
     args = parser.parse_args(argv)
+    files = sorted(glob.glob(args.input))
+    if not files:
+        parser.error(f"--input {args.input} matches no file; name JSONL landing files (e.g. landing/*.jsonl)")
+    if not args.topic.startswith("projects/") or "/topics/" not in args.topic:
+        parser.error(f"--topic {args.topic} is not a topic path; write projects/P/topics/T")
     ensure_topic_and_subscription(args.topic, args.subscription)
-    messages = lines_of(sorted(glob.glob(args.input)))
+    messages = lines_of(files)
     started = time.time()
     n = publish(args.topic, messages, args.rate)
     print(f"published {n:,} messages to {args.topic} in {time.time() - started:.1f} s")

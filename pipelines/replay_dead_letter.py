@@ -18,7 +18,6 @@ dead letters are few.
 """
 from __future__ import annotations
 
-import argparse
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.arguments import check_lake, command_parser
 from pipelines.common import add_pii_key_flags, setup_logging, use_filesystems
 from schemas import contract
 from schemas.tables import BRONZE, DEAD_LETTER, RAW
@@ -117,12 +117,13 @@ def replay(lake: str, reason: str | None = None, since: int | None = None, key_s
 
 
 def main(argv=None) -> Counter:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--reason", choices=contract.REASONS, help="only dead letters of this reason")
     parser.add_argument("--since", type=_since, help="only dead letters ingested at or after this time (ISO 8601)")
     add_pii_key_flags(parser)
     args = parser.parse_args(argv)
+    check_lake(parser, args.lake, must_exist=True)
     setup_logging()
     use_filesystems()
     run_id = f"{PIPELINE}-{uuid.uuid4().hex}"

@@ -11,12 +11,13 @@ read at its latest release, or as it was (``--as-of-version``: a version of
 """
 from __future__ import annotations
 
-import argparse
 import io
+import os
 import posixpath
 from collections import defaultdict
 from datetime import datetime
 
+from pipelines.arguments import check_gold, command_parser
 from pipelines.common import use_filesystems
 from reporting import explorer
 from reporting.explorer import Gold
@@ -109,7 +110,7 @@ def funnel_chart(summary: dict, path: str) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--lake", required=True)
     parser.add_argument("--out", help="folder for funnel.png and funnel.html (default LAKE/reports)")
     travel = parser.add_mutually_exclusive_group()
@@ -117,6 +118,9 @@ def main(argv=None):
     travel.add_argument("--as-of-timestamp", type=datetime.fromisoformat, help="gold as it was at this time")
     args = parser.parse_args(argv)
     use_filesystems()
+    check_gold(parser, args.lake, "mart_conversion_rate")
+    if args.out and "://" not in args.out and os.path.isfile(args.out):
+        parser.error(f"--out {args.out} is a file; name a folder for funnel.png and funnel.html")
     out = args.out or posixpath.join(args.lake, "reports")  # a folder or an object-store URL
     gold = Gold.of(args.lake, args.as_of_version, args.as_of_timestamp)
     summary = funnel_summary(gold)

@@ -44,12 +44,21 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import local_runner
-from pipelines.common import (add_pii_key_flags, add_sink_flags, bigquery_target, parse, pii_key_source, pipeline_parser,
-                              run_pipeline, setup_logging)
+from pipelines.arguments import check_lake, positive_int
+from pipelines.common import (
+    add_pii_key_flags,
+    add_sink_flags,
+    bigquery_target,
+    parse,
+    pii_key_source,
+    pipeline_parser,
+    run_pipeline,
+    setup_logging,
+)
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.bigquery_io import BigQueryTarget
-from transforms.pii import PiiKeySource
 from transforms.lake_tables import snapshot
+from transforms.pii import PiiKeySource
 from transforms.stream_alerts import ALERT_GRACE_SECONDS, ALLOWED_LATENESS_SECONDS
 from transforms.streaming import StreamingLakehouse
 
@@ -109,7 +118,7 @@ def arg_parser() -> argparse.ArgumentParser:
     parser = pipeline_parser(__doc__)
     parser.add_argument("--subscription", required=True, help="projects/P/subscriptions/S")
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
-    parser.add_argument("--window-seconds", type=int, default=60, help="length of the file windows (default 60)")
+    parser.add_argument("--window-seconds", type=positive_int, default=60, help="length of the file windows (default 60)")
     parser.add_argument("--allowed-lateness-hours", type=float, default=ALLOWED_LATENESS_SECONDS / 3600,
                         help="how long past its due time a decided alert is remembered, so a late record "
                              "neither raises nor retracts it again (default 48)")
@@ -130,6 +139,7 @@ def main(argv=None, stop_when=None):
     args, options = parse(parser, argv, local_runner=STREAMING_RUNNER, streaming=True)
     bigquery = bigquery_target(parser, args, options)
     key_source = pii_key_source(parser, args, options)
+    check_lake(parser, args.lake)
     setup_logging()
     print(f"stream_ingest: {args.subscription} -> {args.lake}"
           + (f" and BigQuery {bigquery.project}" if bigquery else "") + f" ({args.window_seconds} s windows)")

@@ -202,3 +202,13 @@ def expand_inputs(patterns: list[str], lake: str) -> list[str | LakeFile]:
     return sorted(paths) + raw
 
 
+def unsupported_inputs(patterns: list[str], lake: str) -> list[str]:
+    """The patterns (outside the raw layer) that match files but not one of a
+    type a backfill reads: a mistake, unlike a pattern matching nothing (a
+    day without landing files)."""
+    raw_root = table_dir(lake, RAW).rstrip("/") + "/"
+    outside = [p for p in patterns if not p.startswith(raw_root)]
+    return [pattern for pattern, result in zip(outside, FileSystems.match(outside))
+            if result.metadata_list and not any(m.path.endswith(LANDING_SUFFIXES) for m in result.metadata_list)]
+
+
