@@ -10,7 +10,7 @@ DEMO_DAYS  ?= 7
 DEMO_DATA  ?= demo-data/landing
 LAKE       ?= lake
 
-.PHONY: install tool-venvs browser demo demo-bq test bench bench-daily bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down s3-up s3-down maintain infra-check generate template-build lock clean
+.PHONY: install tool-venvs browser demo demo-bq test lint bench bench-daily bench-stream bench-stream-cpu stream-demo pubsub-up pubsub-down bq-up bq-down s3-up s3-down maintain infra-check generate template-build lock clean
 
 install: $(STAMP)
 
@@ -49,7 +49,14 @@ demo-bq: demo
 # tests in one of them, so `make test` needs no other step.
 test: browser
 	@$(MAKE) --no-print-directory -j3 install tool-venvs
+	@$(MAKE) --no-print-directory lint
 	$(PY) -m devtools.with_services $(VENV)/bin/pytest -n 2 --dist loadfile
+
+# ruff (lint and format, pyproject.toml) and import-linter (the layers, pyproject.toml)
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # The emulators' and checkov's own virtualenvs (their pins clash with Beam's),
 # created together; the tests would otherwise create each on first use.

@@ -1,4 +1,5 @@
 """funnel-lakehouse: the pipeline package. Dataflow workers install it from here."""
+
 import setuptools
 
 setuptools.setup(
@@ -6,8 +7,20 @@ setuptools.setup(
     version="0.1.0",
     description="Customer funnel lakehouse on Apache Beam: raw -> bronze -> silver -> gold",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
-                                               "schemas", "schemas.*", "reporting", "reporting.*"]),
+    packages=setuptools.find_packages(
+        include=[
+            "pipelines",
+            "pipelines.*",
+            "transforms",
+            "transforms.*",
+            "schemas",
+            "schemas.*",
+            "reporting",
+            "reporting.*",
+            "simulator",
+            "simulator.*",
+        ]
+    ),
     entry_points={"console_scripts": ["funnel = pipelines.cli:main"]},
     install_requires=[
         "apache-beam[gcp,aws]==2.77.0",  # aws: Beam's S3 filesystem (a lake on S3)

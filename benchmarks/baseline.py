@@ -7,6 +7,7 @@ tree's virtualenv (same pinned dependencies), from that folder, so ``python
 -m pipelines.backfill`` there is the old code. Returns None outside a git
 checkout (a source tarball), and the benchmarks then measure this tree only.
 """
+
 from __future__ import annotations
 
 import os

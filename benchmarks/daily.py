@@ -19,6 +19,7 @@ day, not the lake. Gold is recomputed from all of silver (truncate and
 load), so its cost grows with the history by design. Timings are never
 asserted in tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from benchmarks import baseline
-from benchmarks.run import _measured
-from pipelines import generate
+from benchmarks.run import measured
+from simulator import traffic
 
 # The last release before silver was merged: every backfill recomputed silver from all of bronze.
 PREVIOUS_RELEASE = "5c58303"
@@ -43,16 +44,22 @@ def _files(users: int, days: int, workdir: Path) -> list[Path]:
     generator also writes the late scans that arrive after the last day:
     left out, so the last file is a whole day)."""
     landing = workdir / "landing"
-    config = generate.Config(users=users, days=days, seed=11)
+    config = traffic.Config(users=users, days=days, seed=11)
     if not landing.is_dir():
-        generate.generate(config, str(landing))
+        traffic.generate(config, str(landing))
     last = (date.fromisoformat(config.start) + timedelta(days=days - 1)).isoformat()
     return sorted(p for p in landing.glob("*.jsonl") if p.stem.rsplit("_", 1)[-1] <= last)
 
 
 def _backfill(files: list[Path], lake: Path, tree: Path | None) -> list[str]:
-    return [sys.executable, "-m", "pipelines.backfill", *(a for f in files for a in ("--input", str(f))),
-            "--lake", str(lake)]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.backfill",
+        *(a for f in files for a in ("--input", str(f))),
+        "--lake",
+        str(lake),
+    ]
 
 
 def _run_tree(name: str, tree: Path | None, files: list[Path], histories: list[int], workdir: Path) -> dict:
@@ -64,12 +71,19 @@ def _run_tree(name: str, tree: Path | None, files: list[Path], histories: list[i
             history = workdir / f"{name}-history-{days}"
             if not history.is_dir():
                 print(f"  {name}: building a lake of {days} days (not timed) ...", flush=True)
-                subprocess.run(_backfill(files[-1 - days:-1], history, tree), check=True, capture_output=True,
-                               cwd=tree, env=baseline.environment(tree) if tree else None)
+                subprocess.run(
+                    _backfill(files[-1 - days : -1], history, tree),
+                    check=True,
+                    capture_output=True,
+                    cwd=tree,
+                    env=baseline.environment(tree) if tree else None,
+                )
             shutil.copytree(history, lake)
         print(f"  {name}: the day into a lake of {days} days ...", flush=True)
-        steps = {"backfill": _measured(_backfill([day], lake, tree), tree),
-                 "gold_daily": _measured([sys.executable, "-m", "pipelines.gold_daily", "--lake", str(lake)], tree)}
+        steps = {
+            "backfill": measured(_backfill([day], lake, tree), tree),
+            "gold_daily": measured([sys.executable, "-m", "pipelines.gold_daily", "--lake", str(lake)], tree),
+        }
         runs[days] = steps
         shutil.rmtree(lake)
     return runs
@@ -89,8 +103,10 @@ def main(argv=None) -> dict:
         workdir.mkdir(parents=True, exist_ok=True)
         files = _files(args.users, max(histories) + 1, workdir)
         lines = sum(1 for _ in files[-1].open("rb"))
-        print(f"daily: the day {files[-1].name} ({lines:,} lines) after 0, "
-              + ", ".join(map(str, histories)) + " days", flush=True)
+        print(
+            f"daily: the day {files[-1].name} ({lines:,} lines) after 0, " + ", ".join(map(str, histories)) + " days",
+            flush=True,
+        )
         report = {"day": files[-1].name, "day_lines": lines, "history_days": histories, "runs": {}}
         tree = None if args.baseline == "none" else baseline.worktree(args.baseline, workdir)
         if tree is not None:
@@ -99,18 +115,23 @@ def main(argv=None) -> dict:
         report["runs"]["current"] = _run_tree("current", None, files, histories, workdir)
     for name, runs in report["runs"].items():
         empty = runs[0]["backfill"]["cpu_s"]
-        report.setdefault("backfill_cpu_x_empty", {})[name] = {d: round(r["backfill"]["cpu_s"] / empty, 2)
-                                                                for d, r in runs.items()}
+        report.setdefault("backfill_cpu_x_empty", {})[name] = {
+            d: round(r["backfill"]["cpu_s"] / empty, 2) for d, r in runs.items()
+        }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "daily.json").write_text(json.dumps(report, indent=2))
-    print(f"\n{'':<18} {'history':>7} {'backfill CPU s':>14} {'wall s':>7} {'peak MiB':>8} {'x empty':>7} "
-          f"{'gold CPU s':>10} {'gold peak':>9}")
+    print(
+        f"\n{'':<18} {'history':>7} {'backfill CPU s':>14} {'wall s':>7} {'peak MiB':>8} {'x empty':>7} "
+        f"{'gold CPU s':>10} {'gold peak':>9}"
+    )
     for name, label in (("baseline", "previous release"), ("current", "this code")):
         for days, steps in report["runs"].get(name, {}).items():
             b, g = steps["backfill"], steps["gold_daily"]
-            print(f"{label:<18} {days:>7} {b['cpu_s']:>14} {b['wall_s']:>7} {b['peak_rss_mib']:>8} "
-                  f"{report['backfill_cpu_x_empty'][name][days]:>7} {g['cpu_s']:>10} {g['peak_rss_mib']:>9}")
+            print(
+                f"{label:<18} {days:>7} {b['cpu_s']:>14} {b['wall_s']:>7} {b['peak_rss_mib']:>8} "
+                f"{report['backfill_cpu_x_empty'][name][days]:>7} {g['cpu_s']:>10} {g['peak_rss_mib']:>9}"
+            )
     print(f"results: {out / 'daily.json'}")
     return report
 

@@ -23,6 +23,7 @@ Scope, and where it is simpler than the pipeline (none of it changes gold):
   JSON (``NaN``, trailing commas), which producers do not send; such a line
   would be valid here and dead-lettered there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,19 +32,19 @@ import gzip
 import hashlib
 import sys
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
-from deltalake import DeltaTable
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from schemas import contract
 from schemas.contract import ENVELOPE, MAX_FUTURE_MICROS, MAX_RECORD_BYTES, MIN_TIMESTAMP_MS, RECORD_TYPES, Field
 from schemas.table import DATE, TIMESTAMP
 from schemas.tables import GOLD
-from transforms.pii import local_key
-from transforms.gold import end_of_day_micros
+from transforms.rules.gold import end_of_day_micros
+from transforms.rules.pii import local_key
 
 SQL_FILE = Path(__file__).with_name("reference.sql")
 NEVER = -(1 << 62)  # version of a record without one: older than any
@@ -63,9 +64,13 @@ def load_lines(con: duckdb.DuckDBPyConnection, paths: list[str]) -> int:
     total = 0
     for path in paths:
         numbered = [(n, line) for n, line in enumerate(_lines_of(path).split(b"\n"), start=1) if line.strip()]
-        batch = pa.table({"source_file": pa.array([path] * len(numbered), pa.string()),
-                          "source_line": pa.array([n for n, _ in numbered], pa.int64()),
-                          "data": pa.array([line for _, line in numbered], pa.binary())})
+        batch = pa.table(
+            {
+                "source_file": pa.array([path] * len(numbered), pa.string()),
+                "source_line": pa.array([n for n, _ in numbered], pa.int64()),
+                "data": pa.array([line for _, line in numbered], pa.binary()),
+            }
+        )
         con.register("batch", batch)
         con.execute("INSERT INTO lines SELECT * FROM batch")
         con.unregister("batch")
@@ -88,9 +93,11 @@ def _typed(f: Field, x: str) -> str:
     if f.kind == "int":
         return f"CASE WHEN {t} IN ('BIGINT', 'UBIGINT') THEN TRY_CAST({x}->>'$' AS BIGINT) END"
     if f.kind == "timestamp":  # epoch micros, like the pipeline's in-memory form
-        return (f"CASE WHEN {t} = 'VARCHAR' AND length({x}->>'$') >= 10 "
-                f"THEN epoch_us(TRY_CAST({x}->>'$' AS TIMESTAMPTZ)) "
-                f"WHEN {t} IN ('BIGINT', 'UBIGINT') THEN TRY_CAST({x}->>'$' AS BIGINT) * 1000 END")
+        return (
+            f"CASE WHEN {t} = 'VARCHAR' AND length({x}->>'$') >= 10 "
+            f"THEN epoch_us(TRY_CAST({x}->>'$' AS TIMESTAMPTZ)) "
+            f"WHEN {t} IN ('BIGINT', 'UBIGINT') THEN TRY_CAST({x}->>'$' AS BIGINT) * 1000 END"
+        )
     if f.kind == "date":
         return f"CASE WHEN {t} = 'VARCHAR' THEN TRY_STRPTIME(left({x}->>'$', 10), '%Y-%m-%d')::DATE END"
     if f.kind == "object":
@@ -109,9 +116,11 @@ def _valid(f: Field, x: str, max_micros: int, enum_values=None) -> str:
         ok += f" AND {typed} >= 1"
     elif f.kind == "timestamp":
         # integers are checked before scaling, so huge ones cannot overflow
-        ok = (f"(CASE WHEN json_type({x}) IN ('BIGINT', 'UBIGINT') "
-              f"THEN TRY_CAST({x}->>'$' AS BIGINT) BETWEEN {MIN_TIMESTAMP_MS} AND {max_micros // 1000} "
-              f"ELSE {typed} BETWEEN {MIN_TIMESTAMP_MS * 1000} AND {max_micros} END)")
+        ok = (
+            f"(CASE WHEN json_type({x}) IN ('BIGINT', 'UBIGINT') "
+            f"THEN TRY_CAST({x}->>'$' AS BIGINT) BETWEEN {MIN_TIMESTAMP_MS} AND {max_micros // 1000} "
+            f"ELSE {typed} BETWEEN {MIN_TIMESTAMP_MS * 1000} AND {max_micros} END)"
+        )
     elif f.kind == "object" and f.string_values:
         ok += f" AND len(list_filter(json_type({x}, '$.*'), lambda v: v <> 'VARCHAR')) = 0"
     values = enum_values or f.values
@@ -124,22 +133,29 @@ def typed_record_sql(max_micros: int) -> list[str]:
     """One ``typed_<record type>`` table per type: the valid records only,
     every contract field as a typed column (timestamps in epoch micros)."""
     envelope_paths = ", ".join(_json_path(f.name) for f in ENVELOPE)
-    statements = [f"""
+    statements = [
+        f"""
         CREATE TABLE records AS
         SELECT source_file, source_line, env, env[7] AS payload
         FROM (SELECT source_file, source_line, json_extract(text::JSON, [{envelope_paths}]) AS env
               FROM (SELECT source_file, source_line, TRY(decode(data)) AS text FROM lines
                     WHERE octet_length(data) <= {MAX_RECORD_BYTES})
-              WHERE json_valid(text) AND json_type(text::JSON) = 'OBJECT')"""]
+              WHERE json_valid(text) AND json_type(text::JSON) = 'OBJECT')"""
+    ]
     # A payload sent as a JSON string (allowed by the contract) is decoded first.
     statements.append("""
         UPDATE records SET payload = TRY_CAST(payload->>'$' AS JSON)
         WHERE json_type(payload) = 'VARCHAR'""")
     envelope_ok = " AND ".join(
         _valid(f, f"env[{i}]", max_micros, tuple(RECORD_TYPES) if f.name == "record_type" else None)
-        for i, f in enumerate(ENVELOPE, start=1) if f.name != "payload")
-    envelope_cols = ", ".join(f"{_typed(f, f'env[{i}]')} AS env_{f.name}"
-                              for i, f in enumerate(ENVELOPE, start=1) if f.name in ("platform", "emitted_at"))
+        for i, f in enumerate(ENVELOPE, start=1)
+        if f.name != "payload"
+    )
+    envelope_cols = ", ".join(
+        f"{_typed(f, f'env[{i}]')} AS env_{f.name}"
+        for i, f in enumerate(ENVELOPE, start=1)
+        if f.name in ("platform", "emitted_at")
+    )
     for rt in RECORD_TYPES.values():
         paths = ", ".join(_json_path(f.name) for f in rt.fields)
         payload_ok = " AND ".join(_valid(f, f"p[{i}]", max_micros) for i, f in enumerate(rt.fields, start=1))
@@ -161,12 +177,12 @@ def hmac_macro(key: bytes) -> str:
     key = key.ljust(64, b"\0")
     inner = bytes(b ^ 0x36 for b in key).hex()
     outer = bytes(b ^ 0x5C for b in key).hex()
-    return (f"CREATE MACRO pii_hash(v) AS "
-            f"sha256(unhex('{outer}') || unhex(sha256(unhex('{inner}') || encode(v))))")
+    return f"CREATE MACRO pii_hash(v) AS sha256(unhex('{outer}') || unhex(sha256(unhex('{inner}') || encode(v))))"
 
 
-def build(con: duckdb.DuckDBPyConnection, paths: list[str], as_of: date, now_micros: int, pii_key: bytes,
-          progress=print) -> dict:
+def build(
+    con: duckdb.DuckDBPyConnection, paths: list[str], as_of: date, now_micros: int, pii_key: bytes, progress=print
+) -> dict:
     """Loads the landing files and runs the whole reference; returns row counts per gold table."""
     con.execute("SET TimeZone = 'UTC'")
     started = time.time()
@@ -177,8 +193,11 @@ def build(con: duckdb.DuckDBPyConnection, paths: list[str], as_of: date, now_mic
     con.execute(hmac_macro(pii_key))
     script = "\n".join(line for line in SQL_FILE.read_text().splitlines() if not line.lstrip().startswith("--"))
     clock = min(end_of_day_micros(as_of), now_micros)
-    script = (script.replace("{AS_OF_END}", str(end_of_day_micros(as_of))).replace("{NEVER}", str(NEVER))
-              .replace("{CLOCK}", str(clock)))
+    script = (
+        script.replace("{AS_OF_END}", str(end_of_day_micros(as_of)))
+        .replace("{NEVER}", str(NEVER))
+        .replace("{CLOCK}", str(clock))
+    )
     for statement in (s for s in script.split(";") if s.strip()):
         con.execute(statement)
     ab_statistics(con)
@@ -203,9 +222,18 @@ def ab_statistics(con: duckdb.DuckDBPyConnection) -> None:
         srm = float(chisquare(split).pvalue) if len(split) > 1 else None
         for name, v in variants.items():
             x, n = v["sessions_payment"], v["sessions"]
-            row = {**v, "is_control": name == control, "conversion_rate": x / n, "lift_vs_control": None,
-                   "diff_vs_control": None, "ci_low": None, "ci_high": None, "p_value": None,
-                   "srm_p_value": srm, "srm_flag": None if srm is None else srm < 0.001}
+            row = {
+                **v,
+                "is_control": name == control,
+                "conversion_rate": x / n,
+                "lift_vs_control": None,
+                "diff_vs_control": None,
+                "ci_low": None,
+                "ci_high": None,
+                "p_value": None,
+                "srm_p_value": srm,
+                "srm_flag": None if srm is None else srm < 0.001,
+            }
             if control is not None and name != control:
                 xc, nc = variants[control]["sessions_payment"], variants[control]["sessions"]
                 row["diff_vs_control"] = x / n - xc / nc
@@ -271,11 +299,16 @@ def compare_gold(lake: str | Path, reference: str | Path, show: int = 5, tables:
         con.execute(f"CREATE TABLE r AS {_canonical(table, repr(str(Path(reference) / name) + '.parquet'))}")
         only_p = con.execute("SELECT * FROM (SELECT * FROM p EXCEPT ALL SELECT * FROM r) ORDER BY ALL").fetchall()
         only_r = con.execute("SELECT * FROM (SELECT * FROM r EXCEPT ALL SELECT * FROM p) ORDER BY ALL").fetchall()
-        report[name] = {"rows": con.execute("SELECT count(*) FROM p").fetchone()[0],
-                        "reference_rows": con.execute("SELECT count(*) FROM r").fetchone()[0],
-                        "only_in_pipeline": len(only_p), "only_in_reference": len(only_r),
-                        "examples": {"pipeline": [list(map(str, r)) for r in only_p[:show]],
-                                     "reference": [list(map(str, r)) for r in only_r[:show]]}}
+        report[name] = {
+            "rows": con.execute("SELECT count(*) FROM p").fetchone()[0],
+            "reference_rows": con.execute("SELECT count(*) FROM r").fetchone()[0],
+            "only_in_pipeline": len(only_p),
+            "only_in_reference": len(only_r),
+            "examples": {
+                "pipeline": [list(map(str, r)) for r in only_p[:show]],
+                "reference": [list(map(str, r)) for r in only_r[:show]],
+            },
+        }
         con.execute("DROP TABLE p; DROP TABLE r")
     return report
 
@@ -285,8 +318,10 @@ def differences(report: dict) -> list[str]:
     lines = []
     for name, r in report.items():
         if r["only_in_pipeline"] or r["only_in_reference"]:
-            lines.append(f"{name}: {r['only_in_pipeline']} rows only in the pipeline, "
-                         f"{r['only_in_reference']} only in the reference")
+            lines.append(
+                f"{name}: {r['only_in_pipeline']} rows only in the pipeline, "
+                f"{r['only_in_reference']} only in the reference"
+            )
             lines += [f"  pipeline:  {row}" for row in r["examples"]["pipeline"]]
             lines += [f"  reference: {row}" for row in r["examples"]["reference"]]
     return lines
@@ -296,8 +331,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", action="append", help="glob of JSONL landing files; repeatable")
     parser.add_argument("--out", required=True, help="folder for the reference gold tables (Parquet)")
-    parser.add_argument("--as-of", dest="as_of", type=date.fromisoformat,
-                        default=datetime.now(timezone.utc).date(), help="as in pipelines.gold_daily")
+    parser.add_argument(
+        "--as-of",
+        dest="as_of",
+        type=date.fromisoformat,
+        default=datetime.now(UTC).date(),
+        help="as in pipelines.gold_daily",
+    )
     parser.add_argument("--compare", metavar="LAKE", help="compare LAKE/gold with the tables in --out")
     args = parser.parse_args(argv)
     if args.input:

@@ -23,6 +23,7 @@ benchmark (exit status 1). The baseline's gold is compared too and reported.
 
 Timings are never asserted in tests; targets live in BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,10 @@ import time
 from pathlib import Path
 
 from benchmarks import baseline, reference
-from pipelines import generate
+from simulator import traffic
 
 RECORDS_PER_USER_WEEK = 14.8  # what the generator produces per user over 7 days
+
 
 # One worker by default: with 2 workers (FnApiRunner multi_processing) the
 # gold is identical at 4M (three runs) but the rate gains at most 1.12x on two
@@ -87,34 +89,48 @@ print(json.dumps({"cpu_s": u.ru_utime + u.ru_stime, "tree_peak_kib": peak, "larg
 """
 
 
-def _measured(command: list[str], tree: Path | None = None) -> dict:
+def measured(command: list[str], tree: Path | None = None) -> dict:
     """Wall seconds, CPU seconds and peak memory of a command and its worker
     processes; ``tree``: run it from that checkout (the baseline)."""
     started = time.time()
-    done = subprocess.run([sys.executable, "-c", _WRAPPER, *command], check=True, capture_output=True, text=True,
-                          cwd=tree, env=baseline.environment(tree) if tree else None)
+    done = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *command],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tree,
+        env=baseline.environment(tree) if tree else None,
+    )
     wall = time.time() - started
     usage = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"wall_s": round(wall, 2), "cpu_s": round(usage["cpu_s"], 2),
-            "peak_rss_mib": round(max(usage["tree_peak_kib"], usage["largest_process_kib"]) / 1024, 1),
-            "largest_process_rss_mib": round(usage["largest_process_kib"] / 1024, 1)}
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(usage["cpu_s"], 2),
+        "peak_rss_mib": round(max(usage["tree_peak_kib"], usage["largest_process_kib"]) / 1024, 1),
+        "largest_process_rss_mib": round(usage["largest_process_kib"] / 1024, 1),
+    }
 
 
 def _pipelines(landing: Path, lake: Path, extra_args: list[str], tree: Path | None = None) -> dict:
     python = sys.executable
     return {
-        "backfill": _measured([python, "-m", "pipelines.backfill", "--input", str(landing / "*.jsonl"),
-                               "--lake", str(lake), *extra_args], tree),
-        "gold_daily": _measured([python, "-m", "pipelines.gold_daily", "--lake", str(lake), *extra_args], tree),
+        "backfill": measured(
+            [python, "-m", "pipelines.backfill", "--input", str(landing / "*.jsonl"), "--lake", str(lake), *extra_args],
+            tree,
+        ),
+        "gold_daily": measured([python, "-m", "pipelines.gold_daily", "--lake", str(lake), *extra_args], tree),
     }
 
 
 def _totals(steps: dict, records: int) -> dict:
     wall = sum(s["wall_s"] for s in steps.values())
     cpu = sum(s["cpu_s"] for s in steps.values())
-    return {"wall_s": round(wall, 2), "records_per_s": round(records / wall),
-            "cpu_s_per_million": round(cpu / records * 1e6, 1),
-            "peak_rss_mib": max(s["peak_rss_mib"] for s in steps.values())}
+    return {
+        "wall_s": round(wall, 2),
+        "records_per_s": round(records / wall),
+        "cpu_s_per_million": round(cpu / records * 1e6, 1),
+        "peak_rss_mib": max(s["peak_rss_mib"] for s in steps.values()),
+    }
 
 
 def _best(rounds: list[dict]) -> dict:
@@ -124,13 +140,14 @@ def _best(rounds: list[dict]) -> dict:
     return {**best, "rounds": [{k: r[k] for k in ("wall_s", "cpu_s_per_million", "peak_rss_mib")} for r in rounds]}
 
 
-def run_size(size: int, workdir: Path, extra_args: list[str], baseline_tree: Path | None = None,
-             rounds: int = 2) -> dict:
+def run_size(
+    size: int, workdir: Path, extra_args: list[str], baseline_tree: Path | None = None, rounds: int = 2
+) -> dict:
     landing, lake = workdir / f"n{size}" / "landing", workdir / f"n{size}" / "lake"
     reference_gold = workdir / f"n{size}" / "reference_gold"
     baseline_lake = workdir / f"n{size}" / "baseline_lake"
     users = max(1, round(size / RECORDS_PER_USER_WEEK))
-    manifest = generate.generate(generate.Config(users=users, days=7, seed=1), str(landing))
+    manifest = traffic.generate(traffic.Config(users=users, days=7, seed=1), str(landing))
     records = manifest["records_total"]
     os.sync()  # the generated input is on disk before anything is timed, not written back during the first run
     trees: list[tuple[str, Path | None, Path]] = [("this", None, lake)]
@@ -147,24 +164,42 @@ def run_size(size: int, workdir: Path, extra_args: list[str], baseline_tree: Pat
     result = {"size": size, "records": records, **_best(measured["this"])}
     if baseline_tree is not None:
         result["baseline"] = {"tree": baseline_tree.name, **_best(measured["baseline"])}
-    ref = _measured([sys.executable, "-m", "benchmarks.reference", "--input", str(landing / "*.jsonl"),
-                     "--out", str(reference_gold)])
+    ref = measured(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.reference",
+            "--input",
+            str(landing / "*.jsonl"),
+            "--out",
+            str(reference_gold),
+        ]
+    )
     compared = reference.compare_gold(lake, reference_gold)
-    result.update({
-        "reference": {**ref, "records_per_s": round(records / ref["wall_s"]),
-                      "time_ratio": round(result["wall_s"] / ref["wall_s"], 2)},
-        "gold_rows": {name: r["rows"] for name, r in compared.items()},
-        "differences": reference.differences(compared)})
+    result.update(
+        {
+            "reference": {
+                **ref,
+                "records_per_s": round(records / ref["wall_s"]),
+                "time_ratio": round(result["wall_s"] / ref["wall_s"], 2),
+            },
+            "gold_rows": {name: r["rows"] for name, r in compared.items()},
+            "differences": reference.differences(compared),
+        }
+    )
     if baseline_tree is not None:
         old = result["baseline"]
         # the previous release has fewer gold tables: compare the ones it writes
         old["tables_compared"] = [name for name in reference.GOLD if (baseline_lake / "gold" / name).is_dir()]
         old["differences"] = reference.differences(
-            reference.compare_gold(baseline_lake, reference_gold, tables=old["tables_compared"]))
+            reference.compare_gold(baseline_lake, reference_gold, tables=old["tables_compared"])
+        )
         old["time_ratio"] = round(old["wall_s"] / ref["wall_s"], 2)
-        result["speedup"] = {"time_x": round(old["wall_s"] / result["wall_s"], 2),
-                             "cpu_x": round(old["cpu_s_per_million"] / result["cpu_s_per_million"], 2),
-                             "memory_x": round(old["peak_rss_mib"] / result["peak_rss_mib"], 2)}
+        result["speedup"] = {
+            "time_x": round(old["wall_s"] / result["wall_s"], 2),
+            "cpu_x": round(old["cpu_s_per_million"] / result["cpu_s_per_million"], 2),
+            "memory_x": round(old["peak_rss_mib"] / result["peak_rss_mib"], 2),
+        }
     return result
 
 
@@ -172,14 +207,21 @@ def growth(results: list[dict]) -> list[dict]:
     """How time and memory grow from one size to the next, against the data."""
     out = []
     for a, b in zip(results, results[1:]):
-        out.append({"from": a["records"], "to": b["records"], "data_x": round(b["records"] / a["records"], 2),
-                    "time_x": round(b["wall_s"] / a["wall_s"], 2),
-                    "memory_x": round(b["peak_rss_mib"] / a["peak_rss_mib"], 2)})
+        out.append(
+            {
+                "from": a["records"],
+                "to": b["records"],
+                "data_x": round(b["records"] / a["records"], 2),
+                "time_x": round(b["wall_s"] / a["wall_s"], 2),
+                "memory_x": round(b["peak_rss_mib"] / a["peak_rss_mib"], 2),
+            }
+        )
     return out
 
 
 def chart(results: list[dict], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -189,17 +231,30 @@ def chart(results: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot(records, [r["wall_s"] for r in results], marker="o", label="Beam pipelines, columnar (backfill + gold)")
     if with_baseline:
-        left.plot(old_records, [r["baseline"]["wall_s"] for r in with_baseline], marker="o", color="#8064a2",
-                  linestyle=":", label=f"previous release ({with_baseline[0]['baseline']['tree']})")
-    left.plot(records, [r["reference"]["wall_s"] for r in results], marker="o", color="#9bbb59",
-              label="DuckDB SQL reference")
+        left.plot(
+            old_records,
+            [r["baseline"]["wall_s"] for r in with_baseline],
+            marker="o",
+            color="#8064a2",
+            linestyle=":",
+            label=f"previous release ({with_baseline[0]['baseline']['tree']})",
+        )
+    left.plot(
+        records, [r["reference"]["wall_s"] for r in results], marker="o", color="#9bbb59", label="DuckDB SQL reference"
+    )
     left.set_xlabel("raw records (millions)")
     left.set_ylabel("wall time, raw to gold (s)")
     left.legend()
     right.plot(records, [r["peak_rss_mib"] / 1024 for r in results], marker="o", color="#c0504d", label="columnar")
     if with_baseline:
-        right.plot(old_records, [r["baseline"]["peak_rss_mib"] / 1024 for r in with_baseline], marker="o",
-                   color="#8064a2", linestyle=":", label="previous release")
+        right.plot(
+            old_records,
+            [r["baseline"]["peak_rss_mib"] / 1024 for r in with_baseline],
+            marker="o",
+            color="#8064a2",
+            linestyle=":",
+            label="previous release",
+        )
     right.axhline(2.5, linestyle="--", color="grey", label="target at 4M records: 2.5 GiB")
     right.set_xlabel("raw records (millions)")
     right.set_ylabel("peak resident memory (GiB)")
@@ -213,18 +268,24 @@ def chart(results: list[dict], path: Path) -> None:
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'records':>10} {'wall s':>8} {'rec/s':>8} {'CPU s/M':>8} {'peak MiB':>9}  {'backfill / gold s':>17}"
-             f"  {'reference s':>11} {'ratio':>6}  {'gold identical':>14}  {'previous: wall s':>16} "
-             f"{'CPU s/M':>8} {'peak MiB':>9}  {'speedup':>7}"]
+    lines = [
+        f"{'records':>10} {'wall s':>8} {'rec/s':>8} {'CPU s/M':>8} {'peak MiB':>9}  {'backfill / gold s':>17}"
+        f"  {'reference s':>11} {'ratio':>6}  {'gold identical':>14}  {'previous: wall s':>16} "
+        f"{'CPU s/M':>8} {'peak MiB':>9}  {'speedup':>7}"
+    ]
     for r in results:
         steps = f"{r['steps']['backfill']['wall_s']} / {r['steps']['gold_daily']['wall_s']}"
-        line = (f"{r['records']:>10,} {r['wall_s']:>8} {r['records_per_s']:>8,} {r['cpu_s_per_million']:>8} "
-                f"{r['peak_rss_mib']:>9}  {steps:>17}  {r['reference']['wall_s']:>11} "
-                f"{r['reference']['time_ratio']:>6}  {'yes' if not r['differences'] else 'NO':>14}")
+        line = (
+            f"{r['records']:>10,} {r['wall_s']:>8} {r['records_per_s']:>8,} {r['cpu_s_per_million']:>8} "
+            f"{r['peak_rss_mib']:>9}  {steps:>17}  {r['reference']['wall_s']:>11} "
+            f"{r['reference']['time_ratio']:>6}  {'yes' if not r['differences'] else 'NO':>14}"
+        )
         if "baseline" in r:
             old = r["baseline"]
-            line += (f"  {old['wall_s']:>16} {old['cpu_s_per_million']:>8} {old['peak_rss_mib']:>9}  "
-                     f"{r['speedup']['time_x']:>6}x")
+            line += (
+                f"  {old['wall_s']:>16} {old['cpu_s_per_million']:>8} {old['peak_rss_mib']:>9}  "
+                f"{r['speedup']['time_x']:>6}x"
+            )
         lines.append(line)
     return "\n".join(lines)
 
@@ -234,14 +295,22 @@ def main(argv=None):
     parser.add_argument("--sizes", default="250000,1000000,4000000", help="raw records per run, comma-separated")
     parser.add_argument("--workdir", default="/tmp/funnel-bench")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--baseline", default=baseline.BASELINE,
-                        help="git ref of the code to compare with, side by side (default: the previous release); "
-                             "'none' to measure this tree only")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="runs of each tree per size, alternating which goes first; the fastest is reported "
-                             "(default 2: this, previous, previous, this)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="FnApiRunner worker processes (default 1; see BENCHMARKS.md for 2)")
+    parser.add_argument(
+        "--baseline",
+        default=baseline.BASELINE,
+        help="git ref of the code to compare with, side by side (default: the previous release); "
+        "'none' to measure this tree only",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="runs of each tree per size, alternating which goes first; the fastest is reported "
+        "(default 2: this, previous, previous, this)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="FnApiRunner worker processes (default 1; see BENCHMARKS.md for 2)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     out, workdir = Path(args.out), Path(args.workdir)
@@ -251,25 +320,36 @@ def main(argv=None):
         print(f"baseline {args.baseline}: not in this checkout's git history; measuring this tree only")
     results = []
     for size in sizes:
-        print(f"size {size:,}: generating and running backfill + gold"
-              + (f" (and the baseline, {baseline_tree.name})" if baseline_tree else "") + " ...", flush=True)
+        print(
+            f"size {size:,}: generating and running backfill + gold"
+            + (f" (and the baseline, {baseline_tree.name})" if baseline_tree else "")
+            + " ...",
+            flush=True,
+        )
         results.append(run_size(size, workdir, worker_args(args.workers), baseline_tree, args.rounds))
         print(table(results[-1:]).splitlines()[-1], flush=True)
-    report = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
-              "baseline": args.baseline if baseline_tree else None,
-              "runner": f"FnApiRunner, {args.workers} worker process{'es' if args.workers > 1 else ''}",
-              "results": results, "growth": growth(results)}
+    report = {
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "baseline": args.baseline if baseline_tree else None,
+        "runner": f"FnApiRunner, {args.workers} worker process{'es' if args.workers > 1 else ''}",
+        "results": results,
+        "growth": growth(results),
+    }
     (out / "results.json").write_text(json.dumps(report, indent=2))
     chart(results, out / "scaling.png")
     print("\n" + table(results))
     for g in report["growth"]:
-        print(f"{g['from']:,} -> {g['to']:,} records: data x{g['data_x']}, time x{g['time_x']}, "
-              f"memory x{g['memory_x']}")
+        print(
+            f"{g['from']:,} -> {g['to']:,} records: data x{g['data_x']}, time x{g['time_x']}, memory x{g['memory_x']}"
+        )
     print(f"\nresults: {out / 'results.json'}, chart: {out / 'scaling.png'}")
     for r in results:
         if r["differences"]:
-            print(f"\nDIFFERENTIAL CHECK FAILED at {r['records']:,} records: pipeline and reference gold differ",
-                  *r["differences"], sep="\n")
+            print(
+                f"\nDIFFERENTIAL CHECK FAILED at {r['records']:,} records: pipeline and reference gold differ",
+                *r["differences"],
+                sep="\n",
+            )
     return report
 
 

@@ -10,7 +10,8 @@ way to silver (the job is up), two phases run against the same job:
 1. **paced**: messages published at ``--rate`` for ``--seconds``. Latency is
    measured per record identity, from its first publish to the first
    silver version holding it (this code: ``silver/<table>``; earlier
-   releases: their streaming silver, ``silver_stream/<table>``); the lake is polled every 0.25 s, which bounds the resolution;
+   releases: their streaming silver, ``silver_stream/<table>``); the lake
+   is polled every 0.25 s, which bounds the resolution;
 2. **backlog**: ``--backlog`` messages published at once; the time until all
    of them are in raw and until every identity is in silver gives the
    sustained records per second the job can drain. (The last rows reach the
@@ -26,6 +27,7 @@ invalid records included), so the merges see live and late data.
 Results go to ``--out``/``streaming.json``. Targets (BENCHMARKS.md) are never
 asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,20 +41,20 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from benchmarks import baseline
 from devtools import pubsub_emulator
-from pipelines import generate
-from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
 from pipelines.stream_ingest import landed_rows
 from schemas import contract
 from schemas.tables import RAW, SILVER
-from transforms.bronze import decode_record
-from transforms.lake_tables import open_table, read_arrow
+from simulator import traffic
+from simulator.publisher import ensure_topic_and_subscription, lines_of, publish
+from transforms.lake.tables import open_table, read_arrow
+from transforms.rules.bronze import decode_record
 
 POLL_SECONDS = 0.25
 RECORDS_PER_USER_DAY = 2.0  # what the generator produces for one day
@@ -140,8 +142,10 @@ def _raw_rows(lake: str) -> int:
     from the Parquet files' footers."""
     if open_table(lake, RAW) is not None:
         return landed_rows(lake)["raw"]
-    return sum(pq.ParquetFile(path).metadata.num_rows
-               for path in glob.glob(os.path.join(lake, "raw", "**", "*.parquet"), recursive=True))
+    return sum(
+        pq.ParquetFile(path).metadata.num_rows
+        for path in glob.glob(os.path.join(lake, "raw", "**", "*.parquet"), recursive=True)
+    )
 
 
 def _published(topic: str, messages: list[bytes], rate: float | None) -> dict:
@@ -156,8 +160,15 @@ def _published(topic: str, messages: list[bytes], rate: float | None) -> dict:
     return first
 
 
-def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir: str,
-        job_args: list[str] = (), tree: Path | None = None) -> dict:
+def run(
+    rate: float,
+    seconds: float,
+    backlog: int,
+    window_seconds: int,
+    workdir: str,
+    job_args: list[str] = (),
+    tree: Path | None = None,
+) -> dict:
     """One job (this tree's, or ``tree``'s) through both phases."""
     os.makedirs(workdir, exist_ok=True)
     lake = os.path.join(workdir, "lake")
@@ -168,31 +179,52 @@ def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir:
 
     paced_n = int(rate * seconds)
     needed = paced_n + backlog + 50
-    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
     landing = os.path.join(workdir, "landing")
-    generate.generate(generate.Config(users=int(needed / RECORDS_PER_USER_DAY) + 100, days=1, seed=7,
-                                      start=yesterday, max_scan_lag_days=0), landing)
+    traffic.generate(
+        traffic.Config(
+            users=int(needed / RECORDS_PER_USER_DAY) + 100, days=1, seed=7, start=yesterday, max_scan_lag_days=0
+        ),
+        landing,
+    )
     messages = lines_of(sorted(glob.glob(os.path.join(landing, "*.jsonl"))))
     warmup = [next(m for m in messages if (identity(m) or ("",))[0] == "silver_users")]
-    paced, drained = messages[:paced_n], messages[paced_n:paced_n + backlog]
+    paced, drained = messages[:paced_n], messages[paced_n : paced_n + backlog]
     if len(drained) < backlog:
         raise RuntimeError(f"generated only {len(messages)} messages, {needed} needed")
 
-    log = open(os.path.join(workdir, "stream_ingest.log"), "wb")
+    log = open(os.path.join(workdir, "stream_ingest.log"), "wb")  # noqa: SIM115 - the job writes it until stopped
     job = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.stream_ingest", "--subscription", subscription, "--lake", lake,
-         "--window-seconds", str(window_seconds), "--run-for", "86400", *job_args],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tree, env=baseline.environment(tree) if tree else os.environ.copy())
+        [
+            sys.executable,
+            "-m",
+            "pipelines.stream_ingest",
+            "--subscription",
+            subscription,
+            "--lake",
+            lake,
+            "--window-seconds",
+            str(window_seconds),
+            "--run-for",
+            "86400",
+            *job_args,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tree,
+        env=baseline.environment(tree) if tree else os.environ.copy(),
+    )
     watcher = SilverWatcher(lake)
     try:
         started = time.time()
         _published(topic, warmup, None)
         if not watcher.wait_for([identity(warmup[0])], started + 180):
-            raise RuntimeError("stream_ingest did not put a first record in silver within 180 s; see "
-                               + log.name)
+            raise RuntimeError("stream_ingest did not put a first record in silver within 180 s; see " + log.name)
         startup = time.time() - started
-        print(f"stream_ingest is up ({startup:.0f} s to a first silver row); "
-              f"paced: {paced_n:,} messages at {rate:g}/s", flush=True)
+        print(
+            f"stream_ingest is up ({startup:.0f} s to a first silver row); paced: {paced_n:,} messages at {rate:g}/s",
+            flush=True,
+        )
 
         # 1. paced: latency from publish to silver
         paced_first: dict = {}
@@ -205,13 +237,20 @@ def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir:
         complete = watcher.wait_for(paced_first, time.time() + 10 * window_seconds + 120, stalled)
         latencies = [watcher.first_seen[k] - t for k, t in paced_first.items() if k in watcher.first_seen]
         paced_result = {
-            "messages": paced_n, "offered_rate": rate, "identities": len(paced_first),
-            "identities_in_silver": len(latencies), "complete": complete,
-            "latency_p50_s": _round(percentile(latencies, 50)), "latency_p95_s": _round(percentile(latencies, 95)),
+            "messages": paced_n,
+            "offered_rate": rate,
+            "identities": len(paced_first),
+            "identities_in_silver": len(latencies),
+            "complete": complete,
+            "latency_p50_s": _round(percentile(latencies, 50)),
+            "latency_p95_s": _round(percentile(latencies, 95)),
             "latency_max_s": _round(max(latencies, default=None)),
         }
-        print(f"paced: p50 {paced_result['latency_p50_s']} s, p95 {paced_result['latency_p95_s']} s publish -> "
-              f"silver ({len(latencies):,} of {len(paced_first):,} identities)", flush=True)
+        print(
+            f"paced: p50 {paced_result['latency_p50_s']} s, p95 {paced_result['latency_p95_s']} s publish -> "
+            f"silver ({len(latencies):,} of {len(paced_first):,} identities)",
+            flush=True,
+        )
 
         # 2. backlog: how fast the job drains what it cannot keep up with
         raw_before = _raw_rows(lake)
@@ -229,18 +268,22 @@ def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir:
                 watcher.wait_for(backlog_first, deadline, stalled)
                 break
             time.sleep(POLL_SECONDS)
-        silver_done = max((watcher.first_seen[k] for k in backlog_first if k in watcher.first_seen),
-                          default=t0) - t0
+        silver_done = max((watcher.first_seen[k] for k in backlog_first if k in watcher.first_seen), default=t0) - t0
         backlog_result = {
-            "messages": backlog, "publish_s": _round(published_s),
-            "raw_s": _round(raw_done), "raw_records_per_s": _round(backlog / raw_done) if raw_done else None,
-            "silver_s": _round(silver_done), "identities": len(backlog_first),
+            "messages": backlog,
+            "publish_s": _round(published_s),
+            "raw_s": _round(raw_done),
+            "raw_records_per_s": _round(backlog / raw_done) if raw_done else None,
+            "silver_s": _round(silver_done),
+            "identities": len(backlog_first),
             "identities_in_silver": sum(k in watcher.first_seen for k in backlog_first),
             "silver_records_per_s": _round(backlog / silver_done) if silver_done > 0 else None,
         }
-        print(f"backlog: in raw after {backlog_result['raw_s']} s ({backlog_result['raw_records_per_s']} rec/s), "
-              f"in silver after {backlog_result['silver_s']} s ({backlog_result['silver_records_per_s']} rec/s)",
-              flush=True)
+        print(
+            f"backlog: in raw after {backlog_result['raw_s']} s ({backlog_result['raw_records_per_s']} rec/s), "
+            f"in silver after {backlog_result['silver_s']} s ({backlog_result['silver_records_per_s']} rec/s)",
+            flush=True,
+        )
     finally:
         job.terminate()
         try:
@@ -248,9 +291,15 @@ def run(rate: float, seconds: float, backlog: int, window_seconds: int, workdir:
         except subprocess.TimeoutExpired:
             job.kill()
         log.close()
-    return {"runner": "BundleBasedDirectRunner", "window_seconds": window_seconds, "job_args": list(job_args),
-            "startup_s": _round(startup), "paced": paced_result, "backlog": backlog_result,
-            "lake_rows": {**landed_rows(lake), "raw": _raw_rows(lake)}}
+    return {
+        "runner": "BundleBasedDirectRunner",
+        "window_seconds": window_seconds,
+        "job_args": list(job_args),
+        "startup_s": _round(startup),
+        "paced": paced_result,
+        "backlog": backlog_result,
+        "lake_rows": {**landed_rows(lake), "raw": _raw_rows(lake)},
+    }
 
 
 def _round(value):
@@ -266,26 +315,50 @@ def main(argv=None):
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--workdir", help="keep data, lake and the job's log here (default: a temporary folder)")
     parser.add_argument("--job-args", default="", help="more stream_ingest flags, e.g. '--alert-grace-seconds 0'")
-    parser.add_argument("--baseline", default=baseline.BASELINE,
-                        help="git ref of the code to compare with, in the same sitting; 'none' to skip")
+    parser.add_argument(
+        "--baseline",
+        default=baseline.BASELINE,
+        help="git ref of the code to compare with, in the same sitting; 'none' to skip",
+    )
     args = parser.parse_args(argv)
     host = os.environ.get("PUBSUB_EMULATOR_HOST", pubsub_emulator.DEFAULT_HOST)
     with pubsub_emulator.running(host), tempfile.TemporaryDirectory(prefix="funnel-stream-bench-") as tmp:
         os.environ["PUBSUB_EMULATOR_HOST"] = host
         workdir = args.workdir or tmp
         os.makedirs(workdir, exist_ok=True)
-        result = run(args.rate, args.seconds, args.backlog, args.window_seconds, os.path.join(workdir, "current"),
-                     args.job_args.split())
+        result = run(
+            args.rate,
+            args.seconds,
+            args.backlog,
+            args.window_seconds,
+            os.path.join(workdir, "current"),
+            args.job_args.split(),
+        )
         tree = None if args.baseline == "none" else baseline.worktree(args.baseline, Path(workdir))
         if tree is not None:
             print(f"\nthe previous release ({tree.name}), same phases:", flush=True)
-            result["baseline"] = {"tree": tree.name, **run(args.rate, args.seconds, args.backlog,
-                                                           args.window_seconds, os.path.join(workdir, "baseline"),
-                                                           args.job_args.split(), tree)}
-            result["ratio"] = {"drain_x": _round(result["backlog"]["raw_records_per_s"]
-                                                 / result["baseline"]["backlog"]["raw_records_per_s"])}
-            subprocess.run(["git", "-C", str(baseline.ROOT), "worktree", "remove", "--force", str(tree)],
-                           check=False, capture_output=True)
+            result["baseline"] = {
+                "tree": tree.name,
+                **run(
+                    args.rate,
+                    args.seconds,
+                    args.backlog,
+                    args.window_seconds,
+                    os.path.join(workdir, "baseline"),
+                    args.job_args.split(),
+                    tree,
+                ),
+            }
+            result["ratio"] = {
+                "drain_x": _round(
+                    result["backlog"]["raw_records_per_s"] / result["baseline"]["backlog"]["raw_records_per_s"]
+                )
+            }
+            subprocess.run(
+                ["git", "-C", str(baseline.ROOT), "worktree", "remove", "--force", str(tree)],
+                check=False,
+                capture_output=True,
+            )
     result["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

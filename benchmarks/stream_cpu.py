@@ -20,6 +20,7 @@ with the Pub/Sub read, no BigQuery), the ParDos, GroupByKeys and stateful
 ParDos. Ends with the line ``streaming transforms: N CPU-s per million
 records`` (this code). Timings are never asserted in tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 RECORDS_PER_USER_DAY = 2.0
@@ -52,9 +53,13 @@ def _graph_counts(pipeline) -> dict:
     for t in pardos:
         payload = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload)
         stateful += bool(payload.state_specs or payload.timer_family_specs)
-    return {"transforms": len(leaves), "pardos": len(pardos), "window_into": sum(t.spec.urn == _WINDOW_INTO
-                                                                                  for t in leaves),
-            "group_by_keys": sum(t.spec.urn == _GBK for t in leaves), "stateful_pardos": stateful}
+    return {
+        "transforms": len(leaves),
+        "pardos": len(pardos),
+        "window_into": sum(t.spec.urn == _WINDOW_INTO for t in leaves),
+        "group_by_keys": sum(t.spec.urn == _GBK for t in leaves),
+        "stateful_pardos": stateful,
+    }
 
 
 def _worker(tree: str, messages_path: str, lake: str, window_seconds: int) -> dict:
@@ -68,14 +73,14 @@ def _worker(tree: str, messages_path: str, lake: str, window_seconds: int) -> di
         # pickle and bz2-compress them into the graph, a third of the run.
         with open(path, "rb") as f:
             for data, mid, at in pickle.load(f):
-                yield PubsubMessage(data, {}, message_id=mid, publish_time=datetime.fromtimestamp(at, timezone.utc))
+                yield PubsubMessage(data, {}, message_id=mid, publish_time=datetime.fromtimestamp(at, UTC))
 
     with open(messages_path, "rb") as f:
         records = len(pickle.load(f))
     # This code reads the key on the workers; the previous release took the key itself. Decided by the
     # tree's own files: an import would find this tree's module through the editable install.
     if os.path.exists(os.path.join(tree, "transforms", "pii.py")):
-        from transforms.pii import KEY_ENV, PiiKeySource
+        from transforms.rules.pii import KEY_ENV, PiiKeySource
 
         os.environ[KEY_ENV] = "benchmark-key"
         key = PiiKeySource()
@@ -88,8 +93,9 @@ def _worker(tree: str, messages_path: str, lake: str, window_seconds: int) -> di
     counts = _graph_counts(production)
 
     p = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
-    bounded = (p | "MessagesFile" >> beam.Create([messages_path], reshuffle=False)
-               | "Messages" >> beam.FlatMap(read_messages))
+    bounded = (
+        p | "MessagesFile" >> beam.Create([messages_path], reshuffle=False) | "Messages" >> beam.FlatMap(read_messages)
+    )
     if not os.path.exists(os.path.join(tree, "transforms", "streaming.py")):  # the previous release
         from transforms import lake_io
 
@@ -98,15 +104,20 @@ def _worker(tree: str, messages_path: str, lake: str, window_seconds: int) -> di
                 return bounded
 
         def batch_when_input_ends(self, rows):
-            return (rows | "EverySeconds" >> beam.WindowInto(beam.window.GlobalWindows())
-                    | "OneKey" >> beam.Map(lambda r: (None, r)) | "GroupBatch" >> beam.GroupByKey())
+            return (
+                rows
+                | "EverySeconds" >> beam.WindowInto(beam.window.GlobalWindows())
+                | "OneKey" >> beam.Map(lambda r: (None, r))
+                | "GroupBatch" >> beam.GroupByKey()
+            )
 
         beam.io.ReadFromPubSub = lambda **kwargs: _Bounded()
         lake_io.BatchEvery.expand = batch_when_input_ends
-        stream_ingest.build(p, "projects/funnel-local/subscriptions/x", lake, window_seconds, key,
-                            early_firing_seconds=0)
+        stream_ingest.build(
+            p, "projects/funnel-local/subscriptions/x", lake, window_seconds, key, early_firing_seconds=0
+        )
     else:
-        from transforms.streaming import StreamingLakehouse
+        from transforms.streaming.job import StreamingLakehouse
 
         _ = bounded | StreamingLakehouse(lake, key, window_seconds)
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.time()
@@ -114,19 +125,28 @@ def _worker(tree: str, messages_path: str, lake: str, window_seconds: int) -> di
     result.wait_until_finish()
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"records": records, "cpu_s": round(cpu, 2), "wall_s": round(time.time() - started, 2),
-            "cpu_s_per_million": round(cpu / records * 1e6, 1), "graph": counts}
+    return {
+        "records": records,
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(time.time() - started, 2),
+        "cpu_s_per_million": round(cpu / records * 1e6, 1),
+        "graph": counts,
+    }
 
 
 # --- the orchestration -------------------------------------------------------------------------
 def _messages(records: int, workdir: Path) -> Path:
-    from pipelines import generate
-    from pipelines.publish import lines_of
+    from simulator import traffic
+    from simulator.publisher import lines_of
 
-    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
     landing = workdir / "landing"
-    generate.generate(generate.Config(users=int(records / RECORDS_PER_USER_DAY) + 50, days=1, seed=7,
-                                      start=yesterday, max_scan_lag_days=0), str(landing))
+    traffic.generate(
+        traffic.Config(
+            users=int(records / RECORDS_PER_USER_DAY) + 50, days=1, seed=7, start=yesterday, max_scan_lag_days=0
+        ),
+        str(landing),
+    )
     lines = lines_of(sorted(glob.glob(str(landing / "*.jsonl"))))[:records]
     now = time.time()
     path = workdir / "messages.pickle"
@@ -139,8 +159,21 @@ def _measure(tree: Path, messages: Path, workdir: Path, name: str, window_second
     from benchmarks import baseline
 
     out = workdir / f"{name}.json"
-    subprocess.run([sys.executable, __file__, "--worker", str(tree), str(messages), str(workdir / f"lake-{name}"),
-                    str(window_seconds), str(out)], check=True, cwd=tree, env=baseline.environment(tree))
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            str(tree),
+            str(messages),
+            str(workdir / f"lake-{name}"),
+            str(window_seconds),
+            str(out),
+        ],
+        check=True,
+        cwd=tree,
+        env=baseline.environment(tree),
+    )
     return json.loads(out.read_text())
 
 
@@ -159,30 +192,42 @@ def main(argv=None) -> dict:
         runs = {}
         tree = None if args.baseline == "none" else baseline.worktree(args.baseline, workdir)
         if tree is not None:
-            print(f"previous release ({tree.name}): streaming transforms over {args.records:,} messages ...",
-                  flush=True)
-            runs["baseline"] = {"tree": tree.name, **_measure(tree, messages, workdir, "baseline",
-                                                              args.window_seconds)}
+            print(
+                f"previous release ({tree.name}): streaming transforms over {args.records:,} messages ...", flush=True
+            )
+            runs["baseline"] = {"tree": tree.name, **_measure(tree, messages, workdir, "baseline", args.window_seconds)}
         print(f"this code: streaming transforms over {args.records:,} messages ...", flush=True)
         runs["current"] = _measure(baseline.ROOT, messages, workdir, "current", args.window_seconds)
         if tree is not None:
-            subprocess.run(["git", "-C", str(baseline.ROOT), "worktree", "remove", "--force", str(tree)],
-                           check=False, capture_output=True)
-    report = {"runner": "FnApiRunner, bounded timestamped input, processing-time triggers off",
-              "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, **runs}
+            subprocess.run(
+                ["git", "-C", str(baseline.ROOT), "worktree", "remove", "--force", str(tree)],
+                check=False,
+                capture_output=True,
+            )
+    report = {
+        "runner": "FnApiRunner, bounded timestamped input, processing-time triggers off",
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        **runs,
+    }
     if "baseline" in runs:
-        report["ratio"] = {"cpu_x": round(runs["baseline"]["cpu_s_per_million"] / runs["current"]["cpu_s_per_million"], 2),
-                           "pardos": f"{runs['current']['graph']['pardos']} / {runs['baseline']['graph']['pardos']}"}
+        report["ratio"] = {
+            "cpu_x": round(runs["baseline"]["cpu_s_per_million"] / runs["current"]["cpu_s_per_million"], 2),
+            "pardos": f"{runs['current']['graph']['pardos']} / {runs['baseline']['graph']['pardos']}",
+        }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "streaming_cpu.json").write_text(json.dumps(report, indent=2))
-    print(f"\n{'':<18} {'records':>8} {'CPU s':>7} {'CPU-s / million':>15} {'ParDos':>6} {'GBKs':>5} "
-          f"{'stateful':>8} {'transforms':>10}")
+    print(
+        f"\n{'':<18} {'records':>8} {'CPU s':>7} {'CPU-s / million':>15} {'ParDos':>6} {'GBKs':>5} "
+        f"{'stateful':>8} {'transforms':>10}"
+    )
     for name, label in (("baseline", "previous release"), ("current", "this code")):
         if name in runs:
             r, g = runs[name], runs[name]["graph"]
-            print(f"{label:<18} {r['records']:>8,} {r['cpu_s']:>7} {r['cpu_s_per_million']:>15} {g['pardos']:>6} "
-                  f"{g['group_by_keys']:>5} {g['stateful_pardos']:>8} {g['transforms']:>10}")
+            print(
+                f"{label:<18} {r['records']:>8,} {r['cpu_s']:>7} {r['cpu_s_per_million']:>15} {g['pardos']:>6} "
+                f"{g['group_by_keys']:>5} {g['stateful_pardos']:>8} {g['transforms']:>10}"
+            )
     if "ratio" in report:
         print(f"\n{report['ratio']['cpu_x']}x less CPU per record; ParDos {report['ratio']['pardos']}")
     print(f"results: {out / 'streaming_cpu.json'}")

@@ -9,6 +9,7 @@ merged into BigQuery.
 Starts the emulator unless one runs (and then stops it at the end; run
 ``make bq-up`` first to keep it, with the tables, for your own queries).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ import argparse
 from devtools import bigquery_emulator
 from pipelines import backfill, gold_daily
 from schemas.tables import BRONZE, DEAD_LETTER, GOLD, SILVER
-from transforms import bigquery_io
+from transforms.sinks import bigquery as bigquery_io
 
 FUNNEL_SQL = "SELECT * FROM `{project}.gold.v_funnel_dropoff` ORDER BY stage_number"
 

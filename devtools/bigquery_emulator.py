@@ -8,8 +8,9 @@ through ``bqemulator_launcher.py``, which turns off the DuckDB ``spatial``
 extension it would otherwise download (impossible offline; we use no
 GEOGRAPHY). REST on 127.0.0.1:9050 (``BIGQUERY_EMULATOR_HOST``), gRPC on the
 next port. Point ``google-cloud-bigquery`` at it with
-``transforms.bigquery_io.client(project, endpoint)``.
+``transforms.sinks.bigquery.client(project, endpoint)``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,12 +37,25 @@ def ensure_venv() -> None:
 
 def _command(host: str) -> list[str]:
     name, port = host.rsplit(":", 1)
-    return [str(_python()), str(LAUNCHER), "--rest-host", name, "--rest-port", port,
-            "--grpc-host", name, "--grpc-port", str(int(port) + 10), "--project", PROJECT]
+    return [
+        str(_python()),
+        str(LAUNCHER),
+        "--rest-host",
+        name,
+        "--rest-port",
+        port,
+        "--grpc-host",
+        name,
+        "--grpc-port",
+        str(int(port) + 10),
+        "--project",
+        PROJECT,
+    ]
 
 
-SERVICE = LocalService("bigquery", "BigQuery emulator", "BIGQUERY_EMULATOR_HOST", DEFAULT_HOST, _command,
-                       prepare=ensure_venv)
+SERVICE = LocalService(
+    "bigquery", "BigQuery emulator", "BIGQUERY_EMULATOR_HOST", DEFAULT_HOST, _command, prepare=ensure_venv
+)
 running = SERVICE.running
 
 

@@ -5,6 +5,7 @@ so it imports nothing from this project. Offline, bqemulator refuses to
 start because it downloads DuckDB's ``spatial`` extension; we use no
 GEOGRAPHY columns, so loading it is skipped.
 """
+
 import sys
 
 from bqemulator.cli import main

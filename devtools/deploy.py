@@ -16,6 +16,7 @@ state there; otherwise from infra/'s conventions (``infra/main.tf`` locals,
 held equal by tests/test_deployment_files.py) for the project, region and
 prefix given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,14 +36,27 @@ PROJECT_PLACEHOLDER = "PROJECT"
 
 
 # Terraform outputs (infra/outputs.tf) a Deployment takes over its conventions.
-OUTPUTS = ("region", "lake", "landing_bucket", "template_root", "temp_location", "staging_location", "image_root",
-           "service_account", "subscription", "alerts_topic", "pii_key_secret", "stream_job_name")
+OUTPUTS = (
+    "region",
+    "lake",
+    "landing_bucket",
+    "template_root",
+    "temp_location",
+    "staging_location",
+    "image_root",
+    "service_account",
+    "subscription",
+    "alerts_topic",
+    "pii_key_secret",
+    "stream_job_name",
+)
 
 
 @dataclass(frozen=True)
 class Deployment:
     """Where a deployment's pieces are: ``terraform output`` when there is
     one (``outputs``), else infra/'s naming conventions."""
+
     project: str
     region: str = "europe-west1"
     prefix: str = "funnel"
@@ -110,24 +124,60 @@ class Deployment:
         """What a launch passes unless told otherwise: the scheduled daily
         runs' parameters (infra/schedule.tf), and the stream's."""
         if pipeline == "backfill":
-            return {"input": f"gs://{self.landing_bucket}/{{yesterday}}/*.jsonl", "lake": self.lake,
-                    "pii_key_secret": self.pii_key_secret, "sink": "bigquery"}
+            return {
+                "input": f"gs://{self.landing_bucket}/{{yesterday}}/*.jsonl",
+                "lake": self.lake,
+                "pii_key_secret": self.pii_key_secret,
+                "sink": "bigquery",
+            }
         if pipeline == "gold_daily":
             return {"lake": self.lake, "sink": "bigquery"}
         if pipeline == "stream_ingest":
-            return {"subscription": self.subscription, "lake": self.lake, "alerts_topic": self.alerts_topic,
-                    "pii_key_secret": self.pii_key_secret, "sink": "bigquery"}
+            return {
+                "subscription": self.subscription,
+                "lake": self.lake,
+                "alerts_topic": self.alerts_topic,
+                "pii_key_secret": self.pii_key_secret,
+                "sink": "bigquery",
+            }
         raise ValueError(f"unknown pipeline {pipeline!r}; one of {', '.join(PIPELINES)}")
 
 
 def build_commands(d: Deployment) -> list[list[str]]:
-    commands = [["gcloud", "builds", "submit", "--project", d.project, "--region", d.region,
-                 "--config", "templates/cloudbuild.yaml",
-                 "--substitutions", f"_IMAGE_ROOT={d.image_root},_TAG={d.tag}", "."]]
+    commands = [
+        [
+            "gcloud",
+            "builds",
+            "submit",
+            "--project",
+            d.project,
+            "--region",
+            d.region,
+            "--config",
+            "templates/cloudbuild.yaml",
+            "--substitutions",
+            f"_IMAGE_ROOT={d.image_root},_TAG={d.tag}",
+            ".",
+        ]
+    ]
     for pipeline in PIPELINES:
-        commands.append(["gcloud", "dataflow", "flex-template", "build", d.template(pipeline),
-                         "--project", d.project, "--image", d.image(pipeline), "--sdk-language", "PYTHON",
-                         "--metadata-file", f"templates/{pipeline}.metadata.json"])
+        commands.append(
+            [
+                "gcloud",
+                "dataflow",
+                "flex-template",
+                "build",
+                d.template(pipeline),
+                "--project",
+                d.project,
+                "--image",
+                d.image(pipeline),
+                "--sdk-language",
+                "PYTHON",
+                "--metadata-file",
+                f"templates/{pipeline}.metadata.json",
+            ]
+        )
     return commands
 
 
@@ -135,18 +185,32 @@ def job_name(d: Deployment, pipeline: str, now: datetime | None = None) -> str:
     # The stream keeps one name (the freshness alert watches it); batch runs are told apart by the time.
     if pipeline == "stream_ingest":
         return d.stream_job_name
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"{d.prefix}-{pipeline.replace('_', '-')}-{now:%Y%m%d-%H%M%S}"
 
 
 def run_command(d: Deployment, pipeline: str, parameters: dict[str, str] | None = None) -> list[str]:
     params = {**d.default_parameters(pipeline), **(parameters or {})}
-    command = ["gcloud", "dataflow", "flex-template", "run", job_name(d, pipeline),
-               "--project", d.project, "--region", d.region,
-               "--template-file-gcs-location", d.template(pipeline),
-               "--service-account-email", d.service_account,
-               "--temp-location", d.temp_location, "--staging-location", d.staging_location,
-               "--disable-public-ips"]
+    command = [
+        "gcloud",
+        "dataflow",
+        "flex-template",
+        "run",
+        job_name(d, pipeline),
+        "--project",
+        d.project,
+        "--region",
+        d.region,
+        "--template-file-gcs-location",
+        d.template(pipeline),
+        "--service-account-email",
+        d.service_account,
+        "--temp-location",
+        d.temp_location,
+        "--staging-location",
+        d.staging_location,
+        "--disable-public-ips",
+    ]
     if pipeline == "stream_ingest":
         command.append("--enable-streaming-engine")
     for name, value in params.items():
@@ -193,19 +257,30 @@ def main(argv=None) -> int:
     parser.add_argument("pipeline", nargs="?", choices=PIPELINES, help="with run: which template")
     parser.add_argument("--project", help="default: $PROJECT, $GOOGLE_CLOUD_PROJECT, else gcloud's configured one")
     parser.add_argument("--region", default=os.environ.get("REGION") or "europe-west1")
-    parser.add_argument("--prefix", default=os.environ.get("NAME_PREFIX") or "funnel",
-                        help="infra/'s name_prefix (default funnel)")
+    parser.add_argument(
+        "--prefix", default=os.environ.get("NAME_PREFIX") or "funnel", help="infra/'s name_prefix (default funnel)"
+    )
     parser.add_argument("--tag", help="image tag (default: the git commit)")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="with run: a template parameter (repeatable), e.g. as_of=2026-11-25")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with run: a template parameter (repeatable), e.g. as_of=2026-11-25",
+    )
     parser.add_argument("--print-only", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     if args.action == "run" and args.pipeline is None:
         parser.error("run needs a pipeline: " + ", ".join(PIPELINES))
     project = args.project or configured_project()
     outputs = terraform_outputs() if project else {}
-    d = Deployment(project or PROJECT_PLACEHOLDER, outputs.get("region") or args.region, args.prefix,
-                   args.tag or git_tag(), outputs)
+    d = Deployment(
+        project or PROJECT_PLACEHOLDER,
+        outputs.get("region") or args.region,
+        args.prefix,
+        args.tag or git_tag(),
+        outputs,
+    )
     if args.action == "build":
         commands = build_commands(d)
     else:
@@ -215,8 +290,10 @@ def main(argv=None) -> int:
         commands = [run_command(d, args.pipeline, dict(p.split("=", 1) for p in args.param))]
     if project is None or args.print_only:
         if project is None:
-            print("No Google Cloud project configured (--project, PROJECT=..., or gcloud config set project ...); "
-                  f"the commands, with {PROJECT_PLACEHOLDER} for the project id:")
+            print(
+                "No Google Cloud project configured (--project, PROJECT=..., or gcloud config set project ...); "
+                f"the commands, with {PROJECT_PLACEHOLDER} for the project id:"
+            )
         for command in commands:
             print(shell(command))
         return 0

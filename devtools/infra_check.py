@@ -7,6 +7,7 @@ from its own virtualenv, ``.venv-checkov`` (created on first use from
 ``requirements-checkov.txt``). A check that does not apply is skipped in
 ``infra/`` with a ``#checkov:skip=ID:reason`` comment next to the resource.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ def scan() -> dict:
     """checkov's Terraform results for ``infra/``: ``summary`` (passed,
     failed, skipped counts) and ``failed_checks``."""
     checkov = ensure_venv(VENV, REQUIREMENTS, "checkov") / "checkov"
-    done = subprocess.run([str(checkov), "-d", str(INFRA), "--framework", "terraform", "--skip-download",
-                           "--output", "json", "--quiet"], capture_output=True, text=True)
+    done = subprocess.run(
+        [str(checkov), "-d", str(INFRA), "--framework", "terraform", "--skip-download", "--output", "json", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode not in (0, 1):  # 1: some check failed
         raise RuntimeError(f"checkov failed ({done.returncode}): {done.stderr[-2000:]}")
     report = json.loads(done.stdout)
@@ -39,11 +43,12 @@ def scan() -> dict:
 def main() -> int:
     result = scan()
     summary = result["summary"]
-    print(f"checkov on infra/: {summary['passed']} passed, {summary['failed']} failed, "
-          f"{summary['skipped']} skipped")
+    print(f"checkov on infra/: {summary['passed']} passed, {summary['failed']} failed, {summary['skipped']} skipped")
     for check in result["failed_checks"]:
-        print(f"  FAILED {check['check_id']} {check['check_name']}: {check['resource']} "
-              f"({check['file_path']}:{check['file_line_range'][0]})")
+        print(
+            f"  FAILED {check['check_id']} {check['check_name']}: {check['resource']} "
+            f"({check['file_path']}:{check['file_line_range'][0]})"
+        )
     return 1 if summary["failed"] else 0
 
 

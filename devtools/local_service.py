@@ -4,6 +4,7 @@
 ``stop`` leaves it alone too): tests and ``make`` targets only stop what they
 started. Each emulator module defines a ``LocalService`` and calls ``cli``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 STATE_DIR = Path(__file__).resolve().parent.parent / ".emulators"
 
@@ -29,9 +30,9 @@ def reachable(host: str) -> bool:
 
 @dataclass(frozen=True)
 class LocalService:
-    name: str                           # file names under .emulators/, e.g. "pubsub"
-    title: str                          # for messages
-    host_env: str                       # environment variable naming host:port
+    name: str  # file names under .emulators/, e.g. "pubsub"
+    title: str  # for messages
+    host_env: str  # environment variable naming host:port
     default_host: str
     command: Callable[[str], list[str]]  # host -> the command that serves on it
     prepare: Callable[[], None] = lambda: None  # e.g. install the service's own virtualenv
@@ -48,8 +49,13 @@ class LocalService:
         STATE_DIR.mkdir(exist_ok=True)
         log_path = STATE_DIR / f"{self.name}.log"
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(self.command(host), stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                self.command(host),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.time() + timeout
         while not reachable(host):
             if process.poll() is not None or time.time() > deadline:
@@ -77,8 +83,9 @@ class LocalService:
             process = self.start(host)
             if process is not None:
                 pid_file.write_text(str(process.pid))
-            print(f"{self.title} on {host} ({'started' if process else 'already running'});"
-                  f" export {self.host_env}={host}")
+            print(
+                f"{self.title} on {host} ({'started' if process else 'already running'}); export {self.host_env}={host}"
+            )
         elif command == "stop":
             if pid_file.exists():
                 stop(int(pid_file.read_text()))

@@ -8,6 +8,7 @@ serves S3 on 127.0.0.1:9070 (``S3_EMULATOR_HOST``). ``environment(host)``
 is what points delta-rs (``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``) and
 Beam's S3 filesystem (boto3 reads the same variables) at it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,8 +39,13 @@ running = SERVICE.running
 
 def environment(host: str) -> dict[str, str]:
     """The variables that point delta-rs and boto3 (Beam's S3 filesystem) at the server."""
-    return {"AWS_ENDPOINT_URL": f"http://{host}", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+    return {
+        "AWS_ENDPOINT_URL": f"http://{host}",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+    }
 
 
 def create_bucket(host: str, bucket: str) -> str:

@@ -8,6 +8,7 @@ stopped afterwards only if started here (``devtools.local_service``).
 the services must outlive either of them, so neither starts or stops one.
 Exits with the command's status.
 """
+
 from __future__ import annotations
 
 import os

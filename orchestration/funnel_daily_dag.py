@@ -18,6 +18,7 @@ day's files. Without Airflow installed the module still imports (the
 launch bodies are plain functions; tests/test_deployment_files.py checks
 them against the template metadata).
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -33,30 +34,36 @@ PREFIX = "{{ var.value.get('funnel_prefix', 'funnel') }}"
 DAY = "{{ ds }}"
 
 
-def launch_body(pipeline: str, project: str = PROJECT, region: str = REGION, prefix: str = PREFIX,
-                day: str = DAY) -> dict:
+def launch_body(
+    pipeline: str, project: str = PROJECT, region: str = REGION, prefix: str = PREFIX, day: str = DAY
+) -> dict:
     """The flex-template launch request of ``pipeline`` for ``day``."""
     dataflow_bucket = f"gs://{project}-{prefix}-dataflow"
     lake = f"gs://{project}-{prefix}-lake"
     if pipeline == "backfill":
-        parameters = {"input": f"gs://{project}-{prefix}-landing/{day}/*.jsonl", "lake": lake,
-                      "pii_key_secret": f"projects/{project}/secrets/{prefix}-pii-key/versions/latest",
-                      "sink": "bigquery"}
+        parameters = {
+            "input": f"gs://{project}-{prefix}-landing/{day}/*.jsonl",
+            "lake": lake,
+            "pii_key_secret": f"projects/{project}/secrets/{prefix}-pii-key/versions/latest",
+            "sink": "bigquery",
+        }
     elif pipeline == "gold_daily":
         parameters = {"lake": lake, "as_of": day, "sink": "bigquery"}
     else:
         raise ValueError(f"unknown pipeline {pipeline!r}")
-    return {"launchParameter": {
-        "jobName": f"{prefix}-{pipeline.replace('_', '-')}",
-        "containerSpecGcsPath": f"{dataflow_bucket}/templates/{pipeline}.json",
-        "parameters": parameters,
-        "environment": {
-            "serviceAccountEmail": f"{prefix}-dataflow@{project}.iam.gserviceaccount.com",
-            "tempLocation": f"{dataflow_bucket}/temp",
-            "stagingLocation": f"{dataflow_bucket}/staging",
-            "ipConfiguration": "WORKER_IP_PRIVATE",
-        },
-    }}
+    return {
+        "launchParameter": {
+            "jobName": f"{prefix}-{pipeline.replace('_', '-')}",
+            "containerSpecGcsPath": f"{dataflow_bucket}/templates/{pipeline}.json",
+            "parameters": parameters,
+            "environment": {
+                "serviceAccountEmail": f"{prefix}-dataflow@{project}.iam.gserviceaccount.com",
+                "tempLocation": f"{dataflow_bucket}/temp",
+                "stagingLocation": f"{dataflow_bucket}/staging",
+                "ipConfiguration": "WORKER_IP_PRIVATE",
+            },
+        }
+    }
 
 
 try:
@@ -79,7 +86,10 @@ if DAG is not None:
     ) as dag:
         launches = [
             DataflowStartFlexTemplateOperator(
-                task_id=pipeline, project_id=PROJECT, location=REGION, body=launch_body(pipeline),
+                task_id=pipeline,
+                project_id=PROJECT,
+                location=REGION,
+                body=launch_body(pipeline),
                 wait_until_finished=True,  # gold starts once the backfill's silver is released
             )
             for pipeline in PIPELINES

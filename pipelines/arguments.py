@@ -6,6 +6,7 @@ wrong and what to do, exit status 2, before anything is written: argparse's
 own errors (a missing flag, a bad number) and the commands' checks of what
 the flags name (a lake that is a file, a lake with nothing to read).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,12 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
-def check_lake(parser: argparse.ArgumentParser, lake: str, must_exist: bool = False,
-               what: str = "run `funnel backfill` or `funnel stream` into it first") -> None:
+def check_lake(
+    parser: argparse.ArgumentParser,
+    lake: str,
+    must_exist: bool = False,
+    what: str = "run `funnel backfill` or `funnel stream` into it first",
+) -> None:
     """``--lake`` names a folder (or an object-store URL, not checked here):
     not a file, and when the command only reads, one that exists."""
     if not _is_local(lake):
@@ -81,7 +86,7 @@ def positive_float(text: str) -> float:
 def check_gold(parser: argparse.ArgumentParser, lake: str, table: str) -> None:
     """A command reading gold: the lake exists and gold's ``table`` has been written."""
     from schemas.tables import GOLD
-    from transforms.lake_tables import open_table
+    from transforms.lake.tables import open_table
 
     check_lake(parser, lake, must_exist=True, what="run `funnel backfill` and `funnel gold` into it first")
     if open_table(lake, GOLD[table]) is None:

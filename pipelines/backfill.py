@@ -8,18 +8,19 @@
 * bronze: typed rows per record type, partitioned by ``event_date``/``platform``;
 * dead letter: every rejected record with a typed reason;
 * silver: what bronze gained merged into the rows it touches
-  (``transforms.silver_lake``); with ``--rebuild-silver``, or into a lake
+  (``transforms.lake.silver``); with ``--rebuild-silver``, or into a lake
   whose silver was never merged, recomputed from all of bronze.
 
 Re-running the same input replaces that input's own bronze and dead-letter
 files, so bronze holds each received record once and silver comes out the
-same (the merge takes only rows bronze did not hold). With ``--from/--to`` exactly the bronze ``event_date`` partitions of
-that range are replaced by what the input holds for it (replay the raw layer
-with ``--input 'LAKE/raw/**/*.parquet'`` to rebuild a range); records of other
+same (the merge takes only rows bronze did not hold). With ``--from/--to``
+exactly the bronze ``event_date`` partitions of that range are replaced by
+what the input holds for it (replay the raw layer with
+``--input 'LAKE/raw/**/*.parquet'`` to rebuild a range); records of other
 dates are counted (``outside_date_range``) and left alone.
 
 Workers write data files; one final step commits them to the lake's Delta
-tables (``transforms.lake_commit``): raw's new copies, then each bronze
+tables (``transforms.lake.commit``): raw's new copies, then each bronze
 table and the dead letter (the input's own rows, or the date range,
 replaced in one commit each, against the versions this run read), then
 the silver merge (or the rebuilt tables) and silver's release. A run that
@@ -28,19 +29,20 @@ rerun of a committer that died halfway skips what it committed already, and
 bronze it committed is merged by the next merge of any path.
 
 With ``--sink bigquery --project P`` the same rows also go to BigQuery
-before the lake commit (``transforms.bigquery_io``): bronze and the dead
+before the lake commit (``transforms.sinks.bigquery``): bronze and the dead
 letter by a MERGE on where each record was received, silver by a MERGE on
 identity of the rows the merge changed (a rebuild: all of silver). Each
 MERGE restates what this run's lake rule restates (the input's own rows, or
 the date range), so a rerun or a replay never duplicates a row and BigQuery
 holds what the lake holds.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -60,40 +62,23 @@ from pipelines.common import (
 from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
-from transforms.accounting import AccountingError, backfill_problems, write_run_log
-from transforms.bigquery_io import (
-    BigQueryTarget,
-    BigQueryWrite,
-    PublishToBigQuery,
-    silver_merger,
-)
-from transforms.bronze_columnar import ParseChunkFn
-from transforms.lake_commit import (
-    CommitLakeWrites,
-    CommitPlan,
-    Replace,
-    ReplaceScope,
-    read_plan,
-)
-from transforms.lake_files import WriteDataFiles
-from transforms.lake_tables import LakeFile, ReadLakeTable, read_file, snapshot
-from transforms.landing import (
-    LANDING_SUFFIXES,
-    RAW_FILES,
-    ReadLandingFiles,
-    expand_inputs,
-    unsupported_inputs,
-)
-from transforms.pii import PiiKeySource
-from transforms.silver import BuildSilver, shuffled_columns
-from transforms.silver_lake import CommitAndMergeFn, head
+from transforms.batch.parse import ParseChunkFn
+from transforms.batch.silver import BuildSilver
+from transforms.lake.commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
+from transforms.lake.files import WriteDataFiles
+from transforms.lake.landing import LANDING_SUFFIXES, RAW_FILES, ReadLandingFiles, expand_inputs, unsupported_inputs
+from transforms.lake.silver import CommitAndMergeFn, head
+from transforms.lake.tables import LakeFile, ReadLakeTable, read_file, snapshot
+from transforms.rules.pii import PiiKeySource
+from transforms.rules.silver import shuffled_columns
+from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, silver_merger
+from transforms.sinks.run_log import AccountingError, backfill_problems, write_run_log
 
 
 def dated_pattern(pattern: str, today: date) -> str:
     """``{yesterday}``/``{today}`` in an input glob -> the UTC dates: a
     scheduled launch (Cloud Scheduler's body is fixed) reads the day before."""
-    return (pattern.replace("{yesterday}", (today - timedelta(days=1)).isoformat())
-            .replace("{today}", today.isoformat()))
+    return pattern.replace("{yesterday}", (today - timedelta(days=1)).isoformat()).replace("{today}", today.isoformat())
 
 
 def _date_range(first: date, last: date) -> list[str]:
@@ -139,14 +124,23 @@ def rebuilds_silver(lake: str, rebuild_silver: bool) -> bool:
     """Whether a run recomputes silver from all of bronze: when asked
     (``--rebuild-silver``, after a rule changed) or when silver was never
     merged (a new lake: the sharded recompute is the fast way in). Otherwise
-    it merges what bronze gains (``transforms.silver_lake``)."""
+    it merges what bronze gains (``transforms.lake.silver``)."""
     return rebuild_silver or head(lake)[0] is None
 
 
-def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
-          date_range: tuple[date, date] | None, pii_key_source: PiiKeySource, now: int,
-          bigquery: BigQueryTarget | None = None, shards: int | None = None, run_id: str | None = None,
-          rebuild_silver: bool = False) -> tuple[int, bool]:
+def build(
+    p: beam.Pipeline,
+    paths: list,
+    sources: frozenset,
+    lake: str,
+    date_range: tuple[date, date] | None,
+    pii_key_source: PiiKeySource,
+    now: int,
+    bigquery: BigQueryTarget | None = None,
+    shards: int | None = None,
+    run_id: str | None = None,
+    rebuild_silver: bool = False,
+) -> tuple[int, bool]:
     """``paths``: from ``expand_inputs``; ``sources``: the landing files the
     inputs hold (``_source_files``); ``bigquery``: also merge bronze, dead
     letter and silver there; ``shards``: of the silver shuffles (default:
@@ -164,34 +158,43 @@ def build(p: beam.Pipeline, paths: list, sources: frozenset, lake: str,
     rebuild = rebuilds_silver(lake, rebuild_silver)
     if rebuild:
         rules += [Replace(table, ReplaceScope.TABLE) for table in SILVER.values()]
-    plan = read_plan(lake, rules)   # the versions this run reads and replaces
-    kept = {rule.table.name: rule.surviving(read) for rule, read in plan if rule.table.name in BRONZE} \
-        if rebuild else {}
+    plan = read_plan(lake, rules)  # the versions this run reads and replaces
+    kept = (
+        {rule.table.name: rule.surviving(read) for rule, read in plan if rule.table.name in BRONZE} if rebuild else {}
+    )
     shards = shards or shard_count(paths, [f for files in kept.values() for f in files])
 
     read = p | "ReadLandingFiles" >> ReadLandingFiles(paths, lake, ingested_at=now)
-    parsed = (read.chunks
-              | "ParseToBronze" >> beam.ParDo(ParseChunkFn(pii_key_source, "backfill", now, days))
-              .with_outputs(DEAD_LETTER.name, main="bronze"))
-    written = [(parsed.bronze, parsed[DEAD_LETTER.name])
-               | "WriteBronze" >> WriteDataFiles([*BRONZE.values(), DEAD_LETTER], lake,
-                                                 by_source=(*BRONZE, DEAD_LETTER.name))]
+    parsed = read.chunks | "ParseToBronze" >> beam.ParDo(
+        ParseChunkFn(pii_key_source, "backfill", now, days)
+    ).with_outputs(DEAD_LETTER.name, main="bronze")
+    written = [
+        (parsed.bronze, parsed[DEAD_LETTER.name])
+        | "WriteBronze" >> WriteDataFiles([*BRONZE.values(), DEAD_LETTER], lake, by_source=(*BRONZE, DEAD_LETTER.name))
+    ]
 
     if rebuild:
-        existing = tuple(p | f"ReadKept_{rt.bronze_table}" >> ReadLakeTable(
-            BRONZE[rt.bronze_table], tuple(kept[rt.bronze_table]), columns=shuffled_columns(rt.name))
-            for rt in RECORD_TYPES.values())
+        existing = tuple(
+            p
+            | f"ReadKept_{rt.bronze_table}"
+            >> ReadLakeTable(BRONZE[rt.bronze_table], tuple(kept[rt.bronze_table]), columns=shuffled_columns(rt.name))
+            for rt in RECORD_TYPES.values()
+        )
         silver = (parsed.bronze, *existing) | "BuildSilver" >> BuildSilver(shards)
         written.append(silver | "WriteSilver" >> WriteDataFiles(list(SILVER.values()), lake))
 
     written = tuple(written) | "AllWritten" >> beam.Flatten()
     if bigquery is not None:
         written = written | "PublishToBigQuery" >> PublishToBigQuery(
-            bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules])
+            bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules]
+        )
     commit_plan = CommitPlan(run_id, "backfill", plan)
-    _ = ((written, read[RAW_FILES]) | "WithRawCopies" >> beam.Flatten()
-         | "Commit" >> CommitLakeWrites(lake, commit_plan, CommitAndMergeFn(
-             lake, commit_plan, rebuild, silver_merger(bigquery))))
+    _ = (
+        (written, read[RAW_FILES])
+        | "WithRawCopies" >> beam.Flatten()
+        | "Commit"
+        >> CommitLakeWrites(lake, commit_plan, CommitAndMergeFn(lake, commit_plan, rebuild, silver_merger(bigquery)))
+    )
     return sum(f.rows for files in kept.values() for f in files), rebuild
 
 
@@ -204,15 +207,24 @@ def _true_or_false(text: str) -> bool:
 
 def arg_parser() -> argparse.ArgumentParser:
     parser = pipeline_parser(__doc__)
-    parser.add_argument("--input", required=True, action="append",
-                        help="glob of landing files (.jsonl, .jsonl.gz, .parquet) or raw-layer files; repeatable; "
-                             "{yesterday} and {today} become UTC dates (YYYY-MM-DD) at launch, for schedules")
+    parser.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        help="glob of landing files (.jsonl, .jsonl.gz, .parquet) or raw-layer files; repeatable; "
+        "{yesterday} and {today} become UTC dates (YYYY-MM-DD) at launch, for schedules",
+    )
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--from", dest="date_from", type=date.fromisoformat, help="first event_date to replace")
     parser.add_argument("--to", dest="date_to", type=date.fromisoformat, help="last event_date to replace")
-    parser.add_argument("--rebuild-silver", nargs="?", const=True, default=False, type=_true_or_false,
-                        help="recompute silver from all of bronze instead of merging this run's rows into it "
-                             "(after a rule changed)")
+    parser.add_argument(
+        "--rebuild-silver",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_true_or_false,
+        help="recompute silver from all of bronze instead of merging this run's rows into it (after a rule changed)",
+    )
     add_sink_flags(parser, "bronze, the dead letter and silver")
     add_pii_key_flags(parser)
     return parser
@@ -227,10 +239,12 @@ def main(argv=None):
         parser.error("--from and --to go together")
     check_lake(parser, args.lake)
     setup_logging()
-    args.input = [dated_pattern(pattern, datetime.now(timezone.utc).date()) for pattern in args.input]
+    args.input = [dated_pattern(pattern, datetime.now(UTC).date()) for pattern in args.input]
     for pattern in unsupported_inputs(args.input, args.lake):
-        parser.error(f"--input {pattern} matches no file a backfill reads: landing files end in "
-                     f"{', '.join(LANDING_SUFFIXES)}; raw-layer files are named under LAKE/raw/")
+        parser.error(
+            f"--input {pattern} matches no file a backfill reads: landing files end in "
+            f"{', '.join(LANDING_SUFFIXES)}; raw-layer files are named under LAKE/raw/"
+        )
     paths = expand_inputs(args.input, args.lake)
     if not paths:
         # A day without landing files (producers that only publish to Pub/Sub): nothing to read is a
@@ -244,17 +258,31 @@ def main(argv=None):
     sources = _source_files(paths)
     left_out = _stream_raw_files_left_out(paths, args.lake) if date_range is None and None in sources else []
     if left_out:
-        parser.error(f"the input replays records from Pub/Sub but leaves out {len(left_out)} of the raw layer's "
-                     f"stream files (e.g. {left_out[0].path}); replay them all (--input 'LAKE/raw/**/*.parquet') "
-                     "or replace a date range (--from/--to)")
-    print(f"backfill: {len(paths)} input files -> {args.lake}"
-          + (f" and BigQuery {bigquery.project}" if bigquery else "")
-          + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else ""))
+        parser.error(
+            f"the input replays records from Pub/Sub but leaves out {len(left_out)} of the raw layer's "
+            f"stream files (e.g. {left_out[0].path}); replay them all (--input 'LAKE/raw/**/*.parquet') "
+            "or replace a date range (--from/--to)"
+        )
+    print(
+        f"backfill: {len(paths)} input files -> {args.lake}"
+        + (f" and BigQuery {bigquery.project}" if bigquery else "")
+        + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else "")
+    )
     run_id, planned = f"backfill-{uuid.uuid4().hex}", {}
 
     def wiring(p):
-        planned["silver"] = build(p, paths, sources, args.lake, date_range, key_source, now, bigquery,
-                                            run_id=run_id, rebuild_silver=args.rebuild_silver)
+        planned["silver"] = build(
+            p,
+            paths,
+            sources,
+            args.lake,
+            date_range,
+            key_source,
+            now,
+            bigquery,
+            run_id=run_id,
+            rebuild_silver=args.rebuild_silver,
+        )
 
     result, finished = run_pipeline("backfill", options, wiring, wait=args.wait)
     if not finished:  # submitted, not waited for: the job commits the lake itself; nothing to account for here

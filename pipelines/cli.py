@@ -4,6 +4,7 @@ Each subcommand is a module's ``main(argv)`` (the same module a flex
 template or ``python -m pipelines.X`` runs), imported only when asked for:
 ``funnel --help`` lists them without importing Beam.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,22 +31,32 @@ class Command:
 
 
 COMMANDS = (
-    Command("backfill", "pipelines.backfill", Group.RUN,
-            "landing files or raw into bronze, merged into silver (batch)"),
+    Command(
+        "backfill", "pipelines.backfill", Group.RUN, "landing files or raw into bronze, merged into silver (batch)"
+    ),
     Command("gold", "pipelines.gold_daily", Group.RUN, "recompute gold's facts and marts from silver (batch)"),
-    Command("stream", "pipelines.stream_ingest", Group.RUN,
-            "Pub/Sub into raw, bronze and silver, with operational alerts (streaming)"),
+    Command(
+        "stream",
+        "pipelines.stream_ingest",
+        Group.RUN,
+        "Pub/Sub into raw, bronze and silver, with operational alerts (streaming)",
+    ),
     Command("report", "pipelines.report", Group.INSPECT, "the funnel as text, a chart and the explorer page"),
-    Command("export-audience", "pipelines.export_audience", Group.INSPECT,
-            "the retargeting audience as a Customer Match CSV"),
+    Command(
+        "export-audience",
+        "pipelines.export_audience",
+        Group.INSPECT,
+        "the retargeting audience as a Customer Match CSV",
+    ),
     Command("erase-user", "pipelines.erase_user", Group.OPERATE, "erase one person from every layer"),
-    Command("replay-dead-letter", "pipelines.replay_dead_letter", Group.OPERATE,
-            "parse dead letters again after a fix"),
+    Command(
+        "replay-dead-letter", "pipelines.replay_dead_letter", Group.OPERATE, "parse dead letters again after a fix"
+    ),
     Command("maintain", "pipelines.maintain", Group.OPERATE, "compact the lake's tables and vacuum old files"),
-    Command("biglake-ddl", "pipelines.biglake_ddl", Group.OPERATE,
-            "BigLake external tables over a gs:// lake, as SQL"),
-    Command("generate", "pipelines.generate", Group.DEVELOP,
-            "simulated traffic as landing files, with the truths it holds"),
+    Command("biglake-ddl", "pipelines.biglake_ddl", Group.OPERATE, "BigLake external tables over a gs:// lake, as SQL"),
+    Command(
+        "generate", "pipelines.generate", Group.DEVELOP, "simulated traffic as landing files, with the truths it holds"
+    ),
     Command("publish", "pipelines.publish", Group.DEVELOP, "landing files as Pub/Sub messages"),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
@@ -53,8 +64,11 @@ BY_NAME = {c.name: c for c in COMMANDS}
 
 def overview() -> str:
     width = max(len(c.name) for c in COMMANDS)
-    lines = ["usage: funnel COMMAND [options]   (funnel COMMAND --help: that command's options)", "",
-             "The customer funnel on Apache Beam: raw -> bronze -> silver -> gold, batch and streaming."]
+    lines = [
+        "usage: funnel COMMAND [options]   (funnel COMMAND --help: that command's options)",
+        "",
+        "The customer funnel on Apache Beam: raw -> bronze -> silver -> gold, batch and streaming.",
+    ]
     for group in Group:
         lines += ["", f"{group}:"]
         lines += [f"  {c.name:<{width}}  {c.summary}" for c in COMMANDS if c.group is group]
@@ -70,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     command = BY_NAME.get(name)
     if command is None:
-        print(f"funnel: error: no command {name!r}; the commands are {', '.join(BY_NAME)} (see funnel --help)",
-              file=sys.stderr)
+        print(
+            f"funnel: error: no command {name!r}; the commands are {', '.join(BY_NAME)} (see funnel --help)",
+            file=sys.stderr,
+        )
         return USAGE_ERROR
     module = importlib.import_module(command.module)
     program, sys.argv[0] = sys.argv[0], f"funnel {name}"  # argparse names the command in its messages

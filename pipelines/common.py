@@ -1,5 +1,6 @@
 """What every pipeline entry point shares: option parsing, logging, the run
 summary printed from Beam metrics."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -34,9 +35,12 @@ NOT_TEMPLATE_PARAMETERS = {
 def pipeline_parser(doc: str) -> CommandParser:
     """A pipeline's parser: its module docstring's summary, and ``--wait``."""
     parser = command_parser(doc)
-    parser.add_argument("--wait", action="store_true",
-                        help="on a remote runner (Dataflow): wait for the job to finish and print its counters "
-                             "(local runs always wait); without it the launcher returns once the job is submitted")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="on a remote runner (Dataflow): wait for the job to finish and print its counters "
+        "(local runs always wait); without it the launcher returns once the job is submitted",
+    )
     return parser
 
 
@@ -61,8 +65,9 @@ def _spelled_with_hyphens(parser: argparse.ArgumentParser, argv: list[str]) -> l
     return out
 
 
-def parse(parser: argparse.ArgumentParser, argv=None, local_runner: str = LOCAL_RUNNER,
-          streaming: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
+def parse(
+    parser: argparse.ArgumentParser, argv=None, local_runner: str = LOCAL_RUNNER, streaming: bool = False
+) -> tuple[argparse.Namespace, PipelineOptions]:
     """Our flags -> Namespace; everything else (``--runner``, ``--project``,
     ``--temp_location`` ...) -> Beam's PipelineOptions, unchanged."""
     argv = _spelled_with_hyphens(parser, list(sys.argv[1:] if argv is None else argv))
@@ -82,8 +87,9 @@ def _own_image_for_workers(beam_args: list[str]) -> list[str]:
     that same image, which holds the package and its pinned dependencies,
     unless ``--sdk_container_image`` says otherwise."""
     image = os.environ.get(SDK_CONTAINER_IMAGE_ENV)
-    if not image or any(a.split("=", 1)[0] in ("--sdk_container_image", "--worker_harness_container_image")
-                        for a in beam_args):
+    if not image or any(
+        a.split("=", 1)[0] in ("--sdk_container_image", "--worker_harness_container_image") for a in beam_args
+    ):
         return []
     return [f"--sdk_container_image={image}", "--sdk_location=container"]
 
@@ -99,11 +105,16 @@ def use_filesystems(options: PipelineOptions | None = None) -> None:
 
 def add_sink_flags(parser: argparse.ArgumentParser, what: str) -> None:
     """``--sink lake|bigquery`` and ``--bigquery-endpoint``; see ``bigquery_target``."""
-    parser.add_argument("--sink", choices=("lake", "bigquery"), default="lake",
-                        help=f"lake: the Delta lake only (default); bigquery: {what} also go to BigQuery "
-                             "datasets of --project")
-    parser.add_argument("--bigquery-endpoint", help="with --sink bigquery: another endpoint, e.g. the local "
-                                                    "emulator http://127.0.0.1:9050")
+    parser.add_argument(
+        "--sink",
+        choices=("lake", "bigquery"),
+        default="lake",
+        help=f"lake: the Delta lake only (default); bigquery: {what} also go to BigQuery datasets of --project",
+    )
+    parser.add_argument(
+        "--bigquery-endpoint",
+        help="with --sink bigquery: another endpoint, e.g. the local emulator http://127.0.0.1:9050",
+    )
 
 
 def bigquery_target(parser: argparse.ArgumentParser, args: argparse.Namespace, options: PipelineOptions):
@@ -111,7 +122,7 @@ def bigquery_target(parser: argparse.ArgumentParser, args: argparse.Namespace, o
     Beam's own ``--project``, so a Dataflow job and its tables share it."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-    from transforms.bigquery_io import BigQueryTarget
+    from transforms.sinks.bigquery import BigQueryTarget
 
     if args.sink != "bigquery":
         return None
@@ -122,20 +133,26 @@ def bigquery_target(parser: argparse.ArgumentParser, args: argparse.Namespace, o
 
 
 def add_pii_key_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pii-key-secret", dest="pii_key_secret", metavar="projects/P/secrets/S/versions/V",
-                        help="the PII key's Secret Manager version, read on the workers (required on non-local "
-                             "runners; local runs read FUNNEL_PII_KEY, else a development key)")
+    parser.add_argument(
+        "--pii-key-secret",
+        dest="pii_key_secret",
+        metavar="projects/P/secrets/S/versions/V",
+        help="the PII key's Secret Manager version, read on the workers (required on non-local "
+        "runners; local runs read FUNNEL_PII_KEY, else a development key)",
+    )
 
 
 def pii_key_source(parser: argparse.ArgumentParser, args: argparse.Namespace, options: PipelineOptions):
-    """Where the workers read the PII key (``transforms.pii``); a non-local
+    """Where the workers read the PII key (``transforms.rules.pii``); a non-local
     runner without ``--pii-key-secret`` is an error here, at option parsing."""
-    from transforms.pii import PiiKeyError, PiiKeySource
+    from transforms.rules.pii import PiiKeyError, PiiKeySource
 
     runner, local = runner_name(options), runs_locally(options)
     if not local and args.pii_key_secret is None:
-        parser.error(f"--runner={runner} needs --pii-key-secret projects/P/secrets/S/versions/V: the workers read "
-                     "the PII key from Secret Manager, and the development key is for local runners only")
+        parser.error(
+            f"--runner={runner} needs --pii-key-secret projects/P/secrets/S/versions/V: the workers read "
+            "the PII key from Secret Manager, and the development key is for local runners only"
+        )
     try:
         return PiiKeySource(args.pii_key_secret, allow_dev_key=local)
     except PiiKeyError as error:
@@ -144,8 +161,9 @@ def pii_key_source(parser: argparse.ArgumentParser, args: argparse.Namespace, op
 
 def setup_logging() -> None:
     # force: Beam installs a root handler on import, which would make this a no-op.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True
+    )
     # Beam's own INFO lines are runner internals, not progress a person wants.
     for noisy in ("apache_beam", "google"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -176,13 +194,14 @@ def runner_name(options: PipelineOptions) -> str:
 
 
 def runs_locally(options: PipelineOptions) -> bool:
-    from transforms.pii import LOCAL_RUNNERS
+    from transforms.rules.pii import LOCAL_RUNNERS
 
     return runner_name(options) in LOCAL_RUNNERS
 
 
-def run_pipeline(title: str, options: PipelineOptions, build: Callable[[beam.Pipeline], None],
-                 wait: bool = False) -> tuple[object, bool]:
+def run_pipeline(
+    title: str, options: PipelineOptions, build: Callable[[beam.Pipeline], None], wait: bool = False
+) -> tuple[object, bool]:
     """Build and run. Local runs, and remote ones with ``wait``, run to
     completion and print the counters; a remote run (a flex template's
     launcher) returns once the job is submitted. Returns the PipelineResult

@@ -4,7 +4,7 @@
         [--include-raw] [--as-of DATE] [--requested-by WHO] [--pii-key-secret V]
         [--sink bigquery --project P [--bigquery-endpoint URL]]
 
-Finds the person's footprint (``transforms.erasure``), deletes it from
+Finds the person's footprint (``transforms.lake.erasure``), deletes it from
 every bronze and silver table (one Delta commit each),
 releases the erased silver, and recomputes gold from it (``gold_daily`` as
 of ``--as-of``, default today), so gold equals a recompute without them.
@@ -19,12 +19,13 @@ Writes one audit row to ``ops/erasure_log`` (and BigQuery ``ops`` with the
 sink): who, when, what, row counts, and a keyed hash of the identifier -
 never the identifier itself. Prints the same summary, also without it.
 """
+
 from __future__ import annotations
 
 import getpass
 import json
 import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from pipelines import gold_daily
 from pipelines.arguments import check_lake, command_parser
@@ -37,12 +38,12 @@ from pipelines.common import (
 )
 from schemas import contract
 from schemas.tables import ERASURE_LOG, RAW, SILVER
-from transforms import erasure
-from transforms.bronze import normalize_email, pseudonym
-from transforms.lake_commit import commit_append, release
-from transforms.lake_files import write_data_file
-from transforms.lake_tables import open_table
-from transforms.pii import PiiKeySource
+from transforms.lake import erasure
+from transforms.lake.commit import commit_append, release
+from transforms.lake.files import write_data_file
+from transforms.lake.tables import open_table
+from transforms.rules.bronze import normalize_email, pseudonym
+from transforms.rules.pii import PiiKeySource
 
 
 def _bigquery_delete(bq, fp: erasure.Footprint) -> dict[str, int]:
@@ -50,7 +51,7 @@ def _bigquery_delete(bq, fp: erasure.Footprint) -> dict[str, int]:
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
-    from transforms.bigquery_io import table_id
+    from transforms.sinks.bigquery import table_id
 
     deleted = {}
     for table in erasure.PERSONAL_TABLES:
@@ -60,8 +61,10 @@ def _bigquery_delete(bq, fp: erasure.Footprint) -> dict[str, int]:
         where = " OR ".join(f"{c} IN UNNEST(@{c}s)" for c in columns)
         params = [bigquery.ArrayQueryParameter(f"{c}s", "STRING", sorted(fp.ids[c])) for c in columns]
         try:
-            job = bq.query(f"DELETE FROM `{table_id(bq.project, table)}` WHERE {where}",
-                           job_config=bigquery.QueryJobConfig(query_parameters=params))
+            job = bq.query(
+                f"DELETE FROM `{table_id(bq.project, table)}` WHERE {where}",
+                job_config=bigquery.QueryJobConfig(query_parameters=params),
+            )
             job.result()
         except NotFound:
             continue  # a table the sink never wrote
@@ -73,7 +76,7 @@ def _audit(lake: str, row: dict, bigquery) -> None:
     file = write_data_file(lake, ERASURE_LOG, [row], (("erased_date", row["erased_date"]),))
     commit_append(lake, ERASURE_LOG, [file], row["erasure_id"], pipeline="erase_user")
     if bigquery is not None:
-        from transforms.bigquery_io import insert_new_rows
+        from transforms.sinks.bigquery import insert_new_rows
 
         insert_new_rows(bigquery, ERASURE_LOG, [row])
 
@@ -84,10 +87,15 @@ def main(argv=None) -> dict:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user-id", help="the person's user id")
     who.add_argument("--email", help="the person's email (matched by its hashes; trimmed, lower-cased)")
-    parser.add_argument("--include-raw", action="store_true",
-                        help="also delete the person's records from the immutable raw layer")
-    parser.add_argument("--as-of", type=date.fromisoformat, default=datetime.now(timezone.utc).date(),
-                        help="the as-of day of the gold recompute (default: today, UTC)")
+    parser.add_argument(
+        "--include-raw", action="store_true", help="also delete the person's records from the immutable raw layer"
+    )
+    parser.add_argument(
+        "--as-of",
+        type=date.fromisoformat,
+        default=datetime.now(UTC).date(),
+        help="the as-of day of the gold recompute (default: today, UTC)",
+    )
     parser.add_argument("--requested-by", default=None, help="who asked for the erasure (default: this user)")
     add_sink_flags(parser, "the same rows are also deleted from BigQuery, and gold replaced there")
     add_pii_key_flags(parser)
@@ -124,21 +132,32 @@ def main(argv=None) -> dict:
     gold_flags = [f"--lake={args.lake}", f"--as-of={args.as_of}"]
     if bigquery is not None:
         gold_flags += ["--sink=bigquery", f"--project={bigquery.project}"] + (
-            [f"--bigquery-endpoint={bigquery.endpoint}"] if bigquery.endpoint else [])
+            [f"--bigquery-endpoint={bigquery.endpoint}"] if bigquery.endpoint else []
+        )
     gold_daily.main(gold_flags)
 
     now = contract.now_micros()
-    audit = {"erased_date": contract.micros_to_date(now), "erasure_id": run_id, "erased_at": now,
-             "requested_by": args.requested_by or getpass.getuser(), "subject_kind": subject_kind,
-             "subject_hash": pseudonym(key.secret, f"{subject_kind}:{subject}"), "pii_key_version": key.version,
-             "user_count": len(user_ids), "rows_deleted_json": json.dumps(deleted, sort_keys=True),
-             "raw_objects_json": json.dumps(raw_objects), "raw_deleted": bool(args.include_raw and raw_rows),
-             "gold_recomputed_as_of": args.as_of.isoformat()}
+    audit = {
+        "erased_date": contract.micros_to_date(now),
+        "erasure_id": run_id,
+        "erased_at": now,
+        "requested_by": args.requested_by or getpass.getuser(),
+        "subject_kind": subject_kind,
+        "subject_hash": pseudonym(key.secret, f"{subject_kind}:{subject}"),
+        "pii_key_version": key.version,
+        "user_count": len(user_ids),
+        "rows_deleted_json": json.dumps(deleted, sort_keys=True),
+        "raw_objects_json": json.dumps(raw_objects),
+        "raw_deleted": bool(args.include_raw and raw_rows),
+        "gold_recomputed_as_of": args.as_of.isoformat(),
+    }
     _audit(args.lake, audit, bigquery)
     landing = sorted({f for f, _ in lines})
-    print(f"\nerase_user {run_id}: {len(user_ids)} user id(s), "
-          f"{sum(v for k, v in deleted.items() if k.split('.')[0] in ('bronze', 'silver'))} "
-          f"lake rows deleted; gold recomputed as of {args.as_of}")
+    print(
+        f"\nerase_user {run_id}: {len(user_ids)} user id(s), "
+        f"{sum(v for k, v in deleted.items() if k.split('.')[0] in ('bronze', 'silver'))} "
+        f"lake rows deleted; gold recomputed as of {args.as_of}"
+    )
     for name, n in sorted(deleted.items()):
         print(f"  {name:<40} {n:>8,}")
     verb = "deleted from" if audit["raw_deleted"] else "still in (raw is immutable; --include-raw deletes them)"

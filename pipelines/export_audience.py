@@ -10,40 +10,15 @@ keeps users whose abandoned cart is on or after that UTC date. Users
 without an email are left out (counted). Rows are sorted, so the same
 audience gives the same file.
 """
+
 from __future__ import annotations
 
-import csv
 import os
-from datetime import date, datetime, time, timezone
-
-import pyarrow.compute as pc
+from datetime import date
 
 from pipelines.arguments import check_gold, command_parser
 from pipelines.common import use_filesystems
-from schemas.tables import GOLD
-from transforms.lake_tables import layer_versions, read_arrow
-
-HEADER = "Email"  # Customer Match: hashed values go in the same column as plaintext ones
-
-
-def audience(lake: str, since: date | None = None) -> tuple[list[str], int]:
-    """-> (sorted distinct email SHA-256 values, users without an email)."""
-    table = GOLD["mart_retargeting"]
-    rows = read_arrow(lake, table, layer_versions(lake, GOLD)[table.name], columns=["email_sha256", "last_cart_at"])
-    if since is not None:
-        start = datetime.combine(since, time(), tzinfo=timezone.utc)
-        rows = rows.filter(pc.greater_equal(rows.column("last_cart_at"), start))
-    emails = rows.column("email_sha256")
-    missing = emails.null_count
-    return sorted(set(emails.drop_null().to_pylist())), missing
-
-
-def write_csv(path: str, hashes: list[str]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([HEADER])
-        writer.writerows([h] for h in hashes)
+from reporting.audience import audience, write_csv
 
 
 def main(argv=None) -> int:
@@ -58,8 +33,10 @@ def main(argv=None) -> int:
         parser.error(f"--out {args.out} is a folder; name the CSV file to write")
     hashes, missing = audience(args.lake, args.since)
     write_csv(args.out, hashes)
-    print(f"retargeting audience: {len(hashes):,} users -> {args.out}"
-          + (f" ({missing:,} without an email left out)" if missing else ""))
+    print(
+        f"retargeting audience: {len(hashes):,} users -> {args.out}"
+        + (f" ({missing:,} without an email left out)" if missing else "")
+    )
     return len(hashes)
 
 

@@ -7,7 +7,7 @@
 Recomputes every gold table from the whole of silver (late records restate
 earlier days): each ``gold/<table>`` is overwritten in one commit at the
 end, then the gold release names the new versions, so readers of gold see
-all of this run or all of the previous one (``transforms.lake_tables``).
+all of this run or all of the previous one (``transforms.lake.tables``).
 ``--as-of`` (default: today, UTC) leaves out records whose own time is after
 that day, to restate a past day as it was knowable then. Silver is read at
 its latest release, or as of ``--as-of-version`` (a ``releases`` version)
@@ -18,14 +18,15 @@ dataset ``gold`` of ``--project`` (created from ``schemas/`` when missing),
 before the lake commit: the rows are loaded into scratch tables, then one
 transaction replaces every gold table, so readers see the old gold or the
 new, never a mix; then the use-case views are recreated
-(``transforms.bigquery_io``).
+(``transforms.sinks.bigquery``).
 ``--bigquery-endpoint`` points the same code at the local emulator.
 """
+
 from __future__ import annotations
 
 import argparse
 import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import apache_beam as beam
 
@@ -42,31 +43,28 @@ from pipelines.common import (
 from schemas import contract
 from schemas.tables import BRONZE, GOLD, SILVER
 from schemas.views import VIEWS
-from transforms.accounting import write_run_log
-from transforms.bigquery_io import (
-    BigQueryTarget,
-    BigQueryWrite,
-    PublishToBigQuery,
-    silver_merger,
-)
-from transforms.gold import GOLD_INPUTS, BuildGold, CutAtAsOfFn, end_of_day_micros
-from transforms.lake_commit import (
-    CommitLakeWrites,
-    CommitPlan,
-    Replace,
-    ReplaceScope,
-    read_plan,
-)
-from transforms.lake_files import WriteDataFiles
-from transforms.lake_tables import ReadLakeTable, layer_versions, open_table, snapshot
-from transforms.silver_lake import catch_up
+from transforms.batch.gold import BuildGold, CutAtAsOfFn
+from transforms.lake.commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
+from transforms.lake.files import WriteDataFiles
+from transforms.lake.silver import catch_up
+from transforms.lake.tables import ReadLakeTable, layer_versions, open_table, snapshot
+from transforms.rules.gold import GOLD_INPUTS, end_of_day_micros
+from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, silver_merger
+from transforms.sinks.run_log import write_run_log
 
 # Bytes of silver Parquet per shard of the gold shuffle (about 100k rows).
 BYTES_PER_SHARD = 8 << 20
 
 
-def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | None = None,
-          shards: int | None = None, silver_as_of: dict | None = None, run_id: str | None = None) -> None:
+def build(
+    p: beam.Pipeline,
+    lake: str,
+    as_of: date,
+    bigquery: BigQueryTarget | None = None,
+    shards: int | None = None,
+    silver_as_of: dict | None = None,
+    run_id: str | None = None,
+) -> None:
     """``bigquery``: also replace the tables there; ``shards``: of the gold
     shuffle (default: from the size of silver); ``silver_as_of``:
     ``as_of_version`` or ``as_of_timestamp`` of ``layer_versions``;
@@ -77,8 +75,12 @@ def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | N
     if shards is None:
         size = sum(f.size for fs in files.values() for f in fs)
         shards = max(1, min(512, -(-size // BYTES_PER_SHARD)))
-    silver = tuple(p | f"Read_{name}" >> ReadLakeTable(SILVER[name], files[name], GOLD_INPUTS[name])
-                   | f"CutAtAsOf_{name}" >> beam.ParDo(CutAtAsOfFn(as_of)) for name in GOLD_INPUTS)
+    silver = tuple(
+        p
+        | f"Read_{name}" >> ReadLakeTable(SILVER[name], files[name], GOLD_INPUTS[name])
+        | f"CutAtAsOf_{name}" >> beam.ParDo(CutAtAsOfFn(as_of))
+        for name in GOLD_INPUTS
+    )
     # The clock of the rules that wait (an abandoned cart, an overdue confirmation):
     # the end of the as-of day, or now when that is later than now.
     clock = min(end_of_day_micros(as_of), contract.now_micros())
@@ -86,7 +88,8 @@ def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | N
     written = gold | "WriteGold" >> WriteDataFiles(list(GOLD.values()), lake)
     if bigquery is not None:
         written = written | "PublishToBigQuery" >> PublishToBigQuery(
-            bigquery, [BigQueryWrite(t, "truncate") for t in GOLD.values()], VIEWS.values())
+            bigquery, [BigQueryWrite(t, "truncate") for t in GOLD.values()], VIEWS.values()
+        )
     plan = read_plan(lake, [Replace(t, ReplaceScope.TABLE) for t in GOLD.values()])
     _ = written | "Commit" >> CommitLakeWrites(lake, CommitPlan(run_id, "gold_daily", plan, releases=("gold",)))
 
@@ -94,14 +97,22 @@ def build(p: beam.Pipeline, lake: str, as_of: date, bigquery: BigQueryTarget | N
 def arg_parser() -> argparse.ArgumentParser:
     parser = pipeline_parser(__doc__)
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
-    parser.add_argument("--as-of", dest="as_of", type=date.fromisoformat,
-                        default=datetime.now(timezone.utc).date(),
-                        help="last day of data to include (default: today, UTC)")
+    parser.add_argument(
+        "--as-of",
+        dest="as_of",
+        type=date.fromisoformat,
+        default=datetime.now(UTC).date(),
+        help="last day of data to include (default: today, UTC)",
+    )
     travel = parser.add_mutually_exclusive_group()
-    travel.add_argument("--as-of-version", type=int,
-                        help="read silver as of this version of LAKE/releases (time travel)")
-    travel.add_argument("--as-of-timestamp", type=datetime.fromisoformat,
-                        help="read silver as it was at this time (ISO 8601, e.g. 2026-11-02T10:00:00+00:00)")
+    travel.add_argument(
+        "--as-of-version", type=int, help="read silver as of this version of LAKE/releases (time travel)"
+    )
+    travel.add_argument(
+        "--as-of-timestamp",
+        type=datetime.fromisoformat,
+        help="read silver as it was at this time (ISO 8601, e.g. 2026-11-02T10:00:00+00:00)",
+    )
     add_sink_flags(parser, "the gold tables and the use-case views")
     return parser
 
@@ -112,19 +123,27 @@ def main(argv=None):
     bigquery = bigquery_target(parser, args, options)
     check_lake(parser, args.lake, must_exist=True)
     if not any(open_table(args.lake, table) is not None for table in (*SILVER.values(), *BRONZE.values())):
-        parser.error(f"--lake {args.lake} holds no silver and no bronze to build gold from: run `funnel backfill` "
-                     "or `funnel stream` into it first")
+        parser.error(
+            f"--lake {args.lake} holds no silver and no bronze to build gold from: run `funnel backfill` "
+            "or `funnel stream` into it first"
+        )
     setup_logging()
-    print(f"gold_daily: {args.lake} as of {args.as_of} -> {args.lake}/gold"
-          + (f" and BigQuery {bigquery.project}.gold" if bigquery else ""))
+    print(
+        f"gold_daily: {args.lake} as of {args.as_of} -> {args.lake}/gold"
+        + (f" and BigQuery {bigquery.project}.gold" if bigquery else "")
+    )
     silver_as_of = {"as_of_version": args.as_of_version, "as_of_timestamp": args.as_of_timestamp}
     if args.as_of_version is None and args.as_of_timestamp is None:
         # Silver up to bronze first (a no-op when the stream and the backfills merged all they added),
         # so gold never misses what bronze holds.
         catch_up(args.lake, "gold_daily", before_commit=silver_merger(bigquery))
     run_id = f"gold_daily-{uuid.uuid4().hex}"
-    result, finished = run_pipeline("gold_daily", options, lambda p: build(
-        p, args.lake, args.as_of, bigquery, silver_as_of=silver_as_of, run_id=run_id), wait=args.wait)
+    result, finished = run_pipeline(
+        "gold_daily",
+        options,
+        lambda p: build(p, args.lake, args.as_of, bigquery, silver_as_of=silver_as_of, run_id=run_id),
+        wait=args.wait,
+    )
     if finished:  # a submitted job's counters are Dataflow's until it ends
         write_run_log(args.lake, "gold_daily", run_id, counters(result), bigquery=bigquery)
     return result

@@ -20,6 +20,7 @@ FnApiRunner and Dataflow never call this code. Pinned to Beam 2.77.0's
 internals: with another Beam each patch is skipped with a warning (see
 ``tests/test_local_runner.py``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,7 @@ def memoize_dofn_specs() -> bool:
     if getattr(original, _PATCHED, False):
         return True
     if transform_evaluator.get_dofn_specs is not original:
-        logging.warning("Beam %s: DoFn introspection not where expected; local runner left untuned",
-                        beam.__version__)
+        logging.warning("Beam %s: DoFn introspection not where expected; local runner left untuned", beam.__version__)
         return False
     by_class = {}
 
@@ -54,7 +54,7 @@ def memoize_dofn_specs() -> bool:
         return specs
 
     setattr(get_dofn_specs, _PATCHED, True)
-    userstate.get_dofn_specs = get_dofn_specs          # is_stateful_dofn, validate_stateful_dofn
+    userstate.get_dofn_specs = get_dofn_specs  # is_stateful_dofn, validate_stateful_dofn
     transform_evaluator.get_dofn_specs = get_dofn_specs  # the ParDo evaluator's own import
     return True
 
@@ -84,8 +84,9 @@ def shorten_pubsub_pull() -> bool:
     evaluator = getattr(transform_evaluator, "_PubSubReadEvaluator", None)
     original = getattr(evaluator, "_get_subscriber_client", None)
     if original is None:
-        logging.warning("Beam %s: local Pub/Sub read not where expected; its pull deadline left at 30 s",
-                        beam.__version__)
+        logging.warning(
+            "Beam %s: local Pub/Sub read not where expected; its pull deadline left at 30 s", beam.__version__
+        )
         return False
     if getattr(original, _PATCHED, False):
         return True

@@ -5,7 +5,7 @@
         [--alert-grace-seconds 120] [--run-for SECONDS] [--runner ...]
         [--sink bigquery --project P [--bigquery-endpoint URL]]
 
-The job is ``transforms.streaming.StreamingLakehouse`` fed by Pub/Sub:
+The job is ``transforms.streaming.job.StreamingLakehouse`` fed by Pub/Sub:
 
 * raw: every message byte for byte, with message id, attributes, publish
   time and ingest time, appended to the Delta table in one commit per
@@ -14,14 +14,14 @@ The job is ``transforms.streaming.StreamingLakehouse`` fed by Pub/Sub:
   ``event_date``/``platform`` partitions; dead letter likewise;
 * silver (``silver/<table>``, the backfill's too): after every batch, what
   bronze gained is merged into it by the backfill's own rule
-  (``transforms.silver_lake``), so a late record, a redelivery or a scan
+  (``transforms.lake.silver``), so a late record, a redelivery or a scan
   weeks after its payment lands where one backfill of everything would put
   it;
-* operational alerts (``transforms.stream_alerts``) over the silver rows each
+* operational alerts (``transforms.streaming.alerts``) over the silver rows each
   merge changes, in ``ops_alerts/``, and with ``--alerts-topic`` on that topic.
 
 With ``--sink bigquery`` the same rows also go to BigQuery every window
-length (``transforms.bigquery_io``): bronze and the dead letter by a MERGE
+length (``transforms.sinks.bigquery``): bronze and the dead letter by a MERGE
 that inserts only records not received before (a redelivered message adds
 nothing), the changed silver rows by a MERGE on identity into dataset
 ``silver``.
@@ -34,6 +34,7 @@ Locally the runner is ``BundleBasedDirectRunner`` and ``--run-for`` bounds
 the run (a streaming job never ends on its own); on Dataflow pass
 ``--runner=DataflowRunner`` and leave ``--run-for`` out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,27 +57,44 @@ from pipelines.common import (
     setup_logging,
 )
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
-from transforms.bigquery_io import BigQueryTarget
-from transforms.lake_tables import snapshot
-from transforms.pii import PiiKeySource
-from transforms.stream_alerts import ALERT_GRACE_SECONDS, ALLOWED_LATENESS_SECONDS
-from transforms.streaming import StreamingLakehouse
+from transforms.lake.tables import snapshot
+from transforms.rules.pii import PiiKeySource
+from transforms.sinks.bigquery import BigQueryTarget
+from transforms.streaming.alerts import ALERT_GRACE_SECONDS, ALLOWED_LATENESS_SECONDS
+from transforms.streaming.job import StreamingLakehouse
 
 STREAMING_RUNNER = "BundleBasedDirectRunner"
 
 
-def build(p: beam.Pipeline, subscription: str, lake: str, window_seconds: int, pii_key_source: PiiKeySource,
-          allowed_lateness: int = ALLOWED_LATENESS_SECONDS, bigquery: BigQueryTarget | None = None,
-          alerts_topic: str | None = None, alert_grace_seconds: float = ALERT_GRACE_SECONDS) -> None:
+def build(
+    p: beam.Pipeline,
+    subscription: str,
+    lake: str,
+    window_seconds: int,
+    pii_key_source: PiiKeySource,
+    allowed_lateness: int = ALLOWED_LATENESS_SECONDS,
+    bigquery: BigQueryTarget | None = None,
+    alerts_topic: str | None = None,
+    alert_grace_seconds: float = ALERT_GRACE_SECONDS,
+) -> None:
     """``bigquery``: also merge bronze, dead letter and silver there;
     ``alerts_topic``: publish the operational alerts there;
-    ``alert_grace_seconds``: see ``transforms.stream_alerts``."""
-    _ = (p
-         | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
-         | "Lakehouse" >> StreamingLakehouse(
-             lake, pii_key_source, window_seconds, allowed_lateness,
-             sink_every_seconds=window_seconds, bigquery=bigquery, alerts_topic=alerts_topic,
-             alert_grace_seconds=alert_grace_seconds))
+    ``alert_grace_seconds``: see ``transforms.streaming.alerts``."""
+    _ = (
+        p
+        | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
+        | "Lakehouse"
+        >> StreamingLakehouse(
+            lake,
+            pii_key_source,
+            window_seconds,
+            allowed_lateness,
+            sink_every_seconds=window_seconds,
+            bigquery=bigquery,
+            alerts_topic=alerts_topic,
+            alert_grace_seconds=alert_grace_seconds,
+        )
+    )
 
 
 def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_every: float = 10.0):
@@ -95,12 +113,19 @@ def run_for(p: beam.Pipeline, lake: str, seconds: float, stop_when=None, report_
             time.sleep(0.5)
             if time.time() - last_report >= report_every:
                 last_report = time.time()
-                print(f"  {time.time() - started:5.0f} s: " + ", ".join(
-                    f"{layer} {n:,}" for layer, n in landed_rows(lake).items()) + " rows", flush=True)
+                print(
+                    f"  {time.time() - started:5.0f} s: "
+                    + ", ".join(f"{layer} {n:,}" for layer, n in landed_rows(lake).items())
+                    + " rows",
+                    flush=True,
+                )
     finally:
         result.cancel()
-    print(f"\nstream_ingest ran {time.time() - started:.0f} s; in the lake: " + ", ".join(
-        f"{layer} {n:,}" for layer, n in landed_rows(lake).items()) + " rows")
+    print(
+        f"\nstream_ingest ran {time.time() - started:.0f} s; in the lake: "
+        + ", ".join(f"{layer} {n:,}" for layer, n in landed_rows(lake).items())
+        + " rows"
+    )
     return result
 
 
@@ -118,16 +143,28 @@ def arg_parser() -> argparse.ArgumentParser:
     parser = pipeline_parser(__doc__)
     parser.add_argument("--subscription", required=True, help="projects/P/subscriptions/S")
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
-    parser.add_argument("--window-seconds", type=positive_int, default=60, help="length of the file windows (default 60)")
-    parser.add_argument("--allowed-lateness-hours", type=float, default=ALLOWED_LATENESS_SECONDS / 3600,
-                        help="how long past its due time a decided alert is remembered, so a late record "
-                             "neither raises nor retracts it again (default 48)")
-    parser.add_argument("--alerts-topic", help="projects/P/topics/T: publish every operational alert there "
-                                               "(they are always written to LAKE/ops_alerts)")
-    parser.add_argument("--alert-grace-seconds", type=float, default=ALERT_GRACE_SECONDS,
-                        help="processing time an alert waits, once the watermark has passed its due time, for "
-                             "records published with its trigger (a payment's confirmation; default "
-                             f"{ALERT_GRACE_SECONDS})")
+    parser.add_argument(
+        "--window-seconds", type=positive_int, default=60, help="length of the file windows (default 60)"
+    )
+    parser.add_argument(
+        "--allowed-lateness-hours",
+        type=float,
+        default=ALLOWED_LATENESS_SECONDS / 3600,
+        help="how long past its due time a decided alert is remembered, so a late record "
+        "neither raises nor retracts it again (default 48)",
+    )
+    parser.add_argument(
+        "--alerts-topic",
+        help="projects/P/topics/T: publish every operational alert there (they are always written to LAKE/ops_alerts)",
+    )
+    parser.add_argument(
+        "--alert-grace-seconds",
+        type=float,
+        default=ALERT_GRACE_SECONDS,
+        help="processing time an alert waits, once the watermark has passed its due time, for "
+        "records published with its trigger (a payment's confirmation; default "
+        f"{ALERT_GRACE_SECONDS})",
+    )
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
     add_sink_flags(parser, "bronze, the dead letter and silver")
     add_pii_key_flags(parser)
@@ -141,14 +178,26 @@ def main(argv=None, stop_when=None):
     key_source = pii_key_source(parser, args, options)
     check_lake(parser, args.lake)
     setup_logging()
-    print(f"stream_ingest: {args.subscription} -> {args.lake}"
-          + (f" and BigQuery {bigquery.project}" if bigquery else "") + f" ({args.window_seconds} s windows)")
+    print(
+        f"stream_ingest: {args.subscription} -> {args.lake}"
+        + (f" and BigQuery {bigquery.project}" if bigquery else "")
+        + f" ({args.window_seconds} s windows)"
+    )
     if options.view_as(StandardOptions).runner == STREAMING_RUNNER:
         local_runner.tune()
 
     def wiring(p):
-        build(p, args.subscription, args.lake, args.window_seconds, key_source,
-              int(args.allowed_lateness_hours * 3600), bigquery, args.alerts_topic, args.alert_grace_seconds)
+        build(
+            p,
+            args.subscription,
+            args.lake,
+            args.window_seconds,
+            key_source,
+            int(args.allowed_lateness_hours * 3600),
+            bigquery,
+            args.alerts_topic,
+            args.alert_grace_seconds,
+        )
 
     if args.run_for is None:  # a local streaming run lasts until it is stopped
         return run_pipeline("stream_ingest", options, wiring, wait=args.wait)[0]

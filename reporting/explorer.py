@@ -9,6 +9,7 @@ stage, conversion by day / month / year, platforms, the experiment readout,
 barcode scans and payment-to-scan time, the retargeting audience and the
 latest alerts.
 """
+
 from __future__ import annotations
 
 import html
@@ -21,9 +22,9 @@ import plotly.graph_objects as go
 
 from schemas.tables import GOLD
 from schemas.tables import STAGE_SESSION_COLUMNS as MART_STAGES
-from transforms.funnel import STAGES
-from transforms.lake_files import write_bytes
-from transforms.lake_tables import layer_versions, read_arrow
+from transforms.lake.files import write_bytes
+from transforms.lake.tables import layer_versions, read_arrow
+from transforms.rules.funnel import STAGES
 
 GRAINS = ("day", "month", "year")
 ALL = "all"
@@ -34,13 +35,13 @@ _COLORS = ("#1f4e79", "#2e75b6", "#c55a11", "#70ad47", "#7f6000", "#7030a0", "#a
 @dataclass(frozen=True)
 class Gold:
     """A lake's gold tables as one release: the latest, or as of a
-    ``releases`` version or a time (``transforms.lake_tables``)."""
+    ``releases`` version or a time (``transforms.lake.tables``)."""
 
     lake: str
     versions: dict
 
     @classmethod
-    def of(cls, lake: str, as_of_version: int | None = None, as_of_timestamp: datetime | None = None) -> "Gold":
+    def of(cls, lake: str, as_of_version: int | None = None, as_of_timestamp: datetime | None = None) -> Gold:
         return cls(lake, layer_versions(lake, GOLD, as_of_version, as_of_timestamp))
 
     def rows(self, table: str) -> list[dict]:
@@ -49,8 +50,13 @@ class Gold:
 
 # --- figures ------------------------------------------------------------------------------------
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=60, r=30, t=60, b=40), template="plotly_white",
-                      legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin=dict(l=60, r=30, t=60, b=40),
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.2),
+    )
     return fig
 
 
@@ -71,14 +77,26 @@ def funnel_figure(conversion: list[dict]) -> go.Figure:
     platforms = [ALL] + sorted(p for p in per_platform if p != ALL)
     fig = go.Figure()
     for i, platform in enumerate(platforms):
-        fig.add_trace(go.Funnel(y=[f"{n}. {s}" for n, s in enumerate(STAGES, 1)], x=per_platform[platform],
-                                name=platform, visible=i == 0, textposition="inside",
-                                texttemplate="<b>%{y}</b><br>%{value:,} sessions, %{percentPrevious:.0%} of "
-                                             "previous, %{percentInitial:.0%} of browse",
-                                marker=dict(color=_COLORS[: len(STAGES)])))
-    buttons = [dict(label=p, method="update", args=[{"visible": [q == p for q in platforms]},
-                                                    {"title": f"Funnel: sessions per stage ({p})"}])
-               for p in platforms]
+        fig.add_trace(
+            go.Funnel(
+                y=[f"{n}. {s}" for n, s in enumerate(STAGES, 1)],
+                x=per_platform[platform],
+                name=platform,
+                visible=i == 0,
+                textposition="inside",
+                texttemplate="<b>%{y}</b><br>%{value:,} sessions, %{percentPrevious:.0%} of "
+                "previous, %{percentInitial:.0%} of browse",
+                marker=dict(color=_COLORS[: len(STAGES)]),
+            )
+        )
+    buttons = [
+        dict(
+            label=p,
+            method="update",
+            args=[{"visible": [q == p for q in platforms]}, {"title": f"Funnel: sessions per stage ({p})"}],
+        )
+        for p in platforms
+    ]
     fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15)])
     fig.update_layout(yaxis=dict(showticklabels=False))  # the stage names are in the bars
     return _layout(fig, f"Funnel: sessions per stage ({ALL})")
@@ -94,17 +112,25 @@ def trend_figure(conversion: list[dict]) -> go.Figure:
     platforms = sorted({k[1] for k in keys}, key=lambda p: (p != ALL, p))
     for grain, platform in keys:
         rows = series[(grain, platform)]
-        fig.add_trace(go.Scatter(
-            x=[r["period_start"] for r in rows], y=[r["conversion_rate"] for r in rows], mode="lines+markers",
-            name=platform, legendgroup=platform, visible=grain == "day",
-            line=dict(color=_COLORS[platforms.index(platform) % len(_COLORS)], width=3 if platform == ALL else 1.5),
-            customdata=[[r["sessions_browse"], r["sessions_payment"]] for r in rows],
-            hovertemplate="%{x}: %{y:.1%} (%{customdata[1]:,} of %{customdata[0]:,} sessions)"))
+        fig.add_trace(
+            go.Scatter(
+                x=[r["period_start"] for r in rows],
+                y=[r["conversion_rate"] for r in rows],
+                mode="lines+markers",
+                name=platform,
+                legendgroup=platform,
+                visible=grain == "day",
+                line=dict(color=_COLORS[platforms.index(platform) % len(_COLORS)], width=3 if platform == ALL else 1.5),
+                customdata=[[r["sessions_browse"], r["sessions_payment"]] for r in rows],
+                hovertemplate="%{x}: %{y:.1%} (%{customdata[1]:,} of %{customdata[0]:,} sessions)",
+            )
+        )
     buttons = [dict(label=g, method="update", args=[{"visible": [k[0] == g for k in keys]}]) for g in GRAINS]
-    fig.update_layout(updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=1.0, xanchor="right",
-                                        y=1.12)],
-                      yaxis=dict(tickformat=".0%", rangemode="tozero", title="payment / browse sessions"),
-                      xaxis=dict(rangeslider=dict(visible=True), type="date"))
+    fig.update_layout(
+        updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=1.0, xanchor="right", y=1.12)],
+        yaxis=dict(tickformat=".0%", rangemode="tozero", title="payment / browse sessions"),
+        xaxis=dict(rangeslider=dict(visible=True), type="date"),
+    )
     return _layout(fig, "Conversion over time (pick the grain; drag the slider for dates; click a platform)", 480)
 
 
@@ -114,8 +140,15 @@ def platform_figure(conversion: list[dict]) -> go.Figure:
     fig = go.Figure()
     for label, (num, den) in (("cart rate", (1, 0)), ("checkout rate", (2, 1)), ("conversion", (2, 0))):
         rates = [totals[p][num] / totals[p][den] if totals[p][den] else None for p in names]
-        fig.add_trace(go.Bar(x=names, y=rates, name=label, text=[f"n={totals[p][den]:,}" for p in names],
-                             hovertemplate="%{x}: %{y:.1%} (%{text})"))
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=rates,
+                name=label,
+                text=[f"n={totals[p][den]:,}" for p in names],
+                hovertemplate="%{x}: %{y:.1%} (%{text})",
+            )
+        )
     fig.update_layout(barmode="group", yaxis=dict(tickformat=".0%"))
     return _layout(fig, "Rates by platform (all time; n = the rate's denominator)")
 
@@ -123,28 +156,48 @@ def platform_figure(conversion: list[dict]) -> go.Figure:
 def experiment_figure(readout: list[dict]) -> go.Figure:
     """Each variant's difference from its control, with its 95% interval."""
     rows = [r for r in readout if not r["is_control"] and r["diff_vs_control"] is not None]
-    fig = go.Figure(go.Scatter(
-        x=[r["diff_vs_control"] for r in rows], y=[f"{r['experiment']}: {r['variant']}" for r in rows],
-        mode="markers", marker=dict(size=12, color=["#c00000" if r["srm_flag"] else "#1f4e79" for r in rows]),
-        error_x=dict(type="data", symmetric=False,
-                     array=[(r["ci_high"] or 0) - r["diff_vs_control"] for r in rows],
-                     arrayminus=[r["diff_vs_control"] - (r["ci_low"] or 0) for r in rows])))
+    fig = go.Figure(
+        go.Scatter(
+            x=[r["diff_vs_control"] for r in rows],
+            y=[f"{r['experiment']}: {r['variant']}" for r in rows],
+            mode="markers",
+            marker=dict(size=12, color=["#c00000" if r["srm_flag"] else "#1f4e79" for r in rows]),
+            error_x=dict(
+                type="data",
+                symmetric=False,
+                array=[(r["ci_high"] or 0) - r["diff_vs_control"] for r in rows],
+                arrayminus=[r["diff_vs_control"] - (r["ci_low"] or 0) for r in rows],
+            ),
+        )
+    )
     fig.add_vline(x=0, line_dash="dash", line_color="grey")
     fig.update_layout(xaxis=dict(tickformat="+.1%", title="conversion minus control's (95% CI)"))
     return _layout(fig, "Experiments: difference from control", 120 + 60 * max(len(rows), 1))
 
 
 def barcode_figure(barcodes: list[dict]) -> go.Figure:
-    rows = sorted((r for r in barcodes if r["period_grain"] == "day" and r["platform"] == ALL),
-                  key=lambda r: r["period_start"])
+    rows = sorted(
+        (r for r in barcodes if r["period_grain"] == "day" and r["platform"] == ALL), key=lambda r: r["period_start"]
+    )
     fig = go.Figure()
     fig.add_trace(go.Bar(x=[r["period_start"] for r in rows], y=[r["barcode_scans"] for r in rows], name="scans"))
-    fig.add_trace(go.Scatter(
-        x=[r["period_start"] for r in rows], yaxis="y2", mode="lines+markers", name="median hours payment -> scan",
-        y=[None if r["median_seconds_payment_to_scan"] is None else r["median_seconds_payment_to_scan"] / 3600
-           for r in rows]))
-    fig.update_layout(yaxis=dict(title="scans"), yaxis2=dict(title="hours", overlaying="y", side="right"),
-                      xaxis=dict(rangeslider=dict(visible=True), type="date"))
+    fig.add_trace(
+        go.Scatter(
+            x=[r["period_start"] for r in rows],
+            yaxis="y2",
+            mode="lines+markers",
+            name="median hours payment -> scan",
+            y=[
+                None if r["median_seconds_payment_to_scan"] is None else r["median_seconds_payment_to_scan"] / 3600
+                for r in rows
+            ],
+        )
+    )
+    fig.update_layout(
+        yaxis=dict(title="scans"),
+        yaxis2=dict(title="hours", overlaying="y", side="right"),
+        xaxis=dict(rangeslider=dict(visible=True), type="date"),
+    )
     return _layout(fig, "Barcode scans per day and payment-to-scan time", 460)
 
 
@@ -167,20 +220,31 @@ def p_value_text(x, missing: str = "") -> str:
 
 
 def experiment_table(readout: list[dict]) -> str:
-    head = ("<tr><th>experiment</th><th>variant</th><th>sessions</th><th>paid</th><th>conversion</th>"
-            "<th>lift vs control</th><th>95% CI of the difference</th><th>p-value</th><th>SRM</th></tr>")
+    head = (
+        "<tr><th>experiment</th><th>variant</th><th>sessions</th><th>paid</th><th>conversion</th>"
+        "<th>lift vs control</th><th>95% CI of the difference</th><th>p-value</th><th>SRM</th></tr>"
+    )
     body = []
     for r in sorted(readout, key=lambda r: (r["experiment"], not r["is_control"], r["variant"])):
-        ci = "control" if r["is_control"] else (
-            "" if r["ci_low"] is None else f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] pt")
+        ci = (
+            "control"
+            if r["is_control"]
+            else ("" if r["ci_low"] is None else f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] pt")
+        )
         lift = "" if r["lift_vs_control"] is None else f"{100 * r['lift_vs_control']:+.1f}%"
-        srm = (f'<span class="bad">mismatch (p={r["srm_p_value"]:.2g})</span>' if r["srm_flag"]
-               else "ok" if r["srm_flag"] is not None else "")
+        srm = (
+            f'<span class="bad">mismatch (p={r["srm_p_value"]:.2g})</span>'
+            if r["srm_flag"]
+            else "ok"
+            if r["srm_flag"] is not None
+            else ""
+        )
         p_class = ' class="sig"' if r["p_value"] is not None and r["p_value"] < 0.05 else ""
         body.append(
             f"<tr><td>{html.escape(r['experiment'])}</td><td>{html.escape(r['variant'])}</td>"
             f"<td>{r['sessions']:,}</td><td>{r['sessions_payment']:,}</td><td>{_pct(r['conversion_rate'])}</td>"
-            f"<td>{lift}</td><td>{ci}</td><td{p_class}>{html.escape(p_value_text(r['p_value']))}</td><td>{srm}</td></tr>")
+            f"<td>{lift}</td><td>{ci}</td><td{p_class}>{html.escape(p_value_text(r['p_value']))}</td><td>{srm}</td></tr>"
+        )
     return f'<table id="experiments">{head}{"".join(body)}</table>'
 
 
@@ -189,9 +253,13 @@ def alerts_table(alerts: list[dict]) -> str:
     rows = "".join(
         f"<tr><td>{a['detected_at']:%Y-%m-%d %H:%M:%S}</td><td>{html.escape(a['alert_type'])}</td>"
         f"<td>{html.escape(a['event_id'] or '')}</td><td>{html.escape(a['response_id'] or '')}</td>"
-        f"<td><code>{html.escape(a['details'] or '')}</code></td></tr>" for a in latest)
-    return ("<table id=\"alerts\"><tr><th>detected at (UTC)</th><th>type</th><th>payment event</th>"
-            f"<th>response</th><th>details</th></tr>{rows}</table>")
+        f"<td><code>{html.escape(a['details'] or '')}</code></td></tr>"
+        for a in latest
+    )
+    return (
+        '<table id="alerts"><tr><th>detected at (UTC)</th><th>type</th><th>payment event</th>'
+        f"<th>response</th><th>details</th></tr>{rows}</table>"
+    )
 
 
 _STYLE = """
@@ -199,7 +267,8 @@ body{font-family:system-ui,-apple-system,sans-serif;margin:0;color:#222;backgrou
 header{background:#1f4e79;color:#fff;padding:1rem 2rem} header h1{margin:0;font-size:1.5rem}
 nav a{color:#fff;margin-right:1rem;font-size:.9rem} main{max-width:1200px;margin:auto;padding:1rem 2rem}
 section{background:#fff;border:1px solid #e3e6ea;border-radius:6px;margin:1rem 0;padding:1rem}
-.cards{display:flex;gap:1rem;flex-wrap:wrap} .card{flex:1;min-width:150px;background:#f0f4f8;border-radius:6px;padding:.8rem}
+.cards{display:flex;gap:1rem;flex-wrap:wrap}
+.card{flex:1;min-width:150px;background:#f0f4f8;border-radius:6px;padding:.8rem}
 .card b{display:block;font-size:1.6rem;color:#1f4e79} table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{border-bottom:1px solid #e3e6ea;padding:.35rem .5rem;text-align:left} .bad{color:#c00000;font-weight:600}
 .sig{font-weight:700} code{font-size:.8rem}
@@ -215,22 +284,37 @@ def page(gold: Gold) -> str:
     by_type = defaultdict(int)
     for a in alerts:
         by_type[a["alert_type"]] += 1
-    figures = [funnel_figure(conversion), trend_figure(conversion), platform_figure(conversion),
-               experiment_figure(readout), barcode_figure(barcodes), audience_figure(audience)]
+    figures = [
+        funnel_figure(conversion),
+        trend_figure(conversion),
+        platform_figure(conversion),
+        experiment_figure(readout),
+        barcode_figure(barcodes),
+        audience_figure(audience),
+    ]
     # plotly.js once, inline, with the first figure; the others reuse it
-    divs = [fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False})
-            for i, fig in enumerate(figures)]
-    cards = "".join(f'<div class="card">{label}<b>{value}</b></div>' for label, value in (
-        ("sessions (browse)", f"{totals[0]:,}"), ("paid", f"{totals[2]:,}"),
-        ("conversion", _pct(totals[2] / totals[0]) if totals[0] else "n/a"),
-        ("retargeting audience", f"{len(audience):,} users"), ("alerts", f"{len(alerts):,}")))
+    divs = [
+        fig.to_html(full_html=False, include_plotlyjs=i == 0, config={"displaylogo": False})
+        for i, fig in enumerate(figures)
+    ]
+    cards = "".join(
+        f'<div class="card">{label}<b>{value}</b></div>'
+        for label, value in (
+            ("sessions (browse)", f"{totals[0]:,}"),
+            ("paid", f"{totals[2]:,}"),
+            ("conversion", _pct(totals[2] / totals[0]) if totals[0] else "n/a"),
+            ("retargeting audience", f"{len(audience):,} users"),
+            ("alerts", f"{len(alerts):,}"),
+        )
+    )
     alert_counts = ", ".join(f"{kind}: {n:,}" for kind, n in sorted(by_type.items())) or "none"
     period = f"{days[0]} .. {days[-1]}" if days else "no sessions"
+    lake = gold.lake if "://" in gold.lake else os.path.abspath(gold.lake)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Funnel explorer</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>
 <body><header><h1>Funnel explorer</h1>
-<p>Sessions {html.escape(period)} &middot; from <code>{html.escape(gold.lake if "://" in gold.lake else os.path.abspath(gold.lake))}/gold</code>
+<p>Sessions {html.escape(period)} &middot; from <code>{html.escape(lake)}/gold</code>
 &middot; generated {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}</p>
 <nav><a href="#funnel">Funnel</a><a href="#trend">Conversion</a><a href="#platforms">Platforms</a>
 <a href="#experiments-section">Experiments</a><a href="#barcodes">Barcodes</a><a href="#audience">Retargeting</a>

@@ -9,30 +9,39 @@ Every rejection is a ``Rejected`` with one of ``REASONS`` and the offending
 field's name. Messages never contain field values, so personal data cannot
 leak into the dead-letter output.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # --- rejection reasons (the dead-letter ``reason`` column) ----------------
-OVERSIZED = "oversized"                    # over 1 MiB
-INVALID_ENCODING = "invalid_encoding"      # not UTF-8
-INVALID_JSON = "invalid_json"              # not JSON, or not a JSON object
+OVERSIZED = "oversized"  # over 1 MiB
+INVALID_ENCODING = "invalid_encoding"  # not UTF-8
+INVALID_JSON = "invalid_json"  # not JSON, or not a JSON object
 UNKNOWN_RECORD_TYPE = "unknown_record_type"
-MISSING_FIELD = "missing_field"            # required field absent or null
-INVALID_TYPE = "invalid_type"              # wrong JSON type
-INVALID_VALUE = "invalid_value"            # right type, value not allowed
-INVALID_TIMESTAMP = "invalid_timestamp"    # unparseable timestamp or date
+MISSING_FIELD = "missing_field"  # required field absent or null
+INVALID_TYPE = "invalid_type"  # wrong JSON type
+INVALID_VALUE = "invalid_value"  # right type, value not allowed
+INVALID_TIMESTAMP = "invalid_timestamp"  # unparseable timestamp or date
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # < 2000-01-01 or > now + 1 day
-REASONS = (OVERSIZED, INVALID_ENCODING, INVALID_JSON, UNKNOWN_RECORD_TYPE,
-           MISSING_FIELD, INVALID_TYPE, INVALID_VALUE, INVALID_TIMESTAMP,
-           TIMESTAMP_OUT_OF_RANGE)
+REASONS = (
+    OVERSIZED,
+    INVALID_ENCODING,
+    INVALID_JSON,
+    UNKNOWN_RECORD_TYPE,
+    MISSING_FIELD,
+    INVALID_TYPE,
+    INVALID_VALUE,
+    INVALID_TIMESTAMP,
+    TIMESTAMP_OUT_OF_RANGE,
+)
 
 MAX_RECORD_BYTES = 1024 * 1024
-MIN_TIMESTAMP_MS = 946684800000            # 2000-01-01T00:00:00Z
+MIN_TIMESTAMP_MS = 946684800000  # 2000-01-01T00:00:00Z
 MAX_FUTURE_MICROS = 24 * 3600 * 1_000_000  # one day ahead of processing time
 MAX_INT64 = (1 << 63) - 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Rejected(Exception):
@@ -51,9 +60,9 @@ class Field:
     name: str
     kind: str
     required: bool = False
-    values: tuple = ()          # enum values
+    values: tuple = ()  # enum values
     string_values: bool = False  # object whose values must be strings
-    pii: str | None = None       # 'email' or 'phone': hashed from bronze on
+    pii: str | None = None  # 'email' or 'phone': hashed from bronze on
 
 
 @dataclass(frozen=True)
@@ -88,71 +97,123 @@ ENVELOPE = (
 
 RESPONSE_STATUSES = ("queued", "sent", "delivered", "failed", "bounced")
 
-RECORD_TYPES: dict[str, RecordType] = {rt.name: rt for rt in (
-    RecordType("user", "user_id", (
-        Field("user_id", "text", required=True),
-        Field("email", "text", pii="email"),
-        Field("phone_number", "text", pii="phone"),
-        Field("country", "text"),
-        Field("is_active", "bool"),
-        Field("signup_date", "date"),
-        Field("updated_at", "timestamp"),
-    ), mutable=True, event_time=("updated_at", "emitted_at"),
-        bronze_table="bronze_users", silver_table="silver_users"),
-    RecordType("session", "session_id", (
-        Field("session_id", "text", required=True),
-        Field("user_id", "text"),
-        Field("session_start_time", "timestamp", required=True),
-        Field("session_end_time", "timestamp"),
-        Field("device_type", "text"),
-        Field("geo_location", "text"),
-        Field("experiments", "object", string_values=True),
-    ), mutable=True, event_time=("session_start_time",),
-        bronze_table="bronze_sessions", silver_table="silver_sessions"),
-    RecordType("view", "view_id", (
-        Field("view_id", "text", required=True),
-        Field("session_id", "text", required=True),
-        Field("view_timestamp", "timestamp", required=True),
-        Field("page_type", "text"),
-        Field("landing_page", "text"),
-        Field("is_referral", "bool"),
-    ), mutable=False, event_time=("view_timestamp",),
-        bronze_table="bronze_views", silver_table="silver_views"),
-    RecordType("click", "click_id", (
-        Field("click_id", "text", required=True),
-        Field("session_id", "text", required=True),
-        Field("click_timestamp", "timestamp", required=True),
-        Field("element_clicked", "text"),
-        Field("page", "text"),
-    ), mutable=False, event_time=("click_timestamp",),
-        bronze_table="bronze_clicks", silver_table="silver_clicks"),
-    RecordType("event", "event_id", (
-        Field("event_id", "text", required=True),
-        Field("event_type", "text", required=True),
-        Field("session_id", "text", required=True),
-        Field("timestamp", "timestamp", required=True),
-        Field("metadata", "object"),
-    ), mutable=False, event_time=("timestamp",),
-        bronze_table="bronze_events", silver_table="silver_events"),
-    RecordType("event_response", "response_id", (
-        Field("response_id", "text", required=True),
-        Field("event_id", "text", required=True),
-        Field("response_type", "text", required=True),
-        Field("sent_email", "text", pii="email"),
-        Field("sent_phone_number", "text", pii="phone"),
-        Field("status", "enum", required=True, values=RESPONSE_STATUSES),
-        Field("sent_at", "timestamp"),
-    ), mutable=True, event_time=("sent_at", "emitted_at"),
-        bronze_table="bronze_event_responses", silver_table="silver_event_responses"),
-    RecordType("user_activity", "activity_id", (
-        Field("activity_id", "text", required=True),
-        Field("response_id", "text", required=True),
-        Field("activity_type", "text", required=True),
-        Field("activity_time", "timestamp", required=True),
-        Field("location", "text"),
-    ), mutable=False, event_time=("activity_time",),
-        bronze_table="bronze_user_activity", silver_table="silver_user_activity"),
-)}
+RECORD_TYPES: dict[str, RecordType] = {
+    rt.name: rt
+    for rt in (
+        RecordType(
+            "user",
+            "user_id",
+            (
+                Field("user_id", "text", required=True),
+                Field("email", "text", pii="email"),
+                Field("phone_number", "text", pii="phone"),
+                Field("country", "text"),
+                Field("is_active", "bool"),
+                Field("signup_date", "date"),
+                Field("updated_at", "timestamp"),
+            ),
+            mutable=True,
+            event_time=("updated_at", "emitted_at"),
+            bronze_table="bronze_users",
+            silver_table="silver_users",
+        ),
+        RecordType(
+            "session",
+            "session_id",
+            (
+                Field("session_id", "text", required=True),
+                Field("user_id", "text"),
+                Field("session_start_time", "timestamp", required=True),
+                Field("session_end_time", "timestamp"),
+                Field("device_type", "text"),
+                Field("geo_location", "text"),
+                Field("experiments", "object", string_values=True),
+            ),
+            mutable=True,
+            event_time=("session_start_time",),
+            bronze_table="bronze_sessions",
+            silver_table="silver_sessions",
+        ),
+        RecordType(
+            "view",
+            "view_id",
+            (
+                Field("view_id", "text", required=True),
+                Field("session_id", "text", required=True),
+                Field("view_timestamp", "timestamp", required=True),
+                Field("page_type", "text"),
+                Field("landing_page", "text"),
+                Field("is_referral", "bool"),
+            ),
+            mutable=False,
+            event_time=("view_timestamp",),
+            bronze_table="bronze_views",
+            silver_table="silver_views",
+        ),
+        RecordType(
+            "click",
+            "click_id",
+            (
+                Field("click_id", "text", required=True),
+                Field("session_id", "text", required=True),
+                Field("click_timestamp", "timestamp", required=True),
+                Field("element_clicked", "text"),
+                Field("page", "text"),
+            ),
+            mutable=False,
+            event_time=("click_timestamp",),
+            bronze_table="bronze_clicks",
+            silver_table="silver_clicks",
+        ),
+        RecordType(
+            "event",
+            "event_id",
+            (
+                Field("event_id", "text", required=True),
+                Field("event_type", "text", required=True),
+                Field("session_id", "text", required=True),
+                Field("timestamp", "timestamp", required=True),
+                Field("metadata", "object"),
+            ),
+            mutable=False,
+            event_time=("timestamp",),
+            bronze_table="bronze_events",
+            silver_table="silver_events",
+        ),
+        RecordType(
+            "event_response",
+            "response_id",
+            (
+                Field("response_id", "text", required=True),
+                Field("event_id", "text", required=True),
+                Field("response_type", "text", required=True),
+                Field("sent_email", "text", pii="email"),
+                Field("sent_phone_number", "text", pii="phone"),
+                Field("status", "enum", required=True, values=RESPONSE_STATUSES),
+                Field("sent_at", "timestamp"),
+            ),
+            mutable=True,
+            event_time=("sent_at", "emitted_at"),
+            bronze_table="bronze_event_responses",
+            silver_table="silver_event_responses",
+        ),
+        RecordType(
+            "user_activity",
+            "activity_id",
+            (
+                Field("activity_id", "text", required=True),
+                Field("response_id", "text", required=True),
+                Field("activity_type", "text", required=True),
+                Field("activity_time", "timestamp", required=True),
+                Field("location", "text"),
+            ),
+            mutable=False,
+            event_time=("activity_time",),
+            bronze_table="bronze_user_activity",
+            silver_table="silver_user_activity",
+        ),
+    )
+}
 
 
 # --- timestamps ---------------------------------------------------------------
@@ -173,14 +234,14 @@ def parse_timestamp(value, field: str) -> int:
     except ValueError:
         raise Rejected(INVALID_TIMESTAMP, field, f"{field}: not an ISO-8601 timestamp") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     micros = (dt - _EPOCH) // _ONE_MICRO
     if micros < MIN_TIMESTAMP_MS * 1000:
         raise Rejected(TIMESTAMP_OUT_OF_RANGE, field, f"{field}: before 2000-01-01")
     return micros
 
 
-_ONE_MICRO = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc) - _EPOCH
+_ONE_MICRO = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
 
 
 def micros_to_datetime(micros: int) -> datetime:
@@ -193,7 +254,7 @@ def micros_to_date(micros: int) -> str:
 
 
 def now_micros() -> int:
-    return (datetime.now(timezone.utc) - _EPOCH) // _ONE_MICRO
+    return (datetime.now(UTC) - _EPOCH) // _ONE_MICRO
 
 
 # --- validation ---------------------------------------------------------------
@@ -290,8 +351,7 @@ def extra_fields(rt: RecordType, obj: dict, payload: dict) -> dict:
 
 # --- JSON Schema derived from the same definition --------------------------------
 def _timestamp_schema():
-    return {"oneOf": [{"type": "string", "minLength": 10},
-                      {"type": "integer", "minimum": MIN_TIMESTAMP_MS}]}
+    return {"oneOf": [{"type": "string", "minLength": 10}, {"type": "integer", "minimum": MIN_TIMESTAMP_MS}]}
 
 
 def _field_schema(f: Field) -> dict:
@@ -332,11 +392,15 @@ def raw_event_json_schema() -> dict:
         "allOf": [
             {
                 "if": {"properties": {"record_type": {"const": rt.name}}},
-                "then": {"properties": {"payload": {
-                    "type": "object",
-                    "properties": {f.name: _field_schema(f) for f in rt.fields},
-                    "required": [f.name for f in rt.fields if f.required],
-                }}},
+                "then": {
+                    "properties": {
+                        "payload": {
+                            "type": "object",
+                            "properties": {f.name: _field_schema(f) for f in rt.fields},
+                            "required": [f.name for f in rt.fields if f.required],
+                        }
+                    }
+                },
             }
             for rt in RECORD_TYPES.values()
         ],

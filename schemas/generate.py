@@ -7,6 +7,7 @@ Files: ``infra/bigquery_tables.tf`` (``schemas.terraform``), the LookML
 project in ``looker/`` (``schemas.lookml``), ``dbt/models/sources.yml``
 (``schemas.dbt``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,12 @@ def generated() -> dict[str, str]:
 def drifted(root: Path = ROOT) -> list[str]:
     """Generated files that are missing or differ, and files left over in looker/views."""
     files = generated()
-    out = [path for path, text in files.items()
-           if not (root / path).exists() or (root / path).read_text() != text]
-    out += [str(p.relative_to(root)) for p in (root / lookml.ROOT / "views").glob("*.lkml")
-            if str(p.relative_to(root)) not in files]
+    out = [path for path, text in files.items() if not (root / path).exists() or (root / path).read_text() != text]
+    out += [
+        str(p.relative_to(root))
+        for p in (root / lookml.ROOT / "views").glob("*.lkml")
+        if str(p.relative_to(root)) not in files
+    ]
     return sorted(out)
 
 

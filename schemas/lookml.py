@@ -21,15 +21,27 @@ filter one grain and one platform by default: summing over grains or over
 drift from the schemas. ``lkml`` is a development dependency
 (requirements-dev.txt): the pipelines never import this module.
 """
+
 from __future__ import annotations
 
 import lkml
 
 from schemas.table import BOOL, DATE, FLOAT64, INT64, TIMESTAMP, Column, Table
-from schemas.tables import (CONVERSION_RATES, DIM_USER, FACT_FUNNEL_STAGE, FACT_USER_ACTIVITY, GOLD, GOLD_ROW_KEYS,
-                            MART_AB_TEST, MART_BARCODE_ACTIVITY, MART_CONVERSION_RATE, MART_RETARGETING, OPS_ALERTS,
-                            STAGE_SESSION_COLUMNS)
-from transforms.funnel import STAGES
+from schemas.tables import (
+    CONVERSION_RATES,
+    DIM_USER,
+    FACT_FUNNEL_STAGE,
+    FACT_USER_ACTIVITY,
+    GOLD,
+    GOLD_ROW_KEYS,
+    MART_AB_TEST,
+    MART_BARCODE_ACTIVITY,
+    MART_CONVERSION_RATE,
+    MART_RETARGETING,
+    OPS_ALERTS,
+    STAGE_SESSION_COLUMNS,
+)
+from schemas.vocabulary import STAGES, Stage
 
 ROOT = "looker"
 CONNECTION = "funnel_lakehouse"
@@ -37,7 +49,7 @@ PROJECT_NAME = "funnel_lakehouse"
 MODEL = "funnel_lakehouse"
 
 # sessions_<stage> column of the marts -> the funnel stage it counts
-_STAGE_OF_COLUMN = dict(zip(STAGE_SESSION_COLUMNS, STAGES))
+_STAGE_OF_COLUMN = {stage.sessions_column: stage.value for stage in Stage}
 
 _DATE_TIMEFRAMES = ["date", "week", "month", "quarter", "year"]
 _TIME_TIMEFRAMES = ["raw", "time", "date", "week", "month", "quarter", "year"]
@@ -66,11 +78,23 @@ def _field(c: Column) -> tuple[str, dict]:
 def _primary_key(table: Table) -> dict:
     columns = GOLD_ROW_KEYS[table.name]
     if len(columns) == 1:
-        return {"name": "pk", "hidden": "yes", "primary_key": "yes", "type": "string",
-                "description": f"Row key: {columns[0]}.", "sql": f"${{TABLE}}.{columns[0]}"}
+        return {
+            "name": "pk",
+            "hidden": "yes",
+            "primary_key": "yes",
+            "type": "string",
+            "description": f"Row key: {columns[0]}.",
+            "sql": f"${{TABLE}}.{columns[0]}",
+        }
     parts = ", '|', ".join(f"CAST(${{TABLE}}.{c} AS STRING)" for c in columns)
-    return {"name": "pk", "hidden": "yes", "primary_key": "yes", "type": "string",
-            "description": "Row key: " + ", ".join(columns) + ".", "sql": f"CONCAT({parts})"}
+    return {
+        "name": "pk",
+        "hidden": "yes",
+        "primary_key": "yes",
+        "type": "string",
+        "description": "Row key: " + ", ".join(columns) + ".",
+        "sql": f"CONCAT({parts})",
+    }
 
 
 def _ratio(numerator: str, denominator: str) -> str:
@@ -85,43 +109,80 @@ def measures(table: Table) -> list[dict]:
     names = set(table.column_names)
     out = []
     if "user_id" in names:
-        out.append({"name": "unique_users", "type": "count_distinct", "sql": "${TABLE}.user_id",
-                    "description": "Distinct non-null user_id: anonymous sessions count as sessions, not users."})
+        out.append(
+            {
+                "name": "unique_users",
+                "type": "count_distinct",
+                "sql": "${TABLE}.user_id",
+                "description": "Distinct non-null user_id: anonymous sessions count as sessions, not users.",
+            }
+        )
     if "session_id" in names:
-        out.append({"name": "unique_sessions", "type": "count_distinct", "sql": "${TABLE}.session_id",
-                    "description": "Distinct session_id."})
+        out.append(
+            {
+                "name": "unique_sessions",
+                "type": "count_distinct",
+                "sql": "${TABLE}.session_id",
+                "description": "Distinct session_id.",
+            }
+        )
     if table is FACT_FUNNEL_STAGE:
         for stage in STAGES:
-            out.append({"name": f"sessions_{stage}", "type": "number", "sql": _stage_sessions(stage),
-                        "description": f"Sessions reaching {stage} (the funnel is sequential)."})
+            out.append(
+                {
+                    "name": f"sessions_{stage}",
+                    "type": "number",
+                    "sql": _stage_sessions(stage),
+                    "description": f"Sessions reaching {stage} (the funnel is sequential).",
+                }
+            )
         for rate, columns in CONVERSION_RATES.items():
             num, den = (_STAGE_OF_COLUMN[c] for c in columns)
-            out.append({"name": rate, "type": "number", "value_format_name": _PERCENT,
-                        "sql": _ratio(_stage_sessions(num), _stage_sessions(den)),
-                        "description": f"Sessions reaching {num} / sessions reaching {den}; null when none reach {den}."})
+            out.append(
+                {
+                    "name": rate,
+                    "type": "number",
+                    "value_format_name": _PERCENT,
+                    "sql": _ratio(_stage_sessions(num), _stage_sessions(den)),
+                    "description": f"Sessions reaching {num} / sessions reaching {den}; null when none reach {den}.",
+                }
+            )
     elif table in (MART_CONVERSION_RATE, MART_AB_TEST):
         counted = ("sessions",) + STAGE_SESSION_COLUMNS if table is MART_AB_TEST else STAGE_SESSION_COLUMNS
         for c in table.columns:
             if c.name in counted:
-                out.append({"name": f"total_{c.name}", "type": "sum", "sql": _column_sql(c),
-                            "description": c.description})
+                out.append(
+                    {"name": f"total_{c.name}", "type": "sum", "sql": _column_sql(c), "description": c.description}
+                )
         # mart_ab_test's conversion_rate: sessions_payment / sessions (schemas.tables)
-        rates = CONVERSION_RATES if table is MART_CONVERSION_RATE else {"conversion_rate": ("sessions_payment",
-                                                                                           "sessions")}
+        rates = (
+            CONVERSION_RATES if table is MART_CONVERSION_RATE else {"conversion_rate": ("sessions_payment", "sessions")}
+        )
         for rate, (num, den) in rates.items():
-            out.append({"name": f"overall_{rate}", "type": "number", "value_format_name": _PERCENT,
-                        "sql": _ratio(f"SUM(${{TABLE}}.{num})", f"SUM(${{TABLE}}.{den})"),
-                        "description": f"{rate} over the selected rows: sums of the counts divided, not rates averaged."})
+            out.append(
+                {
+                    "name": f"overall_{rate}",
+                    "type": "number",
+                    "value_format_name": _PERCENT,
+                    "sql": _ratio(f"SUM(${{TABLE}}.{num})", f"SUM(${{TABLE}}.{den})"),
+                    "description": f"{rate} over the selected rows: sums of the counts divided, not rates averaged.",
+                }
+            )
     elif table is OPS_ALERTS:
-        out.append({"name": "alerts", "type": "count_distinct", "sql": "${TABLE}.alert_id",
-                    "description": "Distinct alerts."})
+        out.append(
+            {"name": "alerts", "type": "count_distinct", "sql": "${TABLE}.alert_id", "description": "Distinct alerts."}
+        )
     else:
         # the other tables' counts add up across rows (per-user days, periods, carts)
         for c in table.columns:
-            if c.type in (INT64, FLOAT64) and not c.repeated and c.name not in ("stage_number", "furthest_stage_number",
-                                                                             "median_seconds_payment_to_scan"):
-                out.append({"name": f"total_{c.name}", "type": "sum", "sql": _column_sql(c),
-                            "description": c.description})
+            if (
+                c.type in (INT64, FLOAT64)
+                and not c.repeated
+                and c.name not in ("stage_number", "furthest_stage_number", "median_seconds_payment_to_scan")
+            ):
+                out.append(
+                    {"name": f"total_{c.name}", "type": "sum", "sql": _column_sql(c), "description": c.description}
+                )
     return out
 
 
@@ -130,13 +191,21 @@ def view(table: Table) -> dict:
     for c in table.columns:
         kind, field = _field(c)
         fields[kind].append(field)
-    return {"name": table.name, "sql_table_name": f"{table.layer}.{table.name}",
-            **{k: v for k, v in fields.items() if v}, "measures": measures(table)}
+    return {
+        "name": table.name,
+        "sql_table_name": f"{table.layer}.{table.name}",
+        **{k: v for k, v in fields.items() if v},
+        "measures": measures(table),
+    }
 
 
 def _join(table: Table, on: str) -> dict:
-    return {"name": table.name, "type": "left_outer", "relationship": "many_to_one",
-            "sql_on": f"${{{{base}}.{on}}} = ${{{table.name}.{on}}}"}
+    return {
+        "name": table.name,
+        "type": "left_outer",
+        "relationship": "many_to_one",
+        "sql_on": f"${{{{base}}.{on}}} = ${{{table.name}.{on}}}",
+    }
 
 
 _PERIOD_FILTERS = [{"period_grain": "day"}, {"platform": "all"}]
@@ -144,8 +213,14 @@ _PERIOD_FILTERS = [{"period_grain": "day"}, {"platform": "all"}]
 
 def explores() -> list[dict]:
     """One per use case."""
+
     def explore(name, label, base: Table, description, joins=(), always=None):
-        out = {"name": name, "label": label, "view_name": base.name, "description": f"{description}. {base.name}: {base.description}"}
+        out = {
+            "name": name,
+            "label": label,
+            "view_name": base.name,
+            "description": f"{description}. {base.name}: {base.description}",
+        }
         if always:
             out["always_filter"] = {"filters": [{f"{base.name}.{k}": v} for f in always for k, v in f.items()]}
         if joins:
@@ -153,20 +228,49 @@ def explores() -> list[dict]:
         return out
 
     return [
-        explore("funnel_conversion", "Funnel conversion", MART_CONVERSION_RATE,
-                "Conversion per day, month or year and platform ('all' for every platform)", always=_PERIOD_FILTERS),
-        explore("funnel_sessions", "Funnel sessions", FACT_FUNNEL_STAGE,
-                "Sessions by the stages they reached, with their users", joins=[_join(DIM_USER, "user_id")]),
-        explore("barcode_activity", "Barcode activity", MART_BARCODE_ACTIVITY,
-                "Scans at the venue per period and platform", always=_PERIOD_FILTERS),
-        explore("user_activity", "User activity", FACT_USER_ACTIVITY,
-                "What each user did per day", joins=[_join(DIM_USER, "user_id")]),
+        explore(
+            "funnel_conversion",
+            "Funnel conversion",
+            MART_CONVERSION_RATE,
+            "Conversion per day, month or year and platform ('all' for every platform)",
+            always=_PERIOD_FILTERS,
+        ),
+        explore(
+            "funnel_sessions",
+            "Funnel sessions",
+            FACT_FUNNEL_STAGE,
+            "Sessions by the stages they reached, with their users",
+            joins=[_join(DIM_USER, "user_id")],
+        ),
+        explore(
+            "barcode_activity",
+            "Barcode activity",
+            MART_BARCODE_ACTIVITY,
+            "Scans at the venue per period and platform",
+            always=_PERIOD_FILTERS,
+        ),
+        explore(
+            "user_activity",
+            "User activity",
+            FACT_USER_ACTIVITY,
+            "What each user did per day",
+            joins=[_join(DIM_USER, "user_id")],
+        ),
         explore("users", "Users", DIM_USER, "Every user and how far they got"),
-        explore("retargeting", "Retargeting audience", MART_RETARGETING,
-                "Carts without a payment within 24 hours", joins=[_join(DIM_USER, "user_id")]),
+        explore(
+            "retargeting",
+            "Retargeting audience",
+            MART_RETARGETING,
+            "Carts without a payment within 24 hours",
+            joins=[_join(DIM_USER, "user_id")],
+        ),
         explore("ab_tests", "A/B tests", MART_AB_TEST, "Experiment readouts: conversion, lift, significance, SRM"),
-        explore("operational_alerts", "Operational alerts", OPS_ALERTS,
-                "Failed confirmation emails, failure-rate spikes, payments without a confirmation"),
+        explore(
+            "operational_alerts",
+            "Operational alerts",
+            OPS_ALERTS,
+            "Failed confirmation emails, failure-rate spikes, payments without a confirmation",
+        ),
     ]
 
 
@@ -175,9 +279,12 @@ HEADER = "# Generated by `make generate` (python -m schemas.generate) from schem
 
 def files() -> dict[str, str]:
     """Path (from the repository root) -> LookML text."""
-    out = {f"{ROOT}/manifest.lkml": HEADER + lkml.dump({"project_name": PROJECT_NAME}) + "\n",
-           f"{ROOT}/{MODEL}.model.lkml": HEADER + lkml.dump({
-               "connection": CONNECTION, "includes": ["/views/*.view.lkml"], "explores": explores()}) + "\n"}
+    out = {
+        f"{ROOT}/manifest.lkml": HEADER + lkml.dump({"project_name": PROJECT_NAME}) + "\n",
+        f"{ROOT}/{MODEL}.model.lkml": HEADER
+        + lkml.dump({"connection": CONNECTION, "includes": ["/views/*.view.lkml"], "explores": explores()})
+        + "\n",
+    }
     for table in GOLD.values():
         out[f"{ROOT}/views/{table.name}.view.lkml"] = HEADER + lkml.dump({"views": [view(table)]}) + "\n"
     return out

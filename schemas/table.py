@@ -10,6 +10,7 @@ in-pipeline form because they are compared and shuffled a lot:
 files carry real ``timestamp[us, UTC]`` and ``date32`` columns that DuckDB,
 BigQuery and pandas read natively.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ _AVRO = {
 _BIGQUERY = {BOOL: "BOOLEAN", INT64: "INTEGER", FLOAT64: "FLOAT"}
 
 
-def _pipeline_type(c: "Column") -> pa.DataType:
+def _pipeline_type(c: Column) -> pa.DataType:
     """The Arrow type of the in-pipeline value of a column."""
     base = _ARROW_PIPELINE.get(c.type, _ARROW[c.type])
     return pa.list_(base) if c.repeated else base
@@ -88,8 +89,12 @@ class Table:
         names = [c.name for c in self.columns]
         if len(names) != len(set(names)):
             raise ValueError(f"{self.name}: duplicate column names")
-        missing = set(self.partition_by + self.cluster_by + self.key
-                      + ((self.bigquery_partition,) if self.bigquery_partition else ())) - set(names)
+        missing = set(
+            self.partition_by
+            + self.cluster_by
+            + self.key
+            + ((self.bigquery_partition,) if self.bigquery_partition else ())
+        ) - set(names)
         if missing:
             raise ValueError(f"{self.name}: unknown columns {sorted(missing)}")
 
@@ -111,8 +116,10 @@ class Table:
     def arrow_schema(self, with_partition_columns: bool = True) -> pa.Schema:
         cols = self.columns if with_partition_columns else self.file_columns
         return pa.schema(
-            [pa.field(c.name, c.arrow_type(), nullable=not c.required,
-                      metadata={"description": c.description}) for c in cols],
+            [
+                pa.field(c.name, c.arrow_type(), nullable=not c.required, metadata={"description": c.description})
+                for c in cols
+            ],
             metadata={"description": self.description, "table": self.name},
         )
 
@@ -129,8 +136,12 @@ class Table:
             "namespace": f"funnel.{self.layer}",
             "doc": self.description,
             "fields": [
-                {"name": c.name, "type": avro_type(c), "doc": c.description,
-                 **({} if c.required else {"default": None})}
+                {
+                    "name": c.name,
+                    "type": avro_type(c),
+                    "doc": c.description,
+                    **({} if c.required else {"default": None}),
+                }
                 for c in self.columns
             ],
         }
@@ -157,9 +168,15 @@ class Table:
 
     def bigquery_fields(self) -> list[dict]:
         """The BigQuery schema as the API (and Terraform's ``schema``) spells it."""
-        return [{"name": c.name, "type": c.bigquery_type,
-                 "mode": "REPEATED" if c.repeated else ("REQUIRED" if c.required else "NULLABLE"),
-                 "description": c.description} for c in self.columns]
+        return [
+            {
+                "name": c.name,
+                "type": c.bigquery_type,
+                "mode": "REPEATED" if c.repeated else ("REQUIRED" if c.required else "NULLABLE"),
+                "description": c.description,
+            }
+            for c in self.columns
+        ]
 
     # --- conversions ------------------------------------------------------
     def to_arrow(self, rows: list[dict], with_partition_columns: bool = False) -> pa.Table:
@@ -183,7 +200,6 @@ class Table:
             names.append(name)
         return pa.Table.from_arrays(arrays, names=names).to_pylist()
 
-
     def pipeline_columns(self, table: pa.Table) -> dict[str, list]:
         """Arrow table -> {column: Python values in their in-pipeline form}
         (``from_arrow`` by columns: tuples of rows are then one ``zip`` away)."""
@@ -198,6 +214,5 @@ class Table:
         return out
 
 
-def col(name: str, type_: str, description: str, required: bool = False,
-        repeated: bool = False) -> Column:
+def col(name: str, type_: str, description: str, required: bool = False, repeated: bool = False) -> Column:
     return Column(name, type_, description, required, repeated)

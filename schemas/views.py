@@ -3,6 +3,7 @@
 Each view reads the gold tables only, so it is as current as the last
 ``gold_daily`` run. ``{project}`` is replaced by the project id.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ SELECT s.stage_number, s.stage_name, s.sessions,
        p.sessions - s.sessions AS dropped_since_previous_stage
 FROM per_stage AS s
 LEFT JOIN per_stage AS p ON p.stage_number = s.stage_number - 1
-""")
+""",
+)
 
 CONVERSION_TREND = View(
     "v_conversion_trend",
@@ -43,6 +45,7 @@ SELECT period_start AS day, platform, sessions_browse, sessions_payment, convers
                                     ROWS BETWEEN 6 PRECEDING AND CURRENT ROW)) AS conversion_rate_7d
 FROM `{project}.gold.mart_conversion_rate`
 WHERE period_grain = 'day'
-""")
+""",
+)
 
 VIEWS = {v.name: v for v in (FUNNEL_DROPOFF, CONVERSION_TREND)}

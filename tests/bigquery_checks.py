@@ -1,9 +1,10 @@
 """Checks of what the pipelines wrote to the local BigQuery emulator."""
+
 import uuid
 
 from schemas.tables import BRONZE, DEAD_LETTER, SILVER
-from transforms import bigquery_io
-from transforms.lake_tables import read_arrow
+from transforms.lake.tables import read_arrow
+from transforms.sinks import bigquery as bigquery_io
 
 
 def endpoint() -> str:
@@ -24,7 +25,8 @@ def fresh_project():
 def bigquery_rows(bq, table) -> list[tuple]:
     """Every row of the table in BigQuery, in the pipeline's form, sorted."""
     arrow = bq.query(f"SELECT * FROM `{bigquery_io.table_id(bq.project, table)}`").to_arrow(
-        create_bqstorage_client=False)
+        create_bqstorage_client=False
+    )
     return _sorted_tuples(table, table.from_arrow(arrow))
 
 
@@ -49,8 +51,13 @@ def _first_received(rows):
 
 def _duplicate_keys(bq, table) -> int:
     key = bigquery_io.merge_key(table)[0].format(t="X")
-    return next(iter(bq.query(f"SELECT COUNT(*) - COUNT(DISTINCT {key}) AS n "
-                              f"FROM `{bigquery_io.table_id(bq.project, table)}` X").result())).n
+    return next(
+        iter(
+            bq.query(
+                f"SELECT COUNT(*) - COUNT(DISTINCT {key}) AS n FROM `{bigquery_io.table_id(bq.project, table)}` X"
+            ).result()
+        )
+    ).n
 
 
 def bigquery_holds_the_lake(bq, lake, tables) -> bool:

@@ -1,13 +1,14 @@
 """Shared test helpers: a local TestPipeline, handcrafted rows, lake readers."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import apache_beam as beam
-from deltalake import DeltaTable
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
+from deltalake import DeltaTable
 
 from pipelines.common import LOCAL_RUNNER
 from schemas.contract import parse_timestamp
@@ -35,8 +36,15 @@ DAY = 24 * 60 * MIN
 def bronze(table: str, line: int, **values) -> dict:
     """A bronze row with every column; ``line`` gives its ingest order."""
     row = {c: None for c in BRONZE[table].column_names}
-    row.update(event_date="2026-11-02", platform="web", source="test", schema_version=1,
-               ingested_at=T0 + 10 * MIN, source_file="a.jsonl", source_line=line)
+    row.update(
+        event_date="2026-11-02",
+        platform="web",
+        source="test",
+        schema_version=1,
+        ingested_at=T0 + 10 * MIN,
+        source_file="a.jsonl",
+        source_line=line,
+    )
     row.update(values)
     return row
 
@@ -44,8 +52,9 @@ def bronze(table: str, line: int, **values) -> dict:
 def tagged_arrow(tables: dict, rows_by_table: dict) -> list:
     """{table name: dict rows} -> ``(table name, Arrow rows)`` elements, as
     the batch transforms pass them."""
-    return [(name, tables[name].to_arrow(rows, with_partition_columns=True))
-            for name, rows in rows_by_table.items() if rows]
+    return [
+        (name, tables[name].to_arrow(rows, with_partition_columns=True)) for name, rows in rows_by_table.items() if rows
+    ]
 
 
 class rows_of_table(dict):
@@ -58,9 +67,12 @@ class rows_of_table(dict):
 
     def __missing__(self, name):
         from schemas.tables import ALL_TABLES
+
         table = ALL_TABLES[name]
-        rows = [pcoll | f"RowsOf_{name}_{i}" >> beam.FlatMap(lambda kv: table.from_arrow(kv[1]) if kv[0] == name else [])
-                for i, pcoll in enumerate(self._tagged)]
+        rows = [
+            pcoll | f"RowsOf_{name}_{i}" >> beam.FlatMap(lambda kv: table.from_arrow(kv[1]) if kv[0] == name else [])
+            for i, pcoll in enumerate(self._tagged)
+        ]
         self[name] = tuple(rows) | f"AllRowsOf_{name}" >> beam.Flatten()
         return self[name]
 
@@ -81,8 +93,10 @@ def content_checksums(lake, tables: dict, folder: str) -> dict[str, str]:
 
     sums = {}
     for name in tables:
-        lines = sorted(orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str)
-                       for row in read_table(os.path.join(lake, folder, name)))
+        lines = sorted(
+            orjson.dumps(row, option=orjson.OPT_SORT_KEYS, default=str)
+            for row in read_table(os.path.join(lake, folder, name))
+        )
         sums[name] = hashlib.sha256(b"\n".join(lines)).hexdigest()
     return sums
 
@@ -133,7 +147,7 @@ def bigquery_emulator():
     reused when one answers, else started here and stopped at the end.
     Yields a ``google-cloud-bigquery`` client pointed at it."""
     from devtools import bigquery_emulator
-    from transforms import bigquery_io
+    from transforms.sinks import bigquery as bigquery_io
 
     with bigquery_emulator.running() as host:
         yield bigquery_io.client(bigquery_emulator.PROJECT, bigquery_emulator.endpoint(host))

@@ -1,13 +1,14 @@
 """Every run's counters land in ops/run_log; a backfill whose records do not
 add up (read = bronze + dead letter; bronze into silver = identities +
 duplicates + superseded) is logged unbalanced and exits non-zero."""
+
 import pytest
 
 from pipelines import backfill, gold_daily
 from schemas.tables import RUN_LOG
 from tests.conftest import SAMPLE, read_table
-from transforms import bronze_columnar
-from transforms.accounting import AccountingError, backfill_problems
+from transforms.rules import bronze_arrow as bronze_columnar
+from transforms.sinks.run_log import AccountingError, backfill_problems
 
 
 def _run_log(lake):
@@ -15,20 +16,28 @@ def _run_log(lake):
 
 
 def test_the_equations():
-    balanced = {"records_read": 18, "valid_bronze_events": 5, "valid_bronze_users": 10, "dead_letter_invalid_json": 3,
-                "unique_event": 4, "duplicates_event": 1, "unique_user": 8, "superseded_user": 2}
+    balanced = {
+        "records_read": 18,
+        "valid_bronze_events": 5,
+        "valid_bronze_users": 10,
+        "dead_letter_invalid_json": 3,
+        "unique_event": 4,
+        "duplicates_event": 1,
+        "unique_user": 8,
+        "superseded_user": 2,
+    }
     assert backfill_problems(balanced, 0) == []
-    assert backfill_problems({**balanced, "records_read": 19}, 0) == [
-        "records_read 19 != bronze 15 + dead-lettered 3"]
-    assert backfill_problems(balanced, 7) == ["bronze rows into silver 22 != silver identities 12 + duplicates and "
-                                              "superseded 3"]
+    assert backfill_problems({**balanced, "records_read": 19}, 0) == ["records_read 19 != bronze 15 + dead-lettered 3"]
+    assert backfill_problems(balanced, 7) == [
+        "bronze rows into silver 22 != silver identities 12 + duplicates and superseded 3"
+    ]
     assert backfill_problems({**balanced, "outside_date_range": 2, "unique_user": 6}, 0) == []
 
 
 def test_every_run_writes_its_counters_to_the_run_log(tmp_path):
     lake = tmp_path / "lake"
     backfill.main(["--lake", str(lake), "--input", str(SAMPLE)])
-    backfill.main(["--lake", str(lake), "--input", str(SAMPLE)])   # a rerun: silver rebuilt with nothing kept
+    backfill.main(["--lake", str(lake), "--input", str(SAMPLE)])  # a rerun: silver rebuilt with nothing kept
     gold_daily.main(["--lake", str(lake)])
     rows = _run_log(lake)
     runs = {(r["pipeline"], r["run_id"]) for r in rows}

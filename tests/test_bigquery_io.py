@@ -1,4 +1,5 @@
 """BigQuery tables from schemas/, created in the real local BigQuery emulator."""
+
 import json
 import uuid
 from datetime import date
@@ -8,8 +9,8 @@ from google.api_core.exceptions import BadRequest
 from google.cloud import bigquery
 
 from schemas.tables import ALL_TABLES, BRONZE, DEAD_LETTER, GOLD, SILVER
-from transforms.lake_tables import snapshot
-from transforms import bigquery_io
+from transforms.lake.tables import snapshot
+from transforms.sinks import bigquery as bigquery_io
 
 
 def test_every_table_maps_to_a_valid_bigquery_definition():
@@ -46,10 +47,12 @@ def test_tables_created_in_the_emulator_carry_schema_partitioning_and_descriptio
         got = bq.get_table(table_id)
         assert got.description == table.description
         assert [(f.name, f.field_type, f.mode, f.description) for f in got.schema] == [
-            (f.name, f.field_type, f.mode, f.description) for f in table.bigquery_schema()]
+            (f.name, f.field_type, f.mode, f.description) for f in table.bigquery_schema()
+        ]
         want = bigquery_io.bigquery_table(bq.project, table)
         assert (got.time_partitioning.field if got.time_partitioning else None) == (
-            want.time_partitioning.field if want.time_partitioning else None)
+            want.time_partitioning.field if want.time_partitioning else None
+        )
         assert (got.clustering_fields or None) == (want.clustering_fields or None)
 
 
@@ -57,8 +60,9 @@ def test_rows_written_to_an_emulator_table_read_back(bigquery_emulator):
     bq = bigquery_emulator
     bq.create_dataset(f"{bq.project}.scratch", exists_ok=True)
     table_id = f"{bq.project}.scratch.t_{uuid.uuid4().hex[:8]}"
-    bq.create_table(bigquery.Table(table_id, schema=[bigquery.SchemaField("k", "STRING"),
-                                                     bigquery.SchemaField("n", "INTEGER")]))
+    bq.create_table(
+        bigquery.Table(table_id, schema=[bigquery.SchemaField("k", "STRING"), bigquery.SchemaField("n", "INTEGER")])
+    )
     assert bq.insert_rows_json(table_id, [{"k": "a", "n": 1}, {"k": "b", "n": 2}]) == []
     rows = {r.k: r.n for r in bq.query(f"SELECT k, n FROM `{table_id}`").result()}
     assert rows == {"a": 1, "b": 2}
@@ -66,8 +70,7 @@ def test_rows_written_to_an_emulator_table_read_back(bigquery_emulator):
 
 # --- gold_daily --sink bigquery ---------------------------------------------------------------
 from pipelines import backfill, gold_daily  # noqa: E402
-from tests.bigquery_checks import (assert_bigquery_holds_the_lake, bigquery_rows, fresh_project,  # noqa: E402
-                                   lake_rows, sink_flags)
+from tests.bigquery_checks import assert_bigquery_holds_the_lake, bigquery_rows, fresh_project, lake_rows, sink_flags  # noqa: E402
 from tests.conftest import read_table  # noqa: E402
 
 pytestmark = pytest.mark.emulator
@@ -80,10 +83,10 @@ def _gold_to_bigquery(lake, bq):
 @pytest.fixture(scope="module")
 def silver_lake(tmp_path_factory):
     """Generated traffic (300 users, 2 days): every stage, abandoned carts, anonymous sessions."""
-    from pipelines import generate
+    from simulator import traffic
 
     root = tmp_path_factory.mktemp("bq")
-    generate.generate(generate.Config(users=300, days=2, seed=3), str(root / "landing"))
+    traffic.generate(traffic.Config(users=300, days=2, seed=3), str(root / "landing"))
     lake = root / "lake"
     backfill.main(["--lake", str(lake), "--input", str(root / "landing" / "*.jsonl")])
     gold_daily.main(["--lake", str(lake)])
@@ -132,8 +135,9 @@ def test_a_gold_run_failing_midway_through_its_writes_changes_no_table(silver_la
     bq = fresh_project()
     _gold_to_bigquery(lake, bq)
     before = {name: bigquery_rows(bq, t) for name, t in GOLD.items()}
-    first_day = next(iter(bq.query(f"SELECT MIN(session_date) AS d FROM `{bq.project}.gold.fact_funnel_stage`")
-                          .result())).d.isoformat()
+    first_day = next(
+        iter(bq.query(f"SELECT MIN(session_date) AS d FROM `{bq.project}.gold.fact_funnel_stage`").result())
+    ).d.isoformat()
 
     # A gold run as of the first day changes the facts ...
     elsewhere = fresh_project()
@@ -143,8 +147,9 @@ def test_a_gold_run_failing_midway_through_its_writes_changes_no_table(silver_la
     # ... but not when the last table it writes was broken (its insert fails).
     *earlier, last = GOLD.values()
     bq.delete_table(bigquery_io.table_id(bq.project, last))
-    bq.create_table(bigquery.Table(bigquery_io.table_id(bq.project, last),
-                                   schema=[bigquery.SchemaField("unrelated", "STRING")]))
+    bq.create_table(
+        bigquery.Table(bigquery_io.table_id(bq.project, last), schema=[bigquery.SchemaField("unrelated", "STRING")])
+    )
     # A permanent error (not retried): the insert names columns the broken table lacks.
     with pytest.raises(BadRequest, match=f'(?s){last.name}.*does not have a column with name "{last.column_names[0]}"'):
         gold_daily.main(["--lake", str(lake), "--as-of", first_day, *sink_flags(bq)])
@@ -170,17 +175,22 @@ def test_use_case_views_read_the_loaded_gold(silver_lake, bigquery_emulator):
         assert got.table_type == "VIEW" and got.description == view.description
     stages = read_table(silver_lake / "gold" / "fact_funnel_stage")
     per_stage = {n: sum(1 for r in stages if r["stage_number"] == n) for n in range(1, 6)}
-    dropoff = {r.stage_number: r for r in bq.query(
-        f"SELECT * FROM `{bq.project}.gold.v_funnel_dropoff`").result()}
+    dropoff = {r.stage_number: r for r in bq.query(f"SELECT * FROM `{bq.project}.gold.v_funnel_dropoff`").result()}
     assert all(per_stage.values())
     assert {n: r.sessions for n, r in dropoff.items()} == per_stage
     assert dropoff[2].dropped_since_previous_stage == per_stage[1] - per_stage[2]
 
     # the retargeting audience, with its repeated column, as the lake has it
-    audience = sorted((r["user_id"], r["email_sha256"], tuple(r["carted_articles"]))
-                      for r in read_table(silver_lake / "gold" / "mart_retargeting"))
-    got = sorted((r.user_id, r.email_sha256, tuple(r.carted_articles)) for r in bq.query(
-        f"SELECT user_id, email_sha256, carted_articles FROM `{bq.project}.gold.mart_retargeting`").result())
+    audience = sorted(
+        (r["user_id"], r["email_sha256"], tuple(r["carted_articles"]))
+        for r in read_table(silver_lake / "gold" / "mart_retargeting")
+    )
+    got = sorted(
+        (r.user_id, r.email_sha256, tuple(r.carted_articles))
+        for r in bq.query(
+            f"SELECT user_id, email_sha256, carted_articles FROM `{bq.project}.gold.mart_retargeting`"
+        ).result()
+    )
     assert audience and got == audience
 
     trend = list(bq.query(f"SELECT * FROM `{bq.project}.gold.v_conversion_trend`").result())
@@ -192,11 +202,11 @@ def test_backfill_into_bigquery_holds_the_lake_and_reruns_and_replays_never_dupl
     """Bronze, dead letter and silver merged by the backfill equal the lake
     after a first run, a rerun, a replay of the raw layer, a replay of one day
     and a landing file sent again with lines missing (whose rows go)."""
-    from pipelines import generate
+    from simulator import traffic
 
     bq = fresh_project()
     landing, lake = tmp_path / "landing", tmp_path / "lake"
-    generate.generate(generate.Config(users=150, days=2, seed=11, invalid_share=0.05), str(landing))
+    traffic.generate(traffic.Config(users=150, days=2, seed=11, invalid_share=0.05), str(landing))
 
     def run(*args):
         backfill.main([*args, "--lake", str(lake), *sink_flags(bq)])
@@ -204,9 +214,9 @@ def test_backfill_into_bigquery_holds_the_lake_and_reruns_and_replays_never_dupl
 
     first = run("--input", str(landing / "*.jsonl"))
     assert all(first.values()), first  # every table has rows, the dead letter too
-    assert run("--input", str(landing / "*.jsonl")) == first              # a rerun restates, adds nothing
+    assert run("--input", str(landing / "*.jsonl")) == first  # a rerun restates, adds nothing
     raw = str(lake / "raw" / "**" / "*.parquet")
-    assert run("--input", raw) == first                                   # a replay of the raw layer
+    assert run("--input", raw) == first  # a replay of the raw layer
     day = min(r[0] for r in bq.query(f"SELECT MIN(event_date) FROM `{bq.project}.bronze.bronze_views`").result())
     assert run("--input", raw, "--from", day.isoformat(), "--to", day.isoformat()) == first
 
@@ -218,24 +228,29 @@ def test_backfill_into_bigquery_holds_the_lake_and_reruns_and_replays_never_dupl
 
 
 def test_merge_statement_restates_exactly_the_lake_rule():
-    from transforms.lake_commit import Replace, ReplaceScope
+    from transforms.lake.commit import Replace, ReplaceScope
 
     views = BRONZE["bronze_views"]
     sql, params = bigquery_io.merge_statement(
-        "p", bigquery_io.BigQueryWrite(views, "upsert", Replace(views, ReplaceScope.SOURCES,
-                                                                frozenset({"a.jsonl", None}))),
-        "p.ops.s", {"2026-11-02"})
+        "p",
+        bigquery_io.BigQueryWrite(views, "upsert", Replace(views, ReplaceScope.SOURCES, frozenset({"a.jsonl", None}))),
+        "p.ops.s",
+        {"2026-11-02"},
+    )
     assert "WHEN MATCHED THEN UPDATE" in sql
     assert "WHEN NOT MATCHED BY SOURCE AND (T.source_file IN UNNEST(@replaced_sources) OR T.source_file IS NULL)" in sql
     assert "T.event_date IN UNNEST(@prune_values)" in sql  # a MERGE reads only the partitions it touches
-    assert {p.name: p.values for p in params} == {"prune_values": [date(2026, 11, 2)],
-                                                    "replaced_sources": ["a.jsonl"]}
+    assert {p.name: p.values for p in params} == {"prune_values": [date(2026, 11, 2)], "replaced_sources": ["a.jsonl"]}
     append, _ = bigquery_io.merge_statement("p", bigquery_io.BigQueryWrite(views, "append"), "p.ops.s", set())
     assert "WHEN MATCHED" not in append and "NOT MATCHED BY SOURCE" not in append  # inserts only new keys
     dates, params = bigquery_io.merge_statement(
-        "p", bigquery_io.BigQueryWrite(views, "upsert", Replace(views, ReplaceScope.PARTITIONS,
-                                                                frozenset({"2026-11-03", "2026-11-02"}))),
-        "p.ops.s", {"2026-11-02"})
+        "p",
+        bigquery_io.BigQueryWrite(
+            views, "upsert", Replace(views, ReplaceScope.PARTITIONS, frozenset({"2026-11-03", "2026-11-02"}))
+        ),
+        "p.ops.s",
+        {"2026-11-02"},
+    )
     assert "WHEN NOT MATCHED BY SOURCE AND (T.event_date IN UNNEST(@replaced_partitions))" in dates
     assert {p.name: p.values for p in params}["replaced_partitions"] == [date(2026, 11, 2), date(2026, 11, 3)]
     with pytest.raises(ValueError, match="only an upsert restates"):
@@ -260,9 +275,12 @@ def test_an_erasure_with_the_bigquery_sink_leaves_bigquery_equal_to_the_erased_l
         assert bigquery_rows(bq, table) == lake_rows(lake, table), table.name
     for table in [*BRONZE.values(), *SILVER.values(), *GOLD.values()]:
         if "user_id" in table.column_names:
-            users = bq.query(f"SELECT COUNT(*) AS n FROM `{bigquery_io.table_id(bq.project, table)}` "
-                             "WHERE user_id = 'u-1001'").result()
+            users = bq.query(
+                f"SELECT COUNT(*) AS n FROM `{bigquery_io.table_id(bq.project, table)}` WHERE user_id = 'u-1001'"
+            ).result()
             assert next(iter(users)).n == 0, table.name
-    pipelines = {r.pipeline for r in bq.query(
-        f"SELECT DISTINCT pipeline FROM `{bigquery_io.table_id(bq.project, RUN_LOG)}`").result()}
+    pipelines = {
+        r.pipeline
+        for r in bq.query(f"SELECT DISTINCT pipeline FROM `{bigquery_io.table_id(bq.project, RUN_LOG)}`").result()
+    }
     assert pipelines == {"backfill", "gold_daily"}

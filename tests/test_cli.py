@@ -1,5 +1,6 @@
 """The `funnel` command: its overview, and the mistakes a newcomer makes on
 the first day, each ending in one line on stderr, exit status 2, nothing written."""
+
 import os
 import shutil
 import subprocess
@@ -88,16 +89,20 @@ def test_a_backfill_of_a_pattern_matching_nothing_is_still_a_quiet_success(tmp_p
     assert "nothing to read" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [
-    ["backfill", "--input", "x.jsonl", "--lake", "{file}"],
-    ["gold", "--lake", "{file}"],
-    ["stream", "--subscription", "projects/p/subscriptions/s", "--lake", "{file}"],
-    ["report", "--lake", "{file}"],
-    ["export-audience", "--lake", "{file}", "--out", "{dir}/audience.csv"],
-    ["erase-user", "--lake", "{file}", "--user-id", "u1"],
-    ["replay-dead-letter", "--lake", "{file}"],
-    ["maintain", "--lake", "{file}"],
-], ids=lambda argv: argv[0])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["backfill", "--input", "x.jsonl", "--lake", "{file}"],
+        ["gold", "--lake", "{file}"],
+        ["stream", "--subscription", "projects/p/subscriptions/s", "--lake", "{file}"],
+        ["report", "--lake", "{file}"],
+        ["export-audience", "--lake", "{file}", "--out", "{dir}/audience.csv"],
+        ["erase-user", "--lake", "{file}", "--user-id", "u1"],
+        ["replay-dead-letter", "--lake", "{file}"],
+        ["maintain", "--lake", "{file}"],
+    ],
+    ids=lambda argv: argv[0],
+)
 def test_a_lake_naming_a_file_is_one_line_not_a_traceback(argv, tmp_path, capsys):
     file = tmp_path / "lake.txt"
     file.write_text("not a lake\n")
@@ -107,14 +112,17 @@ def test_a_lake_naming_a_file_is_one_line_not_a_traceback(argv, tmp_path, capsys
     assert _files_under(tmp_path) == [file] and file.read_text() == "not a lake\n"
 
 
-@pytest.mark.parametrize("flag, value, expected", [
-    ("--users", "-5", "at least 1"),
-    ("--users", "many", "invalid positive_int value"),
-    ("--days", "0", "at least 1"),
-    ("--invalid-share", "1.5", "between 0 and 1"),
-    ("--email-failure-bursts", "-1", "at least 0"),
-    ("--start", "yesterday", "not a date"),
-])
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--users", "-5", "at least 1"),
+        ("--users", "many", "invalid positive_int value"),
+        ("--days", "0", "at least 1"),
+        ("--invalid-share", "1.5", "between 0 and 1"),
+        ("--email-failure-bursts", "-1", "at least 0"),
+        ("--start", "yesterday", "not a date"),
+    ],
+)
 def test_generate_refuses_what_would_write_nothing_or_nonsense(flag, value, expected, tmp_path, capsys):
     out = tmp_path / "landing"
     err = _fails(capsys, ["generate", "--out", str(out), f"{flag}={value}"])
@@ -122,11 +130,15 @@ def test_generate_refuses_what_would_write_nothing_or_nonsense(flag, value, expe
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv, table", [
-    (["report", "--lake", "{lake}"], None),
-    (["report", "--lake", "{lake}", "--out", "{dir}/reports"], None),
-    (["export-audience", "--lake", "{lake}", "--out", "{dir}/audience.csv"], None),
-], ids=["report", "report-out", "export-audience"])
+@pytest.mark.parametrize(
+    "argv, table",
+    [
+        (["report", "--lake", "{lake}"], None),
+        (["report", "--lake", "{lake}", "--out", "{dir}/reports"], None),
+        (["export-audience", "--lake", "{lake}", "--out", "{dir}/audience.csv"], None),
+    ],
+    ids=["report", "report-out", "export-audience"],
+)
 def test_readers_of_a_lake_that_does_not_exist_write_nothing(argv, table, tmp_path, capsys):
     lake = tmp_path / "lake"
     err = _fails(capsys, [a.format(lake=lake, dir=tmp_path) for a in argv])
@@ -137,8 +149,10 @@ def test_readers_of_a_lake_that_does_not_exist_write_nothing(argv, table, tmp_pa
 def test_readers_of_a_lake_without_gold_say_to_run_gold(tmp_path, capsys):
     lake = tmp_path / "lake"
     (lake / "silver").mkdir(parents=True)
-    for argv in (["report", "--lake", str(lake)],
-                 ["export-audience", "--lake", str(lake), "--out", str(tmp_path / "a.csv")]):
+    for argv in (
+        ["report", "--lake", str(lake)],
+        ["export-audience", "--lake", str(lake), "--out", str(tmp_path / "a.csv")],
+    ):
         err = _fails(capsys, argv)
         assert "holds no gold" in err and f"funnel gold --lake {lake}" in err
     assert _files_under(tmp_path) == []
@@ -153,6 +167,11 @@ def test_publish_of_a_pattern_matching_nothing_is_an_error(tmp_path, capsys):
 
 def test_python_dash_m_keeps_working_for_the_flex_templates(tmp_path):
     # what FLEX_TEMPLATE_PYTHON_PY_FILE and the benchmarks' previous-release runs rely on
-    done = subprocess.run([sys.executable, "-m", "pipelines.generate", "--out", str(tmp_path / "g"), "--users", "0"],
-                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.generate", "--out", str(tmp_path / "g"), "--users", "0"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 2 and "at least 1" in done.stderr

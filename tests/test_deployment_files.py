@@ -2,6 +2,7 @@
 launchers (make targets, Cloud Scheduler, Airflow) against the templates,
 infra/ (python-hcl2, checkov, the BigQuery tables against schemas/), and the
 generated LookML and dbt sources against the gold schema."""
+
 import ast
 import json
 import re
@@ -34,8 +35,11 @@ def parameters(name: str) -> dict[str, dict]:
 
 def flags(module) -> dict[str, object]:
     """Template parameter name -> argparse action, of every flag of the pipeline."""
-    return {common.template_parameter(a.option_strings[0]): a
-            for a in module.arg_parser()._actions if a.option_strings and a.dest != "help"}
+    return {
+        common.template_parameter(a.option_strings[0]): a
+        for a in module.arg_parser()._actions
+        if a.option_strings and a.dest != "help"
+    }
 
 
 def example(parameter: dict) -> str:
@@ -57,8 +61,9 @@ def assert_valid_launch(name: str, params: dict[str, str]) -> None:
 def test_template_parameters_are_exactly_the_pipeline_flags(name):
     declared, own = parameters(name), flags(PIPELINES[name])
     offered = {n for n in own if n not in common.NOT_TEMPLATE_PARAMETERS}
-    assert set(declared) == offered, (f"missing from the template: {offered - set(declared)}; "
-                                      f"unknown to the pipeline: {set(declared) - offered}")
+    assert set(declared) == offered, (
+        f"missing from the template: {offered - set(declared)}; unknown to the pipeline: {set(declared) - offered}"
+    )
     for n, p in declared.items():
         assert p["label"] and p["helpText"] and p["regexes"], n
         required = own[n].required or n in REQUIRED_ON_DATAFLOW
@@ -71,6 +76,7 @@ def test_template_parameters_are_exactly_the_pipeline_flags(name):
 
 class Submitted:
     """What a launcher gets back from DataflowRunner: a job id, no waiting."""
+
     job_id = staticmethod(lambda: "2026-11-26_01_02_03-123")
 
     def wait_until_finish(self):
@@ -79,6 +85,7 @@ class Submitted:
 
 class FakePipeline:
     """beam.Pipeline that records its options and is submitted, not run."""
+
     built = []
 
     def __init__(self, options=None):
@@ -98,8 +105,12 @@ def test_every_template_parameter_reaches_the_pipeline_and_the_launcher_returns(
     monkeypatch.setattr(stream_ingest.beam, "Pipeline", FakePipeline)
     seen = {}
     monkeypatch.setattr(module, "build", lambda *a, **k: seen.setdefault("build", (a, k)) and 0)
-    monkeypatch.setattr(module, "expand_inputs", lambda patterns, lake: seen.setdefault("inputs", patterns)
-                        and ["gs://landing/a.jsonl"], raising=False)
+    monkeypatch.setattr(
+        module,
+        "expand_inputs",
+        lambda patterns, lake: seen.setdefault("inputs", patterns) and ["gs://landing/a.jsonl"],
+        raising=False,
+    )
     monkeypatch.setattr(module, "_source_files", lambda paths: frozenset({"gs://landing/a.jsonl"}), raising=False)
     FakePipeline.built.clear()
     # Dataflow passes each parameter as --name=value, names spelled with underscores
@@ -121,7 +132,10 @@ def test_remote_runs_return_once_submitted_unless_told_to_wait(monkeypatch):
             return type("Metrics", (), {"query": lambda self: {"counters": []}})()
 
     monkeypatch.setattr(common.beam, "Pipeline", lambda options: type("P", (), {"run": lambda self: Result()})())
-    options = lambda runner: common.parse(common.pipeline_parser("x"), [f"--runner={runner}"])[1]
+
+    def options(runner):
+        return common.parse(common.pipeline_parser("x"), [f"--runner={runner}"])[1]
+
     assert common.run_pipeline("t", options("DataflowRunner"), lambda p: None)[1] is False
     assert waited == []
     assert common.run_pipeline("t", options("DataflowRunner"), lambda p: None, wait=True)[1] is True
@@ -130,8 +144,9 @@ def test_remote_runs_return_once_submitted_unless_told_to_wait(monkeypatch):
 
 
 def test_underscore_spellings_reach_hyphenated_flags_and_beam_keeps_its_own():
-    args, options = common.parse(gold_daily.arg_parser(), ["--lake=/l", "--as_of=2026-11-08", "--as_of_version=3",
-                                                          "--temp_location=gs://t/tmp"])
+    args, options = common.parse(
+        gold_daily.arg_parser(), ["--lake=/l", "--as_of=2026-11-08", "--as_of_version=3", "--temp_location=gs://t/tmp"]
+    )
     assert args.as_of == date(2026, 11, 8) and args.as_of_version == 3
     assert options.get_all_options()["temp_location"] == "gs://t/tmp"
 
@@ -173,8 +188,13 @@ def test_build_commands_build_the_images_then_one_template_per_pipeline():
     assert commands[0][:3] == ["gcloud", "builds", "submit"]
     assert "_IMAGE_ROOT=europe-west4-docker.pkg.dev/my-project/funnel,_TAG=abc123" in commands[0]
     for name, command in zip(PIPELINES, commands[1:]):
-        assert command[:5] == ["gcloud", "dataflow", "flex-template", "build",
-                               f"gs://my-project-funnel-dataflow/templates/{name}.json"]
+        assert command[:5] == [
+            "gcloud",
+            "dataflow",
+            "flex-template",
+            "build",
+            f"gs://my-project-funnel-dataflow/templates/{name}.json",
+        ]
         option = dict(zip(command[5::2], command[6::2]))
         assert option["--image"] == f"europe-west4-docker.pkg.dev/my-project/funnel/{name}:abc123"
         assert (ROOT / option["--metadata-file"]).exists() and option["--sdk-language"] == "PYTHON"
@@ -195,11 +215,19 @@ def test_run_commands_launch_valid_parameters(name):
 def test_terraform_outputs_name_what_the_launches_use(infra):
     declared = {unquote(k) for block in infra["parsed"]["output"] for k in block}
     assert set(deploy.OUTPUTS) <= declared
-    outputs = {"lake": "gs://custom-lake/funnel", "template_root": "gs://custom-df/tpl",
-               "service_account": "sa@x.iam.gserviceaccount.com", "pii_key_secret": "projects/x/secrets/k/versions/2"}
+    outputs = {
+        "lake": "gs://custom-lake/funnel",
+        "template_root": "gs://custom-df/tpl",
+        "service_account": "sa@x.iam.gserviceaccount.com",
+        "pii_key_secret": "projects/x/secrets/k/versions/2",
+    }
     command = deploy.run_command(deploy.Deployment("p", outputs=outputs), "backfill")
-    assert {"gs://custom-df/tpl/backfill.json", "sa@x.iam.gserviceaccount.com", "lake=gs://custom-lake/funnel",
-            "pii_key_secret=projects/x/secrets/k/versions/2"} <= set(command)
+    assert {
+        "gs://custom-df/tpl/backfill.json",
+        "sa@x.iam.gserviceaccount.com",
+        "lake=gs://custom-lake/funnel",
+        "pii_key_secret=projects/x/secrets/k/versions/2",
+    } <= set(command)
 
 
 def test_without_a_project_the_commands_are_printed(monkeypatch, capsys):
@@ -270,12 +298,20 @@ def test_infra_declares_the_whole_stack(infra):
     assert project_roles == {"roles/dataflow.worker", "roles/bigquery.jobUser", "roles/dataflow.developer"}
     assert set(r["google_monitoring_alert_policy"]) == {"dead_letter_volume", "stream_freshness"}
     outputs = {unquote(k) for block in infra["parsed"]["output"] for k in block}
-    assert {"lake", "template_root", "image_root", "subscription", "alerts_topic", "pii_key_secret",
-            "service_account", "temp_location"} <= outputs
+    assert {
+        "lake",
+        "template_root",
+        "image_root",
+        "subscription",
+        "alerts_topic",
+        "pii_key_secret",
+        "service_account",
+        "temp_location",
+    } <= outputs
 
 
 def test_bigquery_tables_in_terraform_equal_the_schemas(infra):
-    from transforms.bigquery_io import bigquery_table
+    from transforms.sinks.bigquery import bigquery_table
 
     declared = unquote(infra["locals"]["bigquery_tables"])
     assert declared == terraform.definitions()
@@ -297,16 +333,18 @@ def test_scheduled_launches_are_valid_template_launches(infra):
     launches = unquote(infra["locals"]["daily_launches"])
     assert set(launches) == {"backfill", "gold_daily"}
     for name, launch in launches.items():
-        params = {k: v.replace("${local.landing_bucket}", "landing").replace("${var.landing_daily_glob}",
-                                                                                 "{yesterday}/*.jsonl")
-                  .replace("${local.lake}", "gs://lake").replace("${local.pii_key_version}",
-                                                                 "projects/p/secrets/s/versions/latest")
-                  for k, v in launch["parameters"].items()}
+        params = {
+            k: v.replace("${local.landing_bucket}", "landing")
+            .replace("${var.landing_daily_glob}", "{yesterday}/*.jsonl")
+            .replace("${local.lake}", "gs://lake")
+            .replace("${local.pii_key_version}", "projects/p/secrets/s/versions/latest")
+            for k, v in launch["parameters"].items()
+        }
         assert_valid_launch(name, params)
         assert set(params) == set(deploy.Deployment("p").default_parameters(name)), name
     scheduler = infra["resources"]["google_cloud_scheduler_job"]["daily"]
     assert "flexTemplates:launch" in unquote(infra["locals"]["flex_template_launch_uri"])
-    assert "${local.flex_template_launch_uri}" == scheduler["http_target"][0]["uri"]
+    assert scheduler["http_target"][0]["uri"] == "${local.flex_template_launch_uri}"
 
 
 def test_names_in_infra_are_the_ones_the_make_targets_use(infra):
@@ -319,20 +357,28 @@ def test_names_in_infra_are_the_ones_the_make_targets_use(infra):
         return value
 
     locals_ = infra["locals"]
-    assert resolve(locals_["lake_bucket"]) == f"${{coalesce(var.lake_bucket, \"{d.lake[5:]}\")}}"
+    assert resolve(locals_["lake_bucket"]) == f'${{coalesce(var.lake_bucket, "{d.lake[5:]}")}}'
     assert resolve(locals_["landing_bucket"]).endswith(f'"{d.landing_bucket}")}}')
     assert resolve(locals_["dataflow_bucket"]).endswith(f'"{d.dataflow_bucket}")}}')
     assert resolve(locals_["image_root"]) == d.image_root
     assert resolve(locals_["stream_job_name"]) == d.stream_job_name
     assert resolve(locals_["template_root"]) == "gs://${local.dataflow_bucket}/templates"
     r = infra["resources"]
-    assert f"projects/{d.project}/subscriptions/" + resolve(r["google_pubsub_subscription"]["stream_ingest"]["name"]) \
+    assert (
+        f"projects/{d.project}/subscriptions/" + resolve(r["google_pubsub_subscription"]["stream_ingest"]["name"])
         == d.subscription
+    )
     assert f"projects/{d.project}/topics/" + resolve(r["google_pubsub_topic"]["alerts"]["name"]) == d.alerts_topic
-    assert f"{resolve(r['google_service_account']['dataflow']['account_id'])}@{d.project}.iam.gserviceaccount.com" \
+    assert (
+        f"{resolve(r['google_service_account']['dataflow']['account_id'])}@{d.project}.iam.gserviceaccount.com"
         == d.service_account
-    assert d.pii_key_secret == f"projects/{d.project}/secrets/" \
-        + resolve(r["google_secret_manager_secret"]["pii_key"]["secret_id"]) + "/versions/latest"
+    )
+    assert (
+        d.pii_key_secret
+        == f"projects/{d.project}/secrets/"
+        + resolve(r["google_secret_manager_secret"]["pii_key"]["secret_id"])
+        + "/versions/latest"
+    )
 
 
 def test_infra_passes_the_checkov_policy_scan():
@@ -388,20 +434,32 @@ def test_lookml_parses_and_every_field_names_a_gold_column():
         measures = {m["name"]: m for m in view["measures"]}
         if "user_id" in columns:
             assert (measures["unique_users"]["type"], measures["unique_users"]["sql"]) == (
-                "count_distinct", "${TABLE}.user_id")
+                "count_distinct",
+                "${TABLE}.user_id",
+            )
         if "session_id" in columns:
             assert measures["unique_sessions"]["type"] == "count_distinct"
     funnel = {m["name"]: m["sql"] for m in views["fact_funnel_stage"]["measures"]}
-    assert funnel["conversion_rate"] == ("SAFE_DIVIDE(COUNT(DISTINCT IF(${TABLE}.stage_name = 'payment_successful', "
-                                         "${TABLE}.session_id, NULL)), COUNT(DISTINCT IF(${TABLE}.stage_name = "
-                                         "'browse', ${TABLE}.session_id, NULL)))")
+    assert funnel["conversion_rate"] == (
+        "SAFE_DIVIDE(COUNT(DISTINCT IF(${TABLE}.stage_name = 'payment_successful', "
+        "${TABLE}.session_id, NULL)), COUNT(DISTINCT IF(${TABLE}.stage_name = "
+        "'browse', ${TABLE}.session_id, NULL)))"
+    )
     mart = {m["name"]: m["sql"] for m in views["mart_conversion_rate"]["measures"]}
-    assert mart["overall_conversion_rate"] == "SAFE_DIVIDE(SUM(${TABLE}.sessions_payment), SUM(${TABLE}.sessions_browse))"
+    assert (
+        mart["overall_conversion_rate"] == "SAFE_DIVIDE(SUM(${TABLE}.sessions_payment), SUM(${TABLE}.sessions_browse))"
+    )
 
     model = lkml.load((ROOT / lookml.ROOT / f"{lookml.MODEL}.model.lkml").read_text())
     explores = {e["name"]: e for e in model["explores"]}
-    assert {"funnel_conversion", "funnel_sessions", "barcode_activity", "retargeting", "ab_tests",
-            "operational_alerts"} <= set(explores)
+    assert {
+        "funnel_conversion",
+        "funnel_sessions",
+        "barcode_activity",
+        "retargeting",
+        "ab_tests",
+        "operational_alerts",
+    } <= set(explores)
     for explore in explores.values():
         base = explore.get("view_name", explore["name"])
         assert base in views
@@ -421,8 +479,12 @@ def test_dbt_sources_name_every_bigquery_table_and_column():
         for column, c in zip(columns, table.columns):
             assert ("not_null" in column.get("data_tests", [])) is c.required
     assert declared[("gold", "dim_user")]["columns"][0]["data_tests"] == ["not_null", "unique"]
-    assert all("unique" not in c.get("data_tests", []) for (layer, _), t in declared.items() if layer == "bronze"
-               for c in t["columns"])
+    assert all(
+        "unique" not in c.get("data_tests", [])
+        for (layer, _), t in declared.items()
+        if layer == "bronze"
+        for c in t["columns"]
+    )
 
 
 # --- the Airflow DAG ---------------------------------------------------------------------------
@@ -435,8 +497,9 @@ def test_airflow_dag_imports_without_airflow_and_launches_valid_templates():
 
     d = deploy.Deployment("proj-1", prefix="funnel")
     for name in dag_module.PIPELINES:
-        body = dag_module.launch_body(name, project="proj-1", region="europe-west1", prefix="funnel",
-                                      day="2026-11-25")["launchParameter"]
+        body = dag_module.launch_body(name, project="proj-1", region="europe-west1", prefix="funnel", day="2026-11-25")[
+            "launchParameter"
+        ]
         assert_valid_launch(name, body["parameters"])
         assert body["containerSpecGcsPath"] == d.template(name)
         assert body["environment"]["serviceAccountEmail"] == d.service_account
@@ -446,7 +509,10 @@ def test_airflow_dag_imports_without_airflow_and_launches_valid_templates():
     assert backfill_body["launchParameter"]["parameters"]["input"] == "gs://proj-1-funnel-landing/2026-11-25/*.jsonl"
     source = (ROOT / "orchestration" / "funnel_daily_dag.py").read_text()
     tree = ast.parse(source)
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") ==
-             "DataflowStartFlexTemplateOperator"]
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DataflowStartFlexTemplateOperator"
+    ]
     assert calls and {k.arg: getattr(k.value, "value", None) for k in calls[0].keywords}["wait_until_finished"] is True
     assert "launches[0] >> launches[1]" in source and dag_module.PIPELINES == ("backfill", "gold_daily")

@@ -1,5 +1,6 @@
 """Backfill + gold end to end: the contract sample, and generated data checked
 against the generator's manifest."""
+
 import hashlib
 import json
 import math
@@ -14,10 +15,11 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 
-from pipelines import backfill, export_audience, generate, gold_daily
+from pipelines import backfill, export_audience, gold_daily
 from pipelines.common import counters
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, GOLD, SILVER
+from simulator import traffic
 from tests.conftest import SAMPLE, content_checksums, read_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,15 +43,19 @@ def test_contract_sample_through_the_cli(tmp_path):
     lake = tmp_path / "lake"
     for module in ("pipelines.backfill", "pipelines.gold_daily"):
         args = ["--input", str(SAMPLE)] if module.endswith("backfill") else []
-        subprocess.run([sys.executable, "-m", module, *args, "--lake", str(lake)], check=True, cwd=ROOT,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", module, *args, "--lake", str(lake)], check=True, cwd=ROOT, capture_output=True
+        )
     lines = SAMPLE.read_bytes().splitlines()
     dead = {r["source_line"]: r["reason"] for r in read_table(lake / "dead_letter")}
     assert dead == {16: "invalid_json", 17: "invalid_timestamp", 18: "unknown_record_type"}
 
     bronze = {(r["table"], r["source_line"]) for r in bronze_rows(lake)}
-    expected = {(RECORD_TYPES[orjson.loads(line)["record_type"]].bronze_table, n)
-                for n, line in enumerate(lines, start=1) if n not in dead}
+    expected = {
+        (RECORD_TYPES[orjson.loads(line)["record_type"]].bronze_table, n)
+        for n, line in enumerate(lines, start=1)
+        if n not in dead
+    }
     assert bronze == expected
     assert len(lines) == len(bronze) + len(dead)  # records read = bronze rows + dead-letter rows
 
@@ -63,7 +69,7 @@ def test_contract_sample_through_the_cli(tmp_path):
 def generated(tmp_path_factory):
     root = tmp_path_factory.mktemp("generated")
     landing, lake = root / "landing", root / "lake"
-    manifest = generate.generate(generate.Config(users=1500, days=5, seed=7), str(landing))
+    manifest = traffic.generate(traffic.Config(users=1500, days=5, seed=7), str(landing))
     first = run_backfill(lake, "--input", str(landing / "*.jsonl"))
     run_gold(lake)
     return {"landing": landing, "lake": lake, "manifest": manifest, "counters": first}
@@ -86,20 +92,34 @@ def test_silver_holds_each_identity_once_and_all_of_them(generated):
         if rt.name == "session":
             expected += manifest["sessions_without_record"]  # inferred from their views/clicks/events
         assert len(keys) == expected, rt.silver_table
-    conflicts = {k.removeprefix("conflicts_"): v for k, v in generated["counters"].items() if k.startswith("conflicts_")}
-    assert conflicts == {k.removeprefix("conflicts_"): v for k, v in manifest["counters"].items()
-                         if k.startswith("conflicts_")}
+    conflicts = {
+        k.removeprefix("conflicts_"): v for k, v in generated["counters"].items() if k.startswith("conflicts_")
+    }
+    assert conflicts == {
+        k.removeprefix("conflicts_"): v for k, v in manifest["counters"].items() if k.startswith("conflicts_")
+    }
 
 
 def test_gold_funnel_recovers_the_true_journeys(generated):
     lake, manifest = generated["lake"], generated["manifest"]
     stages = Counter(r["stage_name"] for r in read_table(lake / "gold" / "fact_funnel_stage"))
     assert {s: stages[s] for s in STAGES} == manifest["sessions_per_stage"]
-    by_day = {str(r["period_start"]): dict(zip(STAGES, (r["sessions_browse"], r["sessions_add_to_cart"],
-                                                        r["sessions_payment"], r["sessions_email_confirmation"],
-                                                        r["sessions_barcode_scanned"])))
-              for r in read_table(lake / "gold" / "mart_conversion_rate")
-              if r["period_grain"] == "day" and r["platform"] == "all" and r["sessions_browse"]}
+    by_day = {
+        str(r["period_start"]): dict(
+            zip(
+                STAGES,
+                (
+                    r["sessions_browse"],
+                    r["sessions_add_to_cart"],
+                    r["sessions_payment"],
+                    r["sessions_email_confirmation"],
+                    r["sessions_barcode_scanned"],
+                ),
+            )
+        )
+        for r in read_table(lake / "gold" / "mart_conversion_rate")
+        if r["period_grain"] == "day" and r["platform"] == "all" and r["sessions_browse"]
+    }
     assert by_day == manifest["sessions_per_stage_by_day"]
     assert len(read_table(lake / "gold" / "dim_user")) == manifest["config"]["users"]
 
@@ -118,7 +138,7 @@ def test_landing_files_backfilled_one_at_a_time_in_shuffled_order_give_the_gold_
     for path in files:
         c = run_backfill(lake, "--input", str(path))
         merged.append(c.get("bronze_rows_merged", 0))
-    assert sum(merged[1:]) > 0                          # the later runs merged (the first rebuilt)
+    assert sum(merged[1:]) > 0  # the later runs merged (the first rebuilt)
     gold_daily.main(["--lake", str(lake), "--as-of", "2026-11-30"])
     reference = tmp_path / "reference"
     shutil.copytree(generated["lake"], reference)
@@ -129,7 +149,8 @@ def test_landing_files_backfilled_one_at_a_time_in_shuffled_order_give_the_gold_
     for rt in RECORD_TYPES.values():
         keys = [r[rt.key] for r in read_table(lake / "silver" / rt.silver_table)]
         expected = manifest["unique_identities"][rt.name] + (
-            manifest["sessions_without_record"] if rt.name == "session" else 0)
+            manifest["sessions_without_record"] if rt.name == "session" else 0
+        )
         assert len(keys) == len(set(keys)) == expected, rt.silver_table
 
 
@@ -141,16 +162,23 @@ def test_gold_rates_match_the_generators_probabilities(generated):
     """Within sampling tolerance (4 standard errors) of the configured truth."""
     lake, manifest = generated["lake"], generated["manifest"]
     cfg = manifest["config"]
-    (year,) = [r for r in read_table(lake / "gold" / "mart_conversion_rate")
-               if r["period_grain"] == "year" and r["platform"] == "all"]
+    (year,) = [
+        r
+        for r in read_table(lake / "gold" / "mart_conversion_rate")
+        if r["period_grain"] == "year" and r["platform"] == "all"
+    ]
     assert _within(year["sessions_add_to_cart"], year["sessions_browse"], cfg["p_cart"])
     assert _within(year["sessions_barcode_scanned"], year["sessions_email_confirmation"], cfg["p_scan"])
 
     # The A/B test: checkout rate per variant, from silver assignments and gold stages.
-    variant = {r["session_id"]: json.loads(r["experiments_json"])["checkout_button"]
-               for r in read_table(lake / "silver" / "silver_sessions") if r["experiments_json"]}
-    reached = Counter((variant.get(r["session_id"]), r["stage_name"])
-                      for r in read_table(lake / "gold" / "fact_funnel_stage"))
+    variant = {
+        r["session_id"]: json.loads(r["experiments_json"])["checkout_button"]
+        for r in read_table(lake / "silver" / "silver_sessions")
+        if r["experiments_json"]
+    }
+    reached = Counter(
+        (variant.get(r["session_id"]), r["stage_name"]) for r in read_table(lake / "gold" / "fact_funnel_stage")
+    )
     for name, truth in cfg["p_pay"].items():
         assert _within(reached[(name, "payment_successful")], reached[(name, "add_to_cart")], truth), name
         assert reached[(name, "payment_successful")] == manifest["ab_test"]["variants"][name]["paid"]
@@ -192,8 +220,9 @@ def test_audience_export_is_a_customer_match_file_of_hashed_emails(generated, tm
     assert export_audience.main(["--lake", str(lake), "--out", str(out)]) == len(manifest["retargeting_users"])
     lines = out.read_text().splitlines()
     assert lines[0] == "Email"
-    assert lines[1:] == sorted(hashlib.sha256(planned_email(u).strip().lower().encode()).hexdigest()
-                               for u in manifest["retargeting_users"])
+    assert lines[1:] == sorted(
+        hashlib.sha256(planned_email(u).strip().lower().encode()).hexdigest() for u in manifest["retargeting_users"]
+    )
     assert f"retargeting audience: {len(lines) - 1:,} users" in capsys.readouterr().out
     assert export_audience.main(["--lake", str(lake), "--out", str(out), "--since", "2099-01-01"]) == 0
     assert out.read_text().splitlines() == ["Email"]
@@ -231,8 +260,10 @@ def test_no_plaintext_email_or_phone_outside_raw(generated):
 
 
 def _snapshot(lake, tables, folder):
-    return {name: sorted(json.dumps(r, sort_keys=True, default=str) for r in read_table(lake / folder / name))
-            for name in tables}
+    return {
+        name: sorted(json.dumps(r, sort_keys=True, default=str) for r in read_table(lake / folder / name))
+        for name in tables
+    }
 
 
 def test_rerunning_the_same_input_is_idempotent(generated, tmp_path):
@@ -275,8 +306,7 @@ def test_a_date_range_backfill_replaces_exactly_that_range(generated, tmp_path):
     in_day = [r for r in bronze_rows(lake) if str(r["event_date"]) == day]
     assert in_day and {Path(r["source_file"]).name for r in in_day} == {one_file.name}
     assert len(in_day) < len(full_day)
-    assert sorted(str(p) for p in (lake / "bronze").rglob("*.parquet")
-                  if f"event_date={day}" not in str(p)) == outside
+    assert sorted(str(p) for p in (lake / "bronze").rglob("*.parquet") if f"event_date={day}" not in str(p)) == outside
 
     # Replaying the raw layer for the range restores the day as it was.
     run_backfill(lake, "--input", str(lake / "raw" / "**" / "*.parquet"), "--from", day, "--to", day)
@@ -288,18 +318,32 @@ def test_a_replay_of_some_stream_raw_files_is_refused_unless_it_names_a_date_ran
     """Rows from Pub/Sub carry no landing file, so a replay restates all of
     them: leaving some stream files out would drop their records from bronze."""
     from schemas.tables import RAW
-    from transforms.lake_commit import commit_append
-    from transforms.lake_files import write_data_file
+    from transforms.lake.commit import commit_append
+    from transforms.lake.files import write_data_file
 
     lake = tmp_path / "lake"
     lines = [line for line in SAMPLE.read_bytes().splitlines() if line.strip()]
     received = 1_793_700_000_000_000  # 2026-11-03T11:20:00Z
     stream_files = []
     for n, half in enumerate((lines[0::2], lines[1::2])):  # two streaming batches, as stream_ingest commits them
-        written = write_data_file(str(lake), RAW, [
-            {"ingest_date": "2026-11-03", "message_id": f"m-{n}-{i}", "publish_time": received,
-             "attributes_json": None, "ingested_at": received, "source_file": None, "source_line": None,
-             "data": data} for i, data in enumerate(half)], (("ingest_date", "2026-11-03"),))
+        written = write_data_file(
+            str(lake),
+            RAW,
+            [
+                {
+                    "ingest_date": "2026-11-03",
+                    "message_id": f"m-{n}-{i}",
+                    "publish_time": received,
+                    "attributes_json": None,
+                    "ingested_at": received,
+                    "source_file": None,
+                    "source_line": None,
+                    "data": data,
+                }
+                for i, data in enumerate(half)
+            ],
+            (("ingest_date", "2026-11-03"),),
+        )
         assert commit_append(str(lake), RAW, [written], "stream_ingest-test", n + 1)
         stream_files.append(written.path)
 
@@ -321,7 +365,7 @@ def test_a_replay_of_some_stream_raw_files_is_refused_unless_it_names_a_date_ran
 
 def test_parquet_landing_files(tmp_path):
     landing, lake = tmp_path / "landing", tmp_path / "lake"
-    manifest = generate.generate(generate.Config(users=300, days=3, seed=11, format="parquet"), str(landing))
+    manifest = traffic.generate(traffic.Config(users=300, days=3, seed=11, format="parquet"), str(landing))
     c = run_backfill(lake, "--input", str(landing / "*.parquet"))
     run_gold(lake)
     assert c["records_read"] == manifest["records_total"]

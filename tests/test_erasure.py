@@ -1,6 +1,7 @@
 """Erasing one person: no row of theirs is left in bronze, silver or gold,
 gold equals a recompute from landing files without their records, raw is
 listed (and deleted only when asked), and the audit holds no identifier."""
+
 import json
 from collections import defaultdict
 from datetime import date
@@ -8,8 +9,9 @@ from datetime import date
 import orjson
 import pytest
 
-from pipelines import backfill, erase_user, generate, gold_daily
+from pipelines import backfill, erase_user, gold_daily
 from schemas.tables import BRONZE, ERASURE_LOG, GOLD, SILVER
+from simulator import traffic
 from tests.conftest import read_table
 
 AS_OF = date(2026, 11, 20)
@@ -22,7 +24,12 @@ def _records(landing):
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 record = None
-            yield path, n, line, record if isinstance(record, dict) and isinstance(record.get("payload"), dict) else None
+            yield (
+                path,
+                n,
+                line,
+                record if isinstance(record, dict) and isinstance(record.get("payload"), dict) else None,
+            )
 
 
 def footprint_in_landing(landing, user_id):
@@ -37,40 +44,63 @@ def footprint_in_landing(landing, user_id):
     lines = set()
     for kind, rows in by_type.items():
         for path, n, p in rows:
-            if (kind == "user" and p.get("user_id") == user_id
-                    or kind in ("session", "view", "click", "event") and p.get("session_id") in sessions
-                    or kind == "event_response" and p.get("event_id") in events
-                    or kind == "user_activity" and p.get("response_id") in responses):
+            if (
+                kind == "user"
+                and p.get("user_id") == user_id
+                or kind in ("session", "view", "click", "event")
+                and p.get("session_id") in sessions
+                or kind == "event_response"
+                and p.get("event_id") in events
+                or kind == "user_activity"
+                and p.get("response_id") in responses
+            ):
                 lines.add((path.name, n))
     return {"sessions": sessions, "events": events, "responses": responses, "lines": lines}
 
 
 def _gold(lake):
-    return {name: sorted(json.dumps(r, sort_keys=True, default=str) for r in read_table(lake / "gold" / name))
-            for name in GOLD}
+    return {
+        name: sorted(json.dumps(r, sort_keys=True, default=str) for r in read_table(lake / "gold" / name))
+        for name in GOLD
+    }
 
 
 @pytest.fixture(scope="module")
 def erased(tmp_path_factory):
     root = tmp_path_factory.mktemp("erasure")
     landing, lake = root / "landing", root / "lake"
-    generate.generate(generate.Config(users=300, days=3, seed=11), str(landing))
+    traffic.generate(traffic.Config(users=300, days=3, seed=11), str(landing))
     backfill.main(["--lake", str(lake), "--input", str(landing / "*.jsonl")])
     gold_daily.main(["--lake", str(lake), "--as-of", AS_OF.isoformat()])
     scanned = {r["user_id"] for r in read_table(lake / "gold" / "fact_user_activity") if r["user_id"]}
     # A person with the whole funnel: a user record, sessions, events, confirmations, scans.
     user_id = sorted(scanned)[0]
     truth = footprint_in_landing(landing, user_id)
-    audit = erase_user.main(["--lake", str(lake), "--user-id", user_id, "--as-of", AS_OF.isoformat(),
-                             "--include-raw", "--requested-by", "dpo@example.com"])
+    audit = erase_user.main(
+        [
+            "--lake",
+            str(lake),
+            "--user-id",
+            user_id,
+            "--as-of",
+            AS_OF.isoformat(),
+            "--include-raw",
+            "--requested-by",
+            "dpo@example.com",
+        ]
+    )
     return {"root": root, "landing": landing, "lake": lake, "user_id": user_id, "truth": truth, "audit": audit}
 
 
 def test_no_row_of_the_person_is_left_in_bronze_silver_or_gold(erased):
     lake, user_id, truth = erased["lake"], erased["user_id"], erased["truth"]
     assert truth["sessions"] and truth["events"] and truth["responses"]
-    ids = {"user_id": {user_id}, "session_id": truth["sessions"], "event_id": truth["events"],
-           "response_id": truth["responses"]}
+    ids = {
+        "user_id": {user_id},
+        "session_id": truth["sessions"],
+        "event_id": truth["events"],
+        "response_id": truth["responses"],
+    }
     checked = 0
     for folder, tables in (("bronze", BRONZE), ("silver", SILVER), ("gold", GOLD)):
         for name in tables:
@@ -88,8 +118,11 @@ def test_gold_equals_a_recompute_without_the_person(erased):
     filtered, lake = root / "filtered", root / "reference-lake"
     filtered.mkdir()
     for path in sorted(erased["landing"].glob("*.jsonl")):
-        kept = [line for n, line in enumerate(path.read_bytes().splitlines(), start=1)
-                if (path.name, n) not in truth["lines"]]
+        kept = [
+            line
+            for n, line in enumerate(path.read_bytes().splitlines(), start=1)
+            if (path.name, n) not in truth["lines"]
+        ]
         (filtered / path.name).write_bytes(b"\n".join(kept) + b"\n")
     backfill.main(["--lake", str(lake), "--input", str(filtered / "*.jsonl")])
     gold_daily.main(["--lake", str(lake), "--as-of", AS_OF.isoformat()])
@@ -114,13 +147,18 @@ def test_the_audit_names_who_when_and_what_without_the_identifier(erased):
 
 
 def test_an_email_names_the_user_by_its_hashes(erased):
-    from transforms.erasure import user_ids_of_email
-    from transforms.pii import PiiKeySource
+    from transforms.lake.erasure import user_ids_of_email
+    from transforms.rules.pii import PiiKeySource
 
-    users = [r["payload"] for _, _, _, r in _records(erased["landing"])
-             if r is not None and r.get("record_type") == "user" and r["payload"].get("email")
-             and r["payload"]["user_id"] != erased["user_id"]]
+    users = [
+        r["payload"]
+        for _, _, _, r in _records(erased["landing"])
+        if r is not None
+        and r.get("record_type") == "user"
+        and r["payload"].get("email")
+        and r["payload"]["user_id"] != erased["user_id"]
+    ]
     user = users[0]
-    spelled = "  " + user["email"].upper() + " "   # trimmed and lower-cased, like the parse
+    spelled = "  " + user["email"].upper() + " "  # trimmed and lower-cased, like the parse
     assert user_ids_of_email(str(erased["lake"]), spelled, PiiKeySource().resolve()) == {user["user_id"]}
     assert user_ids_of_email(str(erased["lake"]), "nobody@example.invalid", PiiKeySource().resolve()) == set()

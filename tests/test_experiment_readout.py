@@ -1,13 +1,15 @@
 """The A/B readout on generated data with known truth (fixed seeds: the
 outcomes below are deterministic, not thresholds that flake)."""
+
 import pytest
 
-from pipelines import backfill, generate, gold_daily
+from pipelines import backfill, gold_daily
+from simulator import traffic
 from tests.conftest import read_table
 
 
-def readout(tmp_path, cfg: generate.Config) -> dict:
-    generate.generate(cfg, str(tmp_path / "landing"))
+def readout(tmp_path, cfg: traffic.Config) -> dict:
+    traffic.generate(cfg, str(tmp_path / "landing"))
     lake = tmp_path / "lake"
     backfill.main(["--input", str(tmp_path / "landing" / "*.jsonl"), "--lake", str(lake)])
     gold_daily.main(["--lake", str(lake)])
@@ -15,7 +17,7 @@ def readout(tmp_path, cfg: generate.Config) -> dict:
 
 
 def test_at_demo_size_the_true_effect_is_found_and_the_a_a_test_shows_none(tmp_path):
-    cfg = generate.Config(users=20000, days=7, seed=42)  # what `make demo` generates
+    cfg = traffic.Config(users=20000, days=7, seed=42)  # what `make demo` generates
     rows = readout(tmp_path, cfg)
     effect = rows[("checkout_button", "B")]
     assert effect["p_value"] < 0.01 and effect["ci_low"] > 0  # true effect: +10 points of checkout rate
@@ -26,7 +28,7 @@ def test_at_demo_size_the_true_effect_is_found_and_the_a_a_test_shows_none(tmp_p
 
 @pytest.mark.parametrize("b_share,flagged", [(0.56, True), (0.5, False)])
 def test_sample_ratio_mismatch_is_flagged_when_injected(tmp_path, b_share, flagged):
-    rows = readout(tmp_path, generate.Config(users=4000, days=3, seed=5, b_share=b_share))
+    rows = readout(tmp_path, traffic.Config(users=4000, days=3, seed=5, b_share=b_share))
     assert rows[("checkout_button", "B")]["srm_flag"] is flagged
     assert rows[("checkout_button", "control")]["srm_flag"] is flagged
     assert rows[("banner_color", "A")]["srm_flag"] is False  # the other experiment's split stays even

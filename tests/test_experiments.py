@@ -1,11 +1,12 @@
 """The A/B readout's statistics against statsmodels and scipy, and its edge cases."""
+
 import math
 
 import pytest
 from scipy.stats import chisquare
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from transforms import experiments
+from transforms.rules import experiments
 
 CASES = [(480, 4000, 400, 4000), (61, 500, 50, 510), (3, 40, 9, 38), (1000, 20000, 1000, 20000), (0, 50, 2, 60)]
 
@@ -25,16 +26,32 @@ def test_srm_equals_scipy_chisquare(sessions):
 
 
 def _counts(experiment, variant, sessions, paid):
-    return {"experiment": experiment, "variant": variant, "sessions": sessions, "sessions_browse": sessions,
-            "sessions_add_to_cart": paid, "sessions_payment": paid, "sessions_email_confirmation": paid,
-            "sessions_barcode_scanned": 0}
+    return {
+        "experiment": experiment,
+        "variant": variant,
+        "sessions": sessions,
+        "sessions_browse": sessions,
+        "sessions_add_to_cart": paid,
+        "sessions_payment": paid,
+        "sessions_email_confirmation": paid,
+        "sessions_barcode_scanned": 0,
+    }
 
 
 def test_readout_compares_every_variant_with_the_control():
-    rows = {(r["experiment"], r["variant"]): r for r in experiments.readout([
-        _counts("checkout", "control", 1000, 100), _counts("checkout", "B", 1000, 150),
-        _counts("checkout", "C", 900, 90), _counts("banner", "A", 500, 50), _counts("banner", "B", 520, 52),
-        _counts("solo", "X", 10, 1)])}
+    rows = {
+        (r["experiment"], r["variant"]): r
+        for r in experiments.readout(
+            [
+                _counts("checkout", "control", 1000, 100),
+                _counts("checkout", "B", 1000, 150),
+                _counts("checkout", "C", 900, 90),
+                _counts("banner", "A", 500, 50),
+                _counts("banner", "B", 520, 52),
+                _counts("solo", "X", 10, 1),
+            ]
+        )
+    }
     control, b = rows[("checkout", "control")], rows[("checkout", "B")]
     assert control["is_control"] and control["lift_vs_control"] is None and control["p_value"] is None
     assert b["conversion_rate"] == 0.15 and b["diff_vs_control"] == pytest.approx(0.05)

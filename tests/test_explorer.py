@@ -1,15 +1,24 @@
 """The funnel explorer page in real headless Chromium (Debian's package)."""
+
 import shutil
 from pathlib import Path
 
 import pytest
 
-from pipelines import backfill, generate, gold_daily, report
+from pipelines import backfill, gold_daily, report
+from simulator import traffic
 
 CHROMIUM = "/usr/bin/chromium"
 # No network here: keep Chromium from trying (its refused connections are noise, not page errors).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT = Path(__file__).resolve().parent.parent / "test-output" / "funnel-explorer.png"
 
 pytestmark = pytest.mark.browser
@@ -18,7 +27,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def explorer_page(tmp_path_factory):
     root = tmp_path_factory.mktemp("explorer")
-    generate.generate(generate.Config(users=1500, days=5, seed=7), str(root / "landing"))
+    traffic.generate(traffic.Config(users=1500, days=5, seed=7), str(root / "landing"))
     lake = root / "lake"
     backfill.main(["--input", str(root / "landing" / "*.jsonl"), "--lake", str(lake)])
     gold_daily.main(["--lake", str(lake)])
@@ -52,8 +61,9 @@ def test_the_explorer_renders_offline_without_console_errors(explorer_page):
     assert problems == []
     assert all(url.startswith(("file:", "data:", "blob:")) for url in requests), requests  # offline
     assert charts == 6
-    for n, stage in enumerate(("browse", "add_to_cart", "payment_successful", "email_confirmation",
-                               "barcode_scanned"), start=1):
+    for n, stage in enumerate(
+        ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned"), start=1
+    ):
         assert f"{n}. {stage}" in funnel_labels
     assert any(row.startswith("checkout_button\tB") for row in experiments), experiments
     assert any(row.startswith("banner_color\tA") and "control" in row for row in experiments)

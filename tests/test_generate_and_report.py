@@ -1,11 +1,13 @@
 """The generator is deterministic and as messy as the contract; the report draws the funnel."""
+
 import hashlib
 import re
 import struct
 
 import orjson
 
-from pipelines import backfill, generate, gold_daily, report
+from pipelines import backfill, gold_daily, report
+from simulator import traffic
 from tests.conftest import SAMPLE
 
 
@@ -14,16 +16,16 @@ def _digest(folder):
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
-    cfg = generate.Config(users=200, days=2, seed=3)
-    generate.generate(cfg, str(tmp_path / "a"))
-    generate.generate(cfg, str(tmp_path / "b"))
-    generate.generate(generate.Config(users=200, days=2, seed=4), str(tmp_path / "c"))
+    cfg = traffic.Config(users=200, days=2, seed=3)
+    traffic.generate(cfg, str(tmp_path / "a"))
+    traffic.generate(cfg, str(tmp_path / "b"))
+    traffic.generate(traffic.Config(users=200, days=2, seed=4), str(tmp_path / "c"))
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
 def test_generated_data_has_the_contracts_messiness(tmp_path):
-    manifest = generate.generate(generate.Config(users=400, days=3, seed=5), str(tmp_path))
+    manifest = traffic.generate(traffic.Config(users=400, days=3, seed=5), str(tmp_path))
     records, lines = [], 0
     late = 0
     for path in sorted(tmp_path.glob("*.jsonl")):
@@ -41,7 +43,7 @@ def test_generated_data_has_the_contracts_messiness(tmp_path):
                     late += 1
     assert lines == manifest["records_total"]
     view_times = [r["payload"].get("view_timestamp") for r in records if r["record_type"] == "view"]
-    assert any(isinstance(t, int) for t in view_times)                      # epoch millis
+    assert any(isinstance(t, int) for t in view_times)  # epoch millis
     assert any(isinstance(t, str) and t.endswith("Z") for t in view_times)
     assert any(isinstance(t, str) and re.search(r"[+-]\d\d:\d\d$", t) for t in view_times)
     assert any(isinstance(t, str) and re.search(r"\d\.\d{3}$", t) for t in view_times)  # no offset
@@ -54,7 +56,7 @@ def test_generated_data_has_the_contracts_messiness(tmp_path):
     assert manifest["sessions_anonymous"] > 0 and manifest["sessions_without_record"] > 0
     assert manifest["counters"]["emails_resent"] > 0 and manifest["counters"]["payments_without_cart"] > 0
     assert manifest["counters"]["duplicate_redeliveries"] > 0 and manifest["counters"]["duplicate_retries"] > 0
-    assert set(manifest["invalid_by_reason"]) == set(generate.INVALID_REASONS) | {"oversized"}
+    assert set(manifest["invalid_by_reason"]) == set(traffic.INVALID_REASONS) | {"oversized"}
 
 
 def test_report_prints_the_funnel_and_draws_it(tmp_path, capsys):

@@ -1,9 +1,10 @@
 """The local streaming runner's tuning gives Beam's own answers."""
+
 import apache_beam as beam
 from apache_beam.transforms import userstate
 
 from pipelines import local_runner
-from transforms.stream_alerts import AlertStateFn
+from transforms.streaming.alerts import AlertStateFn
 
 
 def test_memoized_dofn_specs_equal_beams_for_stateful_and_plain_dofns():
@@ -18,6 +19,7 @@ def test_memoized_dofn_specs_equal_beams_for_stateful_and_plain_dofns():
         assert userstate.is_stateful_dofn(dofns[0]) and not userstate.is_stateful_dofn(dofns[2])
     finally:
         from apache_beam.runners.direct import transform_evaluator
+
         userstate.get_dofn_specs = transform_evaluator.get_dofn_specs = original
 
 

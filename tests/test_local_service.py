@@ -1,5 +1,6 @@
 """devtools.local_service: a service the tests start is stopped, and reaped,
 by SIGTERM; nothing left behind, no SIGKILL."""
+
 import signal
 import socket
 import sys
@@ -27,8 +28,13 @@ STARTED = []
 
 def test_a_service_started_here_is_stopped_by_sigterm_and_reaped():
     host = f"127.0.0.1:{_free_port()}"
-    service = Recording("http-test", "a test HTTP server", "HTTP_TEST_HOST", host,
-                        lambda h: [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", h.rsplit(":", 1)[1]])
+    service = Recording(
+        "http-test",
+        "a test HTTP server",
+        "HTTP_TEST_HOST",
+        host,
+        lambda h: [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", h.rsplit(":", 1)[1]],
+    )
     STARTED.clear()
     with service.running(host):
         assert reachable(host)
@@ -42,7 +48,7 @@ def test_a_service_already_answering_is_left_alone():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        host = "127.0.0.1:%d" % listener.getsockname()[1]
+        host = f"127.0.0.1:{listener.getsockname()[1]}"
         service = LocalService("none", "nothing", "NONE_HOST", host, lambda h: ["false"])
         with service.running(host):
             pass

@@ -1,17 +1,19 @@
 """The lake on an object store: every pipeline, the maintenance command and
 the report against a local S3 server (moto), compared with the same runs on
 a local folder."""
+
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import backfill, export_audience, generate, gold_daily, maintain, report, stream_ingest
-from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
+from pipelines import backfill, export_audience, gold_daily, maintain, report, stream_ingest
 from schemas.tables import BRONZE, GOLD, RAW, SILVER
-from transforms.lake_tables import read_arrow, snapshot
+from simulator import traffic
+from simulator.publisher import ensure_topic_and_subscription, lines_of, publish
+from transforms.lake.tables import read_arrow, snapshot
 
 pytestmark = pytest.mark.emulator
 
@@ -29,7 +31,7 @@ def _rows(lake, table):
 
 def test_batch_pipelines_report_export_and_maintenance_on_an_object_store_lake(s3_lake, tmp_path):
     landing = tmp_path / "landing"
-    generate.generate(generate.Config(users=60, days=1, seed=13), str(landing))
+    traffic.generate(traffic.Config(users=60, days=1, seed=13), str(landing))
     local = str(tmp_path / "lake")
     for lake in (s3_lake, local):
         backfill.main(["--input", str(landing / "*.jsonl"), "--lake", lake])
@@ -50,7 +52,8 @@ def test_batch_pipelines_report_export_and_maintenance_on_an_object_store_lake(s
     for name in ("funnel.html", "funnel.png"):
         assert FileSystems.exists(f"{s3_lake}/reports/{name}")
     assert export_audience.main(["--lake", s3_lake, "--out", str(tmp_path / "s3.csv")]) == export_audience.main(
-        ["--lake", local, "--out", str(tmp_path / "local.csv")])
+        ["--lake", local, "--out", str(tmp_path / "local.csv")]
+    )
 
     gold_before = {t.name: _rows(s3_lake, t) for t in GOLD.values()}
     reports = maintain.main(["--lake", s3_lake, "--retention-hours", "0"])
@@ -64,9 +67,9 @@ def test_stream_ingest_on_an_object_store_lake(s3_lake, pubsub_emulator, tmp_pat
     subscription = f"projects/{pubsub_emulator}/subscriptions/stream-ingest-{run}"
     ensure_topic_and_subscription(topic, subscription)
     # Event times of yesterday: within the streaming job's allowed lateness.
-    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
     landing = tmp_path / "landing"
-    generate.generate(generate.Config(users=30, days=1, seed=21, start=yesterday), str(landing))
+    traffic.generate(traffic.Config(users=30, days=1, seed=21, start=yesterday), str(landing))
     messages = lines_of(sorted(str(p) for p in landing.glob("*.jsonl")))
     publish(topic, messages)
 
@@ -79,7 +82,18 @@ def test_stream_ingest_on_an_object_store_lake(s3_lake, pubsub_emulator, tmp_pat
         return bool(sessions) and sessions <= streamed
 
     started = time.time()
-    stream_ingest.main(["--subscription", subscription, "--lake", s3_lake, "--window-seconds", "5",
-                        "--run-for", str(DEADLINE_SECONDS)], stop_when=landed)
+    stream_ingest.main(
+        [
+            "--subscription",
+            subscription,
+            "--lake",
+            s3_lake,
+            "--window-seconds",
+            "5",
+            "--run-for",
+            str(DEADLINE_SECONDS),
+        ],
+        stop_when=landed,
+    )
     assert landed(), f"not landed after {time.time() - started:.0f} s: {stream_ingest.landed_rows(s3_lake)}"
     assert sorted(read_arrow(s3_lake, RAW).column("data").to_pylist()) == sorted(messages)

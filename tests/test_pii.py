@@ -1,6 +1,7 @@
 """The PII key: read on the workers from Secret Manager (an injected fake
 client here) or the environment, never in the job graph or the logs; the
 development key refused on non-local runners; pii_key_version on the rows."""
+
 import logging
 
 import apache_beam as beam
@@ -12,9 +13,9 @@ from google.api_core import exceptions
 from pipelines import backfill, stream_ingest
 from schemas.tables import RAW
 from tests.conftest import local_pipeline, ts
-from transforms.bronze import pseudonym
-from transforms.bronze_columnar import ParseChunkFn
-from transforms.pii import DEV_KEY, KEY_ENV, KEY_VERSION_ENV, PiiKey, PiiKeyError, PiiKeySource, fingerprint
+from transforms.batch.parse import ParseChunkFn
+from transforms.rules.bronze import pseudonym
+from transforms.rules.pii import DEV_KEY, KEY_ENV, KEY_VERSION_ENV, PiiKey, PiiKeyError, PiiKeySource, fingerprint
 
 SECRET = b"s3cr3t-from-secret-manager"
 SECRET_NAME = "projects/funnel-test/secrets/pii/versions/latest"
@@ -45,6 +46,7 @@ class FakeSecretManager:
             if self.failures:
                 raise self.failures.pop(0)
             return _Response("projects/123456/secrets/pii/versions/7", SECRET)
+
         return retry(call)() if retry is not None else call()
 
 
@@ -55,7 +57,7 @@ def fake_client():
 def test_the_key_comes_from_the_secret_manager_version_that_was_read():
     client = FakeSecretManager()
     key = PiiKeySource(SECRET_NAME, client_factory=lambda: client).resolve()
-    assert key == PiiKey(SECRET, "secrets/pii/versions/7")   # "latest" resolved to the version read
+    assert key == PiiKey(SECRET, "secrets/pii/versions/7")  # "latest" resolved to the version read
     assert client.calls == [SECRET_NAME]
     assert SECRET.decode() not in repr(key) and SECRET.decode() not in str(key)
 
@@ -84,10 +86,13 @@ def test_an_environment_key_has_a_fingerprint_version_and_the_dev_key_is_refused
         PiiKeySource("pii-key")
 
 
-@pytest.mark.parametrize("module, flags", [
-    (backfill, ["--input=gs://landing/*.jsonl", "--lake=gs://lake/funnel"]),
-    (stream_ingest, ["--subscription=projects/p/subscriptions/s", "--lake=gs://lake/funnel"]),
-])
+@pytest.mark.parametrize(
+    "module, flags",
+    [
+        (backfill, ["--input=gs://landing/*.jsonl", "--lake=gs://lake/funnel"]),
+        (stream_ingest, ["--subscription=projects/p/subscriptions/s", "--lake=gs://lake/funnel"]),
+    ],
+)
 def test_a_non_local_runner_refuses_the_development_key(module, flags, monkeypatch, capsys):
     """Option parsing only: no job is built or submitted."""
     monkeypatch.setenv(KEY_ENV, "a-launcher-env-key-does-not-reach-dataflow-workers")
@@ -101,11 +106,24 @@ def test_a_non_local_runner_refuses_the_development_key(module, flags, monkeypat
 
 
 def _raw_chunk():
-    user = {"record_type": "user", "schema_version": 1, "source": "accounts-api", "platform": "web",
-            "emitted_at": "2026-11-02T09:00:00Z",
-            "payload": {"user_id": "u-1", "email": " Ana@Example.com", "signup_date": "2025-03-14"}}
-    row = {"ingest_date": "2026-11-20", "message_id": None, "publish_time": None, "attributes_json": None,
-           "ingested_at": INGESTED, "source_file": "landing/a.jsonl", "source_line": 1, "data": orjson.dumps(user)}
+    user = {
+        "record_type": "user",
+        "schema_version": 1,
+        "source": "accounts-api",
+        "platform": "web",
+        "emitted_at": "2026-11-02T09:00:00Z",
+        "payload": {"user_id": "u-1", "email": " Ana@Example.com", "signup_date": "2025-03-14"},
+    }
+    row = {
+        "ingest_date": "2026-11-20",
+        "message_id": None,
+        "publish_time": None,
+        "attributes_json": None,
+        "ingested_at": INGESTED,
+        "source_file": "landing/a.jsonl",
+        "source_line": 1,
+        "data": orjson.dumps(user),
+    }
     return RAW.to_arrow([row], with_partition_columns=True)
 
 
@@ -113,10 +131,15 @@ def test_workers_read_the_key_in_setup_and_the_graph_never_holds_it(monkeypatch,
     monkeypatch.setenv(KEY_ENV, "env-key-that-must-not-be-used")
     source = PiiKeySource(SECRET_NAME, allow_dev_key=False, client_factory=fake_client)
     p = local_pipeline()
-    users = (p | beam.Create([_raw_chunk()], reshuffle=False)
-             | beam.ParDo(ParseChunkFn(source, "backfill", NOW)).with_outputs("dead_letter", main="bronze")).bronze
-    assert_that(users | beam.FlatMap(lambda kv: [(r["email_hash"], r["pii_key_version"]) for r in kv[1].to_pylist()]),
-                equal_to([(pseudonym(SECRET, "ana@example.com"), "secrets/pii/versions/7")]))
+    users = (
+        p
+        | beam.Create([_raw_chunk()], reshuffle=False)
+        | beam.ParDo(ParseChunkFn(source, "backfill", NOW)).with_outputs("dead_letter", main="bronze")
+    ).bronze
+    assert_that(
+        users | beam.FlatMap(lambda kv: [(r["email_hash"], r["pii_key_version"]) for r in kv[1].to_pylist()]),
+        equal_to([(pseudonym(SECRET, "ana@example.com"), "secrets/pii/versions/7")]),
+    )
     graph = p.to_runner_api().SerializeToString()
     assert SECRET not in graph and b"env-key-that-must-not-be-used" not in graph
     with caplog.at_level(logging.DEBUG):
@@ -129,6 +152,5 @@ def test_the_backfill_graph_holds_no_environment_key(monkeypatch, tmp_path):
     p = beam.Pipeline(options=local_pipeline().options)
     landing = tmp_path / "a.jsonl"
     landing.write_text("{}\n")
-    backfill.build(p, [str(landing)], frozenset([str(landing)]), str(tmp_path / "lake"), None,
-                   PiiKeySource(), NOW)
+    backfill.build(p, [str(landing)], frozenset([str(landing)]), str(tmp_path / "lake"), None, PiiKeySource(), NOW)
     assert b"launcher-env-key-sentinel" not in p.to_runner_api().SerializeToString()

@@ -1,16 +1,16 @@
 """Replaying dead letters after a parser fix: a record the fixed parser
 accepts enters bronze once and leaves the dead letter; the rest stays; a
 second replay, or one rerun after stopping halfway, adds nothing."""
+
+import orjson
 import pytest
 
 from pipelines import backfill, replay_dead_letter
 from schemas import contract
 from schemas.contract import RECORD_TYPES
-from tests.conftest import SAMPLE, read_table
-from transforms import bronze_columnar
 from schemas.tables import BRONZE
-
-import orjson
+from tests.conftest import SAMPLE, read_table
+from transforms.rules import bronze_arrow as bronze_columnar
 
 # The "bug": a record size limit far below the contract's 1 MiB, so valid records are dead-lettered.
 TOO_TIGHT = 260
@@ -47,8 +47,11 @@ def test_a_fixed_record_is_accepted_once_and_a_second_replay_is_a_no_op(lake_wit
     c = replay_dead_letter.main(["--lake", str(lake)])
     assert sum(v for k, v in c.items() if k.startswith("accepted_")) == len(oversized)
     assert c["dead_letters_removed"] == len(oversized) and c["still_rejected"] == 3
-    expected = sorted((RECORD_TYPES[orjson.loads(lines[n - 1])["record_type"]].bronze_table, n)
-                      for n in range(1, len(lines) + 1) if n not in (16, 17, 18))
+    expected = sorted(
+        (RECORD_TYPES[orjson.loads(lines[n - 1])["record_type"]].bronze_table, n)
+        for n in range(1, len(lines) + 1)
+        if n not in (16, 17, 18)
+    )
     assert _bronze(lake) == expected  # every valid record once
     assert _dead(lake) == [(16, "invalid_json"), (17, "invalid_timestamp"), (18, "unknown_record_type")]
 
@@ -68,7 +71,7 @@ def test_a_replay_stopped_before_the_dead_letter_commit_adds_nothing_when_rerun(
         raise Stopped()
 
     with monkeypatch.context() as m:
-        m.setattr(replay_dead_letter, "provenance_condition", stop)   # after bronze, before the dead letter
+        m.setattr(replay_dead_letter, "provenance_condition", stop)  # after bronze, before the dead letter
         with pytest.raises(Stopped):
             replay_dead_letter.main(["--lake", str(lake)])
     added = len(_bronze(lake)) - before

@@ -1,4 +1,5 @@
 """One definition per table; the derived schemas agree with each other and with the contract."""
+
 import hashlib
 import io
 import json
@@ -14,16 +15,16 @@ from tests.conftest import FIXTURES, ts
 # Column lists as written in TABLES_AND_METRICS.md.
 CONTRACT_GOLD_COLUMNS = {
     "fact_funnel_stage": "session_id, user_id, session_date, platform, device_type, country, stage_number, "
-                         "stage_name, reached_at, seconds_from_previous_stage",
+    "stage_name, reached_at, seconds_from_previous_stage",
     "fact_user_activity": "user_id, activity_date, sessions, views, clicks, browse_events, add_to_cart_events, "
-                          "payments, confirmations_sent, barcode_scans",
+    "payments, confirmations_sent, barcode_scans",
     "dim_user": "user_id, email_hash, country, is_active, signup_date, first_seen_at, last_seen_at, first_platform, "
-                "lifetime_sessions, lifetime_payments, furthest_stage_number",
+    "lifetime_sessions, lifetime_payments, furthest_stage_number",
     "mart_conversion_rate": "period_grain, period_start, platform, sessions_browse, sessions_add_to_cart, "
-                            "sessions_payment, sessions_email_confirmation, sessions_barcode_scanned, users_browse, "
-                            "users_payment, conversion_rate, cart_rate, checkout_rate, confirmation_rate, scan_rate",
+    "sessions_payment, sessions_email_confirmation, sessions_barcode_scanned, users_browse, "
+    "users_payment, conversion_rate, cart_rate, checkout_rate, confirmation_rate, scan_rate",
     "mart_barcode_activity": "period_grain, period_start, platform, barcode_scans, scanning_users, scanned_orders, "
-                             "median_seconds_payment_to_scan",
+    "median_seconds_payment_to_scan",
 }
 
 
@@ -51,10 +52,12 @@ def test_gold_columns_are_exactly_the_contracts(name):
 
 
 def test_layers_hold_the_contract_tables():
-    assert sorted(BRONZE) == sorted(f"bronze_{t}" for t in ("events", "clicks", "views", "sessions", "users",
-                                                             "event_responses", "user_activity"))
-    assert sorted(SILVER) == sorted(f"silver_{t}" for t in ("events", "sessions", "clicks", "views", "users",
-                                                             "event_responses", "user_activity"))
+    assert sorted(BRONZE) == sorted(
+        f"bronze_{t}" for t in ("events", "clicks", "views", "sessions", "users", "event_responses", "user_activity")
+    )
+    assert sorted(SILVER) == sorted(
+        f"silver_{t}" for t in ("events", "sessions", "clicks", "views", "users", "event_responses", "user_activity")
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ALL_TABLES))
@@ -81,9 +84,21 @@ def test_bronze_is_partitioned_by_event_date_and_platform_and_the_files_omit_the
 def test_row_round_trips_through_arrow_and_avro():
     table = SILVER["silver_sessions"]
     row = {c: None for c in table.column_names}
-    row.update(session_id="s-1", platform="web", has_session_record=True, session_date="2026-11-02",
-               session_start_time=ts("2026-11-02T10:00:00Z"), views=2, clicks=0, events=1, copies=1,
-               browse_events=1, add_to_cart_events=0, payment_events=0, furthest_stage_in_session=1)
+    row.update(
+        session_id="s-1",
+        platform="web",
+        has_session_record=True,
+        session_date="2026-11-02",
+        session_start_time=ts("2026-11-02T10:00:00Z"),
+        views=2,
+        clicks=0,
+        events=1,
+        copies=1,
+        browse_events=1,
+        add_to_cart_events=0,
+        payment_events=0,
+        furthest_stage_in_session=1,
+    )
     arrow = table.to_arrow([row], with_partition_columns=True)
     assert arrow.schema.field("session_start_time").type == pa.timestamp("us", tz="UTC")
     assert arrow.schema.field("session_date").type == pa.date32()

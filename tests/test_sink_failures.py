@@ -2,6 +2,7 @@
 a permanent one sends its batch to the sink dead letter (lake and BigQuery)
 and the next batches go on. Faults are injected into a client of the real
 BigQuery emulator."""
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +15,12 @@ from pipelines.common import counters
 from schemas.tables import BRONZE, SINK_DEAD_LETTER
 from tests.bigquery_checks import bigquery_rows, endpoint, fresh_project
 from tests.conftest import bronze, local_pipeline
-from transforms import bigquery_io
-from transforms.bigquery_io import BigQueryTarget, BigQueryWrite, MergeBatchesFn
-from transforms.lake_tables import read_arrow
-from transforms.sink_failures import SinkDeadLetter, is_transient
-from transforms.stream_sinks import lake_values
+from transforms.lake.tables import read_arrow
+from transforms.sinks import bigquery as bigquery_io
+from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite
+from transforms.sinks.dead_letter import SinkDeadLetter
+from transforms.sinks.retry import is_transient
+from transforms.streaming.sinks import MergeBatchesFn, lake_values
 
 VIEWS = BRONZE["bronze_views"]
 
@@ -37,6 +39,7 @@ def test_transient_and_permanent_errors_are_told_apart():
 class FaultyTarget(BigQueryTarget):
     """The emulator, whose first ``times`` MERGEs into ``table`` fail with
     ``fault`` (counted in the file ``tally``, shared by every client)."""
+
     table: str = ""
     fault: str = "transient"
     times: int = 1
@@ -62,15 +65,24 @@ class FaultyTarget(BigQueryTarget):
 
 
 def _batch(lines):
-    return VIEWS.name, [[lake_values(VIEWS, bronze(VIEWS.name, n, view_id=f"v{n}", session_id="s1",
-                                                   view_timestamp=1_700_000_000_000_000 + n)) for n in lines]]
+    return VIEWS.name, [
+        [
+            lake_values(
+                VIEWS, bronze(VIEWS.name, n, view_id=f"v{n}", session_id="s1", view_timestamp=1_700_000_000_000_000 + n)
+            )
+            for n in lines
+        ]
+    ]
 
 
 def _run(target, lake, batches):
     dead_letter = SinkDeadLetter(str(lake), "stream_ingest", "run-1", target)
     p = local_pipeline()
-    _ = (p | beam.Create(batches, reshuffle=False)
-         | beam.ParDo(MergeBatchesFn(target, [BigQueryWrite(VIEWS, "append")], dead_letter, retry_deadline=60)))
+    _ = (
+        p
+        | beam.Create(batches, reshuffle=False)
+        | beam.ParDo(MergeBatchesFn(target, [BigQueryWrite(VIEWS, "append")], dead_letter, retry_deadline=60))
+    )
     result = p.run()
     result.wait_until_finish()
     return counters(result)
@@ -79,13 +91,19 @@ def _run(target, lake, batches):
 @pytest.mark.emulator
 def test_a_transient_failure_is_retried_and_nothing_is_lost(bigquery_emulator, tmp_path):
     bq = fresh_project()
-    target = FaultyTarget(bq.project, endpoint(), table=VIEWS.name, fault="transient", times=2,
-                          tally=str(tmp_path / "tally"))
+    target = FaultyTarget(
+        bq.project, endpoint(), table=VIEWS.name, fault="transient", times=2, tally=str(tmp_path / "tally")
+    )
     seen = _run(target, tmp_path / "lake", [_batch([1, 2, 3]), _batch([4, 5])])
     assert seen["bigquery_retries"] == 2
     assert seen[f"bigquery_rows_{VIEWS.name}"] == 5
-    assert sorted(r[VIEWS.column_names.index("view_id")] for r in bigquery_rows(bq, VIEWS)) == \
-        ["v1", "v2", "v3", "v4", "v5"]
+    assert sorted(r[VIEWS.column_names.index("view_id")] for r in bigquery_rows(bq, VIEWS)) == [
+        "v1",
+        "v2",
+        "v3",
+        "v4",
+        "v5",
+    ]
     assert read_arrow(str(tmp_path / "lake"), SINK_DEAD_LETTER).num_rows == 0
     assert not any(k.startswith("sink_dead_lettered") for k in seen)
 
@@ -93,8 +111,9 @@ def test_a_transient_failure_is_retried_and_nothing_is_lost(bigquery_emulator, t
 @pytest.mark.emulator
 def test_a_permanent_failure_goes_to_the_sink_dead_letter_and_the_next_batch_flows(bigquery_emulator, tmp_path):
     bq = fresh_project()
-    target = FaultyTarget(bq.project, endpoint(), table=VIEWS.name, fault="permanent", times=1,
-                          tally=str(tmp_path / "tally"))
+    target = FaultyTarget(
+        bq.project, endpoint(), table=VIEWS.name, fault="permanent", times=1, tally=str(tmp_path / "tally")
+    )
     lake = tmp_path / "lake"
     seen = _run(target, lake, [_batch([1, 2, 3]), _batch([4, 5])])
     merged = {r[VIEWS.column_names.index("view_id")] for r in bigquery_rows(bq, VIEWS)}
@@ -103,7 +122,8 @@ def test_a_permanent_failure_goes_to_the_sink_dead_letter_and_the_next_batch_flo
     # Whichever batch ran first failed; the other was merged, and nothing is in both or lost.
     assert {frozenset(dead_ids), frozenset(merged)} == {frozenset({"v1", "v2", "v3"}), frozenset({"v4", "v5"})}
     assert {(r["target"], r["error_type"], r["pipeline"]) for r in dead} == {
-        (bigquery_io.table_id(bq.project, VIEWS), "BadRequest", "stream_ingest")}
+        (bigquery_io.table_id(bq.project, VIEWS), "BadRequest", "stream_ingest")
+    }
     assert all("injected: row rejected" in r["error_message"] for r in dead)
     assert seen[f"sink_dead_lettered_{VIEWS.name}"] == len(dead_ids)
     assert seen[f"bigquery_rows_{VIEWS.name}"] == len(merged)
@@ -112,6 +132,10 @@ def test_a_permanent_failure_goes_to_the_sink_dead_letter_and_the_next_batch_flo
     # A retried bundle records its batch once (the commit is keyed by run, target and batch).
     dead_letter = SinkDeadLetter(str(lake), "stream_ingest", "run-1", target)
     rows = [dict(zip(VIEWS.column_names, v)) for v in _batch([1, 2, 3])[1][0]]
-    assert dead_letter.record(bigquery_io.table_id(bq.project, VIEWS), VIEWS.column_names, rows,
-                              exceptions.BadRequest("again"), 1) == 0
+    assert (
+        dead_letter.record(
+            bigquery_io.table_id(bq.project, VIEWS), VIEWS.column_names, rows, exceptions.BadRequest("again"), 1
+        )
+        == 0
+    )
     assert read_arrow(str(lake), SINK_DEAD_LETTER).num_rows == len(dead)

@@ -1,24 +1,27 @@
 """stream_ingest end to end on the real Pub/Sub emulator."""
+
 import json
 import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.cloud import pubsub_v1
 from google.protobuf import timestamp_pb2
 
-from pipelines import backfill, generate, gold_daily, stream_ingest
-from pipelines.publish import ensure_topic_and_subscription, lines_of, publish
+from pipelines import backfill, gold_daily, stream_ingest
 from schemas.contract import RECORD_TYPES
-from transforms.silver import ACTIVITY_JOIN, RESPONSE_JOIN
 from schemas.tables import BRONZE, DEAD_LETTER, GOLD, SILVER
+from simulator import traffic
+from simulator.publisher import ensure_topic_and_subscription, lines_of, publish
 from tests.bigquery_checks import assert_bigquery_holds_the_lake, bigquery_holds_the_lake, fresh_project, sink_flags
 from tests.conftest import content_checksums, read_table
-from transforms import alerts, bigquery_io
-from transforms.lake_tables import read_arrow
+from transforms.lake.tables import read_arrow
+from transforms.rules import alerts
+from transforms.rules.silver import ACTIVITY_JOIN, RESPONSE_JOIN
+from transforms.sinks import bigquery as bigquery_io
 
 pytestmark = pytest.mark.emulator
 
@@ -38,7 +41,7 @@ class Deliveries:
     def __init__(self, topic, subscription, messages, redelivered):
         publish(topic, messages[:-redelivered])
         time.sleep(1)
-        self._seek_to = datetime.now(timezone.utc)
+        self._seek_to = datetime.now(UTC)
         time.sleep(1)
         publish(topic, messages[-redelivered:])
         self.subscription, self.redelivered = subscription, messages[-redelivered:]
@@ -75,6 +78,7 @@ def at_most_every(seconds: float, check):
             return False
         last[0] = time.time()
         return check()
+
     return throttled
 
 
@@ -89,7 +93,7 @@ def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator
     topic, subscription = fresh_topic(pubsub_emulator, "raw-events", retain_acked_messages=True)
 
     landing, lake = tmp_path / "landing", tmp_path / "lake"
-    manifest = generate.generate(generate.Config(users=40, days=1, seed=9, invalid_share=0.1), str(landing))
+    manifest = traffic.generate(traffic.Config(users=40, days=1, seed=9, invalid_share=0.1), str(landing))
     assert len(manifest["invalid_by_reason"]) == 9  # every dead-letter reason, oversized included
     messages = lines_of(sorted(str(p) for p in landing.glob("*.jsonl")))
     # Retried publishes: valid records sent again (new message ids). The
@@ -100,29 +104,41 @@ def test_every_message_lands_in_raw_and_in_bronze_or_dead_letter(pubsub_emulator
     deliveries = Deliveries(topic, subscription, messages, redelivered=25)
 
     def rows_in_bigquery() -> int:
-        return sum(next(iter(bq.query(f"SELECT COUNT(*) AS n FROM `{bigquery_io.table_id(bq.project, t)}`")
-                             .result())).n for t in [*BRONZE.values(), DEAD_LETTER])
+        return sum(
+            next(iter(bq.query(f"SELECT COUNT(*) AS n FROM `{bigquery_io.table_id(bq.project, t)}`").result())).n
+            for t in [*BRONZE.values(), DEAD_LETTER]
+        )
 
-    stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
-                        "--run-for", str(DEADLINE_SECONDS), *sink_flags(bq)],
-                       stop_when=at_most_every(3, lambda: deliveries.landed(lake)
-                                               and rows_in_bigquery() == len(messages)))
+    stream_ingest.main(
+        [
+            "--subscription",
+            subscription,
+            "--lake",
+            str(lake),
+            "--window-seconds",
+            "5",
+            "--run-for",
+            str(DEADLINE_SECONDS),
+            *sink_flags(bq),
+        ],
+        stop_when=at_most_every(3, lambda: deliveries.landed(lake) and rows_in_bigquery() == len(messages)),
+    )
 
     raw = read_table(lake / "raw")
     delivered = messages + deliveries.redelivered
-    assert len(raw) == len(delivered)                                   # every delivered message = a raw row
-    assert sorted(r["data"] for r in raw) == sorted(delivered)          # byte for byte
-    assert len({r["message_id"] for r in raw}) == len(messages)         # redeliveries: same message ids
+    assert len(raw) == len(delivered)  # every delivered message = a raw row
+    assert sorted(r["data"] for r in raw) == sorted(delivered)  # byte for byte
+    assert len({r["message_id"] for r in raw}) == len(messages)  # redeliveries: same message ids
     assert all(r["publish_time"] is not None and r["ingested_at"] is not None for r in raw)
 
     _, bronze, dead = _lake_counts(lake)
-    assert bronze + dead == len(delivered)                              # valid + dead-lettered = messages
+    assert bronze + dead == len(delivered)  # valid + dead-lettered = messages
     reasons = Counter(r["reason"] for r in read_table(lake / "dead_letter"))
     assert dict(reasons) == manifest["invalid_by_reason"]
     assert {r["pipeline"] for r in read_table(lake / "dead_letter")} == {"stream_ingest"}
     in_bigquery = assert_bigquery_holds_the_lake(bq, lake, silver={})
-    assert in_bigquery["dead_letter"] == sum(reasons.values())        # invalid messages are not redelivered
-    assert sum(in_bigquery.values()) == len(messages)                 # a redelivered message once
+    assert in_bigquery["dead_letter"] == sum(reasons.values())  # invalid messages are not redelivered
+    assert sum(in_bigquery.values()) == len(messages)  # a redelivered message once
 
 
 def _rows_by_key(rows, key):
@@ -143,8 +159,9 @@ def _silver_is_complete(lake) -> bool:
         return False
     for join in (RESPONSE_JOIN, ACTIVITY_JOIN):
         parents = {r[join.key]: r for r in silver[RECORD_TYPES[join.parent].silver_table]}
-        if any(r[c] != parents[r[join.key]][c] for r in silver[join.table] if r[join.key] in parents
-               for c in join.context):
+        if any(
+            r[c] != parents[r[join.key]][c] for r in silver[join.table] if r[join.key] in parents for c in join.context
+        ):
             return False
     return True
 
@@ -165,9 +182,9 @@ def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emul
     topic, subscription = fresh_topic(pubsub_emulator, "raw-events", retain_acked_messages=True)
     alerts_topic, alerts_subscription = fresh_topic(pubsub_emulator, "alerts")
     # Event times of yesterday: the alerts' deadlines have passed (see the grace below).
-    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
     landing, lake = tmp_path / "landing", tmp_path / "lake"
-    generate.generate(generate.Config(users=400, days=1, seed=5, start=yesterday), str(landing))
+    traffic.generate(traffic.Config(users=400, days=1, seed=5, start=yesterday), str(landing))
     files = sorted(landing.glob("*.jsonl"))
     messages = lines_of([str(p) for p in files])
     deliveries = Deliveries(topic, subscription, messages, redelivered=40)
@@ -177,19 +194,37 @@ def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emul
         events = read_arrow(str(lake), SILVER["silver_events"])
         responses = read_arrow(str(lake), SILVER["silver_event_responses"])
         raised = alerts.shard_alerts(events, responses, clock=None) + alerts.rate_alerts(
-            alerts.window_counts(responses))
+            alerts.window_counts(responses)
+        )
         return {(a["alert_id"], a["alert_type"]) for a in raised}
 
     def streamed_alerts():
         return {(a["alert_id"], a["alert_type"]) for a in read_table(lake / "ops_alerts")}
 
     def complete():
-        return (deliveries.landed(lake) and _silver_is_complete(lake) and expected_alerts() <= streamed_alerts()
-                and bigquery_holds_the_lake(bq, lake, SILVER.values()))
+        return (
+            deliveries.landed(lake)
+            and _silver_is_complete(lake)
+            and expected_alerts() <= streamed_alerts()
+            and bigquery_holds_the_lake(bq, lake, SILVER.values())
+        )
 
-    stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
-                        "--alerts-topic", alerts_topic, "--run-for", str(DEADLINE_SECONDS), *sink_flags(bq)],
-                       stop_when=at_most_every(5, complete))
+    stream_ingest.main(
+        [
+            "--subscription",
+            subscription,
+            "--lake",
+            str(lake),
+            "--window-seconds",
+            "5",
+            "--alerts-topic",
+            alerts_topic,
+            "--run-for",
+            str(DEADLINE_SECONDS),
+            *sink_flags(bq),
+        ],
+        stop_when=at_most_every(5, complete),
+    )
     assert complete()
     silver = {rt.silver_table: read_table(lake / "silver" / rt.silver_table) for rt in RECORD_TYPES.values()}
     for rt in RECORD_TYPES.values():
@@ -201,11 +236,12 @@ def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emul
     assert any(r["copies"] > 1 for r in silver["silver_views"] + silver["silver_clicks"])
     assert any(r["copies"] > 1 for r in silver["silver_sessions"])
     assert any(not r["has_session_record"] for r in silver["silver_sessions"])
-    assert any(r["session_id"] for r in silver["silver_event_responses"])      # joined to their session
+    assert any(r["session_id"] for r in silver["silver_event_responses"])  # joined to their session
     assert any(r["session_id"] for r in silver["silver_user_activity"])
-    assert any(r["copies"] > 1 for r in silver["silver_event_responses"])     # status versions merged
-    assert assert_bigquery_holds_the_lake(bq, lake, SILVER)["bronze_views"] < len(read_table(lake / "bronze" /
-                                                                                             "bronze_views"))
+    assert any(r["copies"] > 1 for r in silver["silver_event_responses"])  # status versions merged
+    assert assert_bigquery_holds_the_lake(bq, lake, SILVER)["bronze_views"] < len(
+        read_table(lake / "bronze" / "bronze_views")
+    )
 
     # Alerts: raised once each, on the alerts topic as in the lake, and the
     # same set as the batch rules give over the same silver: the local
@@ -227,7 +263,7 @@ def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emul
     rebuilt = {(a["alert_id"], a["alert_type"]) for a in read_table(lake / "gold" / "ops_alerts")}
     assert rebuilt == streamed_alerts()
     by_id = {a["alert_id"]: a for a in read_table(lake / "gold" / "ops_alerts")}
-    assert all(a == by_id[a["alert_id"]] for a in lake_alerts)          # the same rows, not only the same ids
+    assert all(a == by_id[a["alert_id"]] for a in lake_alerts)  # the same rows, not only the same ids
 
     # The stream's raw files replayed (redeliveries included): nothing new for
     # silver (byte for byte the streamed silver), the same gold. Replaying a
@@ -240,14 +276,15 @@ def test_a_lake_fed_only_through_pub_sub_gets_the_gold_of_a_backfill(pubsub_emul
     assert_bigquery_holds_the_lake(bq, lake)
 
 
-def test_a_backfill_merging_while_the_stream_merges_loses_and_doubles_nothing(pubsub_emulator, bigquery_emulator,
-                                                                              tmp_path):
+def test_a_backfill_merging_while_the_stream_merges_loses_and_doubles_nothing(
+    pubsub_emulator, bigquery_emulator, tmp_path
+):
     """Half the records through Pub/Sub, half as landing files backfilled
     while the stream runs (both merging into silver and BigQuery at once):
     the gold of one backfill of everything."""
     bq = fresh_project()
     topic, subscription = fresh_topic(pubsub_emulator, "raw-events")
-    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
     lake = tmp_path / "lake"
     files, streamed, half = _halves(tmp_path, users=300, seed=8, start=yesterday)
     lines = lines_of([str(p) for p in files])
@@ -257,17 +294,31 @@ def test_a_backfill_merging_while_the_stream_merges_loses_and_doubles_nothing(pu
     def backfill_once_streaming():
         """Starts the backfill once the stream has merged something, then waits for the stream to have it all."""
         if "backfill" not in ran and stream_ingest.landed_rows(str(lake))["silver sessions"] > 0:
-            ran["backfill"] = threading.Thread(target=lambda: ran.setdefault("result", backfill.main(
-                ["--input", str(half), "--lake", str(lake), *sink_flags(bq)])))
+            ran["backfill"] = threading.Thread(
+                target=lambda: ran.setdefault(
+                    "result", backfill.main(["--input", str(half), "--lake", str(lake), *sink_flags(bq)])
+                )
+            )
             ran["backfill"].start()
         if "backfill" not in ran or ran["backfill"].is_alive():
             return False
         landed = stream_ingest.landed_rows(str(lake))
         return landed["raw"] >= len(lines) and _silver_is_complete(lake)
 
-    stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
-                        "--run-for", str(DEADLINE_SECONDS), *sink_flags(bq)],
-                       stop_when=at_most_every(3, backfill_once_streaming))
+    stream_ingest.main(
+        [
+            "--subscription",
+            subscription,
+            "--lake",
+            str(lake),
+            "--window-seconds",
+            "5",
+            "--run-for",
+            str(DEADLINE_SECONDS),
+            *sink_flags(bq),
+        ],
+        stop_when=at_most_every(3, backfill_once_streaming),
+    )
     assert backfill_once_streaming() and "result" in ran
     gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
     assert _silver_is_complete(lake)
@@ -280,7 +331,7 @@ def _halves(tmp_path, users, seed, start):
     journey's records and its joins cross the two paths): the streamed half
     as messages, the other half as one landing file."""
     landing = tmp_path / "landing"
-    generate.generate(generate.Config(users=users, days=1, seed=seed, start=start), str(landing))
+    traffic.generate(traffic.Config(users=users, days=1, seed=seed, start=start), str(landing))
     files = sorted(landing.glob("*.jsonl"))
     lines = lines_of([str(p) for p in files])
     half = tmp_path / "half" / "filed.jsonl"
@@ -293,7 +344,7 @@ def test_landing_files_backfilled_before_the_stream_starts_give_the_gold_of_one_
     """The other order: half the records as landing files backfilled into an
     empty lake, then the other half through Pub/Sub merged by the stream."""
     topic, subscription = fresh_topic(pubsub_emulator, "raw-events")
-    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
     lake = tmp_path / "lake"
     files, streamed, half = _halves(tmp_path, users=150, seed=11, start=yesterday)
     backfill.main(["--input", str(half), "--lake", str(lake)])
@@ -302,11 +353,21 @@ def test_landing_files_backfilled_before_the_stream_starts_give_the_gold_of_one_
     publish(topic, streamed)
 
     def complete() -> bool:
-        return (stream_ingest.landed_rows(str(lake))["raw"] >= filed_raw + len(streamed)
-                and _silver_is_complete(lake))
+        return stream_ingest.landed_rows(str(lake))["raw"] >= filed_raw + len(streamed) and _silver_is_complete(lake)
 
-    stream_ingest.main(["--subscription", subscription, "--lake", str(lake), "--window-seconds", "5",
-                        "--run-for", str(DEADLINE_SECONDS)], stop_when=at_most_every(3, complete))
+    stream_ingest.main(
+        [
+            "--subscription",
+            subscription,
+            "--lake",
+            str(lake),
+            "--window-seconds",
+            "5",
+            "--run-for",
+            str(DEADLINE_SECONDS),
+        ],
+        stop_when=at_most_every(3, complete),
+    )
     assert complete()
     gold_daily.main(["--lake", str(lake), "--as-of", yesterday])
     assert content_checksums(lake, GOLD, "gold") == _gold_of_one_backfill(tmp_path, files, yesterday)
@@ -321,5 +382,6 @@ def pull_all(subscription) -> list:
             if not response.received_messages:
                 return messages
             messages += [m.message for m in response.received_messages]
-            subscriber.acknowledge(request={"subscription": subscription,
-                                            "ack_ids": [m.ack_id for m in response.received_messages]})
+            subscriber.acknowledge(
+                request={"subscription": subscription, "ack_ids": [m.ack_id for m in response.received_messages]}
+            )

@@ -1,0 +1,1 @@
+"""The batch composites (Beam): parse, shuffle by shard, silver, gold."""

@@ -1,0 +1,1 @@
+"""The Delta lake: tables, data files, atomic commits, landing files, silver's merge, erasure."""

@@ -1,0 +1,341 @@
+"""Committing written data files (``transforms.lake.files``) to the lake's
+Delta tables: which rows a run restates (``Replace``), one atomic commit per
+table, releases for whole layers, and application transaction ids so a
+retried commit is a no-op.
+
+* Every commit carries ``Transaction(run_id, 1)`` (a streaming batch:
+  ``(run_id, batch number)``); before committing, the table's recorded
+  ``transaction_version(run_id)`` is checked, so a committer that runs again
+  (a runner retrying its bundle, a rerun after a crash between two tables)
+  skips what is already in.
+* A replace commits against the table version the run read when it was
+  planned (``Snapshot.version``): the files it removes are that version's
+  files in its scope, so files other writers added since (a streaming
+  append) stay; two runs replacing the same files conflict, and the second
+  fails with ``LakeConflictError``.
+* Delta does not check that an added file lies inside what an overwrite
+  replaces; ``Replace.check`` does, before anything is committed.
+* Raw copies of landing files are added once per content: each commit
+  records ``Transaction("landing:<sha256>", first received at, micros)``
+  for the contents it adds, and a content already recorded is not added
+  again (a run reading it again gives its records that ingest time).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from deltalake import CommitProperties, Transaction
+from deltalake._internal import RemoveAction
+from deltalake.exceptions import CommitFailedError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from schemas.table import Table
+from schemas.tables import RAW, RELEASES
+from transforms.lake.files import DataFile, write_data_file
+from transforms.lake.tables import LakeFile, Snapshot, ensure_table, open_table, snapshot
+
+LANDING_TRANSACTION = "landing:"
+
+
+class LakeConflictError(RuntimeError):
+    """Another run changed what this run replaces since it read it."""
+
+
+class ReplaceScope(enum.Enum):
+    TABLE = "table"  # every row: truncate and load
+    SOURCES = "sources"  # the rows read from given landing files (None: from Pub/Sub)
+    PARTITIONS = "partitions"  # the rows of given values of the first partition column
+    FILES = "files"  # the rows of given data files (relpaths): a merge rewriting the files it touches
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Which rows of ``table`` a run restates, so which files its commit
+    removes (``transforms.sinks.bigquery`` reads the same rule as the rows a
+    MERGE deletes). ``values``: landing files (``SOURCES``) or values of the
+    table's first partition column, as text (``PARTITIONS``)."""
+
+    table: Table
+    scope: ReplaceScope
+    values: frozenset = field(default_factory=frozenset)
+
+    @property
+    def partition_column(self) -> str:
+        return self.table.partition_by[0]
+
+    def replaces(self, file: LakeFile) -> bool:
+        if self.scope is ReplaceScope.TABLE:
+            return True
+        if self.scope is ReplaceScope.FILES:
+            return file.relpath in self.values
+        if self.scope is ReplaceScope.SOURCES:
+            # One landing file per data file (lake_files writes them so): its statistics say which.
+            return (None in self.values and file.from_pubsub) or (
+                file.source is not None and file.source in self.values
+            )
+        return file.partition.get(self.partition_column) in self.values
+
+    def surviving(self, version: Snapshot) -> list[LakeFile]:
+        return [f for f in version.files if not self.replaces(f)]
+
+    def check(self, files: list[DataFile]) -> None:
+        """Raises unless every new file lies inside what the run restates
+        (a merge's files may lie anywhere: it upserts rows by key)."""
+        for file in files:
+            if self.scope is ReplaceScope.PARTITIONS:
+                value = dict(file.partitions).get(self.partition_column)
+                if value not in self.values:
+                    raise ValueError(
+                        f"{self.table.name}: new file {file.relpath} is outside the replaced "
+                        f"{self.partition_column} values"
+                    )
+            elif self.scope is ReplaceScope.SOURCES and not self.replaces(
+                LakeFile(file.path, file.relpath, file.partitions, file.size, file.rows, *_source_of(file))
+            ):
+                raise ValueError(
+                    f"{self.table.name}: new file {file.relpath} holds rows of a landing file this run does not replace"
+                )
+
+
+def _source_of(file: DataFile) -> tuple[str | None, bool]:
+    stats = json.loads(file.stats)
+    source = stats.get("minValues", {}).get("source_file")
+    return source, stats.get("nullCount", {}).get("source_file") == stats["numRecords"]
+
+
+def _properties(transactions: list[Transaction], **metadata) -> CommitProperties:
+    return CommitProperties(app_transactions=transactions, custom_metadata={k: str(v) for k, v in metadata.items()})
+
+
+def already_committed(lake: str, table: Table, run_id: str, sequence: int = 1, latest=None) -> bool:
+    """Whether ``(run_id, sequence)`` is in the table (``latest``: the table, opened already)."""
+    dt = latest if latest is not None else open_table(lake, table)
+    recorded = None if dt is None else dt.transaction_version(run_id)
+    return recorded is not None and recorded >= sequence
+
+
+def commit_replace(
+    lake: str, rule: Replace, files: list[DataFile], run_id: str, read: Snapshot, pipeline: str, sequence: int = 1
+) -> int | None:
+    """One atomic commit of ``files`` replacing what ``rule`` restates in
+    the ``read`` version, recorded as ``(run_id, sequence)``. Returns the
+    new version (None: that commit is in already)."""
+    table = rule.table
+    rule.check(files)
+    latest = ensure_table(lake, table)
+    if already_committed(lake, table, run_id, sequence, latest):
+        logging.info("commit %s: run %s is in already", table.name, run_id)
+        return None
+    # Conflicts are judged against what the run read (one request fewer when that is the latest).
+    base = latest if read.version in (None, latest.version()) else open_table(lake, table, read.version)
+    adds = [f.add_action() for f in files]
+    removed = [f for f in read.files if rule.replaces(f)]
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    # Explicit removes of exactly the read version's files in scope: a file appended since stays.
+    actions = adds + [RemoveAction(f.relpath, True, now_ms, f.size, f.partition) for f in removed]
+    try:
+        base.create_write_transaction(
+            actions,
+            "append",
+            table.arrow_schema(),
+            list(table.partition_by) or None,
+            commit_properties=_properties(
+                [Transaction(run_id, sequence)],
+                pipeline=pipeline,
+                run_id=run_id,
+                change="replace",
+                scope=rule.scope.value,
+            ),
+        )
+    except CommitFailedError as error:
+        raise LakeConflictError(
+            f"{table.name}: another run replaced or removed files this run replaces since it read version "
+            f"{read.version}; nothing of this run was committed to {table.name}. Rerun it. ({error})"
+        ) from error
+    base.update_incremental()
+    version = base.version()
+    logging.info("commit %s: version %d, %d files in, %d replaced", table.name, version, len(adds), len(removed))
+    return version
+
+
+@retry(
+    retry=retry_if_exception_type(CommitFailedError),
+    stop=stop_after_attempt(8),
+    wait=wait_random_exponential(multiplier=0.2, max=10),
+    reraise=True,
+)
+def _append(dt, table: Table, actions, properties: CommitProperties) -> None:
+    # An append conflicts with nothing another writer does; a failure is a
+    # lost race for the next log entry (delta-rs retries those itself too).
+    dt.update_incremental()
+    dt.create_write_transaction(
+        actions, "append", table.arrow_schema(), list(table.partition_by) or None, commit_properties=properties
+    )
+
+
+def commit_append(
+    lake: str,
+    table: Table,
+    files: list[DataFile],
+    run_id: str,
+    sequence: int = 1,
+    pipeline: str = "",
+    transactions: tuple[Transaction, ...] = (),
+) -> bool:
+    """Appends ``files`` in one commit recorded as ``(run_id, sequence)``;
+    False if that is in already (the files are then deleted: no version
+    names them)."""
+    latest = ensure_table(lake, table)
+    if already_committed(lake, table, run_id, sequence, latest):
+        _delete([f.path for f in files])
+        return False
+    if files or transactions:
+        _append(
+            latest,
+            table,
+            [f.add_action() for f in files],
+            _properties(
+                [Transaction(run_id, sequence), *transactions], pipeline=pipeline, run_id=run_id, change="append"
+            ),
+        )
+    return True
+
+
+def first_received(lake: str, content_sha256: str) -> int | None:
+    """When a landing content was first received (micros), if the raw layer
+    holds it: its transaction's version (1 in lakes from before this was
+    recorded, which say only that it was)."""
+    dt = open_table(lake, RAW)
+    version = None if dt is None else dt.transaction_version(LANDING_TRANSACTION + content_sha256)
+    return version if version is not None and version > 1 else None
+
+
+def commit_raw(lake: str, files: list[DataFile], run_id: str, pipeline: str) -> int:
+    """Raw copies of landing files: each content added once ever (see the
+    module docstring), its transaction's version the time it was first
+    received; returns how many were added."""
+    dt = ensure_table(lake, RAW)
+    new, seen, dropped = [], {}, []
+    for f in sorted(files, key=lambda f: f.relpath):
+        if f.content_sha256 in seen or dt.transaction_version(LANDING_TRANSACTION + f.content_sha256) is not None:
+            dropped.append(f.path)
+        else:
+            seen[f.content_sha256] = f.received_at or 1
+            new.append(f)
+    committed = commit_append(
+        lake,
+        RAW,
+        new,
+        run_id,
+        pipeline=pipeline,
+        transactions=tuple(Transaction(LANDING_TRANSACTION + s, seen[s]) for s in sorted(seen)),
+    )
+    _delete(dropped)
+    return len(new) if committed else 0
+
+
+def release(lake: str, layer: str, versions: dict[str, int], run_id: str) -> None:
+    """Appends the release of ``layer`` (see ``transforms.lake.tables``), once per run."""
+    now = datetime.now(UTC)
+    rows = [
+        {"layer": layer, "table_name": name, "version": version, "run_id": run_id, "released_at": now}
+        for name, version in sorted(versions.items())
+    ]
+    if already_committed(lake, RELEASES, f"{run_id}:{layer}"):
+        return  # checked before writing: a retried committer leaves no file behind
+    written = write_data_file(lake, RELEASES, pa.Table.from_pylist(rows, RELEASES.arrow_schema()))
+    commit_append(lake, RELEASES, [written], f"{run_id}:{layer}", pipeline="release")
+
+
+def _delete(paths: list[str]) -> None:
+    existing = [p for p in paths if FileSystems.exists(p)]
+    if existing:
+        FileSystems.delete(existing)
+
+
+@dataclass(frozen=True)
+class CommitPlan:
+    """What one run commits: ``rules`` (each with the version it read),
+    raw copies to add, and the layers whose tables it releases together."""
+
+    run_id: str
+    pipeline: str
+    rules: tuple[tuple[Replace, Snapshot], ...]
+    releases: tuple[str, ...] = ()  # layers: every rule's table of that layer is released together
+
+
+class CommitFn(beam.DoFn):
+    """All ``DataFile``s of a run -> committed: raw first, then each rule's
+    table, then the releases. Emits ``(table name, version or None)``."""
+
+    def __init__(self, lake: str, plan: CommitPlan):
+        self._lake, self._plan = lake, plan
+
+    def process(self, files: list[DataFile]):
+        yield from self.commit(files_by_table(files))
+
+    def commit(self, by_table: dict[str, list[DataFile]]):
+        plan = self._plan
+        by_table = defaultdict(list, by_table)
+        raw = by_table.pop(RAW.name, [])
+        if raw:
+            yield RAW.name, commit_raw(self._lake, raw, plan.run_id, plan.pipeline)
+        known = {rule.table.name for rule, _ in plan.rules}
+        if set(by_table) - known:
+            raise ValueError(f"data files without a Replace rule: {sorted(set(by_table) - known)}")
+        versions = {}
+        for rule, read in plan.rules:
+            version = commit_replace(
+                self._lake, rule, by_table.get(rule.table.name, []), plan.run_id, read, plan.pipeline
+            )
+            if version is None:  # in already: the version that run made
+                version = _committed_version(self._lake, rule.table, plan.run_id)
+            versions[rule.table.name] = version
+            yield rule.table.name, version
+        for layer in plan.releases:
+            release(
+                self._lake,
+                layer,
+                {r.table.name: versions[r.table.name] for r, _ in plan.rules if r.table.layer == layer},
+                plan.run_id,
+            )
+
+
+def _committed_version(lake: str, table: Table, run_id: str) -> int:
+    for entry in open_table(lake, table).history():
+        if entry.get("run_id") == run_id:  # commit metadata (custom_metadata) sits at the top level
+            return entry["version"]
+    raise LookupError(f"{table.name}: no commit of run {run_id} in its history")
+
+
+def files_by_table(files: list[DataFile]) -> dict[str, list[DataFile]]:
+    by_table = defaultdict(list)
+    for f in files:
+        by_table[f.table].append(f)
+    return dict(by_table)
+
+
+class CommitLakeWrites(beam.PTransform):
+    """All ``DataFile``s of a run -> committed by one final step (``CommitFn``,
+    or ``fn``: one that does more after the commits)."""
+
+    def __init__(self, lake: str, plan: CommitPlan, fn: CommitFn | None = None):
+        super().__init__()
+        self._fn = fn or CommitFn(lake, plan)
+
+    def expand(self, files):
+        return files | "AllDataFiles" >> beam.combiners.ToList() | "CommitToLake" >> beam.ParDo(self._fn)
+
+
+def read_plan(lake: str, rules: list[Replace]) -> tuple[tuple[Replace, Snapshot], ...]:
+    """Each rule with the version of its table the run reads now (when it is planned)."""
+    return tuple((rule, snapshot(lake, rule.table)) for rule in rules)
