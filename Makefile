@@ -2,6 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
+FUNNEL := $(VENV)/bin/funnel
 STAMP  := $(VENV)/.installed-stamp
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -24,15 +25,15 @@ $(STAMP): setup.py requirements-dev.txt requirements-lock.txt
 
 demo: install
 	@echo "==> [1/5] generating $(DEMO_USERS) users over $(DEMO_DAYS) days into $(DEMO_DATA)"
-	$(PY) -m pipelines.generate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 42 --out $(DEMO_DATA)
+	$(FUNNEL) generate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 42 --out $(DEMO_DATA)
 	@echo "==> [2/5] backfill: raw -> bronze -> silver (lake: $(LAKE))"
-	$(PY) -m pipelines.backfill --input '$(DEMO_DATA)/*.jsonl' --lake $(LAKE)
+	$(FUNNEL) backfill --input '$(DEMO_DATA)/*.jsonl' --lake $(LAKE)
 	@echo "==> [3/5] gold: facts and marts, truncate and load"
-	$(PY) -m pipelines.gold_daily --lake $(LAKE)
+	$(FUNNEL) gold --lake $(LAKE)
 	@echo "==> [4/5] funnel report, A/B readout, alerts"
-	$(PY) -m pipelines.report --lake $(LAKE)
+	$(FUNNEL) report --lake $(LAKE)
 	@echo "==> [5/5] retargeting audience as a Customer Match file"
-	$(PY) -m pipelines.export_audience --lake $(LAKE) --out $(LAKE)/reports/audience.csv
+	$(FUNNEL) export-audience --lake $(LAKE) --out $(LAKE)/reports/audience.csv
 	@echo ""
 	@echo "lake:  $(abspath $(LAKE))   (raw/ bronze/ silver/ gold/ dead_letter/)"
 	@echo "chart: $(abspath $(LAKE))/reports/funnel.png"
@@ -127,7 +128,7 @@ s3-down: install
 
 # Compaction, log checkpoints and vacuum of every lake table (LAKE=...).
 maintain: install
-	$(PY) -m pipelines.maintain --lake $(LAKE)
+	$(FUNNEL) maintain --lake $(LAKE)
 
 infra-check: install
 	$(PY) -m devtools.infra_check

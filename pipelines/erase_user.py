@@ -129,12 +129,7 @@ def main(argv=None) -> dict:
     release(args.lake, "silver", {name: dt.version() for name, dt in silver.items() if dt is not None}, run_id)
     if bigquery is not None:
         deleted.update(_bigquery_delete(bigquery.client(), fp))
-    gold_flags = [f"--lake={args.lake}", f"--as-of={args.as_of}"]
-    if bigquery is not None:
-        gold_flags += ["--sink=bigquery", f"--project={bigquery.project}"] + (
-            [f"--bigquery-endpoint={bigquery.endpoint}"] if bigquery.endpoint else []
-        )
-    gold_daily.main(gold_flags)
+    gold_daily.recompute(args.lake, args.as_of, options, bigquery)
 
     now = contract.now_micros()
     audit = {

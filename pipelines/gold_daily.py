@@ -128,24 +128,39 @@ def main(argv=None):
             "or `funnel stream` into it first"
         )
     setup_logging()
+    return recompute(args.lake, args.as_of, options, bigquery, args.as_of_version, args.as_of_timestamp, args.wait)
+
+
+def recompute(
+    lake: str,
+    as_of: date,
+    options,
+    bigquery: BigQueryTarget | None = None,
+    as_of_version: int | None = None,
+    as_of_timestamp: datetime | None = None,
+    wait: bool = False,
+):
+    """The gold run: silver brought up to bronze (unless reading an older
+    silver), gold recomputed and released, the run logged. ``options``:
+    Beam's, from ``parse``."""
     print(
-        f"gold_daily: {args.lake} as of {args.as_of} -> {args.lake}/gold"
+        f"gold_daily: {lake} as of {as_of} -> {lake}/gold"
         + (f" and BigQuery {bigquery.project}.gold" if bigquery else "")
     )
-    silver_as_of = {"as_of_version": args.as_of_version, "as_of_timestamp": args.as_of_timestamp}
-    if args.as_of_version is None and args.as_of_timestamp is None:
+    silver_as_of = {"as_of_version": as_of_version, "as_of_timestamp": as_of_timestamp}
+    if as_of_version is None and as_of_timestamp is None:
         # Silver up to bronze first (a no-op when the stream and the backfills merged all they added),
         # so gold never misses what bronze holds.
-        catch_up(args.lake, "gold_daily", before_commit=silver_merger(bigquery))
+        catch_up(lake, "gold_daily", before_commit=silver_merger(bigquery))
     run_id = f"gold_daily-{uuid.uuid4().hex}"
     result, finished = run_pipeline(
         "gold_daily",
         options,
-        lambda p: build(p, args.lake, args.as_of, bigquery, silver_as_of=silver_as_of, run_id=run_id),
-        wait=args.wait,
+        lambda p: build(p, lake, as_of, bigquery, silver_as_of=silver_as_of, run_id=run_id),
+        wait=wait,
     )
     if finished:  # a submitted job's counters are Dataflow's until it ends
-        write_run_log(args.lake, "gold_daily", run_id, counters(result), bigquery=bigquery)
+        write_run_log(lake, "gold_daily", run_id, counters(result), bigquery=bigquery)
     return result
 
 

@@ -1,5 +1,5 @@
-"""The funnel's words, defined once: its stages in order, and which email
-statuses count as delivered. Everything else (the rules, the gold tables'
+"""The funnel's words, defined once: its stages in order, the event,
+response and activity types its rules read, and the response statuses. Everything else (the rules, the gold tables'
 columns, the generated LookML) reads them from here."""
 
 from __future__ import annotations
@@ -28,6 +28,34 @@ class Stage(StrEnum):
 
 STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
 
-# Email statuses that mean the confirmation reached the person: the funnel's
-# email_confirmation stage and the email-failure alert's denominator.
-DELIVERED_STATUSES = frozenset({"sent", "delivered"})
+
+class EventType(StrEnum):
+    """The event types the funnel reads (producers send others too; bronze
+    normalizes spellings, ``transforms.rules.bronze``)."""
+
+    BROWSE = "browse"
+    ADD_TO_CART = "add_to_cart"
+    PAYMENT_SUCCESSFUL = "payment_successful"
+
+
+class ResponseType(StrEnum):
+    EMAIL_CONFIRMATION = "email_confirmation"
+    SMS_CONFIRMATION = "sms_confirmation"
+
+
+class ResponseStatus(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+
+
+class ActivityType(StrEnum):
+    BARCODE_SCANNED = "barcode_scanned"
+
+
+# Statuses that mean the confirmation reached the person (the funnel's
+# email_confirmation stage, the alerts' delivered outcomes), and that it did not.
+DELIVERED_STATUSES = frozenset({ResponseStatus.SENT, ResponseStatus.DELIVERED})
+FAILED_STATUSES = frozenset({ResponseStatus.FAILED, ResponseStatus.BOUNCED})

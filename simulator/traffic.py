@@ -43,8 +43,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import orjson
 
 from schemas.contract import MAX_RECORD_BYTES
+from schemas.vocabulary import STAGES
 
-STAGES = ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned")
 PLATFORM_SPELLINGS = {
     "web": ("web", "Web", "desktop", "Desktop", " browser ", "mobile-web"),
     "ios": ("ios", "iOS", "iPhone", "ipad", "ios-app"),

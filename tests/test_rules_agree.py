@@ -566,3 +566,11 @@ def test_vectorized_parent_join_equals_the_per_child_rule(children, parents):
         {c: r[c] for c in ("response_id", *join.context)} for r in expected
     ]
     assert orphans == sum(c["event_id"] not in by_event for c in child_rows)
+
+
+@RULES
+@given(st.lists(st.one_of(st.none(), st.text(max_size=30)), max_size=50), st.integers(1, 300))
+def test_one_keys_shard_is_the_shard_of_the_array_form(keys, shards):
+    from transforms.rules.arrow import shard_of, shard_of_key
+
+    assert [shard_of_key(k, shards) for k in keys] == shard_of(pa.array(keys, pa.string()), shards).tolist()

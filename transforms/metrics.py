@@ -1,4 +1,6 @@
-"""The pipelines' counters: one namespace, and a name per outcome."""
+"""The pipelines' counters (Beam metrics): one namespace, a name per
+outcome, and the counter sets of the parse and the dedup, which batch and
+streaming share."""
 
 from __future__ import annotations
 

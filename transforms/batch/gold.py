@@ -1,4 +1,15 @@
-"""transforms.batch.gold: split out of transforms.rules.gold."""
+"""Silver -> gold (Beam): ``BuildGold``, over the rules of ``transforms.rules.gold``.
+
+One shuffle (``ByUser``) brings every silver row of a user -- the user
+record, the user's sessions and everything resolved to them -- into one
+shard; rows of anonymous sessions go by session, unresolved rows by their
+own key. Each shard then computes, vectorized, its sessions' funnel stages
+(``transforms.rules.funnel.stage_times``), ``fact_funnel_stage``, ``dim_user``,
+``fact_user_activity`` and partial marts; the partial marts (a few rows
+per period and platform) are summed in one last step. Distinct counts add
+up across shards because a user, a session and a payment live in exactly
+one shard.
+"""
 
 from __future__ import annotations
 

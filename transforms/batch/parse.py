@@ -1,4 +1,6 @@
-"""transforms.batch.parse: split out of transforms.rules.bronze_arrow."""
+"""Raw chunks -> bronze and dead letters in the batch (Beam): ``ParseChunkFn``
+runs ``transforms.rules.bronze_arrow.parse_chunk`` on each chunk and counts
+every outcome."""
 
 from __future__ import annotations
 

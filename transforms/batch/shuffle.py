@@ -1,4 +1,12 @@
-"""transforms.batch.shuffle: split out of transforms.rules.arrow."""
+"""The shuffle of Arrow tables between batch steps (Beam).
+
+``ShardedShuffle`` splits every table by a hash of a key column into
+``shards`` parts, sends each part as LZ4-compressed Arrow IPC bytes (only
+the columns the next step reads), and hands the consumer one shard at a time
+with every tag's rows of that shard. Rows with the same key always meet in
+the same shard, so a shard is the unit of dedup, join and aggregation; the
+shard count bounds the memory a consumer needs.
+"""
 
 from __future__ import annotations
 

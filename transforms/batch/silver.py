@@ -1,4 +1,10 @@
-"""transforms.batch.silver: split out of transforms.rules.silver."""
+"""Bronze -> silver (Beam), the rebuild from all of bronze: ``BuildSilver``.
+
+Four shuffles of Arrow shards -- by identity (dedup), by session (resolve
+sessions, attach their children), by event (attach responses), by response
+(attach activities) -- each applying the rules of ``transforms.rules.dedup``
+and ``transforms.rules.silver`` to one shard at a time.
+"""
 
 from __future__ import annotations
 

@@ -33,15 +33,15 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.vocabulary import DELIVERED_STATUSES
+from schemas.vocabulary import DELIVERED_STATUSES, FAILED_STATUSES, EventType, ResponseType
 
 CONFIRMATION_DEADLINE = timedelta(minutes=30)
 FAILURE_WINDOW = timedelta(minutes=15)
 MIN_CONFIRMATIONS = 20
 MAX_FAILURE_PERCENT = 5  # integer: 'over 5%' compared exactly
 
-EMAIL_CONFIRMATION = "email_confirmation"
-FAILED = frozenset({"failed", "bounced"})
+EMAIL_CONFIRMATION = ResponseType.EMAIL_CONFIRMATION
+FAILED = FAILED_STATUSES
 DELIVERED = DELIVERED_STATUSES
 WITH_OUTCOME = FAILED | DELIVERED
 
@@ -147,7 +147,7 @@ def shard_alerts(events, responses, clock: int | None) -> list[dict]:
     ):
         out.append(email_failed(response_id, event_id, status, at))
 
-    payments = events.filter(pc.fill_null(pc.equal(events.column("event_type"), "payment_successful"), False))
+    payments = events.filter(pc.fill_null(pc.equal(events.column("event_type"), EventType.PAYMENT_SUCCESSFUL), False))
     delivered = emails.filter(pc.is_in(emails.column("status"), pa.array(sorted(DELIVERED))))
     first_sent = {}
     for event_id, at in zip(

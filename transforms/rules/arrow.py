@@ -1,15 +1,9 @@
-"""Arrow tables as pipeline elements, and the shuffle that carries them.
+"""Arrow tables as pipeline elements: IPC bytes, shards by key hash, groups.
 
 The batch pipelines pass ``pyarrow.Table`` chunks between steps instead of
 one dict per record: Beam's per-element cost (decode, dispatch, encode) is
 then paid per chunk, and the work on the rows is vectorized.
-
-A shuffle (``ShardedShuffle``) splits every table by a hash of a key column
-into ``shards`` parts, sends each part as LZ4-compressed Arrow IPC bytes
-(only the columns the next step reads), and hands the consumer one shard at
-a time with every tag's rows of that shard. Rows with the same key always
-meet in the same shard, so a shard is the unit of dedup, join and
-aggregation; the shard count bounds the memory a consumer needs.
+The shuffle that carries them is ``transforms.batch.shuffle``.
 """
 
 from __future__ import annotations
@@ -48,6 +42,12 @@ def string_hash(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def shard_of(values, shards: int) -> np.ndarray:
     """Shard number (0 .. shards-1) of every key."""
     return (string_hash(values) % np.uint64(shards)).astype(np.int64)
+
+
+def shard_of_key(key: str | None, shards: int) -> int:
+    """``shard_of`` of one key, the per-row form (the streaming alerts' state
+    shards): the same shard the array form gives."""
+    return (mmh3.hash(key or "") % (1 << 64)) % shards
 
 
 def split_by_shard(table: pa.Table, shard: np.ndarray, shards: int):

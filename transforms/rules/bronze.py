@@ -18,6 +18,7 @@ import orjson
 
 from schemas import contract
 from schemas.contract import Rejected
+from schemas.vocabulary import EventType
 from transforms.rules.pii import PiiKey
 
 DEAD_LETTER = "dead_letter"
@@ -30,7 +31,11 @@ _PLATFORMS = {
     **dict.fromkeys(("email", "mailer"), "email"),
     **dict.fromkeys(("pos", "scanner", "kiosk"), "pos"),
 }
-_EVENT_TYPE_ALIASES = {"article_added_to_cart": "add_to_cart", "payment_success": "payment_successful"}
+# spellings producers send -> the event type (a plain str in bronze, as every other type is)
+_EVENT_TYPE_ALIASES = {
+    "article_added_to_cart": EventType.ADD_TO_CART.value,
+    "payment_success": EventType.PAYMENT_SUCCESSFUL.value,
+}
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
 

@@ -9,7 +9,7 @@ convert exactly (timestamps in the usual ISO-8601 shapes or epoch
 milliseconds, dates as ``YYYY-MM-DD``). Every other record -- invalid ones,
 exotic but valid timestamp spellings, Pub/Sub attributes -- goes to
 ``parse_record`` itself, so rejections, reasons and messages have one
-definition. ``tests/test_bronze_columnar.py`` checks with generated records
+definition. ``tests/test_rules_agree.py`` checks with generated records
 that both give the same bronze rows.
 
 Normalizations (platform, event type, country, PII hashing) run the very

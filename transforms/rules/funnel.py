@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.vocabulary import DELIVERED_STATUSES, STAGES
+from schemas.vocabulary import DELIVERED_STATUSES, ActivityType, EventType, ResponseType
 
 CONFIRMED = DELIVERED_STATUSES  # a confirmation email counts once it was sent or delivered
 _COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
@@ -33,7 +33,7 @@ def _earliest(times, not_before=None):
 
 
 def is_confirmation(response: dict) -> bool:
-    return response["response_type"] == "email_confirmation" and response["status"] in CONFIRMED
+    return response["response_type"] == ResponseType.EMAIL_CONFIRMATION and response["status"] in CONFIRMED
 
 
 def reached_stages(views: list[dict], events: list[dict], responses: list[dict], activities: list[dict]) -> list[int]:
@@ -42,21 +42,21 @@ def reached_stages(views: list[dict], events: list[dict], responses: list[dict],
     def of_type(event_type):
         return [e["timestamp"] for e in events if e["event_type"] == event_type]
 
-    payment_ids = {e["event_id"] for e in events if e["event_type"] == "payment_successful"}
+    payment_ids = {e["event_id"] for e in events if e["event_type"] == EventType.PAYMENT_SUCCESSFUL}
     confirmations = [r for r in responses if r["event_id"] in payment_ids and is_confirmation(r)]
     confirmed_ids = {r["response_id"] for r in confirmations}
     scans = [
         a["activity_time"]
         for a in activities
-        if a["activity_type"] == "barcode_scanned" and a["response_id"] in confirmed_ids
+        if a["activity_type"] == ActivityType.BARCODE_SCANNED and a["response_id"] in confirmed_ids
     ]
 
     reached = []
-    browse = _earliest([v["view_timestamp"] for v in views] + of_type("browse"))
+    browse = _earliest([v["view_timestamp"] for v in views] + of_type(EventType.BROWSE))
     for stage_time in (
         lambda: browse,
-        lambda: _earliest(of_type("add_to_cart"), not_before=reached[-1]),
-        lambda: _earliest(of_type("payment_successful"), not_before=reached[-1]),
+        lambda: _earliest(of_type(EventType.ADD_TO_CART), not_before=reached[-1]),
+        lambda: _earliest(of_type(EventType.PAYMENT_SUCCESSFUL), not_before=reached[-1]),
         lambda: _earliest([r["sent_at"] for r in confirmations]),
         lambda: _earliest(scans),
     ):
@@ -71,36 +71,6 @@ def country_code(geo_location: str | None) -> str | None:
     """A session's geo_location when it is an alpha-2 country code (not 'lat,lon')."""
     geo = (geo_location or "").strip().upper()
     return geo if _COUNTRY_CODE.match(geo) else None
-
-
-def country_of(user: dict | None, session: dict) -> str | None:
-    """The user's country; for sessions without a known user (or country),
-    the session's geo_location when it is a country code."""
-    if user and user.get("country"):
-        return user["country"]
-    return country_code(session.get("geo_location"))
-
-
-def funnel_stage_rows(summary: dict, country: str | None) -> list[dict]:
-    """fact_funnel_stage rows of one session summary."""
-    rows, previous = [], None
-    for number, reached_at in enumerate(summary["reached"], start=1):
-        rows.append(
-            {
-                "session_id": summary["session_id"],
-                "user_id": summary["user_id"],
-                "session_date": summary["session_date"],
-                "platform": summary["platform"],
-                "device_type": summary["device_type"],
-                "country": country,
-                "stage_number": number,
-                "stage_name": STAGES[number - 1],
-                "reached_at": reached_at,
-                "seconds_from_previous_stage": None if previous is None else (reached_at - previous) / 1e6,
-            }
-        )
-        previous = reached_at
-    return rows
 
 
 # --- the same rules on Arrow tables (batch) ----------------------------------------------------
@@ -147,13 +117,13 @@ def stage_times(
         mask = pc.equal(e_type, event_type)
         return e_session.filter(mask), e_time.filter(mask)
 
-    browse_events = of_type("browse")
+    browse_events = of_type(EventType.BROWSE)
     k, first = min_per_key(
         pa.concat_arrays([_chunk(views.column("session_id")), _chunk(browse_events[0])]),
         pa.concat_arrays([_chunk(_micros(views.column("view_timestamp"))), _chunk(browse_events[1])]),
     )
     reached = [lookup(session_ids, k, first)]
-    for event_type in ("add_to_cart", "payment_successful"):
+    for event_type in (EventType.ADD_TO_CART, EventType.PAYMENT_SUCCESSFUL):
         sessions_, times = of_type(event_type)
         after = pc.greater_equal(times, lookup(sessions_, session_ids, reached[-1]))
         k, first = min_per_key(sessions_.filter(after), times.filter(after))
@@ -163,16 +133,18 @@ def stage_times(
         return reached + [nothing, nothing]
 
     # confirmations: current status sent/delivered, email, answering a payment event of the same session
+    payment = EventType.PAYMENT_SUCCESSFUL
     r_session = responses.column("session_id")
     event_row = pc.index_in(responses.column("event_id"), value_set=events.column("event_id"))
     of_payment = pc.and_(
-        pc.equal(pc.take(e_type, event_row), "payment_successful"), pc.equal(pc.take(e_session, event_row), r_session)
+        pc.equal(pc.take(e_type, event_row), payment),
+        pc.equal(pc.take(e_session, event_row), r_session),
     )
     confirmed = pc.fill_null(
         pc.and_(
             of_payment,
             pc.and_(
-                pc.equal(responses.column("response_type"), "email_confirmation"),
+                pc.equal(responses.column("response_type"), ResponseType.EMAIL_CONFIRMATION),
                 pc.is_in(responses.column("status"), pa.array(sorted(CONFIRMED))),
             ),
         ),
@@ -188,7 +160,7 @@ def stage_times(
     confirmation_row = pc.index_in(activities.column("response_id"), value_set=confirmations.column("response_id"))
     scanned = pc.fill_null(
         pc.and_(
-            pc.equal(activities.column("activity_type"), "barcode_scanned"),
+            pc.equal(activities.column("activity_type"), ActivityType.BARCODE_SCANNED),
             pc.equal(pc.take(confirmations.column("session_id"), confirmation_row), activities.column("session_id")),
         ),
         False,

@@ -1,14 +1,8 @@
-"""Silver -> the gold facts, dimension and marts of TABLES_AND_METRICS.md.
-
-One shuffle (``ByUser``) brings every silver row of a user -- the user
-record, the user's sessions and everything resolved to them -- into one
-shard; rows of anonymous sessions go by session, unresolved rows by their
-own key. Each shard then computes, vectorized, its sessions' funnel stages
-(``transforms.rules.funnel.stage_times``), ``fact_funnel_stage``, ``dim_user``,
-``fact_user_activity`` and partial marts; the partial marts (a few rows
-per period and platform) are summed in one last step. Distinct counts add
-up across shards because a user, a session and a payment live in exactly
-one shard.
+"""The gold rules on Arrow tables: one shard's silver rows -> its facts,
+``dim_user`` and partial marts, and partial marts -> the marts of
+TABLES_AND_METRICS.md. The shard's rows are every row of its users (and
+anonymous sessions), so distinct counts add up across shards; the Beam
+composite that makes the shards is ``transforms.batch.gold``.
 """
 
 from __future__ import annotations
@@ -23,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.tables import CONVERSION_RATES, GOLD, SILVER, STAGE_SESSION_COLUMNS
+from schemas.vocabulary import ActivityType, EventType, ResponseType
 from transforms.rules import experiments
 from transforms.rules.arrow import coalesce_key, concat, first_of_groups
 from transforms.rules.funnel import CONFIRMED, STAGES, country_code, lookup, reached_count, stage_times
@@ -133,7 +128,7 @@ def session_summaries(g: dict[str, pa.Table]) -> pa.Table:
     )
     seen_at = _group(seen_at.filter(pc.is_valid(seen_at.column("t"))), ["s"], [("t", "min"), ("t", "max")])
     own = [_micros(sessions.column(c)) for c in ("session_start_time", "first_activity_at", "last_activity_at")]
-    payments = events.filter(pc.equal(events.column("event_type"), "payment_successful"))
+    payments = events.filter(pc.equal(events.column("event_type"), EventType.PAYMENT_SUCCESSFUL))
     payment_counts = _group(payments, ["session_id"], [("event_id", "count")])
     columns = {c: sessions.column(c) for c in sessions.column_names}
     columns.update({f"reached_{i}": t for i, t in enumerate(reached, start=1)})
@@ -149,8 +144,8 @@ def session_summaries(g: dict[str, pa.Table]) -> pa.Table:
 
 
 def user_country(sessions: pa.Table, users: pa.Table) -> pa.Array:
-    """``country_of`` for every session: the user's country, else the
-    session's geo_location when it is a country code."""
+    """The country of every session: the user's, else the session's
+    geo_location when it is a country code (``funnel.country_code``)."""
     from_user = lookup(sessions.column("user_id"), users.column("user_id"), users.column("country"))
     has_country = pc.fill_null(pc.greater(pc.utf8_length(from_user), 0), False)
     distinct = pc.unique(sessions.column("geo_location"))
@@ -236,7 +231,7 @@ def fact_user_activity(g: dict[str, pa.Table]) -> pa.Table:
     """Per (user, UTC date of each record's own time): counts of each measure."""
     events, responses, activities = g["silver_events"], g["silver_event_responses"], g["silver_user_activity"]
     confirmed = pc.and_(
-        pc.equal(responses.column("response_type"), "email_confirmation"),
+        pc.equal(responses.column("response_type"), ResponseType.EMAIL_CONFIRMATION),
         pc.is_in(responses.column("status"), pa.array(sorted(CONFIRMED))),
     )
     sources = [
@@ -246,9 +241,9 @@ def fact_user_activity(g: dict[str, pa.Table]) -> pa.Table:
         *(
             (measure, events, _date_of(events.column("timestamp")), pc.equal(events.column("event_type"), t))
             for measure, t in (
-                ("browse_events", "browse"),
-                ("add_to_cart_events", "add_to_cart"),
-                ("payments", "payment_successful"),
+                ("browse_events", EventType.BROWSE),
+                ("add_to_cart_events", EventType.ADD_TO_CART),
+                ("payments", EventType.PAYMENT_SUCCESSFUL),
             )
         ),
         ("confirmations_sent", responses, _date_of(responses.column("sent_at")), confirmed),
@@ -256,7 +251,7 @@ def fact_user_activity(g: dict[str, pa.Table]) -> pa.Table:
             "barcode_scans",
             activities,
             _date_of(activities.column("activity_time")),
-            pc.equal(activities.column("activity_type"), "barcode_scanned"),
+            pc.equal(activities.column("activity_type"), ActivityType.BARCODE_SCANNED),
         ),
     ]
     long = []
@@ -343,7 +338,7 @@ def scans(summary: pa.Table, g: dict[str, pa.Table]) -> pa.Table:
     """Barcode scans with their user, platform and (when their confirmation
     answers a payment of the session) the payment and seconds to the scan."""
     activities = g["silver_user_activity"]
-    activities = activities.filter(pc.equal(activities.column("activity_type"), "barcode_scanned"))
+    activities = activities.filter(pc.equal(activities.column("activity_type"), ActivityType.BARCODE_SCANNED))
     resolved = activities.filter(pc.is_in(activities.column("session_id"), summary.column("session_id")))
     unresolved = activities.filter(pc.is_null(activities.column("session_id")))
     responses, events = g["silver_event_responses"], g["silver_events"]
@@ -353,7 +348,7 @@ def scans(summary: pa.Table, g: dict[str, pa.Table]) -> pa.Table:
     event = pc.index_in(event_id, value_set=events.column("event_id"))
     is_payment = pc.fill_null(
         pc.and_(
-            pc.equal(pc.take(events.column("event_type"), event), "payment_successful"),
+            pc.equal(pc.take(events.column("event_type"), event), EventType.PAYMENT_SUCCESSFUL),
             pc.equal(pc.take(events.column("session_id"), event), resolved.column("session_id")),
         ),
         False,

@@ -18,6 +18,7 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.vocabulary import EventType
 from transforms.rules.arrow import first_of_groups
 from transforms.rules.funnel import lookup
 
@@ -35,9 +36,9 @@ def audience(events: pa.Table, sessions: pa.Table, users: pa.Table, clock: int |
     by_user = pc.and_(pc.is_valid(events.column("user_id")), pc.is_valid(events.column("timestamp")))
     events = events.filter(by_user)
     kind = events.column("event_type")
-    carts = events.filter(pc.equal(kind, "add_to_cart"))
+    carts = events.filter(pc.equal(kind, EventType.ADD_TO_CART))
     carts = carts.append_column("t", _micros(carts.column("timestamp")))
-    payments = events.filter(pc.equal(kind, "payment_successful"))
+    payments = events.filter(pc.equal(kind, EventType.PAYMENT_SUCCESSFUL))
     payments = pa.table({"user_id": payments.column("user_id"), "paid": _micros(payments.column("timestamp"))})
 
     latest = carts.sort_by([("user_id", "ascending"), ("t", "descending"), ("session_id", "descending")])

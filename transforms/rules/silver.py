@@ -1,7 +1,7 @@
 """Bronze -> silver: one current row per identity, joined.
 
 ``JOINS`` is the one definition of how silver rows are resolved, read by
-the batch composite here and by the merge (``transforms.rules.merge``);
+the batch composite (``transforms.batch.silver``) and by the merge (``transforms.rules.merge``);
 each join is tolerant of either side missing:
 
 * view / click / event -> session by ``session_id`` (a session whose record
@@ -19,10 +19,6 @@ The rules exist in two forms: per session or per child in plain Python
 and on Arrow tables (``resolve_sessions``, ``attach_parent``: what the
 batch and the merge apply). A property test checks that both give the same
 rows.
-
-``BuildSilver`` (batch): four shuffles of Arrow shards -- by identity
-(dedup), by session (resolve sessions, attach their children), by event
-(attach responses), by response (attach activities).
 """
 
 from __future__ import annotations
@@ -36,6 +32,7 @@ import pyarrow.compute as pc
 from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, SILVER
+from schemas.vocabulary import EventType
 from transforms.rules.arrow import concat, count_true, first_of_groups
 from transforms.rules.dedup import INGEST_ORDER, MERGE_VERSIONS, content_columns
 from transforms.rules.funnel import lookup, reached_count, reached_stages, stage_times
@@ -138,9 +135,9 @@ def resolve_session(session_id: str, session: dict | None, children: dict[str, l
     row["duration_seconds"] = None if end is None else (end - row["session_start_time"]) / 1e6
     types = Counter(e["event_type"] for e in children["event"])
     row.update(
-        browse_events=types["browse"],
-        add_to_cart_events=types["add_to_cart"],
-        payment_events=types["payment_successful"],
+        browse_events=types[EventType.BROWSE],
+        add_to_cart_events=types[EventType.ADD_TO_CART],
+        payment_events=types[EventType.PAYMENT_SUCCESSFUL],
         furthest_stage_in_session=len(reached_stages(children["view"], children["event"], [], [])),
     )
     return row
@@ -227,9 +224,9 @@ def resolve_sessions(sessions: pa.Table, children: dict[str, pa.Table]) -> pa.Ta
         **{
             measure: _per_session_count(ids, events.column("session_id"), pc.equal(events.column("event_type"), t))
             for measure, t in (
-                ("browse_events", "browse"),
-                ("add_to_cart_events", "add_to_cart"),
-                ("payment_events", "payment_successful"),
+                ("browse_events", EventType.BROWSE),
+                ("add_to_cart_events", EventType.ADD_TO_CART),
+                ("payment_events", EventType.PAYMENT_SUCCESSFUL),
             )
         },
         "furthest_stage_in_session": pa.array(reached_count(reached), pa.int64()),

@@ -1,4 +1,5 @@
-"""transforms.sinks.retry: split out of transforms.sinks.dead_letter."""
+"""Which sink errors are transient, and the backoff that retries them
+(the policy of ``transforms.sinks.dead_letter``'s module docstring)."""
 
 from __future__ import annotations
 

@@ -52,11 +52,13 @@ from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas.tables import OPS_ALERTS_STREAM
+from schemas.vocabulary import EventType
 from transforms import metrics
 from transforms.rules import alerts
+from transforms.rules.arrow import shard_of_key
 from transforms.sinks.dead_letter import SinkDeadLetter
 from transforms.sinks.retry import RETRY_DEADLINE_SECONDS, sink_retry
-from transforms.streaming.sinks import Rows, batched, pack, shard_of
+from transforms.streaming.sinks import Rows, batched, pack
 
 SHARDS = 64  # of the payments' state
 ALLOWED_LATENESS_SECONDS = 2 * 24 * 3600  # a decided item is remembered this long past its due time
@@ -91,9 +93,9 @@ class AlertInputsFn(beam.DoFn):
 
         if table == "silver_events":
             for row in rows:
-                if row["event_type"] == "payment_successful" and row["timestamp"] is not None:
+                if row["event_type"] == EventType.PAYMENT_SUCCESSFUL and row["timestamp"] is not None:
                     route(
-                        (PAYMENTS, shard_of(row["event_id"], self._shards)),
+                        (PAYMENTS, shard_of_key(row["event_id"], self._shards)),
                         (row["event_id"], (PAYMENT, row["timestamp"])),
                     )
         elif table == "silver_event_responses":
@@ -107,7 +109,7 @@ class AlertInputsFn(beam.DoFn):
                     value = (CONFIRMED, row["sent_at"])
                 else:
                     continue  # queued: no outcome yet
-                route((PAYMENTS, shard_of(row["event_id"], self._shards)), (row["event_id"], value))
+                route((PAYMENTS, shard_of_key(row["event_id"], self._shards)), (row["event_id"], value))
                 start = alerts.window_start(row["sent_at"])
                 route((FAILURE_WINDOW, start), (row["response_id"], (OUTCOME, (start, failed))))
         yield from by_key.items()
