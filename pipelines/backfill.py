@@ -71,7 +71,7 @@ from transforms.lake.silver import CommitAndMergeFn, head
 from transforms.lake.tables import LakeFile, ReadLakeTable, read_file, snapshot
 from transforms.rules.pii import PiiKeySource
 from transforms.rules.silver import shuffled_columns
-from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, silver_merger
+from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, WriteMode, silver_merger
 from transforms.sinks.run_log import AccountingError, backfill_problems, write_run_log
 
 
@@ -186,7 +186,7 @@ def build(
     written = tuple(written) | "AllWritten" >> beam.Flatten()
     if bigquery is not None:
         written = written | "PublishToBigQuery" >> PublishToBigQuery(
-            bigquery, [BigQueryWrite(rule.table, "upsert", rule) for rule in rules]
+            bigquery, [BigQueryWrite(rule.table, WriteMode.UPSERT, rule) for rule in rules]
         )
     commit_plan = CommitPlan(run_id, "backfill", plan)
     _ = (

@@ -49,7 +49,7 @@ from transforms.lake.files import WriteDataFiles
 from transforms.lake.silver import catch_up
 from transforms.lake.tables import ReadLakeTable, layer_versions, open_table, snapshot
 from transforms.rules.gold import GOLD_INPUTS, end_of_day_micros
-from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, silver_merger
+from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, WriteMode, silver_merger
 from transforms.sinks.run_log import write_run_log
 
 # Bytes of silver Parquet per shard of the gold shuffle (about 100k rows).
@@ -88,7 +88,7 @@ def build(
     written = gold | "WriteGold" >> WriteDataFiles(list(GOLD.values()), lake)
     if bigquery is not None:
         written = written | "PublishToBigQuery" >> PublishToBigQuery(
-            bigquery, [BigQueryWrite(t, "truncate") for t in GOLD.values()], VIEWS.values()
+            bigquery, [BigQueryWrite(t, WriteMode.TRUNCATE) for t in GOLD.values()], VIEWS.values()
         )
     plan = read_plan(lake, [Replace(t, ReplaceScope.TABLE) for t in GOLD.values()])
     _ = written | "Commit" >> CommitLakeWrites(lake, CommitPlan(run_id, "gold_daily", plan, releases=("gold",)))

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from schemas.table import BOOL, BYTES, DATE, FLOAT64, INT64, STRING, TIMESTAMP, Table, col
-from schemas.vocabulary import Stage
+from schemas.vocabulary import Layer, Stage
 
 # --- raw ---------------------------------------------------------------------------
 RAW = Table(
     "raw_messages",
-    "raw",
+    Layer.RAW,
     "Every received message byte for byte, with ingest metadata. Never rewritten.",
     (
         col("ingest_date", DATE, "UTC date the message was ingested (partition).", True),
@@ -67,7 +67,7 @@ _PII_KEY_VERSION = col(
 def _bronze(name: str, description: str, columns: tuple, key: str) -> Table:
     return Table(
         name,
-        "bronze",
+        Layer.BRONZE,
         description,
         columns + BRONZE_ENVELOPE,
         partition_by=BRONZE_PARTITION,
@@ -210,7 +210,7 @@ _SILVER_DATE = col("event_date", DATE, "UTC date of the winning copy's own time,
 def _silver(name: str, description: str, columns: tuple, key: str, partition: str = "event_date") -> Table:
     # Partitioned by date: a merge rewrites the files of the days it touches, not all of silver.
     dated = columns if partition != "event_date" else columns + (_SILVER_DATE,)
-    return Table(name, "silver", description, dated + _SILVER_COMMON, partition_by=(partition,), key=(key,))
+    return Table(name, Layer.SILVER, description, dated + _SILVER_COMMON, partition_by=(partition,), key=(key,))
 
 
 SILVER_USERS = _silver(
@@ -320,7 +320,7 @@ SILVER = {
 # --- gold ------------------------------------------------------------------------------
 FACT_FUNNEL_STAGE = Table(
     "fact_funnel_stage",
-    "gold",
+    Layer.GOLD,
     "One row per (session, reached funnel stage).",
     (
         col("session_id", STRING, "Session (one funnel journey).", True),
@@ -346,7 +346,7 @@ FACT_FUNNEL_STAGE = Table(
 )
 FACT_USER_ACTIVITY = Table(
     "fact_user_activity",
-    "gold",
+    Layer.GOLD,
     "One row per (user, UTC date) with any activity.",
     (
         col("user_id", STRING, "User.", True),
@@ -367,7 +367,7 @@ FACT_USER_ACTIVITY = Table(
 )
 DIM_USER = Table(
     "dim_user",
-    "gold",
+    Layer.GOLD,
     "One row per user seen in a user record or a session.",
     (
         col("user_id", STRING, "User.", True),
@@ -402,7 +402,7 @@ CONVERSION_RATES = {
 }
 MART_CONVERSION_RATE = Table(
     "mart_conversion_rate",
-    "gold",
+    Layer.GOLD,
     "Funnel conversion per period and platform (periods from session_date).",
     _PERIOD
     + (
@@ -415,7 +415,7 @@ MART_CONVERSION_RATE = Table(
 )
 MART_BARCODE_ACTIVITY = Table(
     "mart_barcode_activity",
-    "gold",
+    Layer.GOLD,
     "Barcode scans per period and platform (periods from activity_time).",
     _PERIOD
     + (
@@ -434,7 +434,7 @@ MART_BARCODE_ACTIVITY = Table(
 
 MART_RETARGETING = Table(
     "mart_retargeting",
-    "gold",
+    Layer.GOLD,
     "Active users whose latest add_to_cart has no payment by them within 24 hours after it (and at "
     "least 24 hours have passed).",
     (
@@ -457,7 +457,7 @@ MART_RETARGETING = Table(
 )
 MART_AB_TEST = Table(
     "mart_ab_test",
-    "gold",
+    Layer.GOLD,
     "Experiment readout per (experiment, variant): the unit is a session with the assignment, the "
     "metric is reaching payment_successful.",
     (
@@ -488,7 +488,7 @@ MART_AB_TEST = Table(
 )
 OPS_ALERTS = Table(
     "ops_alerts",
-    "gold",
+    Layer.GOLD,
     "One row per operational alert, rebuilt from silver by every gold recompute.",
     (
         col(
@@ -516,7 +516,7 @@ OPS_ALERTS = Table(
 # each alert once while its state lives). The batch rebuild is gold.ops_alerts.
 OPS_ALERTS_STREAM = replace(
     OPS_ALERTS,
-    layer="ops",
+    layer=Layer.OPS,
     key=("alert_id",),
     description="One row per operational alert, raised by the "
     "streaming job as records arrive (the rules of gold.ops_alerts).",
@@ -552,7 +552,7 @@ GOLD = {
 # --- dead letter ---------------------------------------------------------------------
 DEAD_LETTER = Table(
     "dead_letter",
-    "ops",
+    Layer.OPS,
     "Rejected records with a typed reason. Holds a pointer to the raw "
     "record, never its content (which may carry personal data).",
     (
@@ -574,7 +574,7 @@ DEAD_LETTER = Table(
 # --- sink failures: rows a sink rejected ---------------------------------------------------
 SINK_DEAD_LETTER = Table(
     "sink_dead_letter",
-    "ops",
+    Layer.OPS,
     "Rows a sink (BigQuery, the alerts topic) rejected, or kept "
     "failing past the retry deadline, with the error; the stream goes on "
     "(transforms.sinks.dead_letter). The lake copy is authoritative.",
@@ -603,7 +603,7 @@ SINK_DEAD_LETTER = Table(
 # --- run log: every run's counters and its accounting check ---------------------------------
 RUN_LOG = Table(
     "run_log",
-    "ops",
+    Layer.OPS,
     "One row per run and counter: what each run read, wrote, rejected and "
     "deduplicated, and whether its accounting balanced (pipelines.common.accounting).",
     (
@@ -623,7 +623,7 @@ RUN_LOG = Table(
 # --- erasure audit: one row per erasure, without the person's identifiers ----------------
 ERASURE_LOG = Table(
     "erasure_log",
-    "ops",
+    Layer.OPS,
     "One row per erasure of a person (pipelines.erase_user): who asked, "
     "when, what was removed. Holds a keyed hash of the subject, never the identifier.",
     (
@@ -652,7 +652,7 @@ ERASURE_LOG = Table(
 # --- releases: which versions of a layer's tables go together ---------------------------
 RELEASES = Table(
     "releases",
-    "ops",
+    Layer.OPS,
     "Lake only: one row per table of each committed silver or gold release; a "
     "reader takes a layer's tables at the versions of its latest release, so it never sees a mix "
     "of two runs (transforms.lake.tables).",
@@ -668,7 +668,7 @@ RELEASES = Table(
 # --- silver head: which bronze versions silver holds, and the merge in progress -----------
 SILVER_HEAD = Table(
     "silver_head",
-    "ops",
+    Layer.OPS,
     "Lake only: one row, rewritten by every merge into silver: the bronze "
     "versions silver holds once the merge named here is released, and who merges "
     "(transforms.lake.silver). Merges take turns through it.",

@@ -7,6 +7,16 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class Layer(StrEnum):
+    """The lake's layers (``Table.layer``; BigQuery datasets of the same names)."""
+
+    RAW = "raw"
+    BRONZE = "bronze"
+    SILVER = "silver"
+    GOLD = "gold"
+    OPS = "ops"
+
+
 class Stage(StrEnum):
     """The contract's funnel, in order (stage_number = position + 1)."""
 

@@ -7,6 +7,7 @@ import pytest
 from pipelines import backfill, gold_daily
 from schemas.tables import RUN_LOG
 from tests.conftest import SAMPLE, read_table
+from transforms.batch import parse as batch_parse
 from transforms.rules import bronze_arrow as bronze_columnar
 from transforms.sinks.run_log import AccountingError, backfill_problems
 
@@ -55,7 +56,7 @@ def test_a_backfill_that_loses_a_record_is_logged_unbalanced_and_exits_non_zero(
             parsed.bronze["bronze_views"] = parsed.bronze["bronze_views"].slice(1)
         return parsed
 
-    monkeypatch.setattr(bronze_columnar, "parse_chunk", losing_one_view)
+    monkeypatch.setattr(batch_parse, "parse_chunk", losing_one_view)  # where ParseChunkFn looks it up
     lake = tmp_path / "lake"
     with pytest.raises(AccountingError, match="bronze rows into silver 15 != silver identities") as failed:
         backfill.main(["--lake", str(lake), "--input", str(SAMPLE)])

@@ -10,6 +10,7 @@ from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE
 from tests.conftest import SAMPLE, read_table
+from transforms.lake import replay as lake_replay
 from transforms.rules import bronze_arrow as bronze_columnar
 
 # The "bug": a record size limit far below the contract's 1 MiB, so valid records are dead-lettered.
@@ -71,7 +72,7 @@ def test_a_replay_stopped_before_the_dead_letter_commit_adds_nothing_when_rerun(
         raise Stopped()
 
     with monkeypatch.context() as m:
-        m.setattr(replay_dead_letter, "provenance_condition", stop)  # after bronze, before the dead letter
+        m.setattr(lake_replay, "provenance_condition", stop)  # after bronze, before the dead letter
         with pytest.raises(Stopped):
             replay_dead_letter.main(["--lake", str(lake)])
     added = len(_bronze(lake)) - before

@@ -16,11 +16,11 @@ from transforms.streaming.alerts import (
     CONFIRMED,
     EXPIRY_STEP_MICROS,
     FAILED,
-    FAILURE_WINDOW,
+    FAILURE_WINDOWS,
     HOLD_STEP_SECONDS,
     OUTCOME,
     PAYMENT,
-    PAYMENTS,
+    PAYMENT_SHARDS,
     AlertInputsFn,
     AlertStateFn,
     PaymentBook,
@@ -39,13 +39,13 @@ def streaming_pipeline():
 
 def arrives(kind, event_id, micros, at):
     """One payment or confirmation for the deadline step, arriving at event time ``at``."""
-    return TimestampedValue(((PAYMENTS, 0), [[(event_id, (kind, micros))]]), Timestamp(micros=at))
+    return TimestampedValue(((PAYMENT_SHARDS, 0), [[(event_id, (kind, micros))]]), Timestamp(micros=at))
 
 
 def outcomes(start, statuses, at, prefix="r"):
     """Email confirmations of one failure window (``statuses``: failed? per response)."""
     items = [(f"{prefix}-{i}", (OUTCOME, (start, failed))) for i, failed in enumerate(statuses)]
-    return TimestampedValue(((FAILURE_WINDOW, start), [items]), Timestamp(micros=at))
+    return TimestampedValue(((FAILURE_WINDOWS, start), [items]), Timestamp(micros=at))
 
 
 def alert_ids(pcoll):
@@ -268,11 +268,11 @@ def test_alert_inputs_route_payments_and_confirmations_by_payment_and_outcomes_b
             routed,
             equal_to(
                 [
-                    (PAYMENTS, ("e-1", (FAILED, ("r-1", "bounced", T0)))),
-                    (PAYMENTS, ("e-1", (CONFIRMED, T0 + 16 * MIN))),
-                    (PAYMENTS, ("e-1", (PAYMENT, T0))),
-                    (FAILURE_WINDOW, ("r-1", (OUTCOME, (T0, True)))),
-                    (FAILURE_WINDOW, ("r-2", (OUTCOME, (T0 + 15 * MIN, False)))),
+                    (PAYMENT_SHARDS, ("e-1", (FAILED, ("r-1", "bounced", T0)))),
+                    (PAYMENT_SHARDS, ("e-1", (CONFIRMED, T0 + 16 * MIN))),
+                    (PAYMENT_SHARDS, ("e-1", (PAYMENT, T0))),
+                    (FAILURE_WINDOWS, ("r-1", (OUTCOME, (T0, True)))),
+                    (FAILURE_WINDOWS, ("r-2", (OUTCOME, (T0 + 15 * MIN, False)))),
                 ]
             ),
         )

@@ -78,7 +78,7 @@ class Replace:
         if self.scope is ReplaceScope.FILES:
             return file.relpath in self.values
         if self.scope is ReplaceScope.SOURCES:
-            # One landing file per data file (lake_files writes them so): its statistics say which.
+            # One landing file per data file (transforms.lake.files writes them so): its statistics say which.
             return (None in self.values and file.from_pubsub) or (
                 file.source is not None and file.source in self.values
             )

@@ -22,6 +22,7 @@ from deltalake import CommitProperties
 from deltalake._internal import RemoveAction
 
 from schemas.table import Table
+from schemas.vocabulary import Layer
 from transforms.lake.files import write_data_file
 from transforms.lake.tables import RELEASED_LAYERS, open_table, read_file, released_versions, snapshot
 
@@ -48,7 +49,7 @@ def compact(lake: str, table: Table, small_bytes: int = SMALL_FILE_BYTES) -> int
     current = snapshot(lake, table)
     # Origin matters only where a replace finds files by landing file (bronze, raw, the dead letter);
     # silver's merges find rows by key, so its files merge per partition whatever their sources.
-    by_origin = table.layer not in ("silver", "gold")
+    by_origin = table.layer not in (Layer.SILVER, Layer.GOLD)
     groups = defaultdict(list)
     for file in current.files:
         if file.size < small_bytes:
@@ -98,7 +99,7 @@ def maintain(
         return report
     report.files_before = len(snapshot(lake, table).files)
     released = released_versions(lake, table.layer) if table.layer in RELEASED_LAYERS else None
-    if compact_files and table.layer != "gold":
+    if compact_files and table.layer != Layer.GOLD:
         report.compacted = compact(lake, table)
     dt = open_table(lake, table)
     dt.create_checkpoint()

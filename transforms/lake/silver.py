@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, RELEASES, SILVER, SILVER_HEAD
+from schemas.vocabulary import Layer
 from transforms import metrics
 from transforms.lake.commit import (
     CommitFn,
@@ -139,7 +140,7 @@ def commit_merge(
             result.upserts[name].num_rows if name in result.upserts else 0,
             len(touched),
         )
-    release(lake, "silver", versions, run_id)
+    release(lake, Layer.SILVER, versions, run_id)
     return versions
 
 
@@ -441,8 +442,8 @@ class CommitAndMergeFn(CommitFn):
             yield from self.commit(by_table)
             catch_up(self._lake, plan.pipeline, counters=self._counters, before_commit=self._before_commit)
             return
-        silver_rules = tuple((rule, read) for rule, read in plan.rules if rule.table.layer == "silver")
-        others = tuple((rule, read) for rule, read in plan.rules if rule.table.layer != "silver")
+        silver_rules = tuple((rule, read) for rule, read in plan.rules if rule.table.layer == Layer.SILVER)
+        others = tuple((rule, read) for rule, read in plan.rules if rule.table.layer != Layer.SILVER)
         yield from CommitFn(self._lake, replace(plan, rules=others, releases=())).commit(
             {name: fs for name, fs in by_table.items() if name not in SILVER}
         )

@@ -57,8 +57,9 @@ from schemas.tables import (
     SILVER_HEAD,
     SINK_DEAD_LETTER,
 )
+from schemas.vocabulary import Layer
 
-RELEASED_LAYERS = ("silver", "gold")  # layers read through their releases
+RELEASED_LAYERS = (Layer.SILVER, Layer.GOLD)  # layers read through their releases
 # Every table the lake holds.
 ALL_LAKE_TABLES = (
     RAW,
@@ -77,9 +78,9 @@ ALL_LAKE_TABLES = (
 
 # --- paths and tables --------------------------------------------------------------------
 def table_dir(lake: str, table: Table) -> str:
-    if table.layer == "raw":
+    if table.layer == Layer.RAW:
         return posixpath.join(lake, "raw")
-    if table.layer == "ops":
+    if table.layer == Layer.OPS:
         return posixpath.join(lake, table.name)
     return posixpath.join(lake, table.layer, table.name)
 

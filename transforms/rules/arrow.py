@@ -44,6 +44,12 @@ def shard_of(values, shards: int) -> np.ndarray:
     return (string_hash(values) % np.uint64(shards)).astype(np.int64)
 
 
+def micros(column):
+    """A timestamp column as int64 microseconds since the epoch (what the
+    rules compare and subtract); an int64 column passes unchanged."""
+    return column if pa.types.is_int64(column.type) else column.cast(pa.int64())
+
+
 def shard_of_key(key: str | None, shards: int) -> int:
     """``shard_of`` of one key, the per-row form (the streaming alerts' state
     shards): the same shard the array form gives."""

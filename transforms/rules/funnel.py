@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.vocabulary import DELIVERED_STATUSES, ActivityType, EventType, ResponseType
+from transforms.rules.arrow import micros
 
 CONFIRMED = DELIVERED_STATUSES  # a confirmation email counts once it was sent or delivered
 _COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
@@ -74,10 +75,6 @@ def country_code(geo_location: str | None) -> str | None:
 
 
 # --- the same rules on Arrow tables (batch) ----------------------------------------------------
-def _micros(column) -> pa.Array:
-    return column.cast(pa.int64()) if pa.types.is_timestamp(column.type) else column
-
-
 def min_per_key(keys, values) -> tuple[pa.Array, pa.Array]:
     """Distinct non-null-valued keys and the least value of each."""
     table = pa.table({"k": keys, "v": values}).filter(pc.is_valid(values))
@@ -109,7 +106,7 @@ def stage_times(
     session_ids = session_ids.combine_chunks() if isinstance(session_ids, pa.ChunkedArray) else session_ids
     e_session, e_time, e_type = (
         events.column("session_id"),
-        _micros(events.column("timestamp")),
+        micros(events.column("timestamp")),
         events.column("event_type"),
     )
 
@@ -120,7 +117,7 @@ def stage_times(
     browse_events = of_type(EventType.BROWSE)
     k, first = min_per_key(
         pa.concat_arrays([_chunk(views.column("session_id")), _chunk(browse_events[0])]),
-        pa.concat_arrays([_chunk(_micros(views.column("view_timestamp"))), _chunk(browse_events[1])]),
+        pa.concat_arrays([_chunk(micros(views.column("view_timestamp"))), _chunk(browse_events[1])]),
     )
     reached = [lookup(session_ids, k, first)]
     for event_type in (EventType.ADD_TO_CART, EventType.PAYMENT_SUCCESSFUL):
@@ -151,7 +148,7 @@ def stage_times(
         False,
     )
     confirmations = responses.filter(confirmed)
-    k, first = min_per_key(confirmations.column("session_id"), _micros(confirmations.column("sent_at")))
+    k, first = min_per_key(confirmations.column("session_id"), micros(confirmations.column("sent_at")))
     reached.append(pc.if_else(pc.is_valid(reached[-1]), lookup(session_ids, k, first), nothing))
     if activities is None or activities.num_rows == 0:
         return reached + [nothing]
@@ -166,7 +163,7 @@ def stage_times(
         False,
     )
     scans = activities.filter(scanned)
-    k, first = min_per_key(scans.column("session_id"), _micros(scans.column("activity_time")))
+    k, first = min_per_key(scans.column("session_id"), micros(scans.column("activity_time")))
     reached.append(pc.if_else(pc.is_valid(reached[-1]), lookup(session_ids, k, first), nothing))
     return reached
 

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from schemas.tables import CONVERSION_RATES, GOLD, SILVER, STAGE_SESSION_COLUMNS
 from schemas.vocabulary import ActivityType, EventType, ResponseType
 from transforms.rules import experiments
-from transforms.rules.arrow import coalesce_key, concat, first_of_groups
+from transforms.rules.arrow import coalesce_key, concat, first_of_groups, micros
 from transforms.rules.funnel import CONFIRMED, STAGES, country_code, lookup, reached_count, stage_times
 
 GRAINS = ("day", "month", "year")
@@ -85,10 +85,6 @@ def end_of_day_micros(day: date) -> int:
 
 
 # --- one shard ---------------------------------------------------------------------------------
-def _micros(column) -> pa.Array:
-    return column.cast(pa.int64())
-
-
 def gold_table(name: str, columns: dict) -> pa.Table:
     table = GOLD[name]
     schema = table.arrow_schema()
@@ -117,8 +113,8 @@ def session_summaries(g: dict[str, pa.Table]) -> pa.Table:
     reached = stage_times(ids, g["silver_views"], events, responses, activities)
 
     seen = [
-        (responses.column("session_id"), _micros(responses.column("sent_at"))),
-        (activities.column("session_id"), _micros(activities.column("activity_time"))),
+        (responses.column("session_id"), micros(responses.column("sent_at"))),
+        (activities.column("session_id"), micros(activities.column("activity_time"))),
     ]
     seen_at = pa.table(
         {
@@ -127,7 +123,7 @@ def session_summaries(g: dict[str, pa.Table]) -> pa.Table:
         }
     )
     seen_at = _group(seen_at.filter(pc.is_valid(seen_at.column("t"))), ["s"], [("t", "min"), ("t", "max")])
-    own = [_micros(sessions.column(c)) for c in ("session_start_time", "first_activity_at", "last_activity_at")]
+    own = [micros(sessions.column(c)) for c in ("session_start_time", "first_activity_at", "last_activity_at")]
     payments = events.filter(pc.equal(events.column("event_type"), EventType.PAYMENT_SUCCESSFUL))
     payment_counts = _group(payments, ["session_id"], [("event_id", "count")])
     columns = {c: sessions.column(c) for c in sessions.column_names}
@@ -353,24 +349,24 @@ def scans(summary: pa.Table, g: dict[str, pa.Table]) -> pa.Table:
         ),
         False,
     )
-    paid_at = pc.if_else(is_payment, _micros(pc.take(events.column("timestamp"), event)), pa.scalar(None, pa.int64()))
+    paid_at = pc.if_else(is_payment, micros(pc.take(events.column("timestamp"), event)), pa.scalar(None, pa.int64()))
     session = pc.index_in(resolved.column("session_id"), value_set=summary.column("session_id"))
     linked = pa.table(
         {
             "activity_id": resolved.column("activity_id"),
-            "activity_time": _micros(resolved.column("activity_time")),
+            "activity_time": micros(resolved.column("activity_time")),
             "user_id": pc.take(summary.column("user_id"), session),
             "platform": pc.take(summary.column("platform"), session),
             "payment_event_id": pc.if_else(is_payment, event_id, pa.scalar(None, pa.string())),
             "seconds": pc.divide(
-                pc.subtract(_micros(resolved.column("activity_time")), paid_at).cast(pa.float64()), 1e6
+                pc.subtract(micros(resolved.column("activity_time")), paid_at).cast(pa.float64()), 1e6
             ),
         }
     )
     alone = pa.table(
         {
             "activity_id": unresolved.column("activity_id"),
-            "activity_time": _micros(unresolved.column("activity_time")),
+            "activity_time": micros(unresolved.column("activity_time")),
             "user_id": pa.nulls(unresolved.num_rows, pa.string()),
             "platform": unresolved.column("platform"),
             "payment_event_id": pa.nulls(unresolved.num_rows, pa.string()),

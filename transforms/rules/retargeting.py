@@ -19,15 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.vocabulary import EventType
-from transforms.rules.arrow import first_of_groups
+from transforms.rules.arrow import first_of_groups, micros
 from transforms.rules.funnel import lookup
 
 PAYMENT_WINDOW = timedelta(hours=24)
 _WINDOW_MICROS = PAYMENT_WINDOW // timedelta(microseconds=1)
-
-
-def _micros(column) -> pa.Array:
-    return column.cast(pa.int64())
 
 
 def audience(events: pa.Table, sessions: pa.Table, users: pa.Table, clock: int | None) -> dict:
@@ -37,9 +33,9 @@ def audience(events: pa.Table, sessions: pa.Table, users: pa.Table, clock: int |
     events = events.filter(by_user)
     kind = events.column("event_type")
     carts = events.filter(pc.equal(kind, EventType.ADD_TO_CART))
-    carts = carts.append_column("t", _micros(carts.column("timestamp")))
+    carts = carts.append_column("t", micros(carts.column("timestamp")))
     payments = events.filter(pc.equal(kind, EventType.PAYMENT_SUCCESSFUL))
-    payments = pa.table({"user_id": payments.column("user_id"), "paid": _micros(payments.column("timestamp"))})
+    payments = pa.table({"user_id": payments.column("user_id"), "paid": micros(payments.column("timestamp"))})
 
     latest = carts.sort_by([("user_id", "ascending"), ("t", "descending"), ("session_id", "descending")])
     latest = latest.filter(pa.array(first_of_groups(latest.column("user_id"))))

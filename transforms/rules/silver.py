@@ -33,7 +33,7 @@ from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, SILVER
 from schemas.vocabulary import EventType
-from transforms.rules.arrow import concat, count_true, first_of_groups
+from transforms.rules.arrow import concat, count_true, first_of_groups, micros
 from transforms.rules.dedup import INGEST_ORDER, MERGE_VERSIONS, content_columns
 from transforms.rules.funnel import lookup, reached_count, reached_stages, stage_times
 
@@ -144,10 +144,6 @@ def resolve_session(session_id: str, session: dict | None, children: dict[str, l
 
 
 # --- per shard (batch) -------------------------------------------------------------------------
-def _micros(column) -> pa.ChunkedArray:
-    return column.cast(pa.int64())
-
-
 def _per_session_count(ids: pa.Array, session_ids, mask=None) -> pa.Array:
     """How many of ``session_ids`` (where ``mask``) equal each id."""
     if mask is not None:
@@ -164,7 +160,7 @@ def resolve_sessions(sessions: pa.Table, children: dict[str, pa.Table]) -> pa.Ta
             pa.table(
                 {
                     "session_id": children[j.child].column("session_id"),
-                    "time": _micros(children[j.child].column(j.time_column)),
+                    "time": micros(children[j.child].column(j.time_column)),
                     "platform": children[j.child].column("platform"),
                 }
             )
@@ -187,8 +183,8 @@ def resolve_sessions(sessions: pa.Table, children: dict[str, pa.Table]) -> pa.Ta
         return pc.take(sessions.column(c), record)
 
     events = children["event"]
-    start = pc.if_else(has_record, _micros(of_record("session_start_time")), first_time)
-    end = _micros(of_record("session_end_time"))
+    start = pc.if_else(has_record, micros(of_record("session_start_time")), first_time)
+    end = micros(of_record("session_end_time"))
     last_time = lookup(ids, last.column("session_id"), last.column("time_max"))
     reached = stage_times(ids, children["view"], events)[:3]
     columns = {

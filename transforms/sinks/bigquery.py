@@ -44,6 +44,7 @@ from collections import defaultdict
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 
 import apache_beam as beam
 import pyarrow as pa
@@ -52,6 +53,7 @@ import pyarrow.parquet as pq
 from google.cloud import bigquery
 
 from schemas.table import DATE, Table
+from schemas.vocabulary import Layer
 from transforms import metrics
 from transforms.lake.commit import Replace, ReplaceScope
 from transforms.lake.files import DataFile, read_data_file
@@ -134,20 +136,26 @@ class BigQueryTarget:
         return client(self.project, self.endpoint)
 
 
+class WriteMode(StrEnum):
+    """How a run's rows of a table go in (see the module docstring)."""
+
+    TRUNCATE = "truncate"
+    UPSERT = "upsert"
+    APPEND = "append"
+
+
 @dataclass(frozen=True)
 class BigQueryWrite:
-    """How one run's rows of ``table`` go in: ``mode`` is ``truncate``,
-    ``upsert`` or ``append`` (see the module docstring); ``replace`` (upsert
-    only) is the run's lake rule, whose rows the run restates."""
+    """How one run's rows of ``table`` go in; ``replace`` (upsert only) is
+    the run's lake rule, whose rows the run restates."""
 
     table: Table
-    mode: str
+    mode: WriteMode
     replace: Replace | None = None
 
     def __post_init__(self):
-        if self.mode not in ("truncate", "upsert", "append"):
-            raise ValueError(self.mode)
-        if self.replace is not None and self.mode != "upsert":
+        object.__setattr__(self, "mode", WriteMode(self.mode))  # ValueError for another word
+        if self.replace is not None and self.mode is not WriteMode.UPSERT:
             raise ValueError("only an upsert restates the rows of a Replace rule")
 
 
@@ -155,9 +163,9 @@ def merge_key(table: Table) -> tuple[str, str | None]:
     """The SQL expression identifying a row (``{t}`` stands for the table
     alias) and the partition column a MERGE can prune on: ``event_date``,
     which a record keeps however often it is received (unlike ``ingest_date``)."""
-    if table.layer == "silver" or (table.layer == "ops" and table.key):
+    if table.layer == Layer.SILVER or (table.layer == Layer.OPS and table.key):
         return "{t}." + table.key[0], None  # one row per key (silver; ops tables with a key: alerts)
-    if table.layer in ("bronze", "ops"):
+    if table.layer in (Layer.BRONZE, Layer.OPS):
         return PROVENANCE, ("event_date" if "event_date" in table.partition_by else None)
     raise ValueError(f"{table.name}: {table.layer} tables are replaced, not merged")
 
@@ -208,7 +216,7 @@ def merge_statement(project: str, write: BigQueryWrite, scratch: str, prune_valu
         f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {key.format(t='R')}{order}) = 1) S",
         f"ON {on}",
     ]
-    if write.mode == "upsert":
+    if write.mode is WriteMode.UPSERT:
         sql.append("WHEN MATCHED THEN UPDATE SET " + ", ".join(f"`{c}` = S.`{c}`" for c in columns))
     sql.append(
         f"WHEN NOT MATCHED BY TARGET THEN INSERT ({', '.join(f'`{c}`' for c in columns)}) "
@@ -284,7 +292,7 @@ def merge_silver_changes(
     ensure_tables(bq, list(SILVER.values()))
     retry = sink_retry(deadline=deadline)
     for name, rows in upserts.items():
-        retry(merge_rows)(bq, BigQueryWrite(SILVER[name], "upsert"), [rows])
+        retry(merge_rows)(bq, BigQueryWrite(SILVER[name], WriteMode.UPSERT), [rows])
     for name, keys in deletes.items():
         table = SILVER[name]
         key = table.key[0]
@@ -294,7 +302,7 @@ def merge_silver_changes(
 
 
 def silver_merger(target: BigQueryTarget | None):
-    """The ``before_commit`` of a silver merge (``silver_lake.catch_up``)
+    """The ``before_commit`` of a silver merge (``transforms.lake.silver.catch_up``)
     that applies its changes to BigQuery's silver, or None without BigQuery.
     Every path merges BigQuery this way, inside its claim of the lake's
     silver: claims are taken one at a time, so BigQuery receives the merges
@@ -315,7 +323,7 @@ def insert_new_rows(
     bq = target.client()
     ensure_tables(bq, [table])
     return sink_retry(deadline=deadline)(merge_rows)(
-        bq, BigQueryWrite(table, "append"), [table.to_arrow(rows, with_partition_columns=True)]
+        bq, BigQueryWrite(table, WriteMode.APPEND), [table.to_arrow(rows, with_partition_columns=True)]
     )
 
 
@@ -387,11 +395,13 @@ class PublishFilesFn(beam.DoFn):
         retry = sink_retry(self._retries)
         changed = {}
         for write in self._writes:
-            if write.mode != "truncate":
+            if write.mode is not WriteMode.TRUNCATE:
                 changed[write.table.name] = retry(lambda w=write: merge_rows(bq, w, chunks(w.table)))()
         changed.update(
             retry(
-                lambda: replace_tables(bq, {w.table: chunks(w.table) for w in self._writes if w.mode == "truncate"})
+                lambda: replace_tables(
+                    bq, {w.table: chunks(w.table) for w in self._writes if w.mode is WriteMode.TRUNCATE}
+                )
             )()
         )
         for name, n in changed.items():

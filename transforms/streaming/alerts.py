@@ -4,14 +4,14 @@ raised once.
 
 The state is keyed two ways (the first part of the key):
 
-* ``(PAYMENTS, shard)``, a shard of payment event ids (``PaymentBook``):
+* ``(PAYMENT_SHARDS, shard)``, a shard of payment event ids (``PaymentBook``):
   ``email_failed`` the first time a response's current row is failed or
   bounced (silver re-emits a row when it changes, e.g. failed -> bounced: the
   book remembers which responses were alerted), and per payment its time
   and its earliest sent/delivered email confirmation, decided at its
   deadline (payment + 30 minutes): ``confirmation_missing`` unless a
   confirmation was sent by then;
-* ``(FAILURE_WINDOW, window start)``, one 15-minute window of email
+* ``(FAILURE_WINDOWS, window start)``, one 15-minute window of email
   confirmations (``WindowBook``): each response's latest outcome, decided
   at the window's end: ``email_failure_rate`` when the rule holds. A key
   per window keeps each state value to one window's responses.
@@ -63,7 +63,7 @@ from transforms.streaming.sinks import Rows, batched, pack
 SHARDS = 64  # of the payments' state
 ALLOWED_LATENESS_SECONDS = 2 * 24 * 3600  # a decided item is remembered this long past its due time
 # The first part of an alert state key: what the second part numbers.
-PAYMENTS, FAILURE_WINDOW = 0, 1
+PAYMENT_SHARDS, FAILURE_WINDOWS = 0, 1
 ALERT_GROUP = typehints.KV[typehints.Tuple[int, int], typehints.Any]
 # What an item routed to the state says: (id, (kind, value)).
 PAYMENT, CONFIRMED, FAILED, OUTCOME = "payment", "confirmed", "failed", "outcome"
@@ -95,7 +95,7 @@ class AlertInputsFn(beam.DoFn):
             for row in rows:
                 if row["event_type"] == EventType.PAYMENT_SUCCESSFUL and row["timestamp"] is not None:
                     route(
-                        (PAYMENTS, shard_of_key(row["event_id"], self._shards)),
+                        (PAYMENT_SHARDS, shard_of_key(row["event_id"], self._shards)),
                         (row["event_id"], (PAYMENT, row["timestamp"])),
                     )
         elif table == "silver_event_responses":
@@ -109,9 +109,9 @@ class AlertInputsFn(beam.DoFn):
                     value = (CONFIRMED, row["sent_at"])
                 else:
                     continue  # queued: no outcome yet
-                route((PAYMENTS, shard_of_key(row["event_id"], self._shards)), (row["event_id"], value))
+                route((PAYMENT_SHARDS, shard_of_key(row["event_id"], self._shards)), (row["event_id"], value))
                 start = alerts.window_start(row["sent_at"])
-                route((FAILURE_WINDOW, start), (row["response_id"], (OUTCOME, (start, failed))))
+                route((FAILURE_WINDOWS, start), (row["response_id"], (OUTCOME, (start, failed))))
         yield from by_key.items()
 
 
@@ -262,11 +262,11 @@ class WindowBook(_Book):
         return None
 
 
-BOOKS = {PAYMENTS: PaymentBook, FAILURE_WINDOW: WindowBook}
+BOOKS = {PAYMENT_SHARDS: PaymentBook, FAILURE_WINDOWS: WindowBook}
 
 
 class AlertStateFn(beam.DoFn):
-    """``((PAYMENTS | FAILURE_WINDOW, n), [Rows of routed items])`` -> ``Rows``
+    """``((PAYMENT_SHARDS | FAILURE_WINDOWS, n), [Rows of routed items])`` -> ``Rows``
     of alerts, each raised once (see the module docstring). State per key:
     one pickled book; a watermark timer at its ``event_timer``, a
     processing-time timer at its ``hold_timer``."""

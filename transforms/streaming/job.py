@@ -45,7 +45,7 @@ from transforms.metrics import ParseCounters
 from transforms.rules.bronze import parse_record
 from transforms.rules.bronze_arrow import parse_chunk
 from transforms.rules.pii import PiiKeySource
-from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, EnsureTables, silver_merger
+from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, EnsureTables, WriteMode, silver_merger
 from transforms.sinks.dead_letter import SinkDeadLetter
 from transforms.streaming.alerts import ALLOWED_LATENESS_SECONDS, SHARDS, PublishAlertsFn, StreamingAlerts
 from transforms.streaming.sinks import (
@@ -215,7 +215,7 @@ class StreamingLakehouse(beam.PTransform):
         )
         if self._bigquery is not None:
             # Silver is merged into BigQuery by MergeSilver, inside its claim (in the lake's order).
-            writes = [BigQueryWrite(t, "append") for t in (*BRONZE.values(), DEAD_LETTER, OPS_ALERTS_STREAM)]
+            writes = [BigQueryWrite(t, WriteMode.APPEND) for t in (*BRONZE.values(), DEAD_LETTER, OPS_ALERTS_STREAM)]
             _ = messages.pipeline | "EnsureBigQueryTables" >> EnsureTables(
                 self._bigquery, [w.table for w in writes] + [*SILVER.values(), SINK_DEAD_LETTER]
             )

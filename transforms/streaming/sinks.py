@@ -101,7 +101,7 @@ class MergeSilverFn(beam.DoFn):
     """(key, a batch's markers) -> silver brought up to bronze
     (``transforms.lake.silver.catch_up``, waiting for a merge another path
     holds; ``before_commit``: BigQuery's silver merged inside the claim, as
-    every path does, ``bigquery_io.silver_merger``) -> ``(silver table,
+    every path does, ``transforms.sinks.bigquery.silver_merger``) -> ``(silver table,
     Rows)`` of the rows it changed, as in-pipeline dicts, for the alerts."""
 
     def __init__(self, lake: str, before_commit=None):
