@@ -22,9 +22,9 @@ import plotly.graph_objects as go
 
 from schemas.tables import GOLD
 from schemas.tables import STAGE_SESSION_COLUMNS as MART_STAGES
+from schemas.vocabulary import STAGES
 from transforms.lake.files import write_bytes
 from transforms.lake.tables import layer_versions, read_arrow
-from transforms.rules.funnel import STAGES
 
 GRAINS = ("day", "month", "year")
 ALL = "all"

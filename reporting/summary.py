@@ -9,8 +9,8 @@ from collections import defaultdict
 
 from reporting import explorer
 from reporting.explorer import Gold
+from schemas.vocabulary import STAGES
 from transforms.lake.files import write_bytes
-from transforms.rules.funnel import STAGES
 
 
 def funnel_summary(gold: Gold) -> dict:

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.tables import CONVERSION_RATES, GOLD, SILVER, STAGE_SESSION_COLUMNS
-from schemas.vocabulary import ActivityType, EventType, ResponseType
+from schemas.vocabulary import STAGES, ActivityType, EventType, ResponseType
 from transforms.rules import experiments
 from transforms.rules.arrow import coalesce_key, concat, first_of_groups, micros
-from transforms.rules.funnel import CONFIRMED, STAGES, country_code, lookup, reached_count, stage_times
+from transforms.rules.funnel import CONFIRMED, country_code, lookup, reached_count, stage_times
 
 GRAINS = ("day", "month", "year")
 ALL_PLATFORMS = "all"
