@@ -2489,7 +2489,7 @@ locals {
     "ops.sink_dead_letter"          = {
       "dataset"         = "ops"
       "table_id"        = "sink_dead_letter"
-      "description"     = "Rows a sink (BigQuery, the alerts topic) rejected, or kept failing past the retry deadline, with the error; the stream goes on (transforms.sink_failures). The lake copy is authoritative."
+      "description"     = "Rows a sink (BigQuery, the alerts topic) rejected, or kept failing past the retry deadline, with the error; the stream goes on (transforms.sinks.dead_letter). The lake copy is authoritative."
       "partition_field" = "failed_date"
       "clustering"      = []
       "schema"          = [

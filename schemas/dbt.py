@@ -14,6 +14,7 @@ import yaml
 
 from schemas.table import Table
 from schemas.tables import BIGQUERY_TABLES, DATASETS, GOLD_ROW_KEYS
+from schemas.vocabulary import Layer
 
 PATH = "dbt/models/sources.yml"
 
@@ -21,8 +22,8 @@ PATH = "dbt/models/sources.yml"
 def unique_column(table: Table) -> str | None:
     """The column holding one row per value: silver's and ops' keys, gold's
     one-column row keys (bronze keeps every received copy of a key)."""
-    key = GOLD_ROW_KEYS.get(table.name, ()) if table.layer == "gold" else table.key
-    return key[0] if len(key) == 1 and table.layer != "bronze" else None
+    key = GOLD_ROW_KEYS.get(table.name, ()) if table.layer == Layer.GOLD else table.key
+    return key[0] if len(key) == 1 and table.layer != Layer.BRONZE else None
 
 
 def _column(table: Table, c) -> dict:
@@ -41,8 +42,8 @@ def sources() -> dict:
         "version": 2,
         "sources": [
             {
-                "name": dataset,
-                "schema": dataset,
+                "name": str(dataset),
+                "schema": str(dataset),
                 "description": DATASETS[dataset],
                 "tables": [
                     {"name": t.name, "description": t.description, "columns": [_column(t, c) for c in t.columns]}

@@ -18,6 +18,8 @@ from functools import cached_property
 
 import pyarrow as pa
 
+from schemas.vocabulary import Layer
+
 STRING, INT64, FLOAT64, BOOL = "STRING", "INT64", "FLOAT64", "BOOL"
 DATE, TIMESTAMP, BYTES = "DATE", "TIMESTAMP", "BYTES"
 
@@ -76,7 +78,7 @@ class Table:
     and the rest are clustering columns (with ``cluster_by``)."""
 
     name: str
-    layer: str
+    layer: Layer
     description: str
     columns: tuple[Column, ...]
     partition_by: tuple[str, ...] = ()

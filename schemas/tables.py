@@ -692,10 +692,10 @@ ALL_TABLES = {**BRONZE, **SILVER, **GOLD, RAW.name: RAW, DEAD_LETTER.name: DEAD_
 
 # The BigQuery datasets, one per layer, and what each holds (Terraform and dbt read these).
 DATASETS = {
-    "bronze": "Typed, normalized, PII-hashed rows per record type.",
-    "silver": "One current row per identity, joined; merged by the streaming job and the backfill alike.",
-    "gold": "Funnel facts, dimensions and marts (truncate and load).",
-    "ops": "Dead letter, operational alerts, sink failures, run log, erasure log, and the short-lived scratch "
+    Layer.BRONZE: "Typed, normalized, PII-hashed rows per record type.",
+    Layer.SILVER: "One current row per identity, joined; merged by the streaming job and the backfill alike.",
+    Layer.GOLD: "Funnel facts, dimensions and marts (truncate and load).",
+    Layer.OPS: "Dead letter, operational alerts, sink failures, run log, erasure log, and the short-lived scratch "
     "tables MERGEs read from.",
 }
 

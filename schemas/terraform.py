@@ -28,7 +28,7 @@ def table_key(table: Table) -> str:
 
 def definition(table: Table) -> dict:
     return {
-        "dataset": table.layer,
+        "dataset": str(table.layer),
         "table_id": table.name,
         "description": table.description,
         "partition_field": table.bigquery_time_partition,

@@ -232,7 +232,8 @@ def unsupported_inputs(patterns: list[str], lake: str) -> list[str]:
     type a backfill reads: a mistake, unlike a pattern matching nothing (a
     day without landing files)."""
     raw_root = table_dir(lake, RAW).rstrip("/") + "/"
-    outside = [p for p in patterns if not p.startswith(raw_root)]
+    # A pattern ending in a landing suffix matches nothing else: no listing (on GCS, a round trip) needed.
+    outside = [p for p in patterns if not p.startswith(raw_root) and not p.endswith(LANDING_SUFFIXES)]
     return [
         pattern
         for pattern, result in zip(outside, FileSystems.match(outside))
