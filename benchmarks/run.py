@@ -153,17 +153,17 @@ def run_size(
     trees: list[tuple[str, Path | None, Path]] = [("this", None, lake)]
     if baseline_tree is not None:
         trees.append(("baseline", baseline_tree, baseline_lake))
-    measured: dict[str, list[dict]] = {name: [] for name, _, _ in trees}
+    rounds_of: dict[str, list[dict]] = {name: [] for name, _, _ in trees}
     # Rounds alternate the order (this, previous, previous, this, ...) so
     # neither tree always runs first, on a cold cache or a warm one.
     for round_number in range(rounds):
         for name, tree, tree_lake in trees if round_number % 2 == 0 else trees[::-1]:
             shutil.rmtree(tree_lake, ignore_errors=True)  # every round starts from an empty lake
             steps = _pipelines(landing, tree_lake, extra_args, tree)
-            measured[name].append({"steps": steps, **_totals(steps, records)})
-    result = {"size": size, "records": records, **_best(measured["this"])}
+            rounds_of[name].append({"steps": steps, **_totals(steps, records)})
+    result = {"size": size, "records": records, **_best(rounds_of["this"])}
     if baseline_tree is not None:
-        result["baseline"] = {"tree": baseline_tree.name, **_best(measured["baseline"])}
+        result["baseline"] = {"tree": baseline_tree.name, **_best(rounds_of["baseline"])}
     ref = measured(
         [
             sys.executable,

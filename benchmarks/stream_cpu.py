@@ -77,10 +77,17 @@ def _worker(tree: str, messages_path: str, lake: str, window_seconds: int) -> di
 
     with open(messages_path, "rb") as f:
         records = len(pickle.load(f))
-    # This code reads the key on the workers; the previous release took the key itself. Decided by the
+
+    # This code (and 5c58303) read the key on the workers; 9f29f42 took the key itself. Decided by the
     # tree's own files: an import would find this tree's module through the editable install.
-    if os.path.exists(os.path.join(tree, "transforms", "pii.py")):
-        from transforms.rules.pii import KEY_ENV, PiiKeySource
+    def has(path: str) -> bool:
+        return os.path.exists(os.path.join(tree, *path.split("/")))
+
+    if has("transforms/rules/pii.py") or has("transforms/pii.py"):
+        if has("transforms/rules/pii.py"):
+            from transforms.rules.pii import KEY_ENV, PiiKeySource
+        else:  # 5c58303, before the rules were a package
+            from transforms.pii import KEY_ENV, PiiKeySource
 
         os.environ[KEY_ENV] = "benchmark-key"
         key = PiiKeySource()
@@ -96,7 +103,7 @@ def _worker(tree: str, messages_path: str, lake: str, window_seconds: int) -> di
     bounded = (
         p | "MessagesFile" >> beam.Create([messages_path], reshuffle=False) | "Messages" >> beam.FlatMap(read_messages)
     )
-    if not os.path.exists(os.path.join(tree, "transforms", "streaming.py")):  # the previous release
+    if has("transforms/lake_io.py"):  # 9f29f42, before the streaming job was one composite
         from transforms import lake_io
 
         class _Bounded(beam.PTransform):
@@ -117,7 +124,10 @@ def _worker(tree: str, messages_path: str, lake: str, window_seconds: int) -> di
             p, "projects/funnel-local/subscriptions/x", lake, window_seconds, key, early_firing_seconds=0
         )
     else:
-        from transforms.streaming.job import StreamingLakehouse
+        if has("transforms/streaming/job.py"):
+            from transforms.streaming.job import StreamingLakehouse
+        else:  # 5c58303
+            from transforms.streaming import StreamingLakehouse
 
         _ = bounded | StreamingLakehouse(lake, key, window_seconds)
     before, started = resource.getrusage(resource.RUSAGE_SELF), time.time()
