@@ -63,6 +63,7 @@ from schemas import contract
 from schemas.contract import RECORD_TYPES
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.batch.parse import ParseChunkFn
+from transforms.batch.quality import CheckBackfill
 from transforms.batch.silver import BuildSilver
 from transforms.lake.commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
 from transforms.lake.files import WriteDataFiles
@@ -72,6 +73,7 @@ from transforms.lake.tables import LakeFile, ReadLakeTable, read_file, snapshot
 from transforms.rules.pii import PiiKeySource
 from transforms.rules.silver import shuffled_columns
 from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, WriteMode, silver_merger
+from transforms.sinks.quality import DataQualityError, run_failures
 from transforms.sinks.run_log import AccountingError, backfill_problems, write_run_log
 
 
@@ -189,12 +191,14 @@ def build(
             bigquery, [BigQueryWrite(rule.table, WriteMode.UPSERT, rule) for rule in rules]
         )
     commit_plan = CommitPlan(run_id, "backfill", plan)
-    _ = (
+    committed = (
         (written, read[RAW_FILES])
         | "WithRawCopies" >> beam.Flatten()
         | "Commit"
         >> CommitLakeWrites(lake, commit_plan, CommitAndMergeFn(lake, commit_plan, rebuild, silver_merger(bigquery)))
     )
+    # The checks of the days the run wrote, once they are in (schemas.quality).
+    _ = written | "CheckQuality" >> CheckBackfill(lake, run_id, committed, bigquery)
     return sum(f.rows for files in kept.values() for f in files), rebuild
 
 
@@ -293,6 +297,11 @@ def main(argv=None):
     write_run_log(args.lake, "backfill", run_id, values, not problems, bigquery)
     if problems:
         raise AccountingError(f"backfill {run_id}: the accounting does not balance: " + "; ".join(problems))
+    blocking, warnings = run_failures(args.lake, run_id)
+    if warnings:
+        print(f"backfill: data-quality warnings: {'; '.join(warnings[:20])}" + (" ..." if len(warnings) > 20 else ""))
+    if blocking:
+        raise DataQualityError(f"backfill {run_id}: blocking data-quality checks failed: {'; '.join(blocking)}")
     return result
 
 

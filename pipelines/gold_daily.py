@@ -44,12 +44,14 @@ from schemas import contract
 from schemas.tables import BRONZE, GOLD, SILVER
 from schemas.views import VIEWS
 from transforms.batch.gold import BuildGold, CutAtAsOfFn
+from transforms.batch.quality import GoldGate
 from transforms.lake.commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
 from transforms.lake.files import WriteDataFiles
 from transforms.lake.silver import catch_up
 from transforms.lake.tables import ReadLakeTable, layer_versions, open_table, snapshot
 from transforms.rules.gold import GOLD_INPUTS, end_of_day_micros
 from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, WriteMode, silver_merger
+from transforms.sinks.quality import DataQualityError, run_failures
 from transforms.sinks.run_log import write_run_log
 
 # Bytes of silver Parquet per shard of the gold shuffle (about 100k rows).
@@ -86,12 +88,15 @@ def build(
     clock = min(end_of_day_micros(as_of), contract.now_micros())
     gold = silver | "BuildGold" >> BuildGold(shards, clock)
     written = gold | "WriteGold" >> WriteDataFiles(list(GOLD.values()), lake)
+    # Gold's checks over the new files before anything is published or released (schemas.quality).
+    gate = written | "QualityGate" >> GoldGate(lake, run_id, bigquery)
     if bigquery is not None:
         written = written | "PublishToBigQuery" >> PublishToBigQuery(
-            bigquery, [BigQueryWrite(t, WriteMode.TRUNCATE) for t in GOLD.values()], VIEWS.values()
+            bigquery, [BigQueryWrite(t, WriteMode.TRUNCATE) for t in GOLD.values()], VIEWS.values(), gate
         )
     plan = read_plan(lake, [Replace(t, ReplaceScope.TABLE) for t in GOLD.values()])
-    _ = written | "Commit" >> CommitLakeWrites(lake, CommitPlan(run_id, "gold_daily", plan, releases=("gold",)))
+    commit = CommitPlan(run_id, "gold_daily", plan, releases=("gold",))
+    _ = written | "Commit" >> CommitLakeWrites(lake, commit, gate=gate)
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -161,6 +166,14 @@ def recompute(
     )
     if finished:  # a submitted job's counters are Dataflow's until it ends
         write_run_log(lake, "gold_daily", run_id, counters(result), bigquery=bigquery)
+        blocking, warnings = run_failures(lake, run_id)
+        if warnings:
+            print(f"gold_daily: data-quality warnings: {'; '.join(warnings)}")
+        if blocking:
+            raise DataQualityError(
+                f"gold_daily {run_id}: gold not released (the previous release stays): blocking data-quality "
+                f"checks failed: {'; '.join(blocking)}; see LAKE/dq_results or `funnel status`"
+            )
     return result
 
 

@@ -18,6 +18,7 @@ from functools import cached_property
 
 import pyarrow as pa
 
+from schemas.quality import Check, Unique
 from schemas.vocabulary import Layer
 
 STRING, INT64, FLOAT64, BOOL = "STRING", "INT64", "FLOAT64", "BOOL"
@@ -86,6 +87,8 @@ class Table:
     key: tuple[str, ...] = field(default=())
     # BigQuery-only daily partition column, for tables that are not folders in the lake
     bigquery_partition: str | None = None
+    # Its data-quality checks (schemas.quality), evaluated where the table is written.
+    checks: tuple[Check, ...] = ()
 
     def __post_init__(self):
         names = [c.name for c in self.columns]
@@ -99,6 +102,17 @@ class Table:
         ) - set(names)
         if missing:
             raise ValueError(f"{self.name}: unknown columns {sorted(missing)}")
+        checked = {c for check in self.checks for c in check.columns} - set(names)
+        if checked:
+            raise ValueError(f"{self.name}: checks read unknown columns {sorted(checked)}")
+        ids = [check.check_id(self.name) for check in self.checks]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"{self.name}: two checks with one id")
+
+    @property
+    def row_key(self) -> tuple[str, ...]:
+        """The columns identifying a row: its first ``Unique`` check's, else ``key``."""
+        return next((c.of for c in self.checks if isinstance(c, Unique)), self.key)
 
     @property
     def column_names(self) -> list[str]:

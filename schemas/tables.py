@@ -8,8 +8,29 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from schemas.quality import (
+    AcceptedValues,
+    DeadLetterShare,
+    Freshness,
+    Mix,
+    Relationship,
+    RowCountChange,
+    Sanity,
+    SchemaDrift,
+    Severity,
+    Volume,
+    key_checks,
+)
 from schemas.table import BOOL, BYTES, DATE, FLOAT64, INT64, STRING, TIMESTAMP, Table, col
-from schemas.vocabulary import Layer, Stage
+from schemas.vocabulary import (
+    APP_PLATFORMS,
+    ActivityType,
+    Layer,
+    Platform,
+    ResponseStatus,
+    ResponseType,
+    Stage,
+)
 
 # --- raw ---------------------------------------------------------------------------
 RAW = Table(
@@ -64,7 +85,17 @@ _PII_KEY_VERSION = col(
 )
 
 
-def _bronze(name: str, description: str, columns: tuple, key: str) -> Table:
+_APPS = tuple(str(p) for p in APP_PLATFORMS)
+
+
+def _arrivals(time_column: str) -> tuple:
+    """The checks of a table people's apps fill all day: each app platform's
+    freshness, daily volume and share against its seasonal baseline."""
+    return (Freshness(time_column=time_column, platforms=_APPS), Volume(platforms=_APPS), Mix(column="platform"))
+
+
+def _bronze(name: str, description: str, columns: tuple, key: str, checks: tuple = ()) -> Table:
+    # Bronze keeps every received copy: its keys are not unique, and a record without one is dead-lettered.
     return Table(
         name,
         Layer.BRONZE,
@@ -73,6 +104,12 @@ def _bronze(name: str, description: str, columns: tuple, key: str) -> Table:
         partition_by=BRONZE_PARTITION,
         cluster_by=("platform",),
         key=(key,),
+        checks=(
+            *key_checks((key,), Severity.WARN, unique=False),
+            AcceptedValues(column="platform", values=tuple(str(p) for p in Platform)),
+            SchemaDrift(),
+            *checks,
+        ),
     )
 
 
@@ -105,6 +142,7 @@ BRONZE_SESSIONS = _bronze(
         col("experiments_json", STRING, "A/B assignments, JSON object experiment -> variant."),
     ),
     "session_id",
+    _arrivals("session_start_time"),
 )
 _SESSION_ID = col("session_id", STRING, "Session.", True)
 _VIEW_COLUMNS = (
@@ -115,7 +153,11 @@ _VIEW_COLUMNS = (
 )
 _VIEW_ID = col("view_id", STRING, "View key.", True)
 BRONZE_VIEWS = _bronze(
-    "bronze_views", "One row per received valid page view.", (_VIEW_ID, _SESSION_ID) + _VIEW_COLUMNS, "view_id"
+    "bronze_views",
+    "One row per received valid page view.",
+    (_VIEW_ID, _SESSION_ID) + _VIEW_COLUMNS,
+    "view_id",
+    (*_arrivals("view_timestamp"), Mix(column="page_type")),
 )
 _CLICK_COLUMNS = (
     col("click_timestamp", TIMESTAMP, "Click time.", True),
@@ -147,6 +189,7 @@ BRONZE_EVENTS = _bronze(
     "One row per received valid event.",
     _EVENT_COLUMNS[:1] + (_SESSION_ID,) + _EVENT_COLUMNS[1:],
     "event_id",
+    (*_arrivals("timestamp"), Mix(column="event_type")),
 )
 _RESPONSE_COLUMNS = (
     col("response_id", STRING, "Response key.", True),
@@ -163,6 +206,10 @@ BRONZE_EVENT_RESPONSES = _bronze(
     "One row per received valid event response (status versions included).",
     _RESPONSE_COLUMNS,
     "response_id",
+    (
+        AcceptedValues(column="response_type", values=tuple(str(t) for t in ResponseType)),
+        AcceptedValues(column="status", values=tuple(str(s) for s in ResponseStatus)),
+    ),
 )
 _ACTIVITY_COLUMNS = (
     col("activity_id", STRING, "Activity key.", True),
@@ -172,7 +219,11 @@ _ACTIVITY_COLUMNS = (
     col("location", STRING, "Where it happened, e.g. a gate."),
 )
 BRONZE_USER_ACTIVITY = _bronze(
-    "bronze_user_activity", "One row per received valid user activity.", _ACTIVITY_COLUMNS, "activity_id"
+    "bronze_user_activity",
+    "One row per received valid user activity.",
+    _ACTIVITY_COLUMNS,
+    "activity_id",
+    (AcceptedValues(column="activity_type", values=tuple(str(t) for t in ActivityType)),),
 )
 
 BRONZE = {
@@ -207,10 +258,30 @@ _SILVER_COMMON = (
 _SILVER_DATE = col("event_date", DATE, "UTC date of the winning copy's own time, as in bronze (partition).", True)
 
 
-def _silver(name: str, description: str, columns: tuple, key: str, partition: str = "event_date") -> Table:
+def _silver(
+    name: str, description: str, columns: tuple, key: str, partition: str = "event_date", checks: tuple = ()
+) -> Table:
     # Partitioned by date: a merge rewrites the files of the days it touches, not all of silver.
     dated = columns if partition != "event_date" else columns + (_SILVER_DATE,)
-    return Table(name, Layer.SILVER, description, dated + _SILVER_COMMON, partition_by=(partition,), key=(key,))
+    return Table(
+        name,
+        Layer.SILVER,
+        description,
+        dated + _SILVER_COMMON,
+        partition_by=(partition,),
+        key=(key,),
+        checks=key_checks((key,)) + checks,
+    )
+
+
+# Children whose session record never arrived: the generator sends 2%, a producer dropping them sends many.
+_SESSION_ARRIVED = Relationship(
+    column="session_id",
+    parent="silver_sessions",
+    parent_column="session_id",
+    parent_flag="has_session_record",
+    tolerated_share=0.05,
+)
 
 
 SILVER_USERS = _silver(
@@ -278,6 +349,7 @@ SILVER_VIEWS = _silver(
     "One row per view (first copy wins), joined to its session.",
     (_VIEW_ID,) + _RESOLVED + _VIEW_COLUMNS,
     "view_id",
+    checks=(_SESSION_ARRIVED,),
 )
 SILVER_CLICKS = _silver(
     "silver_clicks",
@@ -290,18 +362,31 @@ SILVER_EVENTS = _silver(
     "One row per event (first copy wins), joined to its session.",
     _EVENT_COLUMNS[:1] + _RESOLVED + _EVENT_COLUMNS[1:],
     "event_id",
+    checks=(_SESSION_ARRIVED,),
 )
 SILVER_EVENT_RESPONSES = _silver(
     "silver_event_responses",
     "One current row per response (newest emitted_at wins), joined through its event to the session.",
     _RESPONSE_COLUMNS + _RESOLVED,
     "response_id",
+    # a confirmation follows its payment within minutes
+    checks=(Relationship(column="event_id", parent="silver_events", parent_column="event_id", tolerated_share=0.01),),
 )
 SILVER_USER_ACTIVITY = _silver(
     "silver_user_activity",
     "One row per activity (first copy wins), joined through response -> event -> session.",
     _ACTIVITY_COLUMNS + (col("event_id", STRING, "Event the response answers."),) + _RESOLVED,
     "activity_id",
+    # a ticket is scanned at the venue, up to a few weeks after its confirmation
+    checks=(
+        Relationship(
+            column="response_id",
+            parent="silver_event_responses",
+            parent_column="response_id",
+            tolerated_share=0.01,
+            within_days=21,
+        ),
+    ),
 )
 
 SILVER = {
@@ -343,6 +428,11 @@ FACT_FUNNEL_STAGE = Table(
     partition_by=(),
     cluster_by=("platform",),
     bigquery_partition="session_date",
+    checks=(
+        *key_checks(("session_id", "stage_number")),
+        AcceptedValues(Severity.BLOCK, column="stage_name", values=tuple(str(s) for s in Stage)),
+        RowCountChange(),
+    ),
 )
 FACT_USER_ACTIVITY = Table(
     "fact_user_activity",
@@ -364,6 +454,7 @@ FACT_USER_ACTIVITY = Table(
     ),
     cluster_by=("user_id",),
     bigquery_partition="activity_date",
+    checks=key_checks(("user_id", "activity_date")),
 )
 DIM_USER = Table(
     "dim_user",
@@ -382,6 +473,7 @@ DIM_USER = Table(
         col("lifetime_payments", INT64, "Distinct payment_successful events in the user's sessions.", True),
         col("furthest_stage_number", INT64, "Highest funnel stage in any session; 0 if none.", True),
     ),
+    checks=(*key_checks(("user_id",)), RowCountChange()),
 )
 _PERIOD = (
     col("period_grain", STRING, "day, month or year.", True),
@@ -389,6 +481,9 @@ _PERIOD = (
     col("platform", STRING, "Platform, or 'all'.", True),
 )
 _RATE = "null when the denominator is 0."
+_PERIOD_KEY = key_checks(("period_grain", "period_start", "platform")) + (
+    AcceptedValues(Severity.BLOCK, column="period_grain", values=("day", "month", "year")),
+)
 _STAGE_SESSIONS = tuple(col(stage.sessions_column, INT64, f"Sessions reaching {stage}.", True) for stage in Stage)
 # Sessions reaching each funnel stage, in stage order (mart_conversion_rate, mart_ab_test).
 STAGE_SESSION_COLUMNS = tuple(c.name for c in _STAGE_SESSIONS)
@@ -412,6 +507,24 @@ MART_CONVERSION_RATE = Table(
         *(col(rate, FLOAT64, f"{num} / {den}; " + _RATE) for rate, (num, den) in CONVERSION_RATES.items()),
     ),
     cluster_by=("period_grain", "platform"),
+    # The funnel's own sanity: a session confirmed paid, a scanned ticket was confirmed.
+    checks=_PERIOD_KEY
+    + (
+        Sanity(
+            Severity.BLOCK,
+            name="confirmations_at_most_payments",
+            at_most="sessions_email_confirmation",
+            of="sessions_payment",
+            per_row=True,
+        ),
+        Sanity(
+            Severity.BLOCK,
+            name="scans_at_most_confirmations",
+            at_most="sessions_barcode_scanned",
+            of="sessions_email_confirmation",
+            per_row=True,
+        ),
+    ),
 )
 MART_BARCODE_ACTIVITY = Table(
     "mart_barcode_activity",
@@ -430,6 +543,16 @@ MART_BARCODE_ACTIVITY = Table(
         ),
     ),
     cluster_by=("period_grain", "platform"),
+    checks=_PERIOD_KEY
+    + (
+        Sanity(
+            Severity.BLOCK,
+            name="scanned_orders_at_most_scans",
+            at_most="scanned_orders",
+            of="barcode_scans",
+            per_row=True,
+        ),
+    ),
 )
 
 MART_RETARGETING = Table(
@@ -454,6 +577,7 @@ MART_RETARGETING = Table(
         col("platform", STRING, "Platform of that cart's session."),
     ),
     cluster_by=("platform",),
+    checks=key_checks(("user_id",)),
 )
 MART_AB_TEST = Table(
     "mart_ab_test",
@@ -485,6 +609,7 @@ MART_AB_TEST = Table(
         ),
         col("srm_flag", BOOL, "Sample-ratio mismatch: srm_p_value below 0.001."),
     ),
+    checks=key_checks(("experiment", "variant")),
 )
 OPS_ALERTS = Table(
     "ops_alerts",
@@ -497,7 +622,12 @@ OPS_ALERTS = Table(
             "Stable id: the same condition always gets the same id (SHA-256 of type and subject).",
             True,
         ),
-        col("alert_type", STRING, "email_failed, email_failure_rate or confirmation_missing.", True),
+        col(
+            "alert_type",
+            STRING,
+            "email_failed, email_failure_rate, confirmation_missing; data_quality (ops only).",
+            True,
+        ),
         col(
             "detected_at",
             TIMESTAMP,
@@ -510,6 +640,7 @@ OPS_ALERTS = Table(
         col("details", STRING, "JSON: what the alert is about (status, counts, rate, deadline)."),
     ),
     cluster_by=("alert_type",),
+    checks=key_checks(("alert_id",)),
 )
 
 # The alerts as the streaming job raises them: lake ops_alerts/, BigQuery ops.ops_alerts (appended;
@@ -522,18 +653,6 @@ OPS_ALERTS_STREAM = replace(
     "streaming job as records arrive (the rules of gold.ops_alerts).",
 )
 
-# The columns identifying a gold row (gold is rebuilt whole, so these are
-# declared for readers: Looker's primary keys, dbt's unique tests).
-GOLD_ROW_KEYS = {
-    FACT_FUNNEL_STAGE.name: ("session_id", "stage_number"),
-    FACT_USER_ACTIVITY.name: ("user_id", "activity_date"),
-    DIM_USER.name: ("user_id",),
-    MART_CONVERSION_RATE.name: ("period_grain", "period_start", "platform"),
-    MART_BARCODE_ACTIVITY.name: ("period_grain", "period_start", "platform"),
-    MART_RETARGETING.name: ("user_id",),
-    MART_AB_TEST.name: ("experiment", "variant"),
-    OPS_ALERTS.name: ("alert_id",),
-}
 
 GOLD = {
     t.name: t
@@ -548,6 +667,9 @@ GOLD = {
         OPS_ALERTS,
     )
 }
+# The columns identifying a gold row, from its unique check (gold is rebuilt
+# whole, so these are for readers: Looker's primary keys, dbt's unique tests).
+GOLD_ROW_KEYS = {name: table.row_key for name, table in GOLD.items()}
 
 # --- dead letter ---------------------------------------------------------------------
 DEAD_LETTER = Table(
@@ -569,6 +691,7 @@ DEAD_LETTER = Table(
         col("message_id", STRING, "Pub/Sub message id (look the record up in raw/)."),
     ),
     partition_by=("ingest_date",),
+    checks=(DeadLetterShare(),),
 )
 
 # --- sink failures: rows a sink rejected ---------------------------------------------------
@@ -598,6 +721,35 @@ SINK_DEAD_LETTER = Table(
     ),
     partition_by=("failed_date",),
     key=("dead_letter_id",),
+)
+
+# --- data quality: one row per check, subject and run --------------------------------------
+DQ_RESULTS = Table(
+    "dq_results",
+    Layer.OPS,
+    "One row per data-quality check, subject and run (schemas.quality): what was observed, the band it had "
+    "to lie in, and the verdict.",
+    (
+        col("run_date", DATE, "UTC date of the evaluation (partition).", True),
+        col("result_id", STRING, "Stable id: SHA-256 of run, check and subject.", True),
+        col("run_id", STRING, "The run that evaluated it.", True),
+        col("pipeline", STRING, "backfill, gold_daily or stream_ingest.", True),
+        col("evaluated_at", TIMESTAMP, "When it was evaluated.", True),
+        col("check_id", STRING, "<table>.<kind>[.<what>], as declared.", True),
+        col("check_kind", STRING, "not_null, unique, volume, freshness, ... (schemas.quality.CheckKind).", True),
+        col("table_name", STRING, "The table checked.", True),
+        col("severity", STRING, "warn or block.", True),
+        col("subject", STRING, "What inside the table: all, a day, a platform, a landing file, a reason.", True),
+        col("event_date", DATE, "The day checked, for checks of a day."),
+        col("platform", STRING, "The platform checked, for checks per platform."),
+        col("observed", FLOAT64, "The observed value (a count, a share, a lag in hours, a distance)."),
+        col("expected_low", FLOAT64, "Lowest value that passes; null: no lower bound."),
+        col("expected_high", FLOAT64, "Highest value that passes; null: no upper bound."),
+        col("verdict", STRING, "pass, fail, or no_baseline (too little history to judge).", True),
+        col("details", STRING, "JSON: the baseline, offending values, counts."),
+    ),
+    partition_by=("run_date",),
+    key=("result_id",),
 )
 
 # --- run log: every run's counters and its accounting check ---------------------------------
@@ -695,8 +847,8 @@ DATASETS = {
     Layer.BRONZE: "Typed, normalized, PII-hashed rows per record type.",
     Layer.SILVER: "One current row per identity, joined; merged by the streaming job and the backfill alike.",
     Layer.GOLD: "Funnel facts, dimensions and marts (truncate and load).",
-    Layer.OPS: "Dead letter, operational alerts, sink failures, run log, erasure log, and the short-lived scratch "
-    "tables MERGEs read from.",
+    Layer.OPS: "Dead letter, operational alerts, sink failures, run log, erasure log, data-quality results, and the "
+    "short-lived scratch tables MERGEs read from.",
 }
 
 # Every table with a BigQuery copy (``--sink bigquery``): all lake tables but
@@ -710,4 +862,5 @@ BIGQUERY_TABLES = (
     SINK_DEAD_LETTER,
     RUN_LOG,
     ERASURE_LOG,
+    DQ_RESULTS,
 )

@@ -39,6 +39,22 @@ class Stage(StrEnum):
 STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
 
 
+class Platform(StrEnum):
+    """Bronze's normalized platforms (``transforms.rules.bronze``)."""
+
+    WEB = "web"
+    IOS = "ios"
+    ANDROID = "android"
+    EMAIL = "email"
+    POS = "pos"
+    UNKNOWN = "unknown"  # the record named none
+    OTHER = "other"  # a spelling bronze does not know (kept in platform_raw)
+
+
+# The platforms people browse and buy on: the ones whose silence is an incident.
+APP_PLATFORMS = (Platform.WEB, Platform.IOS, Platform.ANDROID)
+
+
 class EventType(StrEnum):
     """The event types the funnel reads (producers send others too; bronze
     normalizes spellings, ``transforms.rules.bronze``)."""

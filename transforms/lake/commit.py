@@ -280,7 +280,12 @@ class CommitFn(beam.DoFn):
     def __init__(self, lake: str, plan: CommitPlan):
         self._lake, self._plan = lake, plan
 
-    def process(self, files: list[DataFile]):
+    def process(self, files: list[DataFile], gate=None):
+        if gate is not None and not gate.release:
+            logging.error(
+                "%s %s: nothing committed or released (%s)", self._plan.pipeline, self._plan.run_id, gate.blocking
+            )
+            return
         yield from self.commit(files_by_table(files))
 
     def commit(self, by_table: dict[str, list[DataFile]]):
@@ -326,14 +331,17 @@ def files_by_table(files: list[DataFile]) -> dict[str, list[DataFile]]:
 
 class CommitLakeWrites(beam.PTransform):
     """All ``DataFile``s of a run -> committed by one final step (``CommitFn``,
-    or ``fn``: one that does more after the commits)."""
+    or ``fn``: one that does more after the commits). ``gate``: a
+    PCollection of one ``Gate`` (``transforms.rules.quality``): nothing is
+    committed unless it releases (the files stay unreferenced until a vacuum)."""
 
-    def __init__(self, lake: str, plan: CommitPlan, fn: CommitFn | None = None):
+    def __init__(self, lake: str, plan: CommitPlan, fn: CommitFn | None = None, gate=None):
         super().__init__()
-        self._fn = fn or CommitFn(lake, plan)
+        self._fn, self._gate = fn or CommitFn(lake, plan), gate
 
     def expand(self, files):
-        return files | "AllDataFiles" >> beam.combiners.ToList() | "CommitToLake" >> beam.ParDo(self._fn)
+        gated = {} if self._gate is None else {"gate": beam.pvalue.AsSingleton(self._gate)}
+        return files | "AllDataFiles" >> beam.combiners.ToList() | "CommitToLake" >> beam.ParDo(self._fn, **gated)
 
 
 def read_plan(lake: str, rules: list[Replace]) -> tuple[tuple[Replace, Snapshot], ...]:

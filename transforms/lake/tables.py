@@ -47,6 +47,7 @@ from schemas.table import Table
 from schemas.tables import (
     BRONZE,
     DEAD_LETTER,
+    DQ_RESULTS,
     ERASURE_LOG,
     GOLD,
     OPS_ALERTS_STREAM,
@@ -73,6 +74,7 @@ ALL_LAKE_TABLES = (
     SINK_DEAD_LETTER,
     RUN_LOG,
     ERASURE_LOG,
+    DQ_RESULTS,
 )
 
 

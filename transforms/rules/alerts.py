@@ -53,6 +53,7 @@ class AlertType(enum.StrEnum):
     EMAIL_FAILED = "email_failed"
     EMAIL_FAILURE_RATE = "email_failure_rate"
     CONFIRMATION_MISSING = "confirmation_missing"
+    DATA_QUALITY = "data_quality"  # a failed check (transforms.rules.quality); raised by the checks, not by gold
 
 
 def alert_id(alert_type: AlertType, subject: str) -> str:

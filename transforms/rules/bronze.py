@@ -18,18 +18,18 @@ import orjson
 
 from schemas import contract
 from schemas.contract import Rejected
-from schemas.vocabulary import EventType
+from schemas.vocabulary import EventType, Platform
 from transforms.rules.pii import PiiKey
 
 DEAD_LETTER = "dead_letter"
 
 # --- normalization rules of RAW_EVENTS.md -------------------------------------------
 _PLATFORMS = {
-    **dict.fromkeys(("web", "desktop", "mobile-web", "browser"), "web"),
-    **dict.fromkeys(("ios", "iphone", "ipad", "ios-app"), "ios"),
-    **dict.fromkeys(("android", "android-app"), "android"),
-    **dict.fromkeys(("email", "mailer"), "email"),
-    **dict.fromkeys(("pos", "scanner", "kiosk"), "pos"),
+    **dict.fromkeys(("web", "desktop", "mobile-web", "browser"), Platform.WEB.value),
+    **dict.fromkeys(("ios", "iphone", "ipad", "ios-app"), Platform.IOS.value),
+    **dict.fromkeys(("android", "android-app"), Platform.ANDROID.value),
+    **dict.fromkeys(("email", "mailer"), Platform.EMAIL.value),
+    **dict.fromkeys(("pos", "scanner", "kiosk"), Platform.POS.value),
 }
 # spellings producers send -> the event type (a plain str in bronze, as every other type is)
 _EVENT_TYPE_ALIASES = {
@@ -42,9 +42,9 @@ _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 def normalize_platform(value: str | None) -> tuple[str, str | None]:
     """-> (platform, platform_raw); platform_raw is kept only for 'other'."""
     if value is None or not value.strip():
-        return "unknown", None
+        return Platform.UNKNOWN.value, None
     platform = _PLATFORMS.get(value.strip().lower())
-    return (platform, None) if platform else ("other", value)
+    return (platform, None) if platform else (Platform.OTHER.value, value)
 
 
 def normalize_event_type(value: str) -> str:

@@ -381,7 +381,10 @@ class PublishFilesFn(beam.DoFn):
         self._rows = {w.table.name: metrics.counter(f"bigquery_rows_{w.table.name}") for w in writes}
         self._retries = metrics.counter("bigquery_retries")
 
-    def process(self, files: list[DataFile]):
+    def process(self, files: list[DataFile], gate=None):
+        if gate is not None and not gate.release:  # a blocking data-quality failure: BigQuery keeps what it has
+            yield from files
+            return
         bq = self._target.client()
         ensure_tables(bq, [w.table for w in self._writes])
         by_table = defaultdict(list)
@@ -414,14 +417,16 @@ class PublishFilesFn(beam.DoFn):
 
 class PublishToBigQuery(beam.PTransform):
     """A run's ``DataFile``s -> written to BigQuery in one final step; emits
-    the same files."""
+    the same files. ``gate``: a PCollection of one ``Gate``
+    (``transforms.rules.quality``); nothing is written unless it releases."""
 
-    def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite], views=()):
+    def __init__(self, target: BigQueryTarget, writes: list[BigQueryWrite], views=(), gate=None):
         super().__init__()
-        self._fn = PublishFilesFn(target, writes, views)
+        self._fn, self._gate = PublishFilesFn(target, writes, views), gate
 
     def expand(self, files):
-        return files | "AllDataFiles" >> beam.combiners.ToList() | "WriteTables" >> beam.ParDo(self._fn)
+        gated = {} if self._gate is None else {"gate": beam.pvalue.AsSingleton(self._gate)}
+        return files | "AllDataFiles" >> beam.combiners.ToList() | "WriteTables" >> beam.ParDo(self._fn, **gated)
 
 
 # --- streaming: batches of rows ------------------------------------------------------------

@@ -1,0 +1,242 @@
+"""Data-quality checks, declared beside each table (``Table.checks``).
+
+A declaration says what must hold and how bad a failure is; it does not
+evaluate anything (``transforms.rules.quality`` does, for the backfill, the
+gold run and the stream alike; ``schemas.dbt`` writes the ones dbt can run
+as dbt tests). Every check has a ``kind`` and a stable ``check_id``
+(``<table>.<kind>[.<what>]``) that its results and alerts carry.
+
+Baselines are robust and seasonal: a day's volume is compared with the same
+weekday of the trailing weeks (median and MAD, at least ``min_weeks`` of
+them), so a weekly rhythm or one on-sale day in the baseline does not move
+the band. Volume alarms on drops only by default: a spike is business (an
+on-sale), a drop is a broken producer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Severity(StrEnum):
+    WARN = "warn"  # reported and alerted; the run goes on
+    BLOCK = "block"  # gold is not released; the run exits non-zero
+
+
+class CheckKind(StrEnum):
+    NOT_NULL = "not_null"
+    UNIQUE = "unique"
+    ACCEPTED_VALUES = "accepted_values"
+    RELATIONSHIP = "relationship"
+    FRESHNESS = "freshness"
+    VOLUME = "volume"
+    MIX = "mix"
+    DEAD_LETTER_SHARE = "dead_letter_share"
+    SCHEMA_DRIFT = "schema_drift"
+    SANITY = "sanity"
+    ROW_COUNT_CHANGE = "row_count_change"
+
+
+@dataclass(frozen=True)
+class Check:
+    severity: Severity = Severity.WARN
+
+    kind: CheckKind = field(init=False, default=CheckKind.NOT_NULL)
+
+    @property
+    def what(self) -> str:
+        """What the check is about inside its table (a column, a rule name)."""
+        return ""
+
+    def check_id(self, table: str) -> str:
+        return ".".join(p for p in (table, str(self.kind), self.what) if p)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Columns of its table the check reads."""
+        return ()
+
+
+@dataclass(frozen=True)
+class NotNull(Check):
+    """No row has a null in any of ``of``."""
+
+    of: tuple[str, ...] = ()
+    kind: CheckKind = field(init=False, default=CheckKind.NOT_NULL)
+
+    @property
+    def what(self) -> str:
+        return "+".join(self.of)
+
+    @property
+    def columns(self):
+        return self.of
+
+
+@dataclass(frozen=True)
+class Unique(Check):
+    """No two rows share the values of ``of``."""
+
+    of: tuple[str, ...] = ()
+    kind: CheckKind = field(init=False, default=CheckKind.UNIQUE)
+
+    @property
+    def what(self) -> str:
+        return "+".join(self.of)
+
+    @property
+    def columns(self):
+        return self.of
+
+
+@dataclass(frozen=True)
+class AcceptedValues(Check):
+    """Every non-null ``column`` value is one of ``values``."""
+
+    column: str = ""
+    values: tuple[str, ...] = ()
+    kind: CheckKind = field(init=False, default=CheckKind.ACCEPTED_VALUES)
+
+    @property
+    def what(self) -> str:
+        return self.column
+
+    @property
+    def columns(self):
+        return (self.column,)
+
+
+@dataclass(frozen=True)
+class Relationship(Check):
+    """At most ``tolerated_share`` of a day's rows have a ``column`` value
+    that is no ``parent_column`` of ``parent`` (optionally only parent rows
+    whose ``parent_flag`` is true) within the ``within_days`` days up to the
+    row's own (the parent comes first: a session before its views)."""
+
+    column: str = ""
+    parent: str = ""
+    parent_column: str = ""
+    parent_flag: str | None = None
+    tolerated_share: float = 0.0
+    within_days: int = 1
+    kind: CheckKind = field(init=False, default=CheckKind.RELATIONSHIP)
+
+    @property
+    def what(self) -> str:
+        return f"{self.column}->{self.parent}" + (f"[{self.parent_flag}]" if self.parent_flag else "")
+
+    @property
+    def columns(self):
+        return (self.column,)
+
+
+@dataclass(frozen=True)
+class Freshness(Check):
+    """Per platform, the newest ``time_column`` lags the table's newest by
+    at most ``max_lag_hours`` (a platform gone quiet), and the newest
+    ingest is at most ``max_ingest_lag_hours`` before now (a stalled
+    producer; streaming)."""
+
+    time_column: str = ""
+    platforms: tuple[str, ...] = ()
+    max_lag_hours: float = 6.0
+    max_ingest_lag_hours: float = 1.0
+    kind: CheckKind = field(init=False, default=CheckKind.FRESHNESS)
+
+    @property
+    def columns(self):
+        return (self.time_column, "ingested_at")
+
+
+@dataclass(frozen=True)
+class Volume(Check):
+    """A day's rows per platform against the same weekday of the trailing
+    ``weeks`` weeks: below ``median - max(k * 1.4826 * MAD, min_relative *
+    median)`` fails (and above the mirror bound, with ``alarm_on_spike``)."""
+
+    platforms: tuple[str, ...] = ()
+    weeks: int = 8
+    min_weeks: int = 4
+    k: float = 4.0
+    min_relative: float = 0.25
+    alarm_on_spike: bool = False
+    kind: CheckKind = field(init=False, default=CheckKind.VOLUME)
+
+
+@dataclass(frozen=True)
+class Mix(Check):
+    """A day's distribution of ``column`` against the median shares of the
+    same weekday of the trailing weeks: a total-variation distance above
+    ``max_distance`` fails."""
+
+    column: str = ""
+    max_distance: float = 0.1
+    weeks: int = 8
+    min_weeks: int = 4
+    kind: CheckKind = field(init=False, default=CheckKind.MIX)
+
+    @property
+    def what(self) -> str:
+        return self.column
+
+    @property
+    def columns(self):
+        return (self.column,)
+
+
+@dataclass(frozen=True)
+class DeadLetterShare(Check):
+    """Per landing file (or streaming window), the share of its records
+    dead-lettered for each reason is at most ``max_share``."""
+
+    max_share: float = 0.01
+    kind: CheckKind = field(init=False, default=CheckKind.DEAD_LETTER_SHARE)
+
+
+@dataclass(frozen=True)
+class SchemaDrift(Check):
+    """A day's ``schema_version`` values and extra field names (``extra_json``)
+    were all seen in the lake's bronze within the ``days`` days before it."""
+
+    days: int = 28
+    kind: CheckKind = field(init=False, default=CheckKind.SCHEMA_DRIFT)
+
+    @property
+    def columns(self):
+        return ("schema_version", "extra_json")
+
+
+@dataclass(frozen=True)
+class Sanity(Check):
+    """A funnel rule: ``total(at_most) <= total(of)`` per row (``per_row``)
+    or summed over the table, e.g. confirmations at most payments."""
+
+    name: str = ""
+    at_most: str = ""
+    of: str = ""
+    per_row: bool = False
+    kind: CheckKind = field(init=False, default=CheckKind.SANITY)
+
+    @property
+    def what(self) -> str:
+        return self.name
+
+    @property
+    def columns(self):
+        return (self.at_most, self.of)
+
+
+@dataclass(frozen=True)
+class RowCountChange(Check):
+    """A rebuilt table keeps at least ``1 - max_drop`` of the rows of its
+    released version (a gold run that lost half of its input)."""
+
+    max_drop: float = 0.5
+    kind: CheckKind = field(init=False, default=CheckKind.ROW_COUNT_CHANGE)
+
+
+def key_checks(key: tuple[str, ...], severity: Severity = Severity.BLOCK, unique: bool = True) -> tuple[Check, ...]:
+    """The checks of a key: not null, and (one row per key) unique."""
+    checks: tuple[Check, ...] = (NotNull(severity, key),)
+    return checks + ((Unique(severity, key),) if unique else ())
