@@ -5,7 +5,7 @@ locals {
     "bronze" = "Typed, normalized, PII-hashed rows per record type."
     "silver" = "One current row per identity, joined; merged by the streaming job and the backfill alike."
     "gold"   = "Funnel facts, dimensions and marts (truncate and load)."
-    "ops"    = "Dead letter, operational alerts, sink failures, run log, erasure log, and the short-lived scratch tables MERGEs read from."
+    "ops"    = "Dead letter, operational alerts, sink failures, run log, erasure log, data-quality results, and the short-lived scratch tables MERGEs read from."
   }
   bigquery_tables = {
     "bronze.bronze_users"           = {
@@ -2411,7 +2411,7 @@ locals {
           "name"        = "alert_type"
           "type"        = "STRING"
           "mode"        = "REQUIRED"
-          "description" = "email_failed, email_failure_rate or confirmation_missing."
+          "description" = "email_failed, email_failure_rate, confirmation_missing; data_quality (ops only)."
         },
         {
           "name"        = "detected_at"
@@ -2458,7 +2458,7 @@ locals {
           "name"        = "alert_type"
           "type"        = "STRING"
           "mode"        = "REQUIRED"
-          "description" = "email_failed, email_failure_rate or confirmation_missing."
+          "description" = "email_failed, email_failure_rate, confirmation_missing; data_quality (ops only)."
         },
         {
           "name"        = "detected_at"
@@ -2684,6 +2684,117 @@ locals {
           "type"        = "DATE"
           "mode"        = "NULLABLE"
           "description" = "The as-of day gold was recomputed for."
+        },
+      ]
+    }
+    "ops.dq_results"                = {
+      "dataset"         = "ops"
+      "table_id"        = "dq_results"
+      "description"     = "One row per data-quality check, subject and run (schemas.quality): what was observed, the band it had to lie in, and the verdict."
+      "partition_field" = "run_date"
+      "clustering"      = []
+      "schema"          = [
+        {
+          "name"        = "run_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "UTC date of the evaluation (partition)."
+        },
+        {
+          "name"        = "result_id"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "Stable id: SHA-256 of run, check and subject."
+        },
+        {
+          "name"        = "run_id"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The run that evaluated it."
+        },
+        {
+          "name"        = "pipeline"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "backfill, gold_daily or stream_ingest."
+        },
+        {
+          "name"        = "evaluated_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "REQUIRED"
+          "description" = "When it was evaluated."
+        },
+        {
+          "name"        = "check_id"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "<table>.<kind>[.<what>], as declared."
+        },
+        {
+          "name"        = "check_kind"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "not_null, unique, volume, freshness, ... (schemas.quality.CheckKind)."
+        },
+        {
+          "name"        = "table_name"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The table checked."
+        },
+        {
+          "name"        = "severity"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "warn or block."
+        },
+        {
+          "name"        = "subject"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "What inside the table: all, a day, a platform, a landing file, a reason."
+        },
+        {
+          "name"        = "event_date"
+          "type"        = "DATE"
+          "mode"        = "NULLABLE"
+          "description" = "The day checked, for checks of a day."
+        },
+        {
+          "name"        = "platform"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "The platform checked, for checks per platform."
+        },
+        {
+          "name"        = "observed"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "The observed value (a count, a share, a lag in hours, a distance)."
+        },
+        {
+          "name"        = "expected_low"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "Lowest value that passes; null: no lower bound."
+        },
+        {
+          "name"        = "expected_high"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "Highest value that passes; null: no upper bound."
+        },
+        {
+          "name"        = "verdict"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "pass, fail, or no_baseline (too little history to judge)."
+        },
+        {
+          "name"        = "details"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "JSON: the baseline, offending values, counts."
         },
       ]
     }

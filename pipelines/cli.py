@@ -41,6 +41,7 @@ COMMANDS = (
         Group.RUN,
         "Pub/Sub into raw, bronze and silver, with operational alerts (streaming)",
     ),
+    Command("status", "pipelines.status", Group.INSPECT, "the lake's health: tables, runs, freshness, failing checks"),
     Command("report", "pipelines.report", Group.INSPECT, "the funnel as text, a chart and the explorer page"),
     Command(
         "export-audience",

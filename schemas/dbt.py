@@ -2,8 +2,10 @@
 
 One source per dataset (bronze, silver, gold, ops), a table
 per table with its description and columns (name, BigQuery type,
-description); required columns carry a ``not_null`` test and a table's
-one-row-per-value column (``unique_column``) a ``unique`` test. The project is dbt's target (``database`` left to
+description); the column tests come from the tables' checks
+(``schemas.quality``): ``not_null`` (and every required column),
+``unique``, ``accepted_values``, ``relationships``, warn checks with
+severity warn. The project is dbt's target (``database`` left to
 the profile), so the file holds no project id. ``python -m schemas.generate``
 writes it; the tests fail when it drifts from the schemas.
 """
@@ -12,23 +14,59 @@ from __future__ import annotations
 
 import yaml
 
+from schemas.quality import AcceptedValues, NotNull, Relationship, Severity, Unique
 from schemas.table import Table
-from schemas.tables import BIGQUERY_TABLES, DATASETS, GOLD_ROW_KEYS
+from schemas.tables import ALL_TABLES, BIGQUERY_TABLES, DATASETS
 from schemas.vocabulary import Layer
 
 PATH = "dbt/models/sources.yml"
 
 
 def unique_column(table: Table) -> str | None:
-    """The column holding one row per value: silver's and ops' keys, gold's
-    one-column row keys (bronze keeps every received copy of a key)."""
-    key = GOLD_ROW_KEYS.get(table.name, ()) if table.layer == Layer.GOLD else table.key
+    """The column holding one row per value: a single-column ``Unique``
+    check's (silver, gold), else an ops table's one-column key (bronze keeps
+    every received copy of a key)."""
+    key = table.row_key if table.layer != Layer.OPS else table.key
     return key[0] if len(key) == 1 and table.layer != Layer.BRONZE else None
+
+
+def _test(name: str, severity: Severity, **arguments) -> str | dict:
+    config = {"config": {"severity": "warn"}} if severity is Severity.WARN else {}
+    return {name: {**arguments, **config}} if arguments or config else name
+
+
+def _tests(table: Table, c) -> list:
+    """dbt's tests of a column, from the table's checks (``schemas.quality``):
+    not null, unique, accepted values, relationships (dbt has no tolerated
+    share: a relationship is a warning in dbt, with its share in ``meta``)."""
+    tests: list = []
+    not_null = [k for k in table.checks if isinstance(k, NotNull) and k.of == (c.name,)]
+    if c.required or not_null:
+        tests.append(_test("not_null", not_null[0].severity if not_null else Severity.BLOCK))
+    if unique_column(table) == c.name:
+        unique = [k for k in table.checks if isinstance(k, Unique) and k.of == (c.name,)]
+        tests.append(_test("unique", unique[0].severity if unique else Severity.BLOCK))
+    for k in table.checks:
+        if isinstance(k, AcceptedValues) and k.column == c.name:
+            tests.append(_test("accepted_values", k.severity, values=list(k.values)))
+        elif isinstance(k, Relationship) and k.column == c.name:
+            parent = ALL_TABLES[k.parent]
+            tests.append(
+                {
+                    "relationships": {
+                        "to": f"source('{parent.layer}', '{parent.name}')",
+                        "field": k.parent_column,
+                        "config": {"severity": "warn"},
+                        "meta": {"tolerated_share": k.tolerated_share},
+                    }
+                }
+            )
+    return tests
 
 
 def _column(table: Table, c) -> dict:
     out = {"name": c.name, "data_type": c.bigquery_type, "description": c.description}
-    tests = (["not_null"] if c.required else []) + (["unique"] if unique_column(table) == c.name else [])
+    tests = _tests(table, c)
     if tests:
         out["data_tests"] = tests
     return out

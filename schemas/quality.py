@@ -159,7 +159,7 @@ class Volume(Check):
     weeks: int = 8
     min_weeks: int = 4
     k: float = 4.0
-    min_relative: float = 0.25
+    min_relative: float = 0.4
     alarm_on_spike: bool = False
     kind: CheckKind = field(init=False, default=CheckKind.VOLUME)
 
@@ -171,7 +171,7 @@ class Mix(Check):
     ``max_distance`` fails."""
 
     column: str = ""
-    max_distance: float = 0.1
+    max_distance: float = 0.15
     weeks: int = 8
     min_weeks: int = 4
     kind: CheckKind = field(init=False, default=CheckKind.MIX)

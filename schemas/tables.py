@@ -105,7 +105,7 @@ def _bronze(name: str, description: str, columns: tuple, key: str, checks: tuple
         cluster_by=("platform",),
         key=(key,),
         checks=(
-            *key_checks((key,), Severity.WARN, unique=False),
+            *key_checks((key,), unique=False),
             AcceptedValues(column="platform", values=tuple(str(p) for p in Platform)),
             SchemaDrift(),
             *checks,
@@ -274,13 +274,14 @@ def _silver(
     )
 
 
-# Children whose session record never arrived: the generator sends 2%, a producer dropping them sends many.
+# Children whose session record never arrived: the generator sends 2% of sessions without one (up to 4%
+# of a day's views), a producer dropping them many more.
 _SESSION_ARRIVED = Relationship(
     column="session_id",
     parent="silver_sessions",
     parent_column="session_id",
     parent_flag="has_session_record",
-    tolerated_share=0.05,
+    tolerated_share=0.1,
 )
 
 

@@ -123,6 +123,27 @@ class Config:
     invalid_share: float = 0.005
     v2_share: float = 0.02
     platform_missing: float = 0.01
+    # Weekly seasonality: sessions per user-day times the factor of the weekday (Monday first),
+    # and on-sale days (ISO date -> factor): clean data the checks must not alarm on.
+    weekday_factors: tuple = (1.0,) * 7
+    on_sale: dict = field(default_factory=dict)
+    # Injected defects (DEFECTS), each {"kind", "day" (ISO date), and "platform"/"share" as it needs};
+    # the manifest lists the checks each must fail.
+    defects: list = field(default_factory=list)
+
+
+# What each defect does, and the checks it fails (schemas.quality ids; subject fields to match).
+DEFECTS = {
+    # a platform's apps send nothing for a day
+    "platform_silent": "no session on `platform` that day",
+    # a broken page tag: `share` of the web page views of that day are never sent
+    "volume_drop": "`share` of that day's web views not sent",
+    # a producer bug: `share` of that day's views arrive without their session_id (dead-lettered)
+    "null_key_burst": "`share` of that day's views without session_id",
+    # an app release: from that day `share` of web events are schema version 3 with a new field
+    "schema_drift": "`share` of web events from that day on are v3 with payload.checkout_flow",
+}
+_VOLUME_TABLES = ("bronze_sessions", "bronze_views", "bronze_events")
 
 
 def _micros(dt: datetime) -> int:
@@ -142,6 +163,11 @@ class Generator:
         self.burst_windows = []  # window starts: email_failure_rate truth
         self.counters = Counter()
         self._seq = 0
+        self.defects = {d["kind"]: d for d in cfg.defects}
+        unknown = set(self.defects) - set(DEFECTS)
+        if unknown:
+            raise ValueError(f"unknown defects {sorted(unknown)}; known: {sorted(DEFECTS)}")
+        self.defect_invalid = Counter()  # reason -> records a defect made invalid
 
     # --- rendering helpers (format messiness) ---------------------------------------
     def ts(self, dt: datetime, allow_int: bool = True):
@@ -173,6 +199,9 @@ class Generator:
         version = 2 if self.rng.random() < self.cfg.v2_share else 1
         if version == 2:
             payload = {**payload, "app_build": f"7.{self.rng.randint(0, 9)}.{self.rng.randint(0, 9)}"}
+        payload, version, dropped = self._defect(record_type, payload, platform, emitted, version)
+        if dropped:
+            return None, arrival or emitted
         record = {
             "record_type": record_type,
             "schema_version": version,
@@ -192,6 +221,24 @@ class Generator:
         self._add(arrival, record, record_type, key)
         return record, arrival
 
+    def _defect(self, record_type: str, payload: dict, platform: str, emitted: datetime, version: int):
+        """-> (payload, schema version, dropped): what the injected defects do to one record."""
+        day, rng = emitted.date().isoformat(), self.rng
+        drop = self.defects.get("volume_drop")
+        if drop and record_type == "view" and platform == "web" and day == drop["day"] and rng.random() < drop["share"]:
+            self.counters["defect_views_not_sent"] += 1
+            return payload, version, True
+        burst = self.defects.get("null_key_burst")
+        if burst and record_type == "view" and day == burst["day"] and rng.random() < burst["share"]:
+            self.defect_invalid["missing_field"] += 1
+            return {**payload, "session_id": None}, version, False
+        drift = self.defects.get("schema_drift")
+        web_event = record_type == "event" and platform == "web"
+        if drift and web_event and day >= drift["day"] and rng.random() < drift["share"]:
+            self.counters["defect_v3_events"] += 1
+            return {**payload, "checkout_flow": "one_page"}, 3, False
+        return payload, version, False
+
     def _add(self, arrival, record, record_type, key):
         self._seq += 1
         self.records.append((arrival, self._seq, record, record_type, key))
@@ -202,11 +249,15 @@ class Generator:
         users = self.users = [self.make_user(i) for i in range(cfg.users)]
         n_sessions = 0
         for day in range(cfg.days):
+            when = (self.start + timedelta(days=day)).date()
+            rate = (
+                cfg.sessions_per_user_day * cfg.weekday_factors[when.weekday()] * cfg.on_sale.get(when.isoformat(), 1)
+            )
             for u in users:
-                if rng.random() < cfg.sessions_per_user_day:
+                if rng.random() < rate:
                     n_sessions += 1
                     self.session(f"s-{n_sessions:07d}", u, day)
-            for _ in range(int(cfg.users * cfg.sessions_per_user_day * cfg.anonymous_share)):
+            for _ in range(int(cfg.users * rate * cfg.anonymous_share)):
                 n_sessions += 1
                 self.session(f"s-{n_sessions:07d}", None, day)
         for burst in range(cfg.email_failure_bursts if users else 0):
@@ -277,6 +328,11 @@ class Generator:
         confirmation fails at ``burst_fail_rate``."""
         cfg, rng = self.cfg, self.rng
         platform = user["platform"] if user and rng.random() < 0.8 else rng.choice(("web", "ios", "android"))
+        silent = self.defects.get("platform_silent")
+        day_iso = (self.start + timedelta(days=day)).date().isoformat()
+        if silent and burst_at is None and platform == silent["platform"] and day_iso == silent["day"]:
+            self.counters["defect_sessions_not_sent"] += 1
+            return
         source = SOURCES[platform]
         if burst_at is None:
             t0 = self.start + timedelta(days=day, seconds=rng.randint(0, 86399), milliseconds=rng.randint(0, 999))
@@ -621,7 +677,7 @@ def build_manifest(gen: Generator, files: dict, invalid: list) -> dict:
     for v in ("A", "B"):
         vs = [s for s in sessions if s["aa_variant"] == v and s["has_record"]]
         aa_variants[v] = {"sessions": len(vs), "paid": sum(1 for s in vs if s["stages"] >= 3)}
-    invalid_by_reason = Counter(reason for _, reason, _ in invalid)
+    invalid_by_reason = Counter(reason for _, reason, _ in invalid) + gen.defect_invalid
     unique = Counter()
     seen = set()
     for _, _, _, record_type, key in gen.records:
@@ -655,7 +711,29 @@ def build_manifest(gen: Generator, files: dict, invalid: list) -> dict:
         "retargeting_users": retargeting_truth(gen),
         "true_rates": {"cart_rate": cfg.p_cart, "p_scan": cfg.p_scan},
         "counters": dict(sorted(gen.counters.items())),
+        "defects": [{**d, "fails": defect_failures(d)} for d in cfg.defects],
     }
+
+
+def defect_failures(defect: dict) -> list[dict]:
+    """The check results a defect must fail, and no other: ``check_id`` and
+    what the result's subject holds (``event_date``, ``platform``, the
+    landing file's name). Planned from what the defect does, not from the rules."""
+    day, kind = defect["day"], defect["kind"]
+    if kind == "platform_silent":  # fewer rows on that platform, so also a different platform mix
+        return [
+            {"check_id": f"{t}.volume", "event_date": day, "platform": defect["platform"]} for t in _VOLUME_TABLES
+        ] + [{"check_id": f"{t}.mix.platform", "event_date": day} for t in _VOLUME_TABLES]
+    if kind == "volume_drop":
+        return [
+            {"check_id": "bronze_views.volume", "event_date": day, "platform": "web"},
+            {"check_id": "bronze_views.mix.platform", "event_date": day},
+        ]
+    if kind == "null_key_burst":  # dead-lettered in the landing file of that day
+        return [
+            {"check_id": "dead_letter.dead_letter_share", "source_file": f"raw_events_{day}", "reason": "missing_field"}
+        ]
+    return [{"check_id": "bronze_events.schema_drift", "event_date": day}]
 
 
 def alert_truth(gen: Generator) -> dict:

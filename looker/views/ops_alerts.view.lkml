@@ -17,7 +17,7 @@ view: ops_alerts {
   }
 
   dimension: alert_type {
-    description: "email_failed, email_failure_rate or confirmation_missing."
+    description: "email_failed, email_failure_rate, confirmation_missing; data_quality (ops only)."
     type: string
     sql: ${TABLE}.alert_type ;;
   }

@@ -146,6 +146,8 @@ class _BronzeDays:
             for (day, platform), n in self.counts.items():
                 by_day[day][platform] += n
             return by_day
+        if column not in self.rows.column_names:  # not read: no day to judge had a baseline
+            return by_day
         grouped = self.rows.group_by(["event_date", column]).aggregate([([], "count_all")])
         for day, value, n in zip(*(grouped.column(c).to_pylist() for c in ("event_date", column, "count_all"))):
             by_day[day.isoformat()][str(value)] += n

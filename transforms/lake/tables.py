@@ -185,7 +185,22 @@ def dataset(lake: str, table: Table, version: int | None = None) -> ds.Dataset |
     """A pyarrow dataset of the table's version (what DuckDB and Polars can
     scan too); None if the table does not exist."""
     dt = open_table(lake, table, version)
-    return None if dt is None else dt.to_pyarrow_dataset()
+    if dt is None:
+        return None
+    if "://" in lake:
+        return dt.to_pyarrow_dataset()
+    # A local lake: Arrow's own dataset over the version's files. delta-rs's (to_pyarrow_dataset) leaves
+    # threads that abort the process at exit now and then (exit status 134 in place of its own).
+    snap = snapshot(lake, table, version)
+    schema = table.arrow_schema()
+    partitioning = ds.partitioning(pa.schema([schema.field(c) for c in table.partition_by]), flavor="hive")
+    return ds.dataset(
+        [f.path for f in snap.files],
+        schema=schema,
+        format="parquet",
+        partitioning=partitioning,
+        partition_base_dir=_uri(lake, table),
+    )
 
 
 def read_arrow(lake: str, table: Table, version: int | None = None, columns: list[str] | None = None) -> pa.Table:

@@ -167,7 +167,7 @@ def row_results(table: Table, rows: pa.Table, checks: Iterable[Check] | None = N
             out.append(CheckResult(table.name, check, ALL, _within(extra, None, 0), extra, None, 0.0))
         elif isinstance(check, AcceptedValues):
             column = rows.column(check.column)
-            bad = pc.invert(pc.fill_null(pc.is_in(column, pa.array(check.values, column.type)), True))
+            bad = pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, pa.array(check.values, column.type))))
             unknown = pc.unique(pc.filter(column, bad)).to_pylist()
             n = int(pc.sum(bad).as_py() or 0)
             details = {"unknown_values": sorted(map(str, unknown))[:20]} if unknown else {}

@@ -1,0 +1,132 @@
+"""One screen of the lake's health: its tables, the last runs and their
+accounting, freshness, the failing checks of each pipeline's latest run and
+the last days' volume. Read from the Delta log, ``ops/run_log`` and
+``ops/dq_results`` only; no data file of a layer is opened.
+
+The command: ``status`` (``pipelines/status.py``)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from schemas.quality import Severity
+from schemas.tables import BRONZE, DQ_RESULTS, GOLD, RUN_LOG, SILVER
+from schemas.vocabulary import Layer
+from transforms.lake.tables import ALL_LAKE_TABLES, layer_versions, read_arrow, snapshot
+from transforms.rules.quality import Verdict
+
+# Counters the runs table shows, when a run has them.
+RUN_COUNTERS = ("records_read", "bronze_rows_merged", "dq_checks_failed", "dq_checks_blocking")
+RECENT_RUNS = 6
+RECENT_DAYS = 7
+
+
+@dataclass
+class Health:
+    tables: list[tuple[str, int | None, int | None, int]] = field(default_factory=list)  # name, version, released, rows
+    runs: list[dict] = field(default_factory=list)
+    failing: list[dict] = field(default_factory=list)  # failed results of each pipeline's latest evaluated run
+    freshness: list[dict] = field(default_factory=list)
+    days: dict[str, Counter] = field(default_factory=dict)  # bronze table -> event day -> rows
+
+    @property
+    def blocking(self) -> list[dict]:
+        return [r for r in self.failing if r["severity"] == Severity.BLOCK]
+
+
+def health(lake: str) -> Health:
+    h = Health()
+    released = {Layer.SILVER: layer_versions(lake, SILVER), Layer.GOLD: layer_versions(lake, GOLD)}
+    for table in ALL_LAKE_TABLES:
+        snap = snapshot(lake, table)
+        if snap.version is None:
+            continue
+        version = released.get(table.layer, {}).get(table.name)
+        h.tables.append((table.name, snap.version, version, snap.rows))
+        if table.name in BRONZE:
+            per_day: Counter = Counter()
+            for f in snap.files:
+                per_day[f.partition.get("event_date")] += f.rows
+            h.days[table.name] = per_day
+    h.runs = _runs(lake)
+    results = read_arrow(lake, DQ_RESULTS).to_pylist()
+    latest: dict[str, tuple] = {}
+    for r in results:
+        key = (r["evaluated_at"], r["run_id"])
+        if r["pipeline"] not in latest or key > latest[r["pipeline"]]:
+            latest[r["pipeline"]] = key
+    latest_runs = {run for _, run in latest.values()}
+    current = [r for r in results if r["run_id"] in latest_runs]
+    h.failing = sorted(
+        (r for r in current if r["verdict"] == Verdict.FAIL),
+        key=lambda r: (r["severity"] != Severity.BLOCK, r["check_id"], r["subject"]),
+    )
+    h.freshness = sorted(
+        (r for r in current if r["check_kind"] == "freshness"), key=lambda r: (r["table_name"], r["subject"])
+    )
+    return h
+
+
+def _runs(lake: str) -> list[dict]:
+    log = read_arrow(lake, RUN_LOG)
+    if not log.num_rows:
+        return []
+    runs: dict[str, dict] = defaultdict(dict)
+    for run_id, pipeline, finished, counter, value, balanced in zip(
+        *(log.column(c).to_pylist() for c in ("run_id", "pipeline", "finished_at", "counter", "value", "balanced"))
+    ):
+        run = runs[run_id]
+        run.update(run_id=run_id, pipeline=pipeline, finished_at=finished, balanced=balanced)
+        run[counter] = value
+    return sorted(runs.values(), key=lambda r: r["finished_at"], reverse=True)[:RECENT_RUNS]
+
+
+def _when(at: datetime | None) -> str:
+    return "-" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.3f}"
+
+
+def render(h: Health, lake: str) -> str:
+    lines = [f"lake {lake}", "", f"{'table':<26}{'version':>8}{'released':>10}{'rows':>14}"]
+    for name, version, released, rows in h.tables:
+        lines.append(f"{name:<26}{version:>8}{'-' if released is None else released:>10}{rows:>14,}")
+    if not any(released is not None for *_, released, _ in h.tables):
+        lines.append("(no release of silver or gold yet)")
+    lines += ["", "last runs", f"{'finished (UTC)':<18}{'pipeline':<20}{'balanced':<10}counters"]
+    for run in h.runs:
+        counters = ", ".join(f"{c} {run[c]:,}" for c in RUN_COUNTERS if c in run)
+        lines.append(
+            f"{_when(run['finished_at']):<18}{run['pipeline']:<20}{str(run['balanced']).lower():<10}{counters}"
+        )
+    if not h.runs:
+        lines.append("(none)")
+    lines += ["", "freshness (hours behind the table's newest record, as the latest checks measured it)"]
+    for r in h.freshness:
+        mark = "FAIL" if r["verdict"] == Verdict.FAIL else "ok"
+        at_most = _num(r["expected_high"])
+        lines.append(f"  {r['table_name']:<24}{r['subject']:<20}{_num(r['observed']):>8}  (at most {at_most}) {mark}")
+    if not h.freshness:
+        lines.append("  (not measured yet)")
+    lines += ["", f"rows per event day, the last {RECENT_DAYS} days of sessions in bronze"]
+    # the days people's sessions started on (the later tail is scans and late confirmations)
+    reference = h.days.get("bronze_sessions") or next(iter(h.days.values()), Counter())
+    all_days = sorted((d for d in reference if d), reverse=True)[:RECENT_DAYS]
+    if all_days:
+        lines.append(f"  {'table':<24}" + "".join(f"{d[5:]:>9}" for d in reversed(all_days)))
+        for name, per_day in h.days.items():
+            lines.append(f"  {name:<24}" + "".join(f"{per_day.get(d, 0):>9,}" for d in reversed(all_days)))
+    lines += ["", f"failing checks ({len(h.blocking)} blocking, {len(h.failing) - len(h.blocking)} warnings)"]
+    for r in h.failing:
+        band = f"{_num(r['expected_low'])}..{_num(r['expected_high'])}"
+        lines.append(f"  {r['severity']:<6}{r['check_id']:<48}  {r['subject']}")
+        lines.append(f"  {'':<6}observed {_num(r['observed'])}, expected {band}  ({r['pipeline']} {r['run_id']})")
+    if not h.failing:
+        lines.append("  (none)")
+    return "\n".join(lines)
