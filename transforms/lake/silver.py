@@ -48,7 +48,16 @@ from transforms.lake.commit import (
     release,
 )
 from transforms.lake.files import write_data_file, write_table_files
-from transforms.lake.tables import Snapshot, dataset, ensure_table, open_table, read_arrow, read_file, snapshot
+from transforms.lake.tables import (
+    Snapshot,
+    dataset,
+    ensure_table,
+    open_table,
+    read_arrow,
+    read_file,
+    snapshot,
+    table_dir,
+)
 from transforms.metrics import DedupCounters
 from transforms.rules.arrow import concat, first_of_groups, group_ids
 from transforms.rules.merge import MergeResult, merge_batch
@@ -73,7 +82,12 @@ class LakeLookup:
         if name not in self._snapshots:
             self._snapshots[name] = snapshot(self._lake, SILVER[name])
             data = dataset(self._lake, SILVER[name], self._snapshots[name].version)
-            self._fragments[name] = {} if data is None else {f.path: (f, data.schema) for f in data.get_fragments()}
+            # keyed by the path below the table's folder, as the Delta log names files (a local lake's
+            # dataset names them in full)
+            root = table_dir(self._lake, SILVER[name]).rstrip("/") + "/"
+            self._fragments[name] = (
+                {} if data is None else {f.path.removeprefix(root): (f, data.schema) for f in data.get_fragments()}
+            )
         return self._snapshots[name]
 
     def _column(self, name: str, column: str) -> list[tuple[str, pa.Array]]:
