@@ -59,11 +59,8 @@ class Check:
 
 
 @dataclass(frozen=True)
-class NotNull(Check):
-    """No row has a null in any of ``of``."""
-
+class _OfColumns(Check):
     of: tuple[str, ...] = ()
-    kind: CheckKind = field(init=False, default=CheckKind.NOT_NULL)
 
     @property
     def what(self) -> str:
@@ -75,19 +72,17 @@ class NotNull(Check):
 
 
 @dataclass(frozen=True)
-class Unique(Check):
+class NotNull(_OfColumns):
+    """No row has a null in any of ``of``."""
+
+    kind: CheckKind = field(init=False, default=CheckKind.NOT_NULL)
+
+
+@dataclass(frozen=True)
+class Unique(_OfColumns):
     """No two rows share the values of ``of``."""
 
-    of: tuple[str, ...] = ()
     kind: CheckKind = field(init=False, default=CheckKind.UNIQUE)
-
-    @property
-    def what(self) -> str:
-        return "+".join(self.of)
-
-    @property
-    def columns(self):
-        return self.of
 
 
 @dataclass(frozen=True)

@@ -191,15 +191,17 @@ def dataset(lake: str, table: Table, version: int | None = None) -> ds.Dataset |
         return dt.to_pyarrow_dataset()
     # A local lake: Arrow's own dataset over the version's files. delta-rs's (to_pyarrow_dataset) leaves
     # threads that abort the process at exit now and then (exit status 134 in place of its own).
-    snap = snapshot(lake, table, version)
+    return files_dataset(lake, table, snapshot(lake, table, version).files)
+
+
+def files_dataset(lake: str, table: Table, files) -> ds.Dataset:
+    """An Arrow dataset over some data files of a local lake's table (partition
+    columns from their folders), read by Arrow's threads."""
     schema = table.arrow_schema()
     partitioning = ds.partitioning(pa.schema([schema.field(c) for c in table.partition_by]), flavor="hive")
+    paths = [f.path for f in files]
     return ds.dataset(
-        [f.path for f in snap.files],
-        schema=schema,
-        format="parquet",
-        partitioning=partitioning,
-        partition_base_dir=_uri(lake, table),
+        paths, schema=schema, format="parquet", partitioning=partitioning, partition_base_dir=_uri(lake, table)
     )
 
 
