@@ -97,11 +97,12 @@ def bronze_results(lake: str, days: set[str]) -> list[CheckResult]:
         snap = snapshot(lake, table)
         if snap.files:
             observed[name] = _observe(lake, snap, days)
-    seen = {name: _schemas_seen(o.rows.filter(o.on(days))) for name, o in observed.items()}
+    own_days = {name: o.rows.filter(o.on(days)) for name, o in observed.items()}  # not the baseline days
+    seen = {name: _schemas_seen(rows) for name, rows in own_days.items()}
     known = _schemas_known(lake, seen, days)
     for name, o in observed.items():
         table = BRONZE[name]
-        results += quality.row_results(table, o.rows.filter(o.on(days)))
+        results += quality.row_results(table, own_days[name])
         for check in table.checks:
             if isinstance(check, Volume):
                 results += quality.volume_results(name, check, o.counts, o.judged, o.first)
