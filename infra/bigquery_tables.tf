@@ -5,7 +5,7 @@ locals {
     "bronze" = "Typed, normalized, PII-hashed rows per record type."
     "silver" = "One current row per identity, joined; merged by the streaming job and the backfill alike."
     "gold"   = "Funnel facts, dimensions and marts (truncate and load)."
-    "ops"    = "Dead letter, operational alerts, sink failures, run log, erasure log, data-quality results, and the short-lived scratch tables MERGEs read from."
+    "ops"    = "Dead letter, operational alerts, sink failures, run log, erasure log, data-quality results, completeness and revisions, and the short-lived scratch tables MERGEs read from."
   }
   bigquery_tables = {
     "bronze.bronze_users"           = {
@@ -2795,6 +2795,132 @@ locals {
           "type"        = "STRING"
           "mode"        = "NULLABLE"
           "description" = "JSON: the baseline, offending values, counts."
+        },
+      ]
+    }
+    "ops.dq_completeness"           = {
+      "dataset"         = "ops"
+      "table_id"        = "dq_completeness"
+      "description"     = "Per event day and evaluation, the estimated share of the day's records received so far, from the lake's lateness profile (schemas.quality.Completeness)."
+      "partition_field" = "as_of_date"
+      "clustering"      = []
+      "schema"          = [
+        {
+          "name"        = "as_of_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "UTC date of as_of (partition)."
+        },
+        {
+          "name"        = "as_of"
+          "type"        = "TIMESTAMP"
+          "mode"        = "REQUIRED"
+          "description" = "The lake's clock when estimated: its newest ingest time."
+        },
+        {
+          "name"        = "run_id"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The run that estimated it."
+        },
+        {
+          "name"        = "event_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "The day estimated."
+        },
+        {
+          "name"        = "received"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "Bronze records of the day received by as_of."
+        },
+        {
+          "name"        = "expected_share"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "Share of a day's records received by the same time after its start, over the profile's days; null: too few complete days to tell."
+        },
+        {
+          "name"        = "estimated_total"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "received / expected_share: the records the day will have."
+        },
+        {
+          "name"        = "profile_days"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "Complete days the profile was drawn from."
+        },
+        {
+          "name"        = "profile_records"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "Records of those days."
+        },
+      ]
+    }
+    "ops.metric_revisions"          = {
+      "dataset"         = "ops"
+      "table_id"        = "metric_revisions"
+      "description"     = "Gold's headline metrics per day (period_grain day, platform all) that a gold release changed against the release before it (both readable by Delta time travel, ops releases)."
+      "partition_field" = "released_date"
+      "clustering"      = []
+      "schema"          = [
+        {
+          "name"        = "released_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "UTC date of the release (partition)."
+        },
+        {
+          "name"        = "released_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "REQUIRED"
+          "description" = "When the revising release was made."
+        },
+        {
+          "name"        = "release_run_id"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The gold run that released the new values."
+        },
+        {
+          "name"        = "previous_run_id"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The gold run whose release it revised."
+        },
+        {
+          "name"        = "period_start"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "The day revised."
+        },
+        {
+          "name"        = "metric"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "conversion_rate, sessions_browse, sessions_payment or barcode_scans."
+        },
+        {
+          "name"        = "previous_value"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "In the previous release; null: the day was not there."
+        },
+        {
+          "name"        = "value"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "In this release; null: the day is gone."
+        },
+        {
+          "name"        = "late_records"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "Bronze records of the day (event_date) added between the two releases (net of rows removed, at least 0)."
         },
       ]
     }

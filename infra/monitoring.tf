@@ -72,3 +72,26 @@ resource "google_monitoring_alert_policy" "stream_freshness" {
     mime_type = "text/markdown"
   }
 }
+
+# A gold run or a backfill whose blocking data-quality checks failed (counter
+# dq_checks_blocking, namespace funnel; schemas/quality.py): gold was not
+# released, the previous release stays.
+resource "google_monitoring_alert_policy" "data_quality_blocking" {
+  display_name          = "${var.name_prefix}: blocking data-quality failures"
+  combiner              = "OR"
+  notification_channels = var.alert_notification_channels
+
+  conditions {
+    display_name = "blocking data-quality checks failed in the last hour"
+    condition_prometheus_query_language {
+      query               = "sum(delta(dataflow_googleapis_com:job_user_counter{monitored_resource=\"dataflow_job\",metric_name=\"dq_checks_blocking\"}[1h])) > 0"
+      duration            = "0s"
+      evaluation_interval = "300s"
+    }
+  }
+
+  documentation {
+    content   = "A run's blocking checks failed: gold was not released (the previous release stays, in the lake and in BigQuery). The failing checks are rows of BigQuery ops.dq_results (verdict fail, severity block) and LAKE/ops/dq_results; `funnel status --lake LAKE` shows them. Fix the data or the rule, then rerun the gold job."
+    mime_type = "text/markdown"
+  }
+}

@@ -76,6 +76,24 @@ explore: ab_tests {
   description: "Experiment readouts: conversion, lift, significance, SRM. mart_ab_test: Experiment readout per (experiment, variant): the unit is a session with the assignment, the metric is reaching payment_successful."
 }
 
+explore: data_quality {
+  label: "Data quality"
+  view_name: dq_results
+  description: "Every check's result per run: observed value, band and verdict (filter verdict = fail). dq_results: One row per data-quality check, subject and run (schemas.quality): what was observed, the band it had to lie in, and the verdict."
+}
+
+explore: data_completeness {
+  label: "Data completeness"
+  view_name: dq_completeness
+  description: "How complete each recent event day was, estimate by estimate. dq_completeness: Per event day and evaluation, the estimated share of the day's records received so far, from the lake's lateness profile (schemas.quality.Completeness)."
+}
+
+explore: metric_revisions {
+  label: "Metric revisions"
+  view_name: metric_revisions
+  description: "Headline values per day that a gold release changed, with the late records behind them. metric_revisions: Gold's headline metrics per day (period_grain day, platform all) that a gold release changed against the release before it (both readable by Delta time travel, ops releases)."
+}
+
 explore: operational_alerts {
   label: "Operational alerts"
   view_name: ops_alerts

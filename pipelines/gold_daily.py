@@ -47,11 +47,13 @@ from transforms.batch.gold import BuildGold, CutAtAsOfFn
 from transforms.batch.quality import GoldGate
 from transforms.lake.commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
 from transforms.lake.files import WriteDataFiles
+from transforms.lake.revisions import latest_revisions
 from transforms.lake.silver import catch_up
 from transforms.lake.tables import ReadLakeTable, layer_versions, open_table, snapshot
 from transforms.rules.gold import GOLD_INPUTS, end_of_day_micros
+from transforms.rules.revisions import describe
 from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, WriteMode, silver_merger
-from transforms.sinks.quality import DataQualityError, run_failures
+from transforms.sinks.quality import DataQualityError, record_revisions, run_failures
 from transforms.sinks.run_log import write_run_log
 
 # Bytes of silver Parquet per shard of the gold shuffle (about 100k rows).
@@ -169,6 +171,12 @@ def recompute(
         blocking, warnings = run_failures(lake, run_id)
         if warnings:
             print(f"gold_daily: data-quality warnings: {'; '.join(warnings)}")
+        if not blocking:
+            revised = latest_revisions(lake)
+            record_revisions(lake, revised, "gold_daily", bigquery)
+            for r in revised:
+                line = describe(r["period_start"], r["metric"], r["previous_value"], r["value"], r["late_records"])
+                print(f"gold_daily: revised {line}")
         if blocking:
             raise DataQualityError(
                 f"gold_daily {run_id}: gold not released (the previous release stays): blocking data-quality "

@@ -1,4 +1,4 @@
-"""Two tunings of Beam's local streaming runner, ``BundleBasedDirectRunner``
+"""Three tunings of Beam's local streaming runner, ``BundleBasedDirectRunner``
 (``tune``), both measured with py-spy on ``stream_ingest`` (BENCHMARKS.md):
 
 * ``memoize_dofn_specs``: the runner asks, for every ParDo at the start of
@@ -13,7 +13,13 @@
   subscription is empty its pull waits up to 30 s, during which no timer
   fires: every processing-time batch (sinks, silver upserts) waited up to
   30 s per step. The pull's deadline is capped at 2 s (an empty pull then
-  returns after about 1 s), so timers fire about once a second when idle.
+  returns after about 1 s), so timers fire about once a second when idle;
+* ``feed_roots_always``: the runner's monitor schedules the Pub/Sub read's
+  next pull only in a round where no timer fired and no other step can
+  run. With records arriving all the time that round never comes: a job
+  fed steadily (20 messages a second) stopped reading after about 20 s,
+  for good, while its timers went on firing. The read is scheduled in
+  every round.
 
 Applied only by ``pipelines.stream_ingest`` when that runner is chosen;
 FnApiRunner and Dataflow never call this code. Pinned to Beam 2.77.0's
@@ -100,6 +106,38 @@ def shorten_pubsub_pull() -> bool:
     return True
 
 
+def feed_roots_always() -> bool:
+    """Makes the local runner's monitor schedule the roots' pending work
+    (the Pub/Sub read's next pull) in every round (idempotent). Returns
+    whether the patch is in place."""
+    from apache_beam.runners.direct import executor
+
+    monitor = getattr(getattr(executor, "_ExecutorServiceParallelExecutor", None), "_MonitorTask", None)
+    original = getattr(monitor, "_add_work_if_necessary", None)
+    if original is None:
+        logging.warning("Beam %s: local runner's monitor not where expected; left untuned", beam.__version__)
+        return False
+    if getattr(original, _PATCHED, False):
+        return True
+
+    def _add_work_if_necessary(self, timers_fired):
+        # Beam's body without its two early returns (timers fired; another step can run).
+        context = self._executor.evaluation_context
+        for applied_ptransform in self._executor.all_nodes:
+            if not context.is_done(applied_ptransform):
+                pending = self._executor.node_to_pending_bundles.get(applied_ptransform, [])
+                for bundle in pending:
+                    self._executor.schedule_consumption(
+                        applied_ptransform, bundle, [], self._executor.default_completion_callback
+                    )
+                self._executor.node_to_pending_bundles[applied_ptransform] = []
+
+    setattr(_add_work_if_necessary, _PATCHED, True)
+    monitor._add_work_if_necessary = _add_work_if_necessary
+    return True
+
+
 def tune() -> None:
     memoize_dofn_specs()
     shorten_pubsub_pull()
+    feed_roots_always()

@@ -2,7 +2,8 @@
 
     python -m pipelines.stream_ingest --subscription projects/P/subscriptions/S --lake DIR \\
         [--window-seconds 60] [--allowed-lateness-hours 48] [--alerts-topic projects/P/topics/T]
-        [--alert-grace-seconds 120] [--run-for SECONDS] [--runner ...]
+        [--alert-grace-seconds 120] [--health-window-seconds 300] [--stall-seconds 600]
+        [--run-for SECONDS] [--runner ...]
         [--sink bigquery --project P [--bigquery-endpoint URL]]
 
 The job is ``transforms.streaming.job.StreamingLakehouse`` fed by Pub/Sub:
@@ -18,7 +19,11 @@ The job is ``transforms.streaming.job.StreamingLakehouse`` fed by Pub/Sub:
   weeks after its payment lands where one backfill of everything would put
   it;
 * operational alerts (``transforms.streaming.alerts``) over the silver rows each
-  merge changes, in ``ops_alerts/``, and with ``--alerts-topic`` on that topic.
+  merge changes, in ``ops_alerts/``, and with ``--alerts-topic`` on that topic;
+* the stream's own health (``schemas.tables.RAW``'s checks): a stall (no
+  record for ``--stall-seconds``) or an app platform silent for a window
+  while others send is a ``data_quality`` alert there too, and a failed row
+  of ``ops/dq_results``.
 
 With ``--sink bigquery`` the same rows also go to BigQuery every window
 length (``transforms.sinks.bigquery``): bronze and the dead letter by a MERGE
@@ -40,6 +45,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
@@ -56,6 +62,7 @@ from pipelines.common import (
     run_pipeline,
     setup_logging,
 )
+from schemas.quality import StreamFreshness, StreamVolume
 from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.lake.tables import snapshot
 from transforms.rules.pii import PiiKeySource
@@ -64,6 +71,8 @@ from transforms.streaming.alerts import ALERT_GRACE_SECONDS, ALLOWED_LATENESS_SE
 from transforms.streaming.job import StreamingLakehouse
 
 STREAMING_RUNNER = "BundleBasedDirectRunner"
+_DECLARED_FRESHNESS = next(c for c in RAW.checks if isinstance(c, StreamFreshness))
+_DECLARED_VOLUME = next(c for c in RAW.checks if isinstance(c, StreamVolume))
 
 
 def build(
@@ -76,10 +85,12 @@ def build(
     bigquery: BigQueryTarget | None = None,
     alerts_topic: str | None = None,
     alert_grace_seconds: float = ALERT_GRACE_SECONDS,
+    health: tuple | None = None,
 ) -> None:
     """``bigquery``: also merge bronze, dead letter and silver there;
     ``alerts_topic``: publish the operational alerts there;
-    ``alert_grace_seconds``: see ``transforms.streaming.alerts``."""
+    ``alert_grace_seconds``: see ``transforms.streaming.alerts``;
+    ``health``: (StreamFreshness, StreamVolume), default the declared ones."""
     _ = (
         p
         | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
@@ -93,6 +104,7 @@ def build(
             bigquery=bigquery,
             alerts_topic=alerts_topic,
             alert_grace_seconds=alert_grace_seconds,
+            health=health,
         )
     )
 
@@ -165,6 +177,20 @@ def arg_parser() -> argparse.ArgumentParser:
         "records published with its trigger (a payment's confirmation; default "
         f"{ALERT_GRACE_SECONDS})",
     )
+    parser.add_argument(
+        "--health-window-seconds",
+        type=positive_int,
+        default=_DECLARED_VOLUME.window_seconds,
+        help="receipt-time window the stream's volume per platform is judged in "
+        f"(default {_DECLARED_VOLUME.window_seconds}, schemas.tables.RAW)",
+    )
+    parser.add_argument(
+        "--stall-seconds",
+        type=positive_int,
+        default=_DECLARED_FRESHNESS.max_silence_seconds,
+        help="seconds without a record before the stream raises a stall alert "
+        f"(default {_DECLARED_FRESHNESS.max_silence_seconds}, schemas.tables.RAW)",
+    )
     parser.add_argument("--run-for", type=float, help="local runs: cancel after this many seconds")
     add_sink_flags(parser, "bronze, the dead letter and silver")
     add_pii_key_flags(parser)
@@ -197,6 +223,10 @@ def main(argv=None, stop_when=None):
             bigquery,
             args.alerts_topic,
             args.alert_grace_seconds,
+            (
+                replace(_DECLARED_FRESHNESS, max_silence_seconds=args.stall_seconds),
+                replace(_DECLARED_VOLUME, window_seconds=args.health_window_seconds),
+            ),
         )
 
     if args.run_for is None:  # a local streaming run lasts until it is stopped

@@ -6,8 +6,10 @@ charts are plotly's: hovering shows values, a range slider under the time
 series picks the dates, clicking a legend entry hides a platform, and the
 funnel has a platform selector. Sections: the funnel with drop-off per
 stage, conversion by day / month / year, platforms, the experiment readout,
-barcode scans and payment-to-scan time, the retargeting audience and the
-latest alerts.
+barcode scans and payment-to-scan time, the retargeting audience, the
+latest alerts, and the data's health: how complete the recent days are,
+the failing checks and what the latest gold release revised
+(``reporting.status`` reads them).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from datetime import datetime
 
 import plotly.graph_objects as go
 
-from schemas.tables import GOLD
+from reporting.status import Health, health
+from schemas.tables import GOLD, METRIC_REVISIONS
 from schemas.tables import STAGE_SESSION_COLUMNS as MART_STAGES
 from schemas.vocabulary import STAGES
 from transforms.lake.files import write_bytes
 from transforms.lake.tables import layer_versions, read_arrow
+from transforms.rules.revisions import describe
 
 GRAINS = ("day", "month", "year")
 ALL = "all"
@@ -211,6 +215,24 @@ def audience_figure(audience: list[dict]) -> go.Figure:
 
 
 # --- the page -----------------------------------------------------------------------------------
+def completeness_figure(rows: list[dict]) -> go.Figure:
+    """The latest estimate's days: records received, and the share of the day they are."""
+    days = [r["event_date"].isoformat() for r in rows]
+    shares = [r["expected_share"] for r in rows]
+    fig = go.Figure(
+        go.Bar(
+            x=days,
+            y=[r["received"] for r in rows],
+            marker_color=[_COLORS[0] if s is None or s >= 0.99 else _COLORS[2] for s in shares],
+            text=["?" if s is None else f"{s:.0%}" for s in shares],
+            textposition="outside",
+            hovertemplate="%{x}: %{y:,} records received, %{text} of the day<extra></extra>",
+        )
+    )
+    fig.update_xaxes(type="category")
+    return _layout(fig, "Completeness of the recent days (share of each day's records received so far)", 360)
+
+
 def _pct(x) -> str:
     return "" if x is None else f"{100 * x:.1f}%"
 
@@ -262,6 +284,43 @@ def alerts_table(alerts: list[dict]) -> str:
     )
 
 
+def failing_table(h: Health) -> str:
+    if not h.failing:
+        return '<p id="failing">No check failed in the latest runs.</p>'
+
+    def band(r: dict) -> str:
+        low, high = r["expected_low"], r["expected_high"]
+        return f"{'' if low is None else low}..{'' if high is None else high}"
+
+    rows = "".join(
+        f'<tr><td class="{"bad" if r["severity"] == "block" else ""}">{html.escape(r["severity"])}</td>'
+        f"<td>{html.escape(r['check_id'])}</td><td>{html.escape(r['subject'])}</td>"
+        f"<td>{r['observed']}</td><td>{band(r)}</td><td>{html.escape(r['pipeline'])}</td></tr>"
+        for r in h.failing
+    )
+    return (
+        '<table id="failing"><tr><th>severity</th><th>check</th><th>subject</th><th>observed</th>'
+        f"<th>expected</th><th>run</th></tr>{rows}</table>"
+    )
+
+
+def revisions_list(lake: str) -> str:
+    rows = read_arrow(lake, METRIC_REVISIONS).to_pylist()
+    if not rows:
+        return '<p id="revisions">No gold release has revised an earlier one.</p>'
+    latest = max(r["released_at"] for r in rows)
+    items = "".join(
+        "<li>"
+        + html.escape(
+            describe(r["period_start"].isoformat(), r["metric"], r["previous_value"], r["value"], r["late_records"])
+        )
+        + "</li>"
+        for r in sorted(rows, key=lambda r: (r["period_start"], r["metric"]))
+        if r["released_at"] == latest
+    )
+    return f'<p>The latest release ({latest:%Y-%m-%d %H:%M} UTC) revised:</p><ul id="revisions">{items}</ul>'
+
+
 _STYLE = """
 body{font-family:system-ui,-apple-system,sans-serif;margin:0;color:#222;background:#fafbfc}
 header{background:#1f4e79;color:#fff;padding:1rem 2rem} header h1{margin:0;font-size:1.5rem}
@@ -279,6 +338,7 @@ def page(gold: Gold) -> str:
     conversion, barcodes = gold.rows("mart_conversion_rate"), gold.rows("mart_barcode_activity")
     readout, audience = gold.rows("mart_ab_test"), gold.rows("mart_retargeting")
     alerts = gold.rows("ops_alerts")
+    lake_health = health(gold.lake)
     days = sorted({r["period_start"] for r in conversion if r["period_grain"] == "day"})
     totals = stage_totals(conversion)[ALL]
     by_type = defaultdict(int)
@@ -291,6 +351,7 @@ def page(gold: Gold) -> str:
         experiment_figure(readout),
         barcode_figure(barcodes),
         audience_figure(audience),
+        completeness_figure(lake_health.completeness),
     ]
     # plotly.js once, inline, with the first figure; the others reuse it
     divs = [
@@ -318,7 +379,7 @@ def page(gold: Gold) -> str:
 &middot; generated {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}</p>
 <nav><a href="#funnel">Funnel</a><a href="#trend">Conversion</a><a href="#platforms">Platforms</a>
 <a href="#experiments-section">Experiments</a><a href="#barcodes">Barcodes</a><a href="#audience">Retargeting</a>
-<a href="#alerts-section">Alerts</a></nav></header><main>
+<a href="#alerts-section">Alerts</a><a href="#health">Data health</a></nav></header><main>
 <div class="cards">{cards}</div>
 <section id="funnel">{divs[0]}</section>
 <section id="trend">{divs[1]}</section>
@@ -333,6 +394,10 @@ against the control; SRM: chi-square of the split against an even one (flagged b
 <code>python -m pipelines.export_audience</code>.</p>{divs[5]}</section>
 <section id="alerts-section"><h2>Alerts</h2><p>{html.escape(alert_counts)}; the latest {LATEST_ALERTS}:</p>
 {alerts_table(alerts)}</section>
+<section id="health"><h2>Data health</h2>
+<p>{len(lake_health.blocking):,} blocking and {len(lake_health.failing) - len(lake_health.blocking):,} warning checks
+failing in each pipeline's latest run; <code>funnel status --lake LAKE</code> shows the same.</p>
+{divs[6]}{failing_table(lake_health)}{revisions_list(gold.lake)}</section>
 </main></body></html>
 """
 

@@ -1,7 +1,8 @@
 """One screen of the lake's health: its tables, the last runs and their
-accounting, freshness, the failing checks of each pipeline's latest run and
-the last days' volume. Read from the Delta log, ``ops/run_log`` and
-``ops/dq_results`` only; no data file of a layer is opened.
+accounting, freshness, the failing checks of each pipeline's latest run,
+the last days' volume and their completeness. Read from the Delta log,
+``ops/run_log``, ``ops/dq_results`` and ``ops/dq_completeness`` only; no
+data file of a layer is opened.
 
 The command: ``status`` (``pipelines/status.py``)."""
 
@@ -11,8 +12,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from schemas.quality import Severity
-from schemas.tables import BRONZE, DQ_RESULTS, GOLD, RUN_LOG, SILVER
+from schemas.quality import COMPLETENESS, Severity
+from schemas.tables import BRONZE, DQ_COMPLETENESS, DQ_RESULTS, GOLD, RUN_LOG, SILVER
 from schemas.vocabulary import Layer
 from transforms.lake.tables import ALL_LAKE_TABLES, layer_versions, read_arrow, snapshot
 from transforms.rules.quality import Verdict
@@ -30,6 +31,7 @@ class Health:
     failing: list[dict] = field(default_factory=list)  # failed results of each pipeline's latest evaluated run
     freshness: list[dict] = field(default_factory=list)
     days: dict[str, Counter] = field(default_factory=dict)  # bronze table -> event day -> rows
+    completeness: list[dict] = field(default_factory=list)  # the latest estimate's newest days
 
     @property
     def blocking(self) -> list[dict]:
@@ -66,7 +68,17 @@ def health(lake: str) -> Health:
     h.freshness = sorted(
         (r for r in current if r["check_kind"] == "freshness"), key=lambda r: (r["table_name"], r["subject"])
     )
+    h.completeness = _latest_completeness(lake)
     return h
+
+
+def _latest_completeness(lake: str) -> list[dict]:
+    rows = read_arrow(lake, DQ_COMPLETENESS).to_pylist()
+    if not rows:
+        return []
+    latest = max((r["as_of"], r["run_id"]) for r in rows)
+    mine = [r for r in rows if (r["as_of"], r["run_id"]) == latest]
+    return sorted(mine, key=lambda r: r["event_date"])[-COMPLETENESS.shown_days :]
 
 
 def _runs(lake: str) -> list[dict]:
@@ -122,6 +134,7 @@ def render(h: Health, lake: str) -> str:
         lines.append(f"  {'table':<24}" + "".join(f"{d[5:]:>9}" for d in reversed(all_days)))
         for name, per_day in h.days.items():
             lines.append(f"  {name:<24}" + "".join(f"{per_day.get(d, 0):>9,}" for d in reversed(all_days)))
+    lines += _completeness_lines(h.completeness)
     lines += ["", f"failing checks ({len(h.blocking)} blocking, {len(h.failing) - len(h.blocking)} warnings)"]
     for r in h.failing:
         band = f"{_num(r['expected_low'])}..{_num(r['expected_high'])}"
@@ -130,3 +143,20 @@ def render(h: Health, lake: str) -> str:
     if not h.failing:
         lines.append("  (none)")
     return "\n".join(lines)
+
+
+def _completeness_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["", "completeness: not estimated yet"]
+    profile = rows[0]["profile_days"]
+    lines = [
+        "",
+        f"completeness at {_when(rows[0]['as_of'])} (share of each day's records received, "
+        f"from the lateness of {profile} complete days)",
+    ]
+    for r in rows:
+        share = r["expected_share"]
+        told = "too few complete days to tell" if share is None else f"{share:6.1%}"
+        bar = "" if share is None else "#" * round(share * 20)
+        lines.append(f"  {r['event_date'].isoformat()}  {r['received']:>10,} received  {told}  {bar}")
+    return lines

@@ -1,6 +1,7 @@
-"""A LookML project over the gold tables, derived from ``schemas.tables``: ``looker/``.
+"""A LookML project over the gold tables and the lake's health, derived from ``schemas.tables``: ``looker/``.
 
-* a view per gold table: a dimension (or, for dates and times, a dimension
+* a view per gold table and per health table (``ops.dq_results``,
+  ``ops.dq_completeness``, ``ops.metric_revisions``): a dimension (or, for dates and times, a dimension
   group) per column with the schema's description; measures for unique
   users and sessions (the contract's "Unique counts": distinct non-null
   ``user_id``, distinct ``session_id``), for the funnel's stage sessions and
@@ -11,7 +12,7 @@
 
 Every dimension and measure is SQL over the view's own columns
 (``${TABLE}.column``), never over another field, so what it counts is
-readable in one place. The views read ``gold.TABLE``: the dataset of the
+readable in one place. The views read ``gold.TABLE`` (``ops.TABLE``): the dataset of the
 Looker connection's project (its name: ``CONNECTION``). Marts hold rows per
 ``period_grain`` and per ``platform`` including ``all``, so their explores
 filter one grain and one platform by default: summing over grains or over
@@ -30,6 +31,8 @@ from schemas.table import BOOL, DATE, FLOAT64, INT64, TIMESTAMP, Column, Table
 from schemas.tables import (
     CONVERSION_RATES,
     DIM_USER,
+    DQ_COMPLETENESS,
+    DQ_RESULTS,
     FACT_FUNNEL_STAGE,
     FACT_USER_ACTIVITY,
     GOLD,
@@ -38,6 +41,7 @@ from schemas.tables import (
     MART_BARCODE_ACTIVITY,
     MART_CONVERSION_RATE,
     MART_RETARGETING,
+    METRIC_REVISIONS,
     OPS_ALERTS,
     STAGE_SESSION_COLUMNS,
 )
@@ -54,6 +58,9 @@ _STAGE_OF_COLUMN = {stage.sessions_column: stage.value for stage in Stage}
 _DATE_TIMEFRAMES = ["date", "week", "month", "quarter", "year"]
 _TIME_TIMEFRAMES = ["raw", "time", "date", "week", "month", "quarter", "year"]
 _PERCENT = "percent_2"
+
+# A view per gold table, and per table of the lake's health (ops): checks, completeness, revisions.
+LOOKML_TABLES = (*GOLD.values(), DQ_RESULTS, DQ_COMPLETENESS, METRIC_REVISIONS)
 
 
 def _column_sql(c: Column) -> str:
@@ -76,7 +83,7 @@ def _field(c: Column) -> tuple[str, dict]:
 
 
 def _primary_key(table: Table) -> dict:
-    columns = GOLD_ROW_KEYS[table.name]
+    columns = GOLD_ROW_KEYS.get(table.name) or table.key
     if len(columns) == 1:
         return {
             "name": "pk",
@@ -168,6 +175,58 @@ def measures(table: Table) -> list[dict]:
                     "description": f"{rate} over the selected rows: sums of the counts divided, not rates averaged.",
                 }
             )
+    elif table is DQ_RESULTS:
+        out += [
+            {
+                "name": "results",
+                "type": "count_distinct",
+                "sql": "${TABLE}.result_id",
+                "description": "Check results (one per check, subject and run).",
+            },
+            {
+                "name": "failures",
+                "type": "number",
+                "sql": "COUNTIF(${TABLE}.verdict = 'fail')",
+                "description": "Results that failed.",
+            },
+            {
+                "name": "blocking_failures",
+                "type": "number",
+                "sql": "COUNTIF(${TABLE}.verdict = 'fail' AND ${TABLE}.severity = 'block')",
+                "description": "Failed results of blocking checks: gold was not released.",
+            },
+        ]
+    elif table is DQ_COMPLETENESS:
+        out += [
+            {
+                "name": "total_received",
+                "type": "sum",
+                "sql": "${TABLE}.received",
+                "description": "Records received by the estimate's time.",
+            },
+            {
+                "name": "share_received",
+                "type": "number",
+                "value_format_name": _PERCENT,
+                "sql": _ratio("SUM(${TABLE}.received)", "SUM(${TABLE}.estimated_total)"),
+                "description": "Received over the estimated totals of the selected days (pick one as_of).",
+            },
+        ]
+    elif table is METRIC_REVISIONS:
+        out += [
+            {
+                "name": "revisions",
+                "type": "count",
+                "sql": "${TABLE}.metric",
+                "description": "Headline values a release changed.",
+            },
+            {
+                "name": "largest_change",
+                "type": "max",
+                "sql": "ABS(${TABLE}.value - ${TABLE}.previous_value)",
+                "description": "The largest absolute change of the selected revisions.",
+            },
+        ]
     elif table is OPS_ALERTS:
         out.append(
             {"name": "alerts", "type": "count_distinct", "sql": "${TABLE}.alert_id", "description": "Distinct alerts."}
@@ -266,6 +325,24 @@ def explores() -> list[dict]:
         ),
         explore("ab_tests", "A/B tests", MART_AB_TEST, "Experiment readouts: conversion, lift, significance, SRM"),
         explore(
+            "data_quality",
+            "Data quality",
+            DQ_RESULTS,
+            "Every check's result per run: observed value, band and verdict (filter verdict = fail)",
+        ),
+        explore(
+            "data_completeness",
+            "Data completeness",
+            DQ_COMPLETENESS,
+            "How complete each recent event day was, estimate by estimate",
+        ),
+        explore(
+            "metric_revisions",
+            "Metric revisions",
+            METRIC_REVISIONS,
+            "Headline values per day that a gold release changed, with the late records behind them",
+        ),
+        explore(
             "operational_alerts",
             "Operational alerts",
             OPS_ALERTS,
@@ -285,6 +362,6 @@ def files() -> dict[str, str]:
         + lkml.dump({"connection": CONNECTION, "includes": ["/views/*.view.lkml"], "explores": explores()})
         + "\n",
     }
-    for table in GOLD.values():
+    for table in LOOKML_TABLES:
         out[f"{ROOT}/views/{table.name}.view.lkml"] = HEADER + lkml.dump({"views": [view(table)]}) + "\n"
     return out

@@ -36,6 +36,8 @@ class CheckKind(StrEnum):
     SCHEMA_DRIFT = "schema_drift"
     SANITY = "sanity"
     ROW_COUNT_CHANGE = "row_count_change"
+    STREAM_FRESHNESS = "stream_freshness"
+    STREAM_VOLUME = "stream_volume"
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,54 @@ class RowCountChange(Check):
     kind: CheckKind = field(init=False, default=CheckKind.ROW_COUNT_CHANGE)
 
 
+@dataclass(frozen=True)
+class StreamFreshness(Check):
+    """The streaming job's newest receipt is at most ``max_silence_seconds``
+    behind the clock: a stalled producer, topic or subscription raises an
+    alert within that (evaluated by the job itself, on a timer)."""
+
+    max_silence_seconds: int = 600
+    kind: CheckKind = field(init=False, default=CheckKind.STREAM_FRESHNESS)
+
+
+@dataclass(frozen=True)
+class StreamVolume(Check):
+    """Records the streaming job receives per platform and window of
+    ``window_seconds``: a platform whose trailing windows held at least
+    ``min_records`` (median of the last ``baseline_windows``, at least
+    ``min_windows`` of them) that receives none while other platforms do
+    raises an alert (once, until it sends again). Drops to zero only: within
+    minutes a partial drop is noise; the day's volume check judges those."""
+
+    platforms: tuple[str, ...] = ()
+    window_seconds: int = 300
+    baseline_windows: int = 12
+    min_windows: int = 3
+    min_records: int = 20
+    kind: CheckKind = field(init=False, default=CheckKind.STREAM_VOLUME)
+
+
 def key_checks(key: tuple[str, ...], severity: Severity = Severity.BLOCK, unique: bool = True) -> tuple[Check, ...]:
     """The checks of a key: not null, and (one row per key) unique."""
     checks: tuple[Check, ...] = (NotNull(severity, key),)
     return checks + ((Unique(severity, key),) if unique else ())
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """How complete each recent event day is: the share of its records
+    received so far, estimated from the lake's own lateness profile (when the
+    records of earlier days arrived, counted from the start of their day).
+
+    A day's records are those received within ``horizon_days`` of the day's
+    end; later ones are not expected. The profile is drawn from the
+    ``profile_days`` newest days old enough to be complete, and an estimate
+    needs at least ``min_profile_days`` of them."""
+
+    horizon_days: int = 14
+    profile_days: int = 28
+    min_profile_days: int = 7
+    shown_days: int = 7  # what ``funnel status`` prints
+
+
+COMPLETENESS = Completeness()

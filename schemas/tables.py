@@ -18,6 +18,8 @@ from schemas.quality import (
     Sanity,
     SchemaDrift,
     Severity,
+    StreamFreshness,
+    StreamVolume,
     Volume,
     key_checks,
 )
@@ -31,6 +33,8 @@ from schemas.vocabulary import (
     ResponseType,
     Stage,
 )
+
+_APPS = tuple(str(p) for p in APP_PLATFORMS)
 
 # --- raw ---------------------------------------------------------------------------
 RAW = Table(
@@ -48,6 +52,8 @@ RAW = Table(
         col("data", BYTES, "The message body exactly as received.", True),
     ),
     partition_by=("ingest_date",),
+    # the stream's own health, judged by the streaming job as messages arrive (or stop arriving)
+    checks=(StreamFreshness(), StreamVolume(platforms=_APPS)),
 )
 
 # --- shared column groups -----------------------------------------------------------
@@ -83,9 +89,6 @@ _PII_KEY_VERSION = col(
     "Version of the PII key that computed this row's *_hash "
     "columns (a Secret Manager version, env:<fingerprint> or dev).",
 )
-
-
-_APPS = tuple(str(p) for p in APP_PLATFORMS)
 
 
 def _arrivals(time_column: str) -> tuple:
@@ -753,6 +756,56 @@ DQ_RESULTS = Table(
     key=("result_id",),
 )
 
+DQ_COMPLETENESS = Table(
+    "dq_completeness",
+    Layer.OPS,
+    "Per event day and evaluation, the estimated share of the day's records received so far, from the lake's "
+    "lateness profile (schemas.quality.Completeness).",
+    (
+        col("as_of_date", DATE, "UTC date of as_of (partition).", True),
+        col("as_of", TIMESTAMP, "The lake's clock when estimated: its newest ingest time.", True),
+        col("run_id", STRING, "The run that estimated it.", True),
+        col("event_date", DATE, "The day estimated.", True),
+        col("received", INT64, "Bronze records of the day received by as_of.", True),
+        col(
+            "expected_share",
+            FLOAT64,
+            "Share of a day's records received by the same time after its start, over the profile's days; "
+            "null: too few complete days to tell.",
+        ),
+        col("estimated_total", FLOAT64, "received / expected_share: the records the day will have."),
+        col("profile_days", INT64, "Complete days the profile was drawn from.", True),
+        col("profile_records", INT64, "Records of those days.", True),
+    ),
+    partition_by=("as_of_date",),
+    key=("run_id", "event_date"),
+)
+
+METRIC_REVISIONS = Table(
+    "metric_revisions",
+    Layer.OPS,
+    "Gold's headline metrics per day (period_grain day, platform all) that a gold release changed against the "
+    "release before it (both readable by Delta time travel, ops releases).",
+    (
+        col("released_date", DATE, "UTC date of the release (partition).", True),
+        col("released_at", TIMESTAMP, "When the revising release was made.", True),
+        col("release_run_id", STRING, "The gold run that released the new values.", True),
+        col("previous_run_id", STRING, "The gold run whose release it revised.", True),
+        col("period_start", DATE, "The day revised.", True),
+        col("metric", STRING, "conversion_rate, sessions_browse, sessions_payment or barcode_scans.", True),
+        col("previous_value", FLOAT64, "In the previous release; null: the day was not there."),
+        col("value", FLOAT64, "In this release; null: the day is gone."),
+        col(
+            "late_records",
+            INT64,
+            "Bronze records of the day (event_date) added between the two releases (net of rows removed, at least 0).",
+            True,
+        ),
+    ),
+    partition_by=("released_date",),
+    key=("release_run_id", "period_start", "metric"),
+)
+
 # --- run log: every run's counters and its accounting check ---------------------------------
 RUN_LOG = Table(
     "run_log",
@@ -848,8 +901,8 @@ DATASETS = {
     Layer.BRONZE: "Typed, normalized, PII-hashed rows per record type.",
     Layer.SILVER: "One current row per identity, joined; merged by the streaming job and the backfill alike.",
     Layer.GOLD: "Funnel facts, dimensions and marts (truncate and load).",
-    Layer.OPS: "Dead letter, operational alerts, sink failures, run log, erasure log, data-quality results, and the "
-    "short-lived scratch tables MERGEs read from.",
+    Layer.OPS: "Dead letter, operational alerts, sink failures, run log, erasure log, data-quality results, "
+    "completeness and revisions, and the short-lived scratch tables MERGEs read from.",
 }
 
 # Every table with a BigQuery copy (``--sink bigquery``): all lake tables but
@@ -864,4 +917,6 @@ BIGQUERY_TABLES = (
     RUN_LOG,
     ERASURE_LOG,
     DQ_RESULTS,
+    DQ_COMPLETENESS,
+    METRIC_REVISIONS,
 )

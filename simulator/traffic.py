@@ -25,7 +25,8 @@ What it produces, per the contract:
 * duplicates: redelivered lines, retried publishes (new ``emitted_at``),
   conflicting copies (same key, other content, always after the original);
 * late arrivals (1-3 days) and a configurable share of invalid records of
-  every dead-letter reason.
+  every dead-letter reason; each file's modification time is when it landed
+  (5 minutes after its arrival day; a file of a day still to come: when written).
 
 The truth in the manifest comes from the journeys the generator planned, not
 from re-applying the funnel rules to the records.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -142,6 +144,9 @@ DEFECTS = {
     "null_key_burst": "`share` of that day's views without session_id",
     # an app release: from that day `share` of web events are schema version 3 with a new field
     "schema_drift": "`share` of web events from that day on are v3 with payload.checkout_flow",
+    # a backlog: `share` of that day's records (every type) arrive `delay_days` (default 5) days late,
+    # after gold was released once: gold's next release revises that day (ops/metric_revisions)
+    "late_wave": "`share` of that day's records arrive `delay_days` late",
 }
 _VOLUME_TABLES = ("bronze_sessions", "bronze_views", "bronze_events")
 
@@ -215,9 +220,13 @@ class Generator:
         if self.rng.random() < 0.7:
             record["region"] = self.rng.choice(("eu-west-1", "us-east-1"))
         arrival = arrival or emitted
+        wave = self.defects.get("late_wave")
         if late_ok and self.rng.random() < self.cfg.late_share:
             arrival += timedelta(days=self.rng.randint(1, 3), seconds=self.rng.randint(0, 3600))
             self.counters["late_records"] += 1
+        elif wave and emitted.date().isoformat() == wave["day"] and self.rng.random() < wave["share"]:
+            arrival += timedelta(days=wave.get("delay_days", 5))
+            self.counters["defect_late_wave_records"] += 1
         self._add(arrival, record, record_type, key)
         return record, arrival
 
@@ -711,8 +720,23 @@ def build_manifest(gen: Generator, files: dict, invalid: list) -> dict:
         "retargeting_users": retargeting_truth(gen),
         "true_rates": {"cart_rate": cfg.p_cart, "p_scan": cfg.p_scan},
         "counters": dict(sorted(gen.counters.items())),
-        "defects": [{**d, "fails": defect_failures(d)} for d in cfg.defects],
+        "defects": [{**d, "fails": defect_failures(d), "may_fail": defect_may_fail(d)} for d in cfg.defects],
     }
+
+
+def defect_may_fail(defect: dict) -> list[dict]:
+    """Checks a defect may fail besides its own, as the journeys fall: a
+    late wave's later-day children (responses, scans) whose parent is in the
+    wave, until it arrives."""
+    if defect["kind"] != "late_wave":
+        return []
+    day = date.fromisoformat(defect["day"])
+    days = [(day + timedelta(days=n)).isoformat() for n in range(defect.get("delay_days", 5) + 1)]
+    checks = (
+        "silver_event_responses.relationship.event_id->silver_events",
+        "silver_user_activity.relationship.response_id->silver_event_responses",
+    )
+    return [{"check_id": c, "event_date": d} for c in checks for d in days]
 
 
 def defect_failures(defect: dict) -> list[dict]:
@@ -733,6 +757,11 @@ def defect_failures(defect: dict) -> list[dict]:
         return [
             {"check_id": "dead_letter.dead_letter_share", "source_file": f"raw_events_{day}", "reason": "missing_field"}
         ]
+    if kind == "late_wave":  # while the wave is outstanding, that day's children miss their parents
+        return [
+            {"check_id": f"{t}.relationship.session_id->silver_sessions[has_session_record]", "event_date": day}
+            for t in ("silver_views", "silver_events")
+        ] + [{"check_id": "silver_event_responses.relationship.event_id->silver_events", "event_date": day}]
     return [{"check_id": "bronze_events.schema_drift", "event_date": day}]
 
 
@@ -769,6 +798,9 @@ def retargeting_truth(gen: Generator) -> list[str]:
     return sorted(out)
 
 
+LANDS_AFTER_DAY = timedelta(minutes=5)  # a day's landing file is delivered just after midnight
+
+
 def write_files(out: str, fmt: str, files: dict) -> list[str]:
     os.makedirs(out, exist_ok=True)
     paths = []
@@ -792,6 +824,11 @@ def write_files(out: str, fmt: str, files: dict) -> list[str]:
                 for r in records
             ]
             pq.write_table(pa.Table.from_pylist(rows), path)
+        # The file lands when its arrival day is over (its modification time is its landing time,
+        # transforms.lake.landing.landed_at); a day still to come lands when written.
+        landed = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC) + LANDS_AFTER_DAY
+        if landed.timestamp() < time.time():
+            os.utime(path, (landed.timestamp(), landed.timestamp()))
         paths.append(path)
     return paths
 

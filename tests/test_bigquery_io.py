@@ -284,3 +284,37 @@ def test_an_erasure_with_the_bigquery_sink_leaves_bigquery_equal_to_the_erased_l
         for r in bq.query(f"SELECT DISTINCT pipeline FROM `{bigquery_io.table_id(bq.project, RUN_LOG)}`").result()
     }
     assert pipelines == {"backfill", "gold_daily"}
+
+
+def test_a_blocking_data_quality_failure_leaves_bigquery_gold_as_released(silver_lake, bigquery_emulator, tmp_path):
+    """The gold gate with ``--sink bigquery``: a block check failing keeps
+    BigQuery's gold as the last release and puts the results in ``ops``;
+    after the fix the rerun replaces it."""
+    import shutil
+
+    from schemas.tables import DQ_RESULTS
+    from tests.lake_defects import duplicate_silver_sessions
+    from transforms.sinks.quality import DataQualityError
+
+    lake = tmp_path / "lake"
+    shutil.copytree(silver_lake, lake)
+    bq = fresh_project()
+    _gold_to_bigquery(lake, bq)
+    released = {name: bigquery_rows(bq, t) for name, t in GOLD.items()}
+
+    duplicate_silver_sessions(str(lake))
+    with pytest.raises(DataQualityError, match=r"fact_funnel_stage\.unique"):
+        _gold_to_bigquery(lake, bq)
+    assert {name: bigquery_rows(bq, t) for name, t in GOLD.items()} == released
+    failed = bq.query(
+        f"SELECT check_id FROM `{bigquery_io.table_id(bq.project, DQ_RESULTS)}` "
+        "WHERE verdict = 'fail' AND severity = 'block'"
+    ).result()
+    assert "fact_funnel_stage.unique.session_id+stage_number" in {r.check_id for r in failed}
+
+    landing = silver_lake.parent / "landing"
+    backfill.main(["--lake", str(lake), "--input", str(landing / "*.jsonl"), "--rebuild-silver"])
+    _gold_to_bigquery(lake, bq)
+    assert {name: bigquery_rows(bq, t) for name, t in GOLD.items()} == {
+        name: lake_rows(lake, t) for name, t in GOLD.items()
+    }

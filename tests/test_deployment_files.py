@@ -298,7 +298,11 @@ def test_infra_declares_the_whole_stack(infra):
     # no project-wide data roles for the workers: data access is per dataset, bucket, topic, secret
     project_roles = {unquote(b["role"]) for b in r["google_project_iam_member"].values()}
     assert project_roles == {"roles/dataflow.worker", "roles/bigquery.jobUser", "roles/dataflow.developer"}
-    assert set(r["google_monitoring_alert_policy"]) == {"dead_letter_volume", "stream_freshness"}
+    policies = r["google_monitoring_alert_policy"]
+    assert set(policies) == {"dead_letter_volume", "stream_freshness", "data_quality_blocking"}
+    # the blocking checks' counter, as the pipelines name it (transforms.batch.quality)
+    (condition,) = policies["data_quality_blocking"]["conditions"]
+    assert 'metric_name=\\"dq_checks_blocking\\"' in condition["condition_prometheus_query_language"][0]["query"]
     outputs = {unquote(k) for block in infra["parsed"]["output"] for k in block}
     assert {
         "lake",
@@ -414,15 +418,16 @@ def test_generated_files_drift_is_detected(tmp_path):
 TABLE_COLUMN = re.compile(r"\$\{TABLE\}\.(\w+)")
 
 
-def test_lookml_parses_and_every_field_names_a_gold_column():
+def test_lookml_parses_and_every_field_names_a_column_of_its_table():
     views = {}
     for path in sorted((ROOT / lookml.ROOT / "views").glob("*.view.lkml")):
         for view in lkml.load(path.read_text())["views"]:
             views[view["name"]] = view
-    assert set(views) == set(GOLD)
+    tables = {t.name: t for t in lookml.LOOKML_TABLES}
+    assert set(views) == set(GOLD) | {"dq_results", "dq_completeness", "metric_revisions"} == set(tables)
     for name, view in views.items():
-        table = GOLD[name]
-        assert view["sql_table_name"] == f"gold.{name}"
+        table = tables[name]
+        assert view["sql_table_name"] == f"{table.layer}.{name}"
         columns = set(table.column_names)
         fields = view.get("dimensions", []) + view.get("dimension_groups", []) + view["measures"]
         named = set()
@@ -461,6 +466,9 @@ def test_lookml_parses_and_every_field_names_a_gold_column():
         "retargeting",
         "ab_tests",
         "operational_alerts",
+        "data_quality",
+        "data_completeness",
+        "metric_revisions",
     } <= set(explores)
     for explore in explores.values():
         base = explore.get("view_name", explore["name"])
@@ -468,7 +476,7 @@ def test_lookml_parses_and_every_field_names_a_gold_column():
         for join in explore.get("joins", []):
             assert join["name"] in views
             for view_name, field in re.findall(r"\$\{(\w+)\.(\w+)\}", join["sql_on"]):
-                assert field in GOLD[view_name].column_names, join["sql_on"]
+                assert field in tables[view_name].column_names, join["sql_on"]
 
 
 def test_dbt_sources_name_every_bigquery_table_and_column():

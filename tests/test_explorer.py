@@ -60,7 +60,7 @@ def test_the_explorer_renders_offline_without_console_errors(explorer_page):
     print(f"screenshot: {SCREENSHOT}")
     assert problems == []
     assert all(url.startswith(("file:", "data:", "blob:")) for url in requests), requests  # offline
-    assert charts == 6
+    assert charts == 7
     for n, stage in enumerate(
         ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned"), start=1
     ):
@@ -68,4 +68,7 @@ def test_the_explorer_renders_offline_without_console_errors(explorer_page):
     assert any(row.startswith("checkout_button\tB") for row in experiments), experiments
     assert any(row.startswith("banner_color\tA") and "control" in row for row in experiments)
     assert "Retargeting audience:" in text and "email_failed" in text
+    # the data's health: completeness of the recent days, failing checks, revisions
+    assert "Data health" in text and "Completeness of the recent days" in text
+    assert "failing in each pipeline's latest run" in text and "No gold release has revised" in text
     assert SCREENSHOT.read_bytes()[:4] == b"\x89PNG"

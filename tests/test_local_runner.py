@@ -49,3 +49,32 @@ def test_the_local_pubsub_pull_waits_at_most_the_capped_deadline():
         assert calls == [("s", 10, local_runner.PULL_DEADLINE_SECONDS)]
     finally:
         evaluator._get_subscriber_client = original
+
+
+def test_the_roots_pending_work_is_scheduled_even_in_a_round_where_timers_fired():
+    """A steadily fed job's Pub/Sub read must not wait for a round without timers (it never comes)."""
+    from types import SimpleNamespace
+
+    from apache_beam.runners.direct import executor
+
+    monitor = executor._ExecutorServiceParallelExecutor._MonitorTask
+    original = monitor.__dict__["_add_work_if_necessary"]
+    scheduled = []
+    fake = SimpleNamespace(
+        _executor=SimpleNamespace(
+            all_nodes=["read", "done"],
+            node_to_pending_bundles={"read": ["next pull"], "done": ["never"]},
+            evaluation_context=SimpleNamespace(is_done=lambda node: node == "done"),
+            schedule_consumption=lambda node, bundle, timers, callback: scheduled.append((node, bundle)),
+            default_completion_callback=None,
+        ),
+        _is_executing=lambda: True,  # another step could run: Beam would not feed the roots
+    )
+    try:
+        assert local_runner.feed_roots_always()
+        assert local_runner.feed_roots_always()  # idempotent
+        monitor._add_work_if_necessary(fake, True)  # timers fired this round
+        assert scheduled == [("read", "next pull")]
+        assert fake._executor.node_to_pending_bundles["read"] == []
+    finally:
+        monitor._add_work_if_necessary = original

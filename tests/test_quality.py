@@ -25,9 +25,8 @@ from schemas.quality import (
 )
 from schemas.tables import ALL_TABLES, BRONZE, DQ_RESULTS, GOLD, OPS_ALERTS_STREAM, SILVER
 from simulator.traffic import Config, generate
-from transforms.lake.commit import commit_append, release
-from transforms.lake.files import write_data_file
-from transforms.lake.tables import layer_versions, open_table, read_arrow, read_file, snapshot
+from tests.lake_defects import duplicate_silver_sessions
+from transforms.lake.tables import layer_versions, open_table, read_arrow
 from transforms.rules import quality
 from transforms.rules.quality import Gate, Verdict
 from transforms.sinks.quality import DataQualityError
@@ -243,17 +242,6 @@ def test_each_defect_fails_exactly_its_own_checks(defect_weeks):
 
 
 # --- the gold gate ------------------------------------------------------------------------------
-def _duplicate_silver_sessions(lake: str) -> None:
-    """A merge bug: one silver_sessions file's rows twice, released."""
-    table = SILVER["silver_sessions"]
-    versions = layer_versions(lake, SILVER)
-    file = snapshot(lake, table, versions[table.name]).files[0]
-    copy = write_data_file(lake, table, read_file(file, table), file.partitions)
-    commit_append(lake, table, [copy], "test-duplicate", pipeline="test")
-    versions[table.name] = open_table(lake, table).version()
-    release(lake, "silver", versions, "test-duplicate")
-
-
 def test_a_blocking_failure_keeps_the_previous_gold_released(tmp_path):
     lake = str(tmp_path / "lake")
     landing = tmp_path / "landing"
@@ -263,7 +251,7 @@ def test_a_blocking_failure_keeps_the_previous_gold_released(tmp_path):
     released = layer_versions(lake, GOLD)
     funnel = read_arrow(lake, GOLD["fact_funnel_stage"], released["fact_funnel_stage"])
 
-    _duplicate_silver_sessions(lake)
+    duplicate_silver_sessions(lake)
     with pytest.raises(DataQualityError, match=r"fact_funnel_stage\.unique\.session_id\+stage_number"):
         gold_daily.main(["--lake", lake])
     assert layer_versions(lake, GOLD) == released
@@ -281,3 +269,137 @@ def test_a_blocking_failure_keeps_the_previous_gold_released(tmp_path):
     rebuilt = read_arrow(lake, GOLD["fact_funnel_stage"], again["fact_funnel_stage"])
     key = [("session_id", "ascending"), ("stage_number", "ascending")]
     assert rebuilt.sort_by(key).equals(funnel.sort_by(key))
+
+
+# --- completeness ---------------------------------------------------------------------------
+def test_completeness_of_recent_days_is_within_five_points_of_what_they_end_up_with(tmp_path, capsys):
+    """A lateness profile the generator knows (a quarter of the records 1-3
+    days late, daily landing files): the lake holds the files landed by
+    2026-09-24 and estimates how complete each recent day is; the rest of the
+    files, backfilled after, give each day's true total."""
+    import shutil
+
+    from pipelines import status
+    from schemas.tables import BRONZE, DQ_COMPLETENESS
+    from transforms.lake.tables import snapshot
+
+    landing, lake = tmp_path / "landing", str(tmp_path / "lake")
+    first, rest = tmp_path / "by-09-24", tmp_path / "after"
+    generate(Config(users=1200, days=30, seed=3, start="2026-09-01", late_share=0.25), str(landing))
+    first.mkdir(), rest.mkdir()
+    for f in sorted(landing.glob("*.jsonl")):
+        shutil.copy2(f, first if f.name <= "raw_events_2026-09-24.jsonl" else rest)  # with its landing time
+    backfill.main(["--input", str(first / "*.jsonl"), "--lake", lake])
+    estimated = {r["event_date"].isoformat(): r for r in read_arrow(lake, DQ_COMPLETENESS).to_pylist()}
+    status.main(["--lake", lake])
+    screen = capsys.readouterr().out
+    backfill.main(["--input", str(rest / "*.jsonl"), "--lake", lake])
+
+    total: dict[str, int] = {}
+    for table in BRONZE.values():
+        for f in snapshot(lake, table).files:
+            total[f.partition["event_date"]] = total.get(f.partition["event_date"], 0) + f.rows
+    recent = sorted(estimated)[-4:]
+    assert recent == ["2026-09-21", "2026-09-22", "2026-09-23", "2026-09-24"]
+    truths = {}
+    for day, row in estimated.items():
+        truth = row["received"] / total[day]
+        truths[day] = truth
+        assert row["expected_share"] == pytest.approx(truth, abs=0.05), day
+    assert truths["2026-09-24"] < 0.8  # the estimate has work to do: the newest day is far from complete
+    assert estimated["2026-09-24"]["profile_days"] >= 7
+    assert "completeness at 2026-09-25 00:05" in screen and "2026-09-24" in screen.split("completeness at")[1]
+
+
+# --- revisions -----------------------------------------------------------------------------
+def test_a_late_wave_revises_its_day_in_the_next_gold_release(tmp_path, capsys):
+    """Gold released with the files landed by 2026-10-06; then 40% of
+    2026-10-04's records arrive (5 days late) and gold is released again. The
+    revision history names the two releases, and equals the differences
+    between them read back by time travel."""
+    import shutil
+
+    from schemas.tables import METRIC_REVISIONS, RELEASES
+    from transforms.lake.revisions import gold_releases
+    from transforms.rules.revisions import HEADLINES, headline
+
+    landing, lake = tmp_path / "landing", str(tmp_path / "lake")
+    first, rest = tmp_path / "by-10-06", tmp_path / "after"
+    wave = {"kind": "late_wave", "day": "2026-10-04", "share": 0.4, "delay_days": 5}
+    manifest = generate(Config(users=600, days=8, seed=7, start="2026-10-01", defects=[wave]), str(landing))
+    (defect,) = manifest["defects"]
+    first.mkdir(), rest.mkdir()
+    for f in sorted(landing.glob("*.jsonl")):
+        shutil.copy2(f, first if f.name <= "raw_events_2026-10-06.jsonl" else rest)
+    backfill.main(["--input", str(first / "*.jsonl"), "--lake", lake])
+    failed = [r for r in _results(lake) if r["verdict"] == Verdict.FAIL]
+    gold_daily.main(["--lake", lake])
+    assert read_arrow(lake, METRIC_REVISIONS).num_rows == 0  # the first release revises nothing
+    backfill.main(["--input", str(rest / "*.jsonl"), "--lake", lake])
+    capsys.readouterr()
+    gold_daily.main(["--lake", lake])
+    printed = capsys.readouterr().out
+
+    (_, first_run, before), (_, second_run, after) = gold_releases(lake)
+    assert read_arrow(lake, RELEASES).num_rows > 0
+
+    def values(versions):
+        out = {}
+        for mart in HEADLINES:
+            out.update(headline(mart, read_arrow(lake, GOLD[mart], versions[mart])))
+        return out
+
+    old, new = values(before), values(after)
+    differences = {k: (old[k], new.get(k)) for k in old if old[k] != new.get(k)}  # a day first published: none
+    assert differences and len(new) > len(old)
+    revised = read_arrow(lake, METRIC_REVISIONS).to_pylist()
+    assert {r["release_run_id"] for r in revised} == {second_run}
+    assert {r["previous_run_id"] for r in revised} == {first_run}
+    assert {(r["period_start"].isoformat(), r["metric"]): (r["previous_value"], r["value"]) for r in revised} == (
+        differences
+    )
+    by_metric = {(r["period_start"].isoformat(), r["metric"]): r for r in revised}
+    conversion = by_metric[("2026-10-04", "conversion_rate")]
+    # the wave's records were counted as late (bronze keeps every copy: at least the wave)
+    assert conversion["late_records"] >= manifest["counters"]["defect_late_wave_records"] * 0.9
+    assert (
+        by_metric[("2026-10-04", "sessions_browse")]["value"]
+        > by_metric[("2026-10-04", "sessions_browse")]["previous_value"]
+    )
+    assert "gold_daily: revised 2026-10-04 conversion_rate" in printed and "late records" in printed
+    # while outstanding, the wave fails its day's relationships, and may fail later children's
+    for expected in defect["fails"]:
+        assert [r for r in failed if _matches(r, expected)], expected
+    allowed = defect["fails"] + defect["may_fail"]
+    assert not [(r["check_id"], r["subject"]) for r in failed if not any(_matches(r, e) for e in allowed)]
+
+
+# --- the stream's health (the rule; the job on the emulator: tests/test_stream_ingest.py) ---------
+def test_stream_health_raises_a_silent_platform_and_a_stall_once_each():
+    from schemas.quality import StreamFreshness, StreamVolume
+    from transforms.rules.stream_health import SECOND, StreamHealth
+
+    health = StreamHealth(
+        "raw_messages",
+        StreamFreshness(max_silence_seconds=120),
+        StreamVolume(platforms=("web", "ios"), window_seconds=60, min_windows=3, min_records=5),
+        settle=10 * SECOND,
+    )
+    minute = 60 * SECOND
+    for w in range(5):
+        health.received("web", w * minute + 5 * SECOND, 10)
+        health.received("ios", w * minute + 7 * SECOND, 8)
+        assert health.judge(w * minute + 30 * SECOND) == []
+    health.received("web", 5 * minute + 5 * SECOND, 10)  # ios sends nothing in window 5
+    assert health.judge(6 * minute) == []  # window 5 is not settled yet
+    (silent,) = health.judge(6 * minute + 11 * SECOND)
+    assert (silent.check_id, silent.platform, silent.verdict) == ("raw_messages.stream_volume", "ios", Verdict.FAIL)
+    assert "window" in silent.subject and silent.details["baseline_median"] == 8
+    health.received("web", 6 * minute + 5 * SECOND, 10)
+    assert health.judge(7 * minute + 11 * SECOND) == []  # still silent: raised once
+    health.received("ios", 7 * minute + 1 * SECOND, 3)  # back; then nothing from anyone
+    health.received("web", 7 * minute + 2 * SECOND, 9)
+    assert health.judge(8 * minute + 11 * SECOND) == []
+    (stall,) = health.judge(7 * minute + 2 * SECOND + 121 * SECOND)
+    assert stall.check_id == "raw_messages.stream_freshness" and stall.observed == 121.0
+    assert health.judge(20 * minute) == []  # once per stall; its empty windows are no platform's silence

@@ -15,7 +15,7 @@ from transforms.lake import quality as lake_quality
 from transforms.lake.commit import files_by_table
 from transforms.lake.files import DataFile
 from transforms.rules.quality import CheckResult, Gate
-from transforms.sinks.quality import record_results
+from transforms.sinks.quality import record_completeness, record_results
 
 
 class _CheckFn(beam.DoFn):
@@ -37,15 +37,20 @@ class _CheckFn(beam.DoFn):
 class CheckBackfillFn(_CheckFn):
     """All ``DataFile``s of a backfill, once its commit is in (the side input
     ``committed``) -> the checks of bronze and silver on the event days it
-    wrote, and of the dead letter per landing file it read, recorded."""
+    wrote, and of the dead letter per landing file it read, recorded, and
+    how complete the recent event days are (a day still arriving tolerates
+    the parents it has yet to receive)."""
 
     def process(self, files: list[DataFile], committed=()):
         by_table = files_by_table(files)
         days = {dict(f.partitions)["event_date"] for name in BRONZE for f in by_table.get(name, [])}
+        as_of, estimates = lake_quality.completeness_estimates(self._lake)
+        received = {r["event_date"]: r["expected_share"] for r in estimates}
         results = lake_quality.bronze_results(self._lake, days)
-        results += lake_quality.silver_results(self._lake, days)
+        results += lake_quality.silver_results(self._lake, days, received)
         results += lake_quality.dead_letter_results(self._lake, by_table.get(DEAD_LETTER.name, []))
         self.record(results)
+        record_completeness(self._lake, as_of, estimates, self._run_id, self._pipeline, self._bigquery)
         yield len(results)
 
 

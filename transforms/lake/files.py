@@ -79,7 +79,8 @@ def write_bytes(path: str, data: bytes) -> str:
 def _stats(arrow: pa.Table) -> str:
     """Delta statistics of a file: its record count, and for ``source_file``
     (which landing file its rows came from) min, max and null count, which
-    is how a commit later finds the files of given landing files."""
+    is how a commit later finds the files of given landing files; the
+    newest ``ingested_at`` (to the millisecond, as Delta keeps timestamps)."""
     stats = {"numRecords": arrow.num_rows}
     if "source_file" in arrow.column_names:
         column = arrow.column("source_file")
@@ -88,6 +89,11 @@ def _stats(arrow: pa.Table) -> str:
         if low_high["min"] is not None:
             stats["minValues"] = {"source_file": low_high["min"]}
             stats["maxValues"] = {"source_file": low_high["max"]}
+    if "ingested_at" in arrow.column_names and arrow.num_rows:
+        # the newest receipt: the lake's clock (completeness, freshness) without opening a file
+        newest = pc.max(arrow.column("ingested_at")).cast(pa.timestamp("us", "UTC")).as_py()
+        if newest is not None:
+            stats.setdefault("maxValues", {})["ingested_at"] = newest.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     return json.dumps(stats)
 
 

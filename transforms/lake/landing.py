@@ -81,13 +81,29 @@ def raw_chunk(data: list[bytes], lines: list[int], source_file: str | None, inge
     )
 
 
+def landed_at(path: str, run_time: int) -> int:
+    """When a landing file was received: when it landed in the landing store
+    (its last modification, as the file system reports it), or the run's
+    time when the store reports none or a later one. A file backfilled days
+    after it landed keeps its own arrival, so the lake's lateness profile
+    (``transforms.rules.completeness``) and freshness see when data came."""
+    try:
+        seconds = FileSystems.match([path])[0].metadata_list[0].last_updated_in_seconds
+    except (OSError, IndexError, AttributeError):
+        seconds = None
+    if not seconds:
+        return run_time
+    return min(run_time, int(seconds * 1_000_000))
+
+
 class ReadLandingFileFn(beam.DoFn):
     """A landing file's path (JSONL, JSONL.gz, Parquet), or a raw-layer file
     (``LakeFile``) -> raw chunks (Arrow, at most ``RAW_CHUNK_ROWS`` rows).
     A landing file is also copied into the raw layer: its ``DataFile``
     (with the SHA-256 of the file's content) goes to ``RAW_FILES``.
 
-    A landing content received before keeps the time it was first received
+    A landing file's records are received when the file landed
+    (``landed_at``). A landing content received before keeps the time it was first received
     as its records' ``ingested_at`` (``transforms.lake.commit.first_received``):
     received again, a record is the same record (its first copy, its
     versions' order and silver's arrival columns stay as they were). When
@@ -114,7 +130,7 @@ class ReadLandingFileFn(beam.DoFn):
                 yield arrow.slice(start, RAW_CHUNK_ROWS)
             self._files.inc()
             return
-        ingested_at = self._ingested_at
+        ingested_at = landed_at(path, self._ingested_at)
         if self._raw_exists:
             first = hashlib.sha256()
             for _ in self._records(path, first):

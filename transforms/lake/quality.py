@@ -23,8 +23,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas import contract
 from schemas.quality import (
+    COMPLETENESS,
     CheckKind,
+    Completeness,
     DeadLetterShare,
     Freshness,
     Mix,
@@ -46,7 +49,7 @@ from transforms.lake.tables import (
     read_files,
     snapshot,
 )
-from transforms.rules import quality
+from transforms.rules import completeness, quality
 from transforms.rules.quality import CheckResult
 
 # Data files read at once (Parquet decoding releases the GIL; an object store's latency overlaps).
@@ -236,9 +239,11 @@ def _recorded_schemas(lake: str, first: str, last: str) -> dict[str, set]:
 
 
 # --- silver -------------------------------------------------------------------------------
-def silver_results(lake: str, days: set[str]) -> list[CheckResult]:
+def silver_results(lake: str, days: set[str], received: dict[str, float] | None = None) -> list[CheckResult]:
     """Silver's checks over the partitions of ``days`` (its released version):
-    keys, and each relationship's share of the day's rows without a parent."""
+    keys, and each relationship's share of the day's rows without a parent.
+    ``received``: day -> its estimated completeness (``completeness_estimates``):
+    a day still arriving tolerates the parents it has yet to receive."""
     versions = layer_versions(lake, SILVER)
     snapshots = {name: snapshot(lake, table, versions[name]) for name, table in SILVER.items()}
     results: list[CheckResult] = []
@@ -249,11 +254,13 @@ def silver_results(lake: str, days: set[str]) -> list[CheckResult]:
         rows = _scan(lake, snapshots[name], tuple(dict.fromkeys(columns)), sorted(days & held))
         results += quality.row_results(table, rows)
         for check in relationships:
-            results += _relationship(lake, table, check, rows, snapshots[check.parent], days)
+            results += _relationship(lake, table, check, rows, snapshots[check.parent], days, received or {})
     return results
 
 
-def _relationship(lake: str, table: Table, check: Relationship, rows: pa.Table, parent: Snapshot, days: set[str]):
+def _relationship(
+    lake: str, table: Table, check: Relationship, rows: pa.Table, parent: Snapshot, days: set[str], received: dict
+):
     parent_table = parent.table
     day_column = parent_table.partition_by[0]
     held = {_day(f, parent_table) for f in parent.files}
@@ -272,7 +279,8 @@ def _relationship(lake: str, table: Table, check: Relationship, rows: pa.Table, 
         low = pa.scalar(d - timedelta(days=check.within_days))
         mask = pc.and_(pc.greater_equal(parents.column(0), low), pc.less_equal(parents.column(0), pa.scalar(d)))
         keys = parents.column(1).filter(mask)
-        out.append(quality.relationship_result(table.name, check, day, mine.column(check.column), keys))
+        to_come = 1.0 - received[day] if received.get(day) is not None else 0.0
+        out.append(quality.relationship_result(table.name, check, day, mine.column(check.column), keys, to_come))
     return out
 
 
@@ -308,3 +316,35 @@ def gold_results(lake: str, written: dict[str, list[DataFile]]) -> list[CheckRes
                 before = snapshot(lake, table, released[name]).rows if released[name] is not None else None
                 results.append(quality.row_count_change(name, check, sum(f.rows for f in files), before))
     return results
+
+
+# --- completeness -------------------------------------------------------------------------
+def completeness_estimates(
+    lake: str, rule: Completeness = COMPLETENESS, as_of: int | None = None
+) -> tuple[int | None, list[dict]]:
+    """``(as_of, rows)``: how complete each recent event day of bronze is
+    (``transforms.rules.completeness``) at ``as_of`` (default: the lake's
+    clock, its newest ingest time; now when the log does not say). Records per day come from the Delta log;
+    only the profile's days are read, two columns of them."""
+    snaps = [s for s in (snapshot(lake, t) for t in BRONZE.values()) if s.files]
+    if not snaps:
+        return None, []
+    if as_of is None:
+        as_of = max((f.newest_ingest for s in snaps for f in s.files if f.newest_ingest is not None), default=None)
+    if as_of is None:  # files written before their statistics named the newest receipt
+        as_of = contract.now_micros()
+    received: Counter = Counter()
+    for s in snaps:
+        for f in s.files:
+            received[_day(f, s.table)] += f.rows
+    days = completeness.profile_days(as_of, set(received), rule)
+    profile = None
+    if days:
+        parts = [_scan(lake, s, ("event_date", "ingested_at"), days) for s in snaps]
+        rows = pa.concat_tables(parts)
+        profile = completeness.LatenessProfile.of(
+            rows.column("event_date").cast(pa.int32()).to_numpy(),
+            rows.column("ingested_at").cast(pa.int64()).to_numpy(),
+            rule,
+        )
+    return as_of, completeness.estimates(received, as_of, profile, rule)

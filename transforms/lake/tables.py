@@ -47,9 +47,11 @@ from schemas.table import Table
 from schemas.tables import (
     BRONZE,
     DEAD_LETTER,
+    DQ_COMPLETENESS,
     DQ_RESULTS,
     ERASURE_LOG,
     GOLD,
+    METRIC_REVISIONS,
     OPS_ALERTS_STREAM,
     RAW,
     RELEASES,
@@ -75,6 +77,8 @@ ALL_LAKE_TABLES = (
     RUN_LOG,
     ERASURE_LOG,
     DQ_RESULTS,
+    DQ_COMPLETENESS,
+    METRIC_REVISIONS,
 )
 
 
@@ -127,6 +131,7 @@ class LakeFile:
     rows: int
     source: str | None = None  # the landing file all its rows came from (tables with source_file)
     from_pubsub: bool = False  # every row has no source_file: received from Pub/Sub
+    newest_ingest: int | None = None  # micros: the newest ingested_at of its rows (tables with ingested_at)
 
     @property
     def partition(self) -> dict:
@@ -160,6 +165,7 @@ def snapshot(lake: str, table: Table, version: int | None = None) -> Snapshot:
         else [()] * n
     )
     has_source = "source_file" in table.column_names and "min.source_file" in columns
+    ingests = actions.column("max.ingested_at").cast(pa.int64()).to_pylist() if "max.ingested_at" in columns else None
     files = []
     for i in range(n):
         relpath = columns["path"][i]
@@ -175,6 +181,7 @@ def snapshot(lake: str, table: Table, version: int | None = None) -> Snapshot:
                 rows or 0,
                 source,
                 from_pubsub,
+                ingests[i] if ingests else None,
             )
         )
     return Snapshot(table, dt.version(), tuple(sorted(files, key=lambda f: f.relpath)))

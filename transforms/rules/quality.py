@@ -338,23 +338,27 @@ def freshness_results(
 
 # --- relationships, dead letters, schema drift ----------------------------------------------
 def relationship_result(
-    table: str, check: Relationship, day: str, children: pa.Array, parents: pa.Array
+    table: str, check: Relationship, day: str, children: pa.Array, parents: pa.Array, still_to_come: float = 0.0
 ) -> CheckResult:
-    """The share of a day's child keys that are not among the parents' keys."""
+    """The share of a day's child keys that are not among the parents' keys.
+    ``still_to_come``: the share of the day's records not received yet (its
+    completeness estimate): a parent still on its way is not missing, so the
+    tolerated share grows by it until the day is complete."""
     children = pc.drop_null(children)
     n = len(children)
     missing = int(pc.sum(pc.invert(pc.is_in(children, parents))).as_py() or 0) if n else 0
     share = missing / n if n else 0.0
+    tolerated = round(check.tolerated_share + max(0.0, still_to_come), 5)
     return CheckResult(
         table,
         check,
         subject(day),
-        _within(share, None, check.tolerated_share),
+        _within(share, None, tolerated),
         round(share, 5),
         None,
-        check.tolerated_share,
+        tolerated,
         event_date=day,
-        details={"rows": n, "without_parent": missing},
+        details={"rows": n, "without_parent": missing, "still_to_come": round(still_to_come, 5)},
     )
 
 

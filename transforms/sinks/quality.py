@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from schemas import contract
 from schemas.quality import Severity
-from schemas.tables import DQ_RESULTS, OPS_ALERTS_STREAM
+from schemas.tables import DQ_COMPLETENESS, DQ_RESULTS, METRIC_REVISIONS, OPS_ALERTS_STREAM
 from transforms.lake.commit import commit_append
 from transforms.lake.files import write_data_file
 from transforms.lake.tables import read_arrow
@@ -56,6 +56,29 @@ def record_results(lake: str, results: list[CheckResult], run_id: str, pipeline:
             r.expected_high,
         )
     return rows
+
+
+def record_completeness(lake: str, as_of: int | None, rows: list[dict], run_id: str, pipeline: str, bigquery=None):
+    """A run's completeness estimates -> ``ops/dq_completeness`` (once per run; BigQuery ``ops`` too)."""
+    if as_of is None or not rows:
+        return
+    as_of_date = contract.micros_to_date(as_of)
+    rows = [{**r, "as_of_date": as_of_date, "as_of": as_of, "run_id": run_id} for r in rows]
+    file = write_data_file(lake, DQ_COMPLETENESS, rows, (("as_of_date", as_of_date),))
+    commit_append(lake, DQ_COMPLETENESS, [file], f"dq_completeness:{run_id}", pipeline=pipeline)
+    if bigquery is not None:
+        insert_new_rows(bigquery, DQ_COMPLETENESS, rows)
+
+
+def record_revisions(lake: str, rows: list[dict], pipeline: str, bigquery=None) -> None:
+    """A release's revisions -> ``ops/metric_revisions`` (once per release; BigQuery ``ops`` too)."""
+    if not rows:
+        return
+    release_run_id, released_date = rows[0]["release_run_id"], rows[0]["released_date"]
+    file = write_data_file(lake, METRIC_REVISIONS, rows, (("released_date", released_date),))
+    commit_append(lake, METRIC_REVISIONS, [file], f"metric_revisions:{release_run_id}", pipeline=pipeline)
+    if bigquery is not None:
+        insert_new_rows(bigquery, METRIC_REVISIONS, rows)
 
 
 def run_failures(lake: str, run_id: str) -> tuple[list[str], list[str]]:

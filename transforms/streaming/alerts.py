@@ -32,6 +32,13 @@ A decided item is never decided again, so a late confirmation or response
 an alert; the item is dropped ``keep_seconds`` after its due time, by a
 timer on the next whole day (one firing forgets a day's items: a firing
 costs a state read and write).
+
+* ``(STREAM_HEALTH, 0)``, the stream's own health (``HealthBook``): records
+  received per platform and receipt-time window, judged on a
+  processing-time timer (``transforms.rules.stream_health``): a stalled
+  stream or a platform gone silent is a ``data_quality`` alert, and a
+  failed row of ``ops/dq_results`` (output ``QUALITY_ROWS``).
+
 ``StreamingAlerts`` is the composite (routing, a processing-time batch per
 key, the state); ``PublishAlertsFn`` sends each alert to a Pub/Sub topic.
 """
@@ -42,6 +49,7 @@ import hashlib
 import math
 import pickle
 import time
+from dataclasses import dataclass
 
 import apache_beam as beam
 import orjson
@@ -51,11 +59,14 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Timestamp
 
-from schemas.tables import OPS_ALERTS_STREAM
+from schemas import contract
+from schemas.quality import StreamFreshness, StreamVolume
+from schemas.tables import BRONZE, OPS_ALERTS_STREAM, RAW
 from schemas.vocabulary import EventType
 from transforms import metrics
 from transforms.rules import alerts
 from transforms.rules.arrow import shard_of_key
+from transforms.rules.stream_health import StreamHealth
 from transforms.sinks.dead_letter import SinkDeadLetter
 from transforms.sinks.retry import RETRY_DEADLINE_SECONDS, sink_retry
 from transforms.streaming.sinks import Rows, batched, pack
@@ -63,7 +74,8 @@ from transforms.streaming.sinks import Rows, batched, pack
 SHARDS = 64  # of the payments' state
 ALLOWED_LATENESS_SECONDS = 2 * 24 * 3600  # a decided item is remembered this long past its due time
 # The first part of an alert state key: what the second part numbers.
-PAYMENT_SHARDS, FAILURE_WINDOWS = 0, 1
+PAYMENT_SHARDS, FAILURE_WINDOWS, STREAM_HEALTH = 0, 1, 2
+QUALITY_ROWS = "dq_results"  # StreamingAlerts' second output: the health checks' failed results
 ALERT_GROUP = typehints.KV[typehints.Tuple[int, int], typehints.Any]
 # What an item routed to the state says: (id, (kind, value)).
 PAYMENT, CONFIRMED, FAILED, OUTCOME = "payment", "confirmed", "failed", "outcome"
@@ -113,6 +125,31 @@ class AlertInputsFn(beam.DoFn):
                 start = alerts.window_start(row["sent_at"])
                 route((FAILURE_WINDOWS, start), (row["response_id"], (OUTCOME, (start, failed))))
         yield from by_key.items()
+
+
+class HealthInputsFn(beam.DoFn):
+    """A batch of lake rows ``(table name, lists of value tuples)`` -> for
+    bronze tables, ``((STREAM_HEALTH, 0), Rows([(platform, (newest
+    ingested_at, records))]))`` per platform and receipt window."""
+
+    def __init__(self, window_seconds: int):
+        self._window = window_seconds * 1_000_000
+
+    def process(self, batch):
+        name, lists = batch
+        if name not in BRONZE:
+            return
+        names = BRONZE[name].column_names
+        at_platform, at_ingest = names.index("platform"), names.index("ingested_at")
+        received: dict = {}
+        for rows in lists:
+            for values in rows:
+                platform, ingested = values[at_platform], values[at_ingest]
+                key = (platform, ingested // self._window)
+                newest, n = received.get(key, (ingested, 0))
+                received[key] = (max(newest, ingested), n + 1)
+        if received:
+            yield (STREAM_HEALTH, 0), Rows((p, value) for (p, _), value in received.items())
 
 
 def _round_up(micros: int, step: int) -> int:
@@ -262,6 +299,63 @@ class WindowBook(_Book):
         return None
 
 
+@dataclass(frozen=True)
+class HealthOptions:
+    """The stream health checks as the job runs them: the declared checks
+    (``schemas.tables.RAW``), a window judged ``settle_seconds`` after it
+    ends (what was received in it has reached the judge by then), results
+    named by ``run_id``."""
+
+    freshness: StreamFreshness
+    volume: StreamVolume
+    settle_seconds: float
+    run_id: str
+
+    @property
+    def tick_seconds(self) -> float:
+        """How often the judge looks, with nothing arriving."""
+        return max(1.0, min(self.volume.window_seconds, self.freshness.max_silence_seconds) / 4)
+
+
+class HealthBook:
+    """The ``(STREAM_HEALTH, 0)`` key's state: one ``StreamHealth``, judged at
+    every batch and every tick of a processing-time timer."""
+
+    def __init__(self, blob: bytes | None, options: HealthOptions):
+        self.options = options
+        self.health: StreamHealth = (
+            pickle.loads(blob)
+            if blob
+            else StreamHealth(RAW.name, options.freshness, options.volume, int(options.settle_seconds * 1e6))
+        )
+        self.quality_rows: list[dict] = []
+
+    def add(self, items, wall: float) -> list[dict]:
+        for platform, (newest, records) in items:
+            self.health.received(platform, newest, records)
+        return []
+
+    def advance(self, watermark: int) -> None:
+        pass  # receipt time, not event time
+
+    def decide(self, wall: float) -> list[dict]:
+        now = int(wall * 1_000_000)
+        failed = self.health.judge(now)
+        run_date = contract.micros_to_date(now)
+        self.quality_rows += [r.row(self.options.run_id, "stream_ingest", now, run_date) for r in failed]
+        return [r.alert(now) for r in failed]
+
+    def event_timer(self) -> int | None:
+        return None
+
+    def hold_timer(self) -> float | None:
+        tick = self.options.tick_seconds
+        return math.ceil(time.time() / tick) * tick + tick
+
+    def blob(self) -> bytes:
+        return pickle.dumps(self.health)
+
+
 BOOKS = {PAYMENT_SHARDS: PaymentBook, FAILURE_WINDOWS: WindowBook}
 
 
@@ -277,15 +371,20 @@ class AlertStateFn(beam.DoFn):
     DUE = TimerSpec("due", TimeDomain.WATERMARK)
     HOLD = TimerSpec("hold", TimeDomain.REAL_TIME)
 
-    def __init__(self, keep_seconds: int, grace_seconds: float = 0):
-        self._keep, self._grace = keep_seconds * 1_000_000, grace_seconds
+    def __init__(self, keep_seconds: int, grace_seconds: float = 0, health: HealthOptions | None = None):
+        self._keep, self._grace, self._health = keep_seconds * 1_000_000, grace_seconds, health
         self._raised = {t: metrics.counter(f"alerts_{t.value}") for t in alerts.AlertType}
+
+    def _book(self, kind: int, blob: bytes | None):
+        if kind == STREAM_HEALTH:
+            return HealthBook(blob, self._health)
+        return BOOKS[kind](blob, self._keep, self._grace)
 
     def process(
         self, keyed, state=beam.DoFn.StateParam(BOOK), due=beam.DoFn.TimerParam(DUE), hold=beam.DoFn.TimerParam(HOLD)
     ):
         (kind, _), lists = keyed
-        book = BOOKS[kind](state.read(), self._keep, self._grace)
+        book = self._book(kind, state.read())
         wall = time.time()
         raised = Rows()
         for items in lists:
@@ -302,7 +401,7 @@ class AlertStateFn(beam.DoFn):
         hold=beam.DoFn.TimerParam(HOLD),
         now=beam.DoFn.TimestampParam,
     ):
-        book = BOOKS[key[0]](state.read(), self._keep, self._grace)
+        book = self._book(key[0], state.read())
         book.advance(now.micros)
         yield from self._store(book, Rows(book.decide(time.time())), state, due, hold)
 
@@ -315,13 +414,15 @@ class AlertStateFn(beam.DoFn):
         hold=beam.DoFn.TimerParam(HOLD),
         fired=beam.DoFn.TimestampParam,
     ):
-        book = BOOKS[key[0]](state.read(), self._keep, self._grace)
+        book = self._book(key[0], state.read())
         # The firing time counts as now even when the runner's clock is not
         # the wall clock (TestStream's): the timer was set from arrival times.
         wall = max(time.time(), fired.micros / 1e6)
         yield from self._store(book, Rows(book.decide(wall)), state, due, hold)
 
-    def _store(self, book: _Book, raised: Rows, state, due, hold):
+    def _store(self, book: _Book | HealthBook, raised: Rows, state, due, hold):
+        if isinstance(book, HealthBook) and book.quality_rows:
+            yield beam.pvalue.TaggedOutput(QUALITY_ROWS, Rows(book.quality_rows))
         blob = book.blob()
         if blob is None:
             state.clear()
@@ -345,20 +446,44 @@ class StreamingAlerts(beam.PTransform):
     ``batch_seconds`` of processing time per key, and then holds due items
     ``grace_seconds``; with ``batch_seconds=None`` (bounded input: every
     record is in before a timer fires) it runs when the input ends, without
-    grace. A decided item is kept ``keep_seconds`` past its due time."""
+    grace. A decided item is kept ``keep_seconds`` past its due time.
 
-    def __init__(self, shards: int, batch_seconds: int | None, keep_seconds: int, grace_seconds: float = 0):
+    With ``health``, the input is ``(silver, lake batches)`` (the
+    ``BatchEvery`` batches the lake is written from) and the output
+    ``(alerts, dq_results rows)``: the stream's health is judged too
+    (needs processing-time timers: a streaming runner)."""
+
+    def __init__(
+        self,
+        shards: int,
+        batch_seconds: int | None,
+        keep_seconds: int,
+        grace_seconds: float = 0,
+        health: HealthOptions | None = None,
+    ):
         super().__init__()
         self._shards, self._batch, self._keep = shards, batch_seconds, keep_seconds
         self._grace = grace_seconds if batch_seconds else 0
+        self._health = health
 
-    def expand(self, silver):
-        routed = silver | "Route" >> beam.ParDo(AlertInputsFn(self._shards)).with_output_types(ALERT_GROUP)
-        return (
-            batched(routed, self._batch, ALERT_GROUP)
+    def expand(self, inputs):
+        silver, lake_batches = inputs if self._health is not None else (inputs, None)
+        routed = [silver | "Route" >> beam.ParDo(AlertInputsFn(self._shards)).with_output_types(ALERT_GROUP)]
+        if lake_batches is not None:
+            routed.append(
+                lake_batches
+                | "RouteHealth"
+                >> beam.ParDo(HealthInputsFn(self._health.volume.window_seconds)).with_output_types(ALERT_GROUP)
+            )
+        raised = (
+            batched(routed if len(routed) > 1 else routed[0], self._batch, ALERT_GROUP)
             | "GroupKey" >> beam.GroupByKey()
-            | "Raise" >> beam.ParDo(AlertStateFn(self._keep, self._grace))
+            | "Raise"
+            >> beam.ParDo(AlertStateFn(self._keep, self._grace, self._health)).with_outputs(QUALITY_ROWS, main="alerts")
         )
+        if self._health is None:
+            return raised.alerts
+        return raised.alerts, raised[QUALITY_ROWS]
 
 
 def alert_message(alert: dict) -> bytes:

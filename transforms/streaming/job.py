@@ -39,7 +39,8 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas import contract
-from schemas.tables import BRONZE, DEAD_LETTER, OPS_ALERTS_STREAM, RAW, SILVER, SINK_DEAD_LETTER
+from schemas.quality import StreamFreshness, StreamVolume
+from schemas.tables import BRONZE, DEAD_LETTER, DQ_RESULTS, OPS_ALERTS_STREAM, RAW, SILVER, SINK_DEAD_LETTER
 from transforms import metrics
 from transforms.metrics import ParseCounters
 from transforms.rules.bronze import parse_record
@@ -47,7 +48,13 @@ from transforms.rules.bronze_arrow import parse_chunk
 from transforms.rules.pii import PiiKeySource
 from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, EnsureTables, WriteMode, silver_merger
 from transforms.sinks.dead_letter import SinkDeadLetter
-from transforms.streaming.alerts import ALLOWED_LATENESS_SECONDS, SHARDS, PublishAlertsFn, StreamingAlerts
+from transforms.streaming.alerts import (
+    ALLOWED_LATENESS_SECONDS,
+    SHARDS,
+    HealthOptions,
+    PublishAlertsFn,
+    StreamingAlerts,
+)
 from transforms.streaming.sinks import (
     PIPELINE,
     BatchEvery,
@@ -160,12 +167,18 @@ def _alert_lake_rows(rows):
     return OPS_ALERTS_STREAM.name, Rows([lake_values(OPS_ALERTS_STREAM, alert) for alert in rows])
 
 
+def _quality_lake_rows(rows):
+    return DQ_RESULTS.name, Rows([lake_values(DQ_RESULTS, row) for row in rows])
+
+
 class StreamingLakehouse(beam.PTransform):
     """PubsubMessages -> the lake (raw, bronze, dead letter and alert files;
     silver merged), with ``bigquery`` BigQuery, with ``alerts_topic`` the
     alerts on that Pub/Sub topic (``alert_grace_seconds``: see
     ``transforms.streaming.alerts``; ``allowed_lateness_seconds``: how long a
-    decided alert is remembered). Returns the written file names."""
+    decided alert is remembered; ``health``: the stream health checks'
+    settings, default the declared ones, ``schemas.tables.RAW``). Returns
+    the written file names."""
 
     def __init__(
         self,
@@ -179,6 +192,7 @@ class StreamingLakehouse(beam.PTransform):
         alerts_topic: str | None = None,
         alert_grace_seconds: float = 0,
         run_id: str | None = None,
+        health: tuple | None = None,
     ):
         super().__init__()
         # Names this launch in every commit it makes (transforms.streaming.sinks).
@@ -186,6 +200,14 @@ class StreamingLakehouse(beam.PTransform):
         self._lake, self._pii_key_source, self._window = lake, pii_key_source, window_seconds
         self._lateness, self._sink_every, self._bigquery = allowed_lateness_seconds, sink_every_seconds, bigquery
         self._shards, self._alerts_topic, self._alert_grace = shards, alerts_topic, alert_grace_seconds
+        self._health = None
+        if sink_every_seconds is not None:  # timers on processing time: a streaming run
+            freshness, volume = health or (
+                next(c for c in RAW.checks if isinstance(c, StreamFreshness)),
+                next(c for c in RAW.checks if isinstance(c, StreamVolume)),
+            )
+            # a record reaches the judge after two batches (the lake's, the alerts'): judge a window after that
+            self._health = HealthOptions(freshness, volume, 3 * sink_every_seconds, self._run_id)
 
     def expand(self, messages):
         parsed = messages | "Parse" >> beam.ParDo(ParseMessageFn(self._pii_key_source)).with_output_types(LAKE_ROWS)
@@ -201,21 +223,25 @@ class StreamingLakehouse(beam.PTransform):
             | "MergeSilver"
             >> beam.ParDo(MergeSilverFn(self._lake, silver_merger(self._bigquery))).with_output_types(LAKE_ROWS)
         )
-        raised = merged | "Alerts" >> StreamingAlerts(self._shards, self._sink_every, self._lateness, self._alert_grace)
+        alerts = StreamingAlerts(self._shards, self._sink_every, self._lateness, self._alert_grace, self._health)
+        if self._health is not None:
+            raised, quality = (merged, batches) | "Alerts" >> alerts
+        else:
+            raised, quality = merged | "Alerts" >> alerts, None
         dead_letter = SinkDeadLetter(self._lake, PIPELINE, self._run_id, self._bigquery)
         if self._alerts_topic is not None:
             _ = raised | "PublishAlerts" >> beam.ParDo(PublishAlertsFn(self._alerts_topic, dead_letter))
-        alert_batches = (
-            raised
-            | "AlertRows" >> beam.Map(_alert_lake_rows).with_output_types(LAKE_ROWS)
-            | "AlertBatches" >> BatchEvery(self._sink_every)
-        )
+        alert_rows = [raised | "AlertRows" >> beam.Map(_alert_lake_rows).with_output_types(LAKE_ROWS)]
+        if quality is not None:
+            alert_rows.append(quality | "QualityRows" >> beam.Map(_quality_lake_rows).with_output_types(LAKE_ROWS))
+        alert_batches = tuple(alert_rows) | "AlertBatches" >> BatchEvery(self._sink_every)
         alert_files = alert_batches | "AppendAlerts" >> beam.ParDo(
-            WriteBatchFilesFn([OPS_ALERTS_STREAM], self._lake, self._run_id)
+            WriteBatchFilesFn([OPS_ALERTS_STREAM, DQ_RESULTS], self._lake, self._run_id)
         )
         if self._bigquery is not None:
             # Silver is merged into BigQuery by MergeSilver, inside its claim (in the lake's order).
-            writes = [BigQueryWrite(t, WriteMode.APPEND) for t in (*BRONZE.values(), DEAD_LETTER, OPS_ALERTS_STREAM)]
+            appended = (*BRONZE.values(), DEAD_LETTER, OPS_ALERTS_STREAM, DQ_RESULTS)
+            writes = [BigQueryWrite(t, WriteMode.APPEND) for t in appended]
             _ = messages.pipeline | "EnsureBigQueryTables" >> EnsureTables(
                 self._bigquery, [w.table for w in writes] + [*SILVER.values(), SINK_DEAD_LETTER]
             )
