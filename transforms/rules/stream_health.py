@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from schemas import contract
 from schemas.quality import StreamFreshness, StreamVolume
 from transforms.rules.quality import CheckResult, Verdict, subject
 
@@ -22,8 +23,6 @@ SECOND = 1_000_000
 
 
 def _iso(micros: int) -> str:
-    from schemas import contract
-
     return contract.micros_to_datetime(micros).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
