@@ -386,20 +386,33 @@ def test_stream_health_raises_a_silent_platform_and_a_stall_once_each():
         settle=10 * SECOND,
     )
     minute = 60 * SECOND
+
+    def receive(platform, at, records, arrived=None):
+        health.received(platform, at, records, at if arrived is None else arrived)
+
     for w in range(5):
-        health.received("web", w * minute + 5 * SECOND, 10)
-        health.received("ios", w * minute + 7 * SECOND, 8)
+        receive("web", w * minute + 5 * SECOND, 10)
+        receive("ios", w * minute + 7 * SECOND, 8)
         assert health.judge(w * minute + 30 * SECOND) == []
-    health.received("web", 5 * minute + 5 * SECOND, 10)  # ios sends nothing in window 5
-    assert health.judge(6 * minute) == []  # window 5 is not settled yet
-    (silent,) = health.judge(6 * minute + 11 * SECOND)
+    receive("web", 5 * minute + 5 * SECOND, 10)
+    # The clock is past window 5's end and settle, but nothing received after
+    # it has reached the judge: the window waits.
+    assert health.judge(6 * minute + 30 * SECOND) == []
+    receive("ios", 5 * minute + 50 * SECOND, 4, arrived=6 * minute + 35 * SECOND)  # late to the judge
+    receive("web", 6 * minute + 20 * SECOND, 10, arrived=6 * minute + 36 * SECOND)
+    assert health.judge(6 * minute + 40 * SECOND) == []  # window 5 judged: ios sent in it
+    receive("web", 7 * minute + 15 * SECOND, 10)  # ios sends nothing in window 6
+    (silent,) = health.judge(7 * minute + 20 * SECOND)
     assert (silent.check_id, silent.platform, silent.verdict) == ("raw_messages.stream_volume", "ios", Verdict.FAIL)
     assert "window" in silent.subject and silent.details["baseline_median"] == 8
-    health.received("web", 6 * minute + 5 * SECOND, 10)
-    assert health.judge(7 * minute + 11 * SECOND) == []  # still silent: raised once
-    health.received("ios", 7 * minute + 1 * SECOND, 3)  # back; then nothing from anyone
-    health.received("web", 7 * minute + 2 * SECOND, 9)
-    assert health.judge(8 * minute + 11 * SECOND) == []
-    (stall,) = health.judge(7 * minute + 2 * SECOND + 121 * SECOND)
-    assert stall.check_id == "raw_messages.stream_freshness" and stall.observed == 121.0
+    receive("web", 8 * minute + 15 * SECOND, 10)
+    assert health.judge(8 * minute + 20 * SECOND) == []  # still silent in window 7: raised once
+    # The job falls behind: these reach the judge two minutes after they were
+    # received. Arriving steadily, they are no stall.
+    receive("ios", 8 * minute + 30 * SECOND, 3, arrived=10 * minute + 20 * SECOND)
+    receive("web", 8 * minute + 31 * SECOND, 9, arrived=10 * minute + 20 * SECOND)
+    assert health.judge(10 * minute + 21 * SECOND) == []
+    assert health.judge(10 * minute + 20 * SECOND + 119 * SECOND) == []
+    (stall,) = health.judge(10 * minute + 20 * SECOND + 121 * SECOND)  # then nothing reaches it
+    assert stall.check_id == "raw_messages.stream_freshness" and stall.observed == 230.0  # since the newest receipt
     assert health.judge(20 * minute) == []  # once per stall; its empty windows are no platform's silence

@@ -3,9 +3,13 @@
 
 Windows are of receipt time (the records' ``ingested_at``), not of when a
 batch reached the judge, so the job's own batching never empties a window.
-A window is judged once ``settle`` has passed after its end (what was
-received in it has then reached the judge); the stall is judged against
-the clock at every evaluation. Only failures are reported: a stream
+A window is judged once the judge holds a record received ``settle`` after
+the window's end: records reach the judge in about the order they were
+received, so by then the window's own have too, however far behind the
+clock the job runs (a backlog, a busy local runner). A stall is judged at
+every evaluation, by the clock against the last time records reached the
+judge: a job running behind delivers late but steadily, and is not silent.
+Its observed value is the age of the newest receipt. Only failures are reported: a stream
 judging itself every few seconds would otherwise fill ``dq_results`` with
 passes.
 """
@@ -34,47 +38,51 @@ class StreamHealth:
     table: str
     freshness: StreamFreshness
     volume: StreamVolume
-    settle: int  # micros
+    settle: int  # micros of receipt time by which records may reach the judge out of order
     counts: dict[str, dict[int, int]] = field(default_factory=dict)  # platform -> window index -> records
     first_window: dict[str, int] = field(default_factory=dict)  # platform -> the first window it sent in
     newest_ingest: int | None = None
+    last_arrival: int | None = None  # when records last reached the judge (micros)
     stall_alerted: int | None = None  # the newest ingest a stall was raised for
-    silent: set[str] = field(default_factory=set)  # platforms alerted silent, until they send again
+    silent: set[str] = field(default_factory=set)  # platforms alerted silent, until a judged window has them
     judged: int | None = None  # the last window judged
 
     @property
     def window(self) -> int:
         return self.volume.window_seconds * SECOND
 
-    def received(self, platform: str, ingested_at: int, records: int) -> None:
-        """``records`` received at ``ingested_at`` (micros) from ``platform``."""
+    def received(self, platform: str, ingested_at: int, records: int, arrived: int) -> None:
+        """``records`` received at ``ingested_at`` from ``platform``, reaching
+        the judge at ``arrived`` (micros)."""
         w = ingested_at // self.window
         per = self.counts.setdefault(platform, {})
         per[w] = per.get(w, 0) + records
         self.first_window[platform] = min(self.first_window.get(platform, w), w)
         self.newest_ingest = ingested_at if self.newest_ingest is None else max(self.newest_ingest, ingested_at)
-        if records:
-            self.silent.discard(platform)
+        self.last_arrival = arrived if self.last_arrival is None else max(self.last_arrival, arrived)
 
     def judge(self, now: int) -> list[CheckResult]:
-        """The failures at ``now`` (micros): a stall, and each platform gone silent in a window judged now."""
+        """The failures at ``now`` (micros): a stall, and each platform gone
+        silent in a window settled since the last judgement."""
+        if self.newest_ingest is None:
+            return []
         out = []
-        if self.newest_ingest is not None:
-            lag = (now - self.newest_ingest) / SECOND
-            if lag > self.freshness.max_silence_seconds and self.stall_alerted != self.newest_ingest:
-                self.stall_alerted = self.newest_ingest
-                out.append(
-                    CheckResult(
-                        self.table,
-                        self.freshness,
-                        subject(other=f"stream silent since {_iso(self.newest_ingest)}"),
-                        Verdict.FAIL,
-                        round(lag, 1),
-                        None,
-                        float(self.freshness.max_silence_seconds),
-                    )
+        lag = (now - self.newest_ingest) / SECOND
+        silence = (now - self.last_arrival) / SECOND
+        if silence > self.freshness.max_silence_seconds and self.stall_alerted != self.newest_ingest:
+            self.stall_alerted = self.newest_ingest
+            out.append(
+                CheckResult(
+                    self.table,
+                    self.freshness,
+                    subject(other=f"stream silent since {_iso(self.newest_ingest)}"),
+                    Verdict.FAIL,
+                    round(lag, 1),
+                    None,
+                    float(self.freshness.max_silence_seconds),
                 )
-        last = (now - self.settle) // self.window - 1  # the newest window settled
+            )
+        last = (self.newest_ingest - self.settle) // self.window - 1  # the newest window settled
         first = last if self.judged is None else self.judged + 1
         for w in range(first, last + 1):
             out += self._silent_in(w)
@@ -91,6 +99,7 @@ class StreamHealth:
         sending = {p for p, per in self.counts.items() if per.get(w, 0) > 0}
         if not sending:
             return []  # nothing at all: a stall (freshness), not one platform
+        self.silent -= sending  # silent until a judged window shows it sending again
         out = []
         for platform in v.platforms:
             if platform in sending or platform in self.silent or platform not in self.counts:

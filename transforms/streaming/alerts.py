@@ -302,9 +302,9 @@ class WindowBook(_Book):
 @dataclass(frozen=True)
 class HealthOptions:
     """The stream health checks as the job runs them: the declared checks
-    (``schemas.tables.RAW``), a window judged ``settle_seconds`` after it
-    ends (what was received in it has reached the judge by then), results
-    named by ``run_id``."""
+    (``schemas.tables.RAW``), a window judged once a record received
+    ``settle_seconds`` after its end has reached the judge (records may
+    arrive that far out of receipt order), results named by ``run_id``."""
 
     freshness: StreamFreshness
     volume: StreamVolume
@@ -331,8 +331,9 @@ class HealthBook:
         self.quality_rows: list[dict] = []
 
     def add(self, items, wall: float) -> list[dict]:
+        arrived = int(wall * 1_000_000)
         for platform, (newest, records) in items:
-            self.health.received(platform, newest, records)
+            self.health.received(platform, newest, records, arrived)
         return []
 
     def advance(self, watermark: int) -> None:

@@ -206,7 +206,7 @@ class StreamingLakehouse(beam.PTransform):
                 next(c for c in RAW.checks if isinstance(c, StreamFreshness)),
                 next(c for c in RAW.checks if isinstance(c, StreamVolume)),
             )
-            # a record reaches the judge after two batches (the lake's, the alerts'): judge a window after that
+            # parallel bundles and batches reorder receipts by a batch or two: a window waits three past its end
             self._health = HealthOptions(freshness, volume, 3 * sink_every_seconds, self._run_id)
 
     def expand(self, messages):
