@@ -5,12 +5,15 @@
 
 For local runs against the emulator (``PUBSUB_EMULATOR_HOST``): creates the
 topic, and the subscription when given, if they do not exist. Lines are sent
-as they are (duplicates, invalid records and all), in file order.
+as they are (duplicates, invalid records and all), in file order; with the
+generator's manifest, publishing pauses where its ``stream_stall`` defects
+say.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 from google.api_core.exceptions import AlreadyExists
@@ -43,6 +46,18 @@ def lines_of(paths: list[str]) -> list[bytes]:
     return out
 
 
+def stream_plan(paths: list[str], manifest: dict | None = None) -> list[tuple[list[bytes], float]]:
+    """Landing files as publishing goes: ``(messages, then pause seconds)``
+    per file, in the order given, pausing after the file of each
+    ``stream_stall`` defect's day (``simulator.traffic.DEFECTS``)."""
+    stalls = {
+        f"raw_events_{d['day']}": d["seconds"]
+        for d in (manifest or {}).get("defects", [])
+        if d["kind"] == "stream_stall"
+    }
+    return [(lines_of([path]), stalls.get(os.path.basename(path).split(".")[0], 0.0)) for path in paths]
+
+
 def publish(topic: str, messages: list[bytes], rate: float | None = None, sent_at: list | None = None) -> int:
     """Publishes every message (waiting for each batch's acks); ``rate`` in
     messages per second. ``sent_at`` collects each message's send time."""
@@ -61,3 +76,14 @@ def publish(topic: str, messages: list[bytes], rate: float | None = None, sent_a
             futures = []
     [f.result() for f in futures]
     return len(messages)
+
+
+def publish_plan(topic: str, plan: list[tuple[list[bytes], float]], rate: float | None = None) -> int:
+    """Publishes a ``stream_plan``: each file's messages at ``rate``, then its pause."""
+    sent = 0
+    for messages, pause in plan:
+        sent += publish(topic, messages, rate)
+        if pause:
+            print(f"stream stall: publishing paused for {pause:g} s", flush=True)
+            time.sleep(pause)
+    return sent

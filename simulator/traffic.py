@@ -60,6 +60,9 @@ EVENT_SPELLINGS = {
     "payment_successful": ("payment_successful", "payment_success", "Payment Successful"),
     "search": ("search", "Search"),
 }
+CANONICAL_PLATFORM = {
+    spelling: canonical for canonical, spellings in PLATFORM_SPELLINGS.items() for spelling in spellings
+}
 SOURCES = {"web": "web-app", "ios": "ios-app", "android": "android-app"}
 COUNTRIES = ("ES", "DE", "FR", "IT", "NL", "GB", "US", "PT")
 EXPERIMENT = "checkout_button"  # variants control / B: the true effect is in Config
@@ -136,8 +139,8 @@ class Config:
 
 # What each defect does, and the checks it fails (schemas.quality ids; subject fields to match).
 DEFECTS = {
-    # a platform's apps send nothing for a day
-    "platform_silent": "no session on `platform` that day",
+    # a platform's apps send nothing for a day: no session, and what they held arrives the next day
+    "platform_silent": "no session on `platform` that day, nothing from it arrives that day",
     # a broken page tag: `share` of the web page views of that day are never sent
     "volume_drop": "`share` of that day's web views not sent",
     # a producer bug: `share` of that day's views arrive without their session_id (dead-lettered)
@@ -147,6 +150,9 @@ DEFECTS = {
     # a backlog: `share` of that day's records (every type) arrive `delay_days` (default 5) days late,
     # after gold was released once: gold's next release revises that day (ops/metric_revisions)
     "late_wave": "`share` of that day's records arrive `delay_days` late",
+    # the producers stop for `seconds` once that day's records are published (the records are
+    # unchanged; simulator.publisher.stream_plan pauses there): the stream's stall check fails
+    "stream_stall": "publishing stops for `seconds` after that day's file",
 }
 _VOLUME_TABLES = ("bronze_sessions", "bronze_views", "bronze_events")
 
@@ -249,6 +255,13 @@ class Generator:
         return payload, version, False
 
     def _add(self, arrival, record, record_type, key):
+        silent = self.defects.get("platform_silent")
+        held = silent and CANONICAL_PLATFORM.get(record.get("platform")) == silent["platform"]
+        if held and arrival.date().isoformat() == silent["day"]:
+            # sent when the apps are back, early the next day
+            next_day = datetime.combine(arrival.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+            arrival = next_day + timedelta(seconds=self.rng.randint(0, 3599))
+            self.counters["defect_records_held"] += 1
         self._seq += 1
         self.records.append((arrival, self._seq, record, record_type, key))
 
@@ -720,7 +733,15 @@ def build_manifest(gen: Generator, files: dict, invalid: list) -> dict:
         "retargeting_users": retargeting_truth(gen),
         "true_rates": {"cart_rate": cfg.p_cart, "p_scan": cfg.p_scan},
         "counters": dict(sorted(gen.counters.items())),
-        "defects": [{**d, "fails": defect_failures(d), "may_fail": defect_may_fail(d)} for d in cfg.defects],
+        "defects": [
+            {
+                **d,
+                "fails": defect_failures(d),
+                "may_fail": defect_may_fail(d),
+                "stream_fails": defect_stream_failures(d),
+            }
+            for d in cfg.defects
+        ],
     }
 
 
@@ -762,7 +783,22 @@ def defect_failures(defect: dict) -> list[dict]:
             {"check_id": f"{t}.relationship.session_id->silver_sessions[has_session_record]", "event_date": day}
             for t in ("silver_views", "silver_events")
         ] + [{"check_id": "silver_event_responses.relationship.event_id->silver_events", "event_date": day}]
-    return [{"check_id": "bronze_events.schema_drift", "event_date": day}]
+    if kind == "schema_drift":
+        return [{"check_id": "bronze_events.schema_drift", "event_date": day}]
+    return []  # stream_stall: the records are the same, only their publishing pauses
+
+
+def defect_stream_failures(defect: dict) -> list[dict]:
+    """The stream health results a defect must fail, and no other, when the
+    landing files are published in day order (``simulator.publisher.stream_plan``)
+    at a pace that gives every day several health windows: a silent platform
+    is silent in the windows its day is published in, a stall is a stall.
+    Drops short of zero, nulls, drift and late waves are the batch's to judge."""
+    if defect["kind"] == "platform_silent":
+        return [{"check_id": "raw_messages.stream_volume", "platform": defect["platform"]}]
+    if defect["kind"] == "stream_stall":
+        return [{"check_id": "raw_messages.stream_freshness"}]
+    return []
 
 
 def alert_truth(gen: Generator) -> dict:

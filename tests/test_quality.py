@@ -175,6 +175,7 @@ DEFECTS = [
     {"kind": "volume_drop", "day": "2026-10-08", "share": 0.6},
     {"kind": "null_key_burst", "day": "2026-10-14", "share": 0.15},
     {"kind": "schema_drift", "day": "2026-10-20", "share": 0.5},
+    {"kind": "stream_stall", "day": "2026-10-24", "seconds": 900},  # the stream's to judge: the batch fails nothing
 ]
 
 
@@ -239,6 +240,35 @@ def test_each_defect_fails_exactly_its_own_checks(defect_weeks):
     assert len(failed) == sum(len(d["fails"]) for d in manifest["defects"])
     alerts = [a for a in read_arrow(lake, OPS_ALERTS_STREAM).to_pylist() if a["alert_type"] == "data_quality"]
     assert len(alerts) == len(failed)
+
+
+def test_the_stream_defects_as_published_a_silent_platform_sends_nothing_that_day_and_a_stall_pauses(tmp_path):
+    import json
+
+    from simulator.publisher import stream_plan
+    from simulator.traffic import CANONICAL_PLATFORM
+
+    defects = [
+        {"kind": "platform_silent", "day": "2026-11-02", "platform": "ios"},
+        {"kind": "stream_stall", "day": "2026-11-02", "seconds": 90},
+    ]
+    config = Config(users=200, days=3, seed=4, start="2026-11-01", invalid_share=0, defects=defects)
+    manifest = generate(config, str(tmp_path))
+    paths = sorted(str(p) for p in tmp_path.glob("*.jsonl"))
+    plan = stream_plan(paths, manifest)
+    assert [pause for _, pause in plan] == [90 if p.endswith("2026-11-02.jsonl") else 0 for p in paths]
+    platforms = {
+        p.split("_")[-1][:10]: {CANONICAL_PLATFORM.get(json.loads(m).get("platform")) for m in messages}
+        for p, (messages, _) in zip(paths, plan)
+    }
+    assert "ios" not in platforms["2026-11-02"]  # not even what earlier sessions held back
+    assert "ios" in platforms["2026-11-01"] and "ios" in platforms["2026-11-03"]
+    assert manifest["counters"]["defect_records_held"] > 0
+    assert [d["stream_fails"] for d in manifest["defects"]] == [
+        [{"check_id": "raw_messages.stream_volume", "platform": "ios"}],
+        [{"check_id": "raw_messages.stream_freshness"}],
+    ]
+    assert manifest["defects"][1]["fails"] == []
 
 
 # --- the gold gate ------------------------------------------------------------------------------

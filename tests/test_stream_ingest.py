@@ -28,26 +28,6 @@ from transforms.sinks import bigquery as bigquery_io
 pytestmark = pytest.mark.emulator
 DATA_QUALITY = "data_quality"
 
-# Publishes 3 records a platform a second, interleaved, of the platforms the phase file
-# names ("both": web and ios; "web"; "quiet": none) until it says "done". The pace is
-# well below what the local runner drains on a busy machine, so the job keeps up.
-SENDER = """
-import sys, time
-from pathlib import Path
-from google.cloud import pubsub_v1
-topic, folder = sys.argv[1], Path(sys.argv[2])
-messages = {p: (folder / f"{p}.jsonl").read_bytes().splitlines() for p in ("web", "ios")}
-publisher, n = pubsub_v1.PublisherClient(), 0
-while (phase := (folder / "phase").read_text()) != "done":
-    sending = {"both": ("web", "ios"), "web": ("web",)}.get(phase, ())
-    batch = [messages[p][n + i] for i in range(3) for p in sending]
-    for future in [publisher.publish(topic, m) for m in batch]:
-        future.result(timeout=60)
-    n += 3
-    time.sleep(1)
-"""
-
-
 # The jobs stop as soon as every delivered message has landed and silver is
 # complete (a few tens of seconds); this only bounds a run that never gets
 # there, generously, so a busy machine is slow but not failing.
@@ -413,57 +393,38 @@ def pull_all(subscription) -> list:
 
 
 def test_a_platform_gone_silent_and_a_stalled_stream_raise_data_quality_alerts(pubsub_emulator, tmp_path):
-    """The stream judges its own health (schemas.tables.RAW's checks): web
-    and ios send; then ios stops (one stream_volume alert for ios), then
-    everyone (one stream_freshness alert); both in ops_alerts, on the alerts
-    topic and as failed dq_results rows. Each phase lasts until the lake
-    shows what it needs (the job's pace sets the test's)."""
+    """The stream judges its own health (schemas.tables.RAW's checks) and
+    fails exactly the generator's stream truths: its landing files published
+    in day order, ios silent on the second day (one stream_volume for ios),
+    then publishing stalls (one stream_freshness); in ops_alerts, on the
+    alerts topic and as failed dq_results rows. The test lasts until the
+    stall has landed (the job's pace sets the test's)."""
     from schemas.tables import DQ_RESULTS, OPS_ALERTS_STREAM
-    from transforms.rules.bronze import normalize_platform
 
     topic, subscription = fresh_topic(pubsub_emulator, "raw-events")
     alerts_topic, alerts_subscription = fresh_topic(pubsub_emulator, "alerts")
     landing, lake = tmp_path / "landing", tmp_path / "lake"
-    traffic.generate(traffic.Config(users=1000, days=2, seed=4, invalid_share=0), str(landing))
-    by_platform = {"web": [], "ios": []}
-    for message in lines_of(sorted(str(p) for p in landing.glob("*.jsonl"))):
-        platform, _ = normalize_platform(json.loads(message).get("platform"))
-        if platform in by_platform:
-            by_platform[platform].append(message)  # each message once: the lake keeps one copy of a record
-    # 15 s windows hold about 45 records of each platform, against the declared
-    # 20 a platform's windows need before its silence counts.
-    window, stall = 15, 40
-    phase = {"now": "both"}
-
-    # The sender is a process of its own, paced by the phase file.
-    for platform, messages in by_platform.items():
-        (tmp_path / f"{platform}.jsonl").write_bytes(b"\n".join(messages) + b"\n")
-    phase_file = tmp_path / "phase"
-    phase_file.write_text("both")
-    sender = subprocess.Popen([sys.executable, "-c", SENDER, topic, str(tmp_path)])
+    defects = [
+        {"kind": "platform_silent", "day": "2026-11-02", "platform": "ios"},
+        {"kind": "stream_stall", "day": "2026-11-02", "seconds": DEADLINE_SECONDS},  # until the test ends
+    ]
+    manifest = traffic.generate(
+        traffic.Config(users=400, days=2, seed=4, start="2026-11-01", defects=defects), str(landing)
+    )
+    # At 25 a second the first day takes about a minute and the second half
+    # of one, in 10 s health windows of about 70 ios records against the
+    # declared 20 a platform's windows need before its silence counts.
+    window, stall = 10, 30
 
     def quality_alerts() -> list[dict]:
         alerts_now = read_arrow(str(lake), OPS_ALERTS_STREAM).to_pylist()
         return [json.loads(a["details"]) for a in alerts_now if a["alert_type"] == DATA_QUALITY]
 
-    def ios_receipt_windows() -> int:
-        """Receipt-time windows the lake's ios records span (the judge's baseline)."""
-        received = [
-            t
-            for table in BRONZE.values()
-            for row in read_arrow(str(lake), table, columns=["platform", "ingested_at"]).to_pylist()
-            if row["platform"] == "ios" and (t := row["ingested_at"]) is not None
-        ]
-        return 0 if not received else int((max(received) - min(received)).total_seconds() // window)
-
-    def next_phase() -> bool:
-        raised = {a["check_id"] for a in quality_alerts()}
-        if phase["now"] == "both" and ios_receipt_windows() >= 5:
-            phase["now"] = "web"
-        elif phase["now"] == "web" and "raw_messages.stream_volume" in raised:
-            phase["now"] = "quiet"
-        phase_file.write_text(phase["now"])
-        return "raw_messages.stream_freshness" in raised or sender.poll() is not None
+    def stalled() -> bool:
+        """The stall is in ops_alerts and in dq_results (two commits of one batch)."""
+        results = read_arrow(str(lake), DQ_RESULTS, columns=["check_id"]).column("check_id").to_pylist()
+        alerted = {a["check_id"] for a in quality_alerts()}
+        return "raw_messages.stream_freshness" in alerted and "raw_messages.stream_freshness" in results
 
     # The job as it runs in production: a process of its own.
     job_log = open(tmp_path / "stream_ingest.log", "wb")  # noqa: SIM115 - the job writes it until stopped
@@ -490,23 +451,33 @@ def test_a_platform_gone_silent_and_a_stalled_stream_raise_data_quality_alerts(p
         stdout=job_log,
         stderr=subprocess.STDOUT,
     )
+    # The producers: the generator's files published in day order, stalling where its manifest says.
+    sender = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pipelines.publish", "--topic", topic, "--rate", "25"),
+            *("--input", str(landing / "*.jsonl"), "--manifest", str(landing / "manifest.json")),
+        ]
+    )
     try:
-        while job.poll() is None and not next_phase():
+        while job.poll() is None and sender.poll() is None and not stalled():
             time.sleep(2)
     finally:
-        phase_file.write_text("done")
+        sender.terminate()
         job.terminate()
         job.wait(timeout=120)
         job_log.close()
-        assert sender.wait(timeout=120) == 0  # it sent every phase's records (it fails when it runs out)
-    raised = quality_alerts()
-    assert sorted((a["check_id"], a["subject"].split(" ")[0]) for a in raised) == [
+        sender.wait(timeout=120)
+    assert stalled(), "the job or the publisher ended before the stall was raised"
+    failed = [r for r in read_arrow(str(lake), DQ_RESULTS).to_pylist() if r["verdict"] == "fail"]
+    expected = [f for d in manifest["defects"] for f in d["stream_fails"]]
+    assert sorted((r["check_id"], r["platform"]) for r in failed) == sorted(
+        (f["check_id"], f.get("platform")) for f in expected
+    )
+    assert {r["pipeline"] for r in failed} == {"stream_ingest"}
+    assert sorted((a["check_id"], a["subject"].split(" ")[0]) for a in quality_alerts()) == [
         ("raw_messages.stream_freshness", "stream"),
         ("raw_messages.stream_volume", "platform=ios"),
     ]
-    failed = [r for r in read_arrow(str(lake), DQ_RESULTS).to_pylist() if r["verdict"] == "fail"]
-    assert sorted(r["check_id"] for r in failed) == ["raw_messages.stream_freshness", "raw_messages.stream_volume"]
-    assert {r["pipeline"] for r in failed} == {"stream_ingest"}
     on_topic = [m for m in pull_all(alerts_subscription) if m.attributes["alert_type"] == DATA_QUALITY]
     assert sorted(json.loads(m.data)["details"] for m in on_topic) == sorted(
         a["details"] for a in read_arrow(str(lake), OPS_ALERTS_STREAM).to_pylist() if a["alert_type"] == DATA_QUALITY
