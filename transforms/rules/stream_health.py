@@ -9,9 +9,9 @@ received, so by then the window's own have too, however far behind the
 clock the job runs (a backlog, a busy local runner). A stall is judged at
 every evaluation, by the clock against the last time records reached the
 judge: a job running behind delivers late but steadily, and is not silent.
-Its observed value is the age of the newest receipt. Only failures are reported: a stream
-judging itself every few seconds would otherwise fill ``dq_results`` with
-passes.
+Its observed value is the age of the newest receipt. Only failures are
+reported: a stream judging itself every few seconds would otherwise fill
+``dq_results`` with passes.
 """
 
 from __future__ import annotations
