@@ -46,12 +46,14 @@ demo-bq: demo
 	$(PY) -m devtools.bigquery_demo --input '$(DEMO_DATA)/*.jsonl' --lake $(LAKE)
 
 # The emulators and the S3 server are started for the run (unless running) and
-# stopped after; pytest runs in two processes (pytest-xdist), a test file's
-# tests in one of them, so `make test` needs no other step.
+# stopped after; pytest runs in TEST_WORKERS processes (pytest-xdist), a test
+# file's tests in one of them, so `make test` needs no other step. Three on two
+# cores: the streaming tests mostly wait (for timers, the emulator, a grace).
+TEST_WORKERS ?= 3
 test: browser
 	@$(MAKE) --no-print-directory -j3 install tool-venvs
 	@$(MAKE) --no-print-directory lint
-	$(PY) -m devtools.with_services $(VENV)/bin/pytest -n 2 --dist loadfile
+	$(PY) -m devtools.with_services $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # ruff (lint and format, pyproject.toml) and import-linter (the layers, pyproject.toml)
 lint: install
