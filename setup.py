@@ -21,6 +21,7 @@ setuptools.setup(
             "simulator.*",
         ]
     ),
+    package_data={"schemas": ["funnels.yaml"]},  # the default funnel definitions
     entry_points={"console_scripts": ["funnel = pipelines.cli:main"]},
     install_requires=[
         "apache-beam[gcp,aws]==2.77.0",  # aws: Beam's S3 filesystem (a lake on S3)
@@ -36,5 +37,6 @@ setuptools.setup(
         "plotly==7.1.0",
         "deltalake==1.6.6",
         "tenacity==9.1.4",
+        "PyYAML==6.0.4",  # funnel definitions (schemas/funnels.yaml)
     ],
 )

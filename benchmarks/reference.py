@@ -39,7 +39,8 @@ import duckdb
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from schemas import contract
+from benchmarks import reference_funnels
+from schemas import contract, funnels
 from schemas.contract import ENVELOPE, MAX_FUTURE_MICROS, MAX_RECORD_BYTES, MIN_TIMESTAMP_MS, RECORD_TYPES, Field
 from schemas.table import DATE, TIMESTAMP
 from schemas.tables import GOLD
@@ -181,9 +182,16 @@ def hmac_macro(key: bytes) -> str:
 
 
 def build(
-    con: duckdb.DuckDBPyConnection, paths: list[str], as_of: date, now_micros: int, pii_key: bytes, progress=print
+    con: duckdb.DuckDBPyConnection,
+    paths: list[str],
+    as_of: date,
+    now_micros: int,
+    pii_key: bytes,
+    progress=print,
+    definitions: tuple[funnels.Funnel, ...] | None = None,
 ) -> dict:
-    """Loads the landing files and runs the whole reference; returns row counts per gold table."""
+    """Loads the landing files and runs the whole reference; returns row
+    counts per gold table. ``definitions``: the funnels (default the packaged ones)."""
     con.execute("SET TimeZone = 'UTC'")
     started = time.time()
     lines = load_lines(con, paths)
@@ -201,6 +209,7 @@ def build(
     for statement in (s for s in script.split(";") if s.strip()):
         con.execute(statement)
     ab_statistics(con)
+    reference_funnels.build(con, funnels.load() if definitions is None else definitions, clock)
     progress(f"reference: bronze -> silver -> gold in {time.time() - started:.1f} s")
     return {name: con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in GOLD}
 
@@ -258,15 +267,21 @@ def write_gold(con: duckdb.DuckDBPyConnection, out: Path) -> None:
 # Statistics computed by two libraries (the pipeline's formulas on scipy's
 # distributions, statsmodels here) agree to rounding, not to the last bit.
 ROUNDED = {"mart_ab_test": ("lift_vs_control", "diff_vs_control", "ci_low", "ci_high", "p_value", "srm_p_value")}
+# So do the interpolated quantiles of mart_funnel (the pipeline's arithmetic, DuckDB's quantile_cont):
+# seconds up to weeks, compared to 12 significant digits.
+SIGNIFICANT = {"mart_funnel": ("median_seconds_to_convert", "p90_seconds_to_convert")}
 
 
 def _canonical(table, source: str) -> str:
     """A table's rows in one comparable form: timestamps as epoch micros, dates
-    as DATE, ``ROUNDED`` statistics to 10 decimals."""
+    as DATE, ``ROUNDED`` statistics to 10 decimals, ``SIGNIFICANT`` ones to 12 digits."""
     cols = []
     for c in table.columns:
         if c.name in ROUNDED.get(table.name, ()):
             cols.append(f"round({c.name}, 10) AS {c.name}")
+        elif c.name in SIGNIFICANT.get(table.name, ()):
+            digits = f"11 - CAST(floor(log10(abs({c.name}))) AS INTEGER)"
+            cols.append(f"CASE WHEN {c.name} = 0 THEN 0 ELSE round({c.name}, {digits}) END AS {c.name}")
         elif c.type == TIMESTAMP:
             cols.append(f"epoch_us(CAST({c.name} AS TIMESTAMPTZ)) AS {c.name}")
         elif c.type == DATE:

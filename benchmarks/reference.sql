@@ -24,11 +24,13 @@ CREATE MACRO norm_event_type(v) AS CASE trim(regexp_replace(lower(strip_ws(v)), 
 -- ---- bronze -> current rows (one per identity) ------------------------------------------
 -- Immutable types: the first copy wins (file, then line: one ingest time per backfill).
 CREATE TABLE cur_view AS
-SELECT view_id, session_id, view_timestamp, norm_platform(env_platform) AS platform FROM typed_view
+SELECT view_id, session_id, view_timestamp, norm_platform(env_platform) AS platform, page_type, landing_page, is_referral
+FROM typed_view
 QUALIFY row_number() OVER (PARTITION BY view_id ORDER BY source_file, source_line) = 1;
 
 CREATE TABLE cur_click AS
-SELECT click_id, session_id, click_timestamp, norm_platform(env_platform) AS platform FROM typed_click
+SELECT click_id, session_id, click_timestamp, norm_platform(env_platform) AS platform, element_clicked, page
+FROM typed_click
 QUALIFY row_number() OVER (PARTITION BY click_id ORDER BY source_file, source_line) = 1;
 
 CREATE TABLE cur_event AS
@@ -95,11 +97,11 @@ SELECT session_id, s.user_id,
 FROM cur_session s FULL JOIN session_children c USING (session_id);
 
 CREATE TABLE silver_views AS
-SELECT v.view_id, v.session_id, v.view_timestamp, s.user_id, s.platform
+SELECT v.view_id, v.session_id, v.view_timestamp, s.user_id, s.platform, v.page_type, v.landing_page, v.is_referral
 FROM cur_view v JOIN silver_sessions s USING (session_id);
 
 CREATE TABLE silver_clicks AS
-SELECT c.click_id, c.session_id, c.click_timestamp, s.user_id, s.platform
+SELECT c.click_id, c.session_id, c.click_timestamp, s.user_id, s.platform, c.element_clicked, c.page
 FROM cur_click c JOIN silver_sessions s USING (session_id);
 
 CREATE TABLE silver_events AS

@@ -2439,6 +2439,239 @@ locals {
         },
       ]
     }
+    "gold.fact_funnel"              = {
+      "dataset"         = "gold"
+      "table_id"        = "fact_funnel"
+      "description"     = "One row per (defined funnel, unit entry, reached step): the funnels of schemas/funnels.yaml."
+      "partition_field" = "entry_date"
+      "clustering"      = [
+        "funnel",
+      ]
+      "schema"          = [
+        {
+          "name"        = "funnel"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "Funnel name (schemas/funnels.yaml)."
+        },
+        {
+          "name"        = "unit"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "session or user: what goes through the funnel."
+        },
+        {
+          "name"        = "unit_id"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The session_id or user_id."
+        },
+        {
+          "name"        = "entry_number"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "1 for the unit's first entry, 2 after its first window closed, ..."
+        },
+        {
+          "name"        = "user_id"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "User; null for an anonymous session."
+        },
+        {
+          "name"        = "session_id"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "Session of the entry record (first touch)."
+        },
+        {
+          "name"        = "entry_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "REQUIRED"
+          "description" = "When the unit entered: its first step's record (any step, in any order)."
+        },
+        {
+          "name"        = "entry_date"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "UTC date of entry_at: the entry cohort."
+        },
+        {
+          "name"        = "window_ends_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "NULLABLE"
+          "description" = "entry_at plus the funnel's window; null without one."
+        },
+        {
+          "name"        = "step_number"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "1 .. the funnel's steps (any order: how many steps were done)."
+        },
+        {
+          "name"        = "step_name"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The step's name (any order: 'k of n steps')."
+        },
+        {
+          "name"        = "reached_at"
+          "type"        = "TIMESTAMP"
+          "mode"        = "REQUIRED"
+          "description" = "When the step was reached."
+        },
+        {
+          "name"        = "seconds_from_entry"
+          "type"        = "FLOAT"
+          "mode"        = "REQUIRED"
+          "description" = "Time to convert to this step."
+        },
+        {
+          "name"        = "seconds_from_previous_step"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "Seconds since the previous step; null for step 1."
+        },
+        {
+          "name"        = "platform"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Platform of the entry's session."
+        },
+        {
+          "name"        = "device_type"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Device type of the entry's session."
+        },
+        {
+          "name"        = "country"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Country of the entry's session, as in fact_funnel_stage."
+        },
+        {
+          "name"        = "landing_page"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "Landing page of the entry session's earliest view."
+        },
+        {
+          "name"        = "referral"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "'referral' or 'direct': how the entry session's earliest view arrived."
+        },
+        {
+          "name"        = "experiments_json"
+          "type"        = "STRING"
+          "mode"        = "NULLABLE"
+          "description" = "A/B assignments of the entry's session, JSON object experiment -> variant."
+        },
+      ]
+    }
+    "gold.mart_funnel"              = {
+      "dataset"         = "gold"
+      "table_id"        = "mart_funnel"
+      "description"     = "Defined funnels per entry cohort (day, week from Monday, month), breakdown value and step."
+      "partition_field" = null
+      "clustering"      = [
+        "funnel",
+        "cohort_grain",
+      ]
+      "schema"          = [
+        {
+          "name"        = "funnel"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "Funnel name."
+        },
+        {
+          "name"        = "cohort_grain"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "day, week or month."
+        },
+        {
+          "name"        = "cohort_start"
+          "type"        = "DATE"
+          "mode"        = "REQUIRED"
+          "description" = "First day of the entry cohort (UTC)."
+        },
+        {
+          "name"        = "breakdown"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The property broken down by ('all': every entry)."
+        },
+        {
+          "name"        = "breakdown_value"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "Its first-touch value: one of the breakdown_limit most frequent, 'other' for the rest, '(none)' without one; 'all' for breakdown 'all'."
+        },
+        {
+          "name"        = "step_number"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "The step."
+        },
+        {
+          "name"        = "step_name"
+          "type"        = "STRING"
+          "mode"        = "REQUIRED"
+          "description" = "The step's name."
+        },
+        {
+          "name"        = "entered"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "Entries of the cohort."
+        },
+        {
+          "name"        = "converted"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "Entries that reached the step."
+        },
+        {
+          "name"        = "conversion_rate"
+          "type"        = "FLOAT"
+          "mode"        = "REQUIRED"
+          "description" = "converted / entered."
+        },
+        {
+          "name"        = "pending"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "Entries that have not reached it and whose window is still open."
+        },
+        {
+          "name"        = "dropped"
+          "type"        = "INTEGER"
+          "mode"        = "REQUIRED"
+          "description" = "Entries that have not reached it and whose window has closed (no window: all)."
+        },
+        {
+          "name"        = "median_seconds_to_convert"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "Median seconds from entry to the step; null when none converted."
+        },
+        {
+          "name"        = "p90_seconds_to_convert"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "90th percentile (interpolated) of those seconds."
+        },
+        {
+          "name"        = "time_to_convert_histogram"
+          "type"        = "INTEGER"
+          "mode"        = "REPEATED"
+          "description" = "Converted entries per bucket of seconds from entry: <1m, 1-5m, 5-15m, 15m-1h, 1-6h, 6-24h, 1-3d, 3-7d, 7d+."
+        },
+      ]
+    }
     "ops.ops_alerts"                = {
       "dataset"         = "ops"
       "table_id"        = "ops_alerts"

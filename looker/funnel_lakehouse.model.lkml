@@ -76,6 +76,31 @@ explore: ab_tests {
   description: "Experiment readouts: conversion, lift, significance, SRM. mart_ab_test: Experiment readout per (experiment, variant): the unit is a session with the assignment, the metric is reaching payment_successful."
 }
 
+explore: defined_funnels {
+  label: "Defined funnels"
+  view_name: mart_funnel
+  description: "Your funnels (schemas/funnels.yaml) per entry cohort, breakdown value and step: conversion, pending apart from dropped, time to convert. mart_funnel: Defined funnels per entry cohort (day, week from Monday, month), breakdown value and step."
+
+  always_filter: {
+    filters: [
+      mart_funnel.cohort_grain: "week",
+      mart_funnel.breakdown: "all",
+    ]
+  }
+}
+
+explore: defined_funnel_journeys {
+  label: "Defined funnel journeys"
+  view_name: fact_funnel
+  description: "Every entry into your funnels and the steps it reached, with its user. fact_funnel: One row per (defined funnel, unit entry, reached step): the funnels of schemas/funnels.yaml."
+
+  join: dim_user {
+    type: left_outer
+    relationship: many_to_one
+    sql_on: ${fact_funnel.user_id} = ${dim_user.user_id} ;;
+  }
+}
+
 explore: data_quality {
   label: "Data quality"
   view_name: dq_results

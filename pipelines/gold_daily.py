@@ -1,6 +1,6 @@
 """Gold daily: silver -> facts, dimension and marts, truncate and load.
 
-    python -m pipelines.gold_daily --lake DIR [--as-of DATE]
+    python -m pipelines.gold_daily --lake DIR [--as-of DATE] [--funnels PATH]
         [--as-of-version N | --as-of-timestamp T] [--runner ...]
         [--sink bigquery --project P [--bigquery-endpoint URL]]
 
@@ -9,7 +9,10 @@ earlier days): each ``gold/<table>`` is overwritten in one commit at the
 end, then the gold release names the new versions, so readers of gold see
 all of this run or all of the previous one (``transforms.lake.tables``).
 ``--as-of`` (default: today, UTC) leaves out records whose own time is after
-that day, to restate a past day as it was knowable then. Silver is read at
+that day, to restate a past day as it was knowable then. ``--funnels``
+names the funnel definitions (``schemas.funnels``; default the packaged
+``schemas/funnels.yaml``, a local or ``gs://`` path), each computed into
+``fact_funnel`` and ``mart_funnel``. Silver is read at
 its latest release, or as of ``--as-of-version`` (a ``releases`` version)
 or ``--as-of-timestamp`` (time travel: silver as it was then).
 
@@ -40,7 +43,7 @@ from pipelines.common import (
     run_pipeline,
     setup_logging,
 )
-from schemas import contract
+from schemas import contract, funnels
 from schemas.tables import BRONZE, GOLD, SILVER
 from schemas.views import VIEWS
 from transforms.batch.gold import BuildGold, CutAtAsOfFn
@@ -50,7 +53,8 @@ from transforms.lake.files import WriteDataFiles
 from transforms.lake.revisions import latest_revisions
 from transforms.lake.silver import catch_up
 from transforms.lake.tables import ReadLakeTable, layer_versions, open_table, snapshot
-from transforms.rules.gold import GOLD_INPUTS, end_of_day_micros
+from transforms.rules.defined_funnels import gold_inputs
+from transforms.rules.gold import end_of_day_micros
 from transforms.rules.revisions import describe
 from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, WriteMode, silver_merger
 from transforms.sinks.quality import DataQualityError, record_revisions, run_failures
@@ -68,11 +72,15 @@ def build(
     shards: int | None = None,
     silver_as_of: dict | None = None,
     run_id: str | None = None,
+    definitions: tuple[funnels.Funnel, ...] | None = None,
 ) -> None:
     """``bigquery``: also replace the tables there; ``shards``: of the gold
     shuffle (default: from the size of silver); ``silver_as_of``:
     ``as_of_version`` or ``as_of_timestamp`` of ``layer_versions``;
-    ``run_id``: names the run's commits."""
+    ``run_id``: names the run's commits; ``definitions``: the funnels
+    (default the packaged ones)."""
+    definitions = funnels.load() if definitions is None else definitions
+    inputs = gold_inputs(definitions)
     run_id = run_id or f"gold_daily-{uuid.uuid4().hex}"
     versions = layer_versions(lake, SILVER, **(silver_as_of or {}))
     files = {name: snapshot(lake, table, versions[name]).files for name, table in SILVER.items()}
@@ -81,14 +89,14 @@ def build(
         shards = max(1, min(512, -(-size // BYTES_PER_SHARD)))
     silver = tuple(
         p
-        | f"Read_{name}" >> ReadLakeTable(SILVER[name], files[name], GOLD_INPUTS[name])
+        | f"Read_{name}" >> ReadLakeTable(SILVER[name], files[name], inputs[name])
         | f"CutAtAsOf_{name}" >> beam.ParDo(CutAtAsOfFn(as_of))
-        for name in GOLD_INPUTS
+        for name in inputs
     )
     # The clock of the rules that wait (an abandoned cart, an overdue confirmation):
     # the end of the as-of day, or now when that is later than now.
     clock = min(end_of_day_micros(as_of), contract.now_micros())
-    gold = silver | "BuildGold" >> BuildGold(shards, clock)
+    gold = silver | "BuildGold" >> BuildGold(shards, clock, definitions)
     written = gold | "WriteGold" >> WriteDataFiles(list(GOLD.values()), lake)
     # Gold's checks over the new files before anything is published or released (schemas.quality).
     gate = written | "QualityGate" >> GoldGate(lake, run_id, bigquery)
@@ -120,8 +128,27 @@ def arg_parser() -> argparse.ArgumentParser:
         type=datetime.fromisoformat,
         help="read silver as it was at this time (ISO 8601, e.g. 2026-11-02T10:00:00+00:00)",
     )
+    parser.add_argument(
+        "--funnels",
+        help="funnel definitions (YAML, schemas/funnels.py; local or gs://); default: the packaged "
+        "schemas/funnels.yaml",
+    )
     add_sink_flags(parser, "the gold tables and the use-case views")
     return parser
+
+
+def read_definitions(path: str | None) -> tuple[funnels.Funnel, ...]:
+    """The funnel definitions at ``path`` (local or any Beam filesystem), else the packaged ones."""
+    if path is None:
+        return funnels.load()
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(path) as f:
+            text = f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise funnels.FunnelDefinitionError(f"{path}: cannot be read ({e})") from None
+    return funnels.parse(text, path)
 
 
 def main(argv=None):
@@ -134,8 +161,14 @@ def main(argv=None):
             f"--lake {args.lake} holds no silver and no bronze to build gold from: run `funnel backfill` "
             "or `funnel stream` into it first"
         )
+    try:
+        definitions = read_definitions(args.funnels)
+    except funnels.FunnelDefinitionError as e:
+        parser.error(str(e))
     setup_logging()
-    return recompute(args.lake, args.as_of, options, bigquery, args.as_of_version, args.as_of_timestamp, args.wait)
+    return recompute(
+        args.lake, args.as_of, options, bigquery, args.as_of_version, args.as_of_timestamp, args.wait, definitions
+    )
 
 
 def recompute(
@@ -146,6 +179,7 @@ def recompute(
     as_of_version: int | None = None,
     as_of_timestamp: datetime | None = None,
     wait: bool = False,
+    definitions: tuple[funnels.Funnel, ...] | None = None,
 ):
     """The gold run: silver brought up to bronze (unless reading an older
     silver), gold recomputed and released, the run logged. ``options``:
@@ -163,7 +197,7 @@ def recompute(
     result, finished = run_pipeline(
         "gold_daily",
         options,
-        lambda p: build(p, lake, as_of, bigquery, silver_as_of=silver_as_of, run_id=run_id),
+        lambda p: build(p, lake, as_of, bigquery, silver_as_of=silver_as_of, run_id=run_id, definitions=definitions),
         wait=wait,
     )
     if finished:  # a submitted job's counters are Dataflow's until it ends

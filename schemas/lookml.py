@@ -33,6 +33,7 @@ from schemas.tables import (
     DIM_USER,
     DQ_COMPLETENESS,
     DQ_RESULTS,
+    FACT_FUNNEL,
     FACT_FUNNEL_STAGE,
     FACT_USER_ACTIVITY,
     GOLD,
@@ -40,6 +41,7 @@ from schemas.tables import (
     MART_AB_TEST,
     MART_BARCODE_ACTIVITY,
     MART_CONVERSION_RATE,
+    MART_FUNNEL,
     MART_RETARGETING,
     METRIC_REVISIONS,
     OPS_ALERTS,
@@ -324,6 +326,21 @@ def explores() -> list[dict]:
             joins=[_join(DIM_USER, "user_id")],
         ),
         explore("ab_tests", "A/B tests", MART_AB_TEST, "Experiment readouts: conversion, lift, significance, SRM"),
+        explore(
+            "defined_funnels",
+            "Defined funnels",
+            MART_FUNNEL,
+            "Your funnels (schemas/funnels.yaml) per entry cohort, breakdown value and step: conversion, "
+            "pending apart from dropped, time to convert",
+            always=[{"cohort_grain": "week"}, {"breakdown": "all"}],
+        ),
+        explore(
+            "defined_funnel_journeys",
+            "Defined funnel journeys",
+            FACT_FUNNEL,
+            "Every entry into your funnels and the steps it reached, with its user",
+            joins=[_join(DIM_USER, "user_id")],
+        ),
         explore(
             "data_quality",
             "Data quality",

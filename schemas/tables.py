@@ -647,6 +647,84 @@ OPS_ALERTS = Table(
     checks=key_checks(("alert_id",)),
 )
 
+# --- funnels people define (schemas.funnels) -------------------------------------------------------
+# Bucket lower bounds (seconds) of mart_funnel.time_to_convert_histogram: under a minute (the first
+# bucket takes anything below 60 s), 1-5 min, 5-15 min, 15 min-1 h, 1-6 h, 6-24 h, 1-3 d, 3-7 d, 7 d and more.
+TIME_TO_CONVERT_EDGES_SECONDS = (0, 60, 300, 900, 3600, 21600, 86400, 259200, 604800)
+_FIRST_TOUCH = (
+    col("platform", STRING, "Platform of the entry's session."),
+    col("device_type", STRING, "Device type of the entry's session."),
+    col("country", STRING, "Country of the entry's session, as in fact_funnel_stage."),
+    col("landing_page", STRING, "Landing page of the entry session's earliest view."),
+    col("referral", STRING, "'referral' or 'direct': how the entry session's earliest view arrived."),
+    col("experiments_json", STRING, "A/B assignments of the entry's session, JSON object experiment -> variant."),
+)
+FACT_FUNNEL = Table(
+    "fact_funnel",
+    Layer.GOLD,
+    "One row per (defined funnel, unit entry, reached step): the funnels of schemas/funnels.yaml.",
+    (
+        col("funnel", STRING, "Funnel name (schemas/funnels.yaml).", True),
+        col("unit", STRING, "session or user: what goes through the funnel.", True),
+        col("unit_id", STRING, "The session_id or user_id.", True),
+        col("entry_number", INT64, "1 for the unit's first entry, 2 after its first window closed, ...", True),
+        col("user_id", STRING, "User; null for an anonymous session."),
+        col("session_id", STRING, "Session of the entry record (first touch).", True),
+        col("entry_at", TIMESTAMP, "When the unit entered: its first step's record (any step, in any order).", True),
+        col("entry_date", DATE, "UTC date of entry_at: the entry cohort.", True),
+        col("window_ends_at", TIMESTAMP, "entry_at plus the funnel's window; null without one."),
+        col("step_number", INT64, "1 .. the funnel's steps (any order: how many steps were done).", True),
+        col("step_name", STRING, "The step's name (any order: 'k of n steps').", True),
+        col("reached_at", TIMESTAMP, "When the step was reached.", True),
+        col("seconds_from_entry", FLOAT64, "Time to convert to this step.", True),
+        col("seconds_from_previous_step", FLOAT64, "Seconds since the previous step; null for step 1."),
+        *_FIRST_TOUCH,
+    ),
+    cluster_by=("funnel",),
+    bigquery_partition="entry_date",
+    checks=key_checks(("funnel", "unit_id", "entry_number", "step_number")),
+)
+MART_FUNNEL = Table(
+    "mart_funnel",
+    Layer.GOLD,
+    "Defined funnels per entry cohort (day, week from Monday, month), breakdown value and step.",
+    (
+        col("funnel", STRING, "Funnel name.", True),
+        col("cohort_grain", STRING, "day, week or month.", True),
+        col("cohort_start", DATE, "First day of the entry cohort (UTC).", True),
+        col("breakdown", STRING, "The property broken down by ('all': every entry).", True),
+        col(
+            "breakdown_value",
+            STRING,
+            "Its first-touch value: one of the breakdown_limit most frequent, 'other' for the rest, "
+            "'(none)' without one; 'all' for breakdown 'all'.",
+            True,
+        ),
+        col("step_number", INT64, "The step.", True),
+        col("step_name", STRING, "The step's name.", True),
+        col("entered", INT64, "Entries of the cohort.", True),
+        col("converted", INT64, "Entries that reached the step.", True),
+        col("conversion_rate", FLOAT64, "converted / entered.", True),
+        col("pending", INT64, "Entries that have not reached it and whose window is still open.", True),
+        col("dropped", INT64, "Entries that have not reached it and whose window has closed (no window: all).", True),
+        col("median_seconds_to_convert", FLOAT64, "Median seconds from entry to the step; null when none converted."),
+        col("p90_seconds_to_convert", FLOAT64, "90th percentile (interpolated) of those seconds."),
+        col(
+            "time_to_convert_histogram",
+            INT64,
+            "Converted entries per bucket of seconds from entry: <1m, 1-5m, 5-15m, 15m-1h, 1-6h, "
+            "6-24h, 1-3d, 3-7d, 7d+.",
+            repeated=True,
+        ),
+    ),
+    cluster_by=("funnel", "cohort_grain"),
+    checks=key_checks(("funnel", "cohort_grain", "cohort_start", "breakdown", "breakdown_value", "step_number"))
+    + (
+        AcceptedValues(Severity.BLOCK, column="cohort_grain", values=("day", "week", "month")),
+        Sanity(Severity.BLOCK, name="converted_at_most_entered", at_most="converted", of="entered", per_row=True),
+    ),
+)
+
 # The alerts as the streaming job raises them: lake ops_alerts/, BigQuery ops.ops_alerts (appended;
 # each alert once while its state lives). The batch rebuild is gold.ops_alerts.
 OPS_ALERTS_STREAM = replace(
@@ -669,6 +747,8 @@ GOLD = {
         MART_RETARGETING,
         MART_AB_TEST,
         OPS_ALERTS,
+        FACT_FUNNEL,
+        MART_FUNNEL,
     )
 }
 # The columns identifying a gold row, from its unique check (gold is rebuilt

@@ -114,6 +114,8 @@ def test_every_template_parameter_reaches_the_pipeline_and_the_launcher_returns(
     monkeypatch.setattr(module, "_source_files", lambda paths: frozenset({"gs://landing/a.jsonl"}), raising=False)
     # gold refuses a lake with nothing to build from; this one is on GCS, which the test cannot reach
     monkeypatch.setattr(module, "open_table", lambda lake, table: object(), raising=False)
+    # so are the funnel definitions the gold launcher reads and validates before it submits
+    monkeypatch.setattr(module, "read_definitions", lambda path: seen.setdefault("funnels", path) and (), raising=False)
     FakePipeline.built.clear()
     # Dataflow passes each parameter as --name=value, names spelled with underscores
     module.main([f"--{k}={v}" for k, v in params.items()] + ["--runner=DataflowRunner", "--project=p"])
@@ -121,6 +123,8 @@ def test_every_template_parameter_reaches_the_pipeline_and_the_launcher_returns(
     assert "submitted" in capsys.readouterr().out
     if name == "backfill":  # {yesterday} became a date at launch
         assert re.fullmatch(r"gs://my-landing/\d{4}-\d{2}-\d{2}/\*\.jsonl", seen["inputs"][0])
+    if name == "gold_daily":
+        assert seen["funnels"] == params["funnels"]
 
 
 def test_remote_runs_return_once_submitted_unless_told_to_wait(monkeypatch):

@@ -19,11 +19,11 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.funnels import Funnel
 from transforms import metrics
 from transforms.batch.shuffle import ShardedShuffle
-from transforms.rules import alerts
+from transforms.rules import alerts, defined_funnels
 from transforms.rules.gold import (
-    GOLD_INPUTS,
     OWN_TIME,
     SHARD_KEY,
     ab_partials,
@@ -70,12 +70,13 @@ class GoldShardFn(beam.DoFn):
     marts. ``clock``: the recompute's now (epoch micros; None: no cut), for
     the rules that wait (a cart abandoned, a confirmation overdue)."""
 
-    def __init__(self, clock: int | None = None):
-        self._clock = clock
+    def __init__(self, clock: int | None = None, funnels: tuple[Funnel, ...] = ()):
+        self._clock, self._funnels = clock, funnels
+        self._inputs = defined_funnels.gold_inputs(funnels)
 
     def process(self, keyed):
         _, by_table = keyed
-        g = {**empty_inputs(), **{name: rows.combine_chunks() for name, rows in by_table.items()}}
+        g = {**empty_inputs(self._inputs), **{name: rows.combine_chunks() for name, rows in by_table.items()}}
         summary = session_summaries(g)
         users = g["silver_users"]
         yield "fact_funnel_stage", fact_funnel_stage(summary, users)
@@ -95,19 +96,37 @@ class GoldShardFn(beam.DoFn):
         counts, seconds = barcode_partials(scans(summary, g))
         yield beam.pvalue.TaggedOutput("partials", ("mart_barcode_activity", counts))
         yield beam.pvalue.TaggedOutput("partials", (_SECONDS, seconds))
+        if self._funnels:
+            facts = defined_funnels.fact_rows(self._funnels, g)
+            yield "fact_funnel", facts
+            yield beam.pvalue.TaggedOutput("partials", (_FUNNEL_FACTS, facts.select(list(_MART_READS))))
 
 
 _SECONDS = "mart_barcode_activity#seconds"
 
 
 _WINDOWS = "ops_alerts#windows"
+_FUNNEL_FACTS = "mart_funnel#facts"
+# What mart_funnel reads of the fact rows.
+_MART_READS = (
+    "funnel",
+    "unit_id",
+    "entry_number",
+    "entry_date",
+    "window_ends_at",
+    "step_number",
+    "seconds_from_entry",
+    *defined_funnels.BREAKDOWN_COLUMNS,
+)
 
 
-def _finish_marts(keyed, clock: int | None):
+def _finish_marts(keyed, clock: int | None, funnels: tuple[Funnel, ...] = ()):
     _, parts = keyed
     by_mart = {}
     for name, table in parts:
         by_mart.setdefault(name, []).append(table)
+    if funnels:
+        yield "mart_funnel", defined_funnels.mart_rows(funnels, pa.concat_tables(by_mart[_FUNNEL_FACTS]), clock)
     yield "mart_conversion_rate", mart_conversion_rate(pa.concat_tables(by_mart["mart_conversion_rate"]))
     yield (
         "mart_barcode_activity",
@@ -120,22 +139,23 @@ def _finish_marts(keyed, clock: int | None):
 class BuildGold(beam.PTransform):
     """``(silver table name, Arrow rows)`` (one PCollection or several) ->
     ``(gold table name, Arrow rows)`` as two PCollections: the facts and
-    dimension, and the marts."""
+    dimension, and the marts; with ``funnels`` (``schemas.funnels``) their
+    ``fact_funnel`` and ``mart_funnel`` too."""
 
-    def __init__(self, shards: int, clock: int | None = None):
+    def __init__(self, shards: int, clock: int | None = None, funnels: tuple[Funnel, ...] = ()):
         super().__init__()
-        self._shards, self._clock = shards, clock
+        self._shards, self._clock, self._funnels = shards, clock, funnels
 
     def expand(self, silver):
         shards = (
             silver
-            | "ByUser" >> ShardedShuffle(SHARD_KEY, self._shards, GOLD_INPUTS)
-            | "PerShard" >> beam.ParDo(GoldShardFn(self._clock)).with_outputs("partials", main="facts")
+            | "ByUser" >> ShardedShuffle(SHARD_KEY, self._shards, defined_funnels.gold_inputs(self._funnels))
+            | "PerShard" >> beam.ParDo(GoldShardFn(self._clock, self._funnels)).with_outputs("partials", main="facts")
         )
         marts = (
             shards.partials
             | "OneKey" >> beam.Map(lambda part: (None, part))
             | "AllPartials" >> beam.GroupByKey()
-            | "FinishMarts" >> beam.FlatMap(_finish_marts, self._clock)
+            | "FinishMarts" >> beam.FlatMap(_finish_marts, self._clock, self._funnels)
         )
         return shards.facts, marts

@@ -492,8 +492,8 @@ def alert_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=GOLD["ops_alerts"].arrow_schema())
 
 
-def empty_inputs() -> dict[str, pa.Table]:
+def empty_inputs(inputs: dict[str, tuple[str, ...]] = GOLD_INPUTS) -> dict[str, pa.Table]:
     return {
         name: pa.schema([SILVER[name].arrow_schema().field(c) for c in columns]).empty_table()
-        for name, columns in GOLD_INPUTS.items()
+        for name, columns in inputs.items()
     }
