@@ -109,8 +109,7 @@ def _sequential(con, funnel: Funnel, entries: str, tables: dict[str, str]) -> st
     previous = _table(funnel, "s1")
     for k, step in enumerate(funnel.steps[1:], start=2):
         cond = ["m.unit = p.unit", f"p.t{k - 1} IS NOT NULL", f"m.t <= coalesce(p.window_end, {FAR})"]
-        if step.after_previous:
-            cond.append(f"m.t >= p.t{k - 1}")
+        cond.append(f"m.t >= p.t{k - 1}" if step.after_previous else "m.t >= p.entry_at")
         if gap is not None:
             cond.append(f"m.t <= p.t{k - 1} + {gap}")
         table = _table(funnel, f"s{k}")

@@ -154,6 +154,10 @@ def read_definitions(path: str | None) -> tuple[funnels.Funnel, ...]:
 def main(argv=None):
     parser = arg_parser()
     args, options = parse(parser, argv)
+    try:  # first: the file a user edits is the likeliest mistake, and costs nothing to check
+        definitions = read_definitions(args.funnels)
+    except funnels.FunnelDefinitionError as e:
+        parser.error(str(e))
     bigquery = bigquery_target(parser, args, options)
     check_lake(parser, args.lake, must_exist=True)
     if not any(open_table(args.lake, table) is not None for table in (*SILVER.values(), *BRONZE.values())):
@@ -161,10 +165,6 @@ def main(argv=None):
             f"--lake {args.lake} holds no silver and no bronze to build gold from: run `funnel backfill` "
             "or `funnel stream` into it first"
         )
-    try:
-        definitions = read_definitions(args.funnels)
-    except funnels.FunnelDefinitionError as e:
-        parser.error(str(e))
     setup_logging()
     return recompute(
         args.lake, args.as_of, options, bigquery, args.as_of_version, args.as_of_timestamp, args.wait, definitions

@@ -26,7 +26,7 @@ A definition::
           record: event_response
           where: {response_type: email_confirmation, status: [sent, delivered]}
           parent: paid             # the record's parent (its event) matches step 'paid', same unit
-          after_previous: false    # may come before the previous step's time (the contract's steps 4, 5)
+          after_previous: false    # may come before the previous step's time, not before the entry
       exclusions:                  # an entry with such a record between the steps is left out
         - {name: refund, record: view, where: {page_type: refund}, from_step: browse, to_step: paid}
       breakdowns: [platform, country, landing_page, referral, experiment:checkout_button]
@@ -40,8 +40,9 @@ Where the contract is silent, these are the decisions (also in docs/decisions.md
   has closed (one entry per user without a window). Steps are looked for
   from the entry to ``entry + window`` inclusive.
 * **sequential**: step k is the earliest match at or after step k-1's time
-  (``after_previous: false``: at any time), within the window and
-  ``step_gap``; a step counts only if every earlier one does.
+  (``after_previous: false``: at or after the entry, so before step k-1's
+  time too), within the window and ``step_gap``; a step counts only if
+  every earlier one does.
 * **strict**: as sequential, and the unit's next record matching any other
   step after step k-1's record must be step k's (repeats of step k-1 are
   allowed in between).

@@ -132,6 +132,12 @@ class Config:
     # and on-sale days (ISO date -> factor): clean data the checks must not alarm on.
     weekday_factors: tuple = (1.0,) * 7
     on_sale: dict = field(default_factory=dict)
+    # Journeys across sessions: a user whose session browsed without paying comes back, with this
+    # probability, a whole number of days later drawn from return_days (inside a 7-day window or
+    # past it) in a new session that carts at p_return_cart. 0: no planned returns (the default data).
+    p_return: float = 0.0
+    return_days: tuple = (1, 10)
+    p_return_cart: float = 0.7
     # Injected defects (DEFECTS), each {"kind", "day" (ISO date), and "platform"/"share" as it needs};
     # the manifest lists the checks each must fail.
     defects: list = field(default_factory=list)
@@ -179,6 +185,10 @@ class Generator:
         if unknown:
             raise ValueError(f"unknown defects {sorted(unknown)}; known: {sorted(DEFECTS)}")
         self.defect_invalid = Counter()  # reason -> records a defect made invalid
+        # user_id -> [(micros, stage, session_id)]: the stage records of the user's sessions
+        # (browse, cart, pay, confirm, scan), the truth of the funnels across sessions
+        self.journal = defaultdict(list)
+        self.returns = defaultdict(list)  # day -> users coming back that day
 
     # --- rendering helpers (format messiness) ---------------------------------------
     def ts(self, dt: datetime, allow_int: bool = True):
@@ -282,6 +292,9 @@ class Generator:
             for _ in range(int(cfg.users * rate * cfg.anonymous_share)):
                 n_sessions += 1
                 self.session(f"s-{n_sessions:07d}", None, day)
+            for u in self.returns.pop(day, []):
+                n_sessions += 1
+                self.session(f"s-{n_sessions:07d}", u, day, returning=True)
         for burst in range(cfg.email_failure_bursts if users else 0):
             # a window in the middle of a day, aligned as the alert's windows are
             day = rng.randrange(cfg.days)
@@ -344,10 +357,13 @@ class Generator:
             self.counters["user_updates_out_of_order"] += out_of_order
         self.counters["users_with_record"] += 1
 
-    def session(self, session_id: str, user: dict | None, day: int, burst_at: datetime | None = None):
+    def session(
+        self, session_id: str, user: dict | None, day: int, burst_at: datetime | None = None, returning: bool = False
+    ):
         """One session's records. ``burst_at``: a failure burst's window: the
         session browses, carts and pays within its first minutes, and its
-        confirmation fails at ``burst_fail_rate``."""
+        confirmation fails at ``burst_fail_rate``. ``returning``: a planned
+        return (``p_return``): it carts at ``p_return_cart``."""
         cfg, rng = self.cfg, self.rng
         platform = user["platform"] if user and rng.random() < 0.8 else rng.choice(("web", "ios", "android"))
         silent = self.defects.get("platform_silent")
@@ -378,6 +394,11 @@ class Generator:
         }
         child_times = []
         t = t0
+
+        def note(stage: str, at: datetime):
+            if truth["user_id"] is not None:  # a session without its record has no user in silver
+                self.journal[truth["user_id"]].append((_micros(at), stage, session_id))
+
         if has_record:
             self.emit(
                 "session",
@@ -412,10 +433,14 @@ class Generator:
                 at + timedelta(milliseconds=rng.randint(10, 2000)),
             )
             child_times.append(at)
-            if event_type == "add_to_cart":
+            if event_type == "browse":
+                note("browse", at)
+            elif event_type == "add_to_cart":
                 truth["carts"].append((at, metadata["article_id"], metadata["price"]))
+                note("cart", at)
             elif event_type == "payment_successful":
                 truth["payments"].append(at)
+                note("pay", at)
             return event_id
 
         browses = burst_at is not None or rng.random() >= cfg.no_browse_share
@@ -438,6 +463,7 @@ class Generator:
                 t + timedelta(seconds=1),
             )
             child_times.append(t)
+            note("browse", t)
         for c in range(rng.randint(1 if not browses else 0, 4)):
             ct = t0 + timedelta(seconds=rng.randint(5, 600))
             click_id = f"c-{session_id[2:]}-{c}"
@@ -464,7 +490,8 @@ class Generator:
                 event("search", t + timedelta(seconds=5), {"query": "concert"})
         article = f"a-{rng.randint(1, 200)}"
         price = float(rng.choice((19.0, 35.5, 59.0, 120.0)))
-        carted = burst_at is not None or (browses and rng.random() < cfg.p_cart + cfg.cart_lift.get(variant, 0.0))
+        p_cart = cfg.p_return_cart if returning else cfg.p_cart + cfg.cart_lift.get(variant, 0.0)
+        carted = burst_at is not None or (browses and rng.random() < p_cart)
         if carted:
             t += timedelta(seconds=rng.randint(5, 300) if burst_at is None else rng.randint(5, 30))
             for _ in range(rng.randint(1, 2)):
@@ -490,6 +517,7 @@ class Generator:
                 t,
                 truth["stages"],
                 cfg.burst_fail_rate if burst_at is not None else cfg.p_email_fail,
+                note,
             )
         end = max(child_times, default=t0) + timedelta(seconds=rng.randint(10, 120))
         if has_record and rng.random() < cfg.session_end_update:
@@ -503,8 +531,15 @@ class Generator:
             )
         truth["session_date"] = (t0 if has_record else min(child_times)).date().isoformat()
         self.truth_sessions.append(truth)
+        # (p_return first: the default data draws nothing here)
+        comes_back = cfg.p_return and truth["user_id"] and not returning and truth["stages"] in (1, 2)
+        if comes_back and rng.random() < cfg.p_return:
+            later = day + rng.randint(*cfg.return_days)
+            if later < cfg.days:
+                self.returns[later].append(user)
+                self.counters["returns_planned"] += 1
 
-    def confirm_and_scan(self, session_id, user, payment_id, paid_at, stages, p_fail: float) -> int:
+    def confirm_and_scan(self, session_id, user, payment_id, paid_at, stages, p_fail: float, note) -> int:
         cfg, rng = self.cfg, self.rng
         payment = {"event_id": payment_id, "paid_at": paid_at, "confirmed_at": None}
         self.truth_payments.append(payment)
@@ -548,6 +583,7 @@ class Generator:
         else:
             sent_at, _ = response(confirmed, ("queued", "sent", "delivered"), paid_at)
         payment["confirmed_at"] = sent_at
+        note("confirm", sent_at)
         stages = 4
         if rng.random() < cfg.p_scan:
             scan_at = sent_at + timedelta(days=rng.randint(0, cfg.max_scan_lag_days), seconds=rng.randint(60, 7200))
@@ -566,6 +602,7 @@ class Generator:
                 "scanner",
                 scan_at + timedelta(seconds=3),
             )
+            note("scan", scan_at)
             stages = 5
         return stages
 
@@ -731,6 +768,7 @@ def build_manifest(gen: Generator, files: dict, invalid: list) -> dict:
         "aa_test": {"experiment": AA_EXPERIMENT, "variants": aa_variants},
         "alerts": alert_truth(gen),
         "retargeting_users": retargeting_truth(gen),
+        "user_journeys_7d": journey_truth(gen, days=7),
         "true_rates": {"cart_rate": cfg.p_cart, "p_scan": cfg.p_scan},
         "counters": dict(sorted(gen.counters.items())),
         "defects": [
@@ -742,6 +780,47 @@ def build_manifest(gen: Generator, files: dict, invalid: list) -> dict:
             }
             for d in cfg.defects
         ],
+    }
+
+
+def journey_truth(gen: Generator, days: int) -> dict:
+    """The contract's stages across each user's sessions, every step within
+    ``days`` of the user's entry (the packaged funnel ``journey_7d``), from
+    the plan's stage records: per entry number (a user enters at their first
+    browse, and again at the first browse after a window closed), the
+    entries reaching each stage; and how many entries reached a stage in
+    another session than their entry's."""
+    window = days * 86_400_000_000
+    by_entry: dict[int, Counter] = defaultdict(Counter)
+    spanning = 0
+    for notes in gen.journal.values():
+        times = defaultdict(list)
+        for at, stage, session_id in notes:
+            times[stage].append((at, session_id))
+        browses = sorted(times["browse"])
+        if not browses:
+            continue
+        entries = [browses[0]]
+        for browse in browses:
+            if browse[0] >= entries[-1][0] + window:
+                entries.append(browse)
+        for number, (entry, session_id) in enumerate(entries, start=1):
+            reached = [(entry, session_id)]
+            # cart and payment after the step before; a confirmation and a scan from the entry on
+            for stage, after_previous in (("cart", True), ("pay", True), ("confirm", False), ("scan", False)):
+                low = reached[-1][0] if after_previous else entry
+                inside = [(at, s) for at, s in times[stage] if low <= at <= entry + window]
+                if not inside:
+                    break
+                reached.append(min(inside))
+            for k in range(len(reached)):
+                by_entry[number][STAGES[k]] += 1
+            spanning += len({s for _, s in reached}) > 1
+    return {
+        "window_days": days,
+        "by_entry": {str(n): dict(c) for n, c in sorted(by_entry.items())},
+        "entries_across_sessions": spanning,
+        "returns_planned": gen.counters["returns_planned"],
     }
 
 

@@ -9,18 +9,22 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from datetime import date
 from pathlib import Path
 
+import duckdb
 import orjson
 import pyarrow.dataset as ds
 import pytest
 
+from benchmarks import reference
 from pipelines import backfill, export_audience, gold_daily
 from pipelines.common import counters
-from schemas.contract import RECORD_TYPES
+from schemas.contract import RECORD_TYPES, now_micros
 from schemas.tables import BRONZE, GOLD, SILVER
 from simulator import traffic
 from tests.conftest import SAMPLE, content_checksums, read_table
+from transforms.rules.pii import local_key
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned")
@@ -122,6 +126,45 @@ def test_gold_funnel_recovers_the_true_journeys(generated):
     }
     assert by_day == manifest["sessions_per_stage_by_day"]
     assert len(read_table(lake / "gold" / "dim_user")) == manifest["config"]["users"]
+
+
+def test_the_contract_funnel_definition_holds_the_journeys_of_fact_funnel_stage(generated):
+    lake = generated["lake"]
+    stages = {
+        (r["session_id"], r["stage_name"], r["reached_at"], r["user_id"], r["platform"], r["device_type"], r["country"])
+        for r in read_table(lake / "gold" / "fact_funnel_stage")
+    }
+    defined = {
+        (r["unit_id"], r["step_name"], r["reached_at"], r["user_id"], r["platform"], r["device_type"], r["country"])
+        for r in read_table(lake / "gold" / "fact_funnel")
+        if r["funnel"] == "contract"
+    }
+    assert defined == stages and len(stages) > 1000
+
+
+def test_users_journeys_across_sessions_within_seven_days_are_the_planned_ones(tmp_path):
+    """Users come back days later (inside the 7-day window and past it):
+    journey_7d per entry and step equals the plan's truth, and the DuckDB
+    reference computes every defined funnel the same, re-entries included."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    manifest = traffic.generate(traffic.Config(users=300, days=12, seed=5, p_return=0.5), str(landing))
+    run_backfill(lake, "--input", str(landing / "*.jsonl"))
+    run_gold(lake)
+    truth = manifest["user_journeys_7d"]
+    assert truth["returns_planned"] > 50 and truth["entries_across_sessions"] > 50 and "2" in truth["by_entry"]
+    got = Counter(
+        (str(r["entry_number"]), r["step_name"])
+        for r in read_table(lake / "gold" / "fact_funnel")
+        if r["funnel"] == "journey_7d"
+    )
+    assert {(n, stage): count for n, steps in truth["by_entry"].items() for stage, count in steps.items()} == got
+
+    con = duckdb.connect()
+    reference.build(con, sorted(map(str, landing.glob("*.jsonl"))), date.today(), now_micros(), local_key().secret)
+    reference.write_gold(con, tmp_path / "reference")
+    report = reference.compare_gold(lake, tmp_path / "reference", tables=["fact_funnel", "mart_funnel"])
+    assert reference.differences(report) == []
+    assert report["fact_funnel"]["rows"] > 3000
 
 
 def test_landing_files_backfilled_one_at_a_time_in_shuffled_order_give_the_gold_of_one_backfill(generated, tmp_path):

@@ -192,8 +192,7 @@ def _sequential(funnel: Funnel, entries: pa.Table, steps: list[pa.Table], window
         e, t = pairs.column("e").to_numpy(), pairs.column("t").to_numpy()
         previous = reached[e, k - 1]
         keep = (previous != _NO_TIME) & (t <= window_end[e])
-        if funnel.steps[k].after_previous:
-            keep &= t >= previous
+        keep &= t >= previous if funnel.steps[k].after_previous else t >= reached[e, 0]
         if gap is not None:
             keep &= t <= previous + gap
         reached[:, k] = _first_per_entry(n, pa.table({"e": e[keep], "t": t[keep]}))

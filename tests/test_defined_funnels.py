@@ -1,0 +1,393 @@
+"""Funnels people define: the definitions file's validation, and each
+order, window, gap, exclusion, unit and breakdown on handcrafted silver rows.
+(The DuckDB reference computes the same from generated data in
+tests/test_benchmark.py; the contract's definition against fact_funnel_stage
+in tests/test_end_to_end.py.)"""
+
+import subprocess
+import sys
+import textwrap
+
+import pyarrow as pa
+import pytest
+
+from schemas import funnels
+from schemas.funnels import FunnelDefinitionError, parse
+from tests.conftest import DAY, MIN, T0
+from transforms.rules.defined_funnels import fact_rows, gold_inputs, mart_rows
+from transforms.rules.gold import empty_inputs
+
+HOUR = 60 * MIN
+US = 1  # one microsecond
+
+
+def definitions(text: str):
+    return parse(textwrap.dedent(text))
+
+
+def one(text: str):
+    (funnel,) = definitions("funnels:\n" + textwrap.indent(textwrap.dedent(text), "  "))
+    return funnel
+
+
+def silver(funnel_defs, **tables) -> dict[str, pa.Table]:
+    """Gold's inputs with these rows (every other column null)."""
+    g = empty_inputs(gold_inputs(funnel_defs))
+    for name, rows in tables.items():
+        g[name] = pa.Table.from_pylist(rows, schema=g[name].schema)
+    return g
+
+
+def session(session_id, user_id="u1", t=T0, **properties):
+    return {"session_id": session_id, "user_id": user_id, "session_start_time": t, "platform": "web", **properties}
+
+
+def view(view_id, session_id, t, page_type="landing", user_id="u1", **more):
+    return {
+        "view_id": view_id,
+        "session_id": session_id,
+        "user_id": user_id,
+        "view_timestamp": t,
+        "page_type": page_type,
+        **more,
+    }
+
+
+def event(event_id, session_id, event_type, t, user_id="u1"):
+    return {
+        "event_id": event_id,
+        "session_id": session_id,
+        "user_id": user_id,
+        "event_type": event_type,
+        "timestamp": t,
+    }
+
+
+def click(click_id, session_id, element, t, user_id="u1"):
+    return {
+        "click_id": click_id,
+        "session_id": session_id,
+        "user_id": user_id,
+        "element_clicked": element,
+        "click_timestamp": t,
+    }
+
+
+def reached(facts: pa.Table, funnel: str | None = None) -> dict[tuple, list[int]]:
+    """{(unit_id, entry_number): [micros of each reached step, in order]}."""
+    out: dict[tuple, list] = {}
+    for row in sorted(facts.to_pylist(), key=lambda r: (r["unit_id"], r["entry_number"], r["step_number"])):
+        if funnel is None or row["funnel"] == funnel:
+            micros = int(row["reached_at"].timestamp() * 1_000_000)
+            out.setdefault((row["unit_id"], row["entry_number"]), []).append(micros)
+    return out
+
+
+VIEW_THEN_CART = """
+    - name: f
+      window: 1h
+      steps:
+        - {name: landing, record: view}
+        - {name: cart, record: event, where: {event_type: add_to_cart}}
+"""
+
+
+# --- the definitions file ---------------------------------------------------------------------------
+def test_the_packaged_definitions_load_with_the_contract_first():
+    loaded = funnels.load()
+    assert [f.name for f in loaded][0] == "contract"
+    assert len({f.name for f in loaded}) == len(loaded) >= 4
+    assert {f.order for f in loaded} == set(funnels.Order)
+    assert {f.unit for f in loaded} == set(funnels.Unit)
+
+
+STEPS = "steps: [{name: a, record: view}, {name: b, record: event}]"
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("funnels:\n  - {name: f, " + STEPS + ", colour: red}", "unknown field 'colour'"),
+        ("funnels:\n  - {name: f}", "no steps"),
+        ("funnels:\n  - {name: f, steps: []}", "no steps"),
+        ("funnels:\n  - {name: f, steps: [{name: a, record: view}]}", "one step is no funnel"),
+        ("funnels:\n  - {name: f, window: 0, " + STEPS + "}", "window: 0 must be longer than zero"),
+        ("funnels:\n  - {name: f, window: 0h, " + STEPS + "}", "window: '0h' must be longer than zero"),
+        ("funnels:\n  - {name: f, window: soon, " + STEPS + "}", "window: 'soon' is not a duration"),
+        ("funnels:\n  - {name: f, " + STEPS + "}\n  - {name: f, " + STEPS + "}", "funnel 'f': the name is used twice"),
+        (
+            "funnels:\n  - {name: f, steps: [{name: a, record: view}, {name: a, record: event}]}",
+            "step 'a': the name is used twice",
+        ),
+        ("funnels:\n  - {name: f, steps: [{name: a, record: page}, {name: b, record: view}]}", "record 'page'"),
+        (
+            "funnels:\n  - {name: f, steps: [{name: a, record: view, where: {colour: red}}, {name: b, record: view}]}",
+            "view has no column 'colour'",
+        ),
+        ("funnels:\n  - {name: f, unit: device, " + STEPS + "}", "unit 'device' is not session or user"),
+        ("funnels:\n  - {name: f, order: random, " + STEPS + "}", "order 'random'"),
+        ("funnels:\n  - {name: f, order: any, step_gap: 1h, " + STEPS + "}", "step_gap needs order sequential"),
+        (
+            "funnels:\n  - {name: f, steps: [{name: a, record: event_response, parent: b}, {name: b, record: event}]}",
+            "parent 'b' is not an earlier step",
+        ),
+        ("funnels:\n  - {name: f, breakdowns: [colour], " + STEPS + "}", "breakdown 'colour'"),
+        ("funnels:\n  - {name: F-1, " + STEPS + "}", "name 'F-1'"),
+        (
+            "funnels:\n  - {name: f, " + STEPS + ", exclusions: [{name: x, record: view, to_step: z}]}",
+            "to_step 'z' is not a step",
+        ),
+        ("funnels:\n  - {name: f, " + STEPS + "\n", "not YAML"),
+        ("funnels: []", "'funnels' must list one definition or more"),
+        ("funnel:\n  - {name: f, " + STEPS + "}", "unknown field 'funnel'"),
+    ],
+)
+def test_each_kind_of_mistake_fails_at_load_with_one_line_naming_it(text, named):
+    with pytest.raises(FunnelDefinitionError) as raised:
+        parse(text, "my.yaml")
+    message = str(raised.value)
+    assert named in message and message.startswith("my.yaml")
+    assert "\n" not in message
+
+
+def test_the_gold_command_refuses_a_bad_definitions_file_with_its_line_and_exit_status_2(tmp_path):
+    bad = tmp_path / "funnels.yaml"
+    bad.write_text("funnels:\n  - {name: f, window: 0, " + STEPS + "}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.gold_daily", "--lake", str(tmp_path / "lake"), "--funnels", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert f"{bad}: funnel 'f': window: 0 must be longer than zero" in done.stderr
+    assert not (tmp_path / "lake").exists()
+
+
+# --- the window's edge -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cart_at, converts", [(T0 + HOUR - US, True), (T0 + HOUR, True), (T0 + HOUR + US, False)], ids=str
+)
+def test_a_step_counts_up_to_exactly_the_window_end(cart_at, converts):
+    funnel = one(VIEW_THEN_CART)
+    g = silver((funnel,), silver_sessions=[session("s1")], silver_views=[view("v1", "s1", T0)])
+    g["silver_events"] = pa.Table.from_pylist(
+        [event("e1", "s1", "add_to_cart", cart_at)], schema=g["silver_events"].schema
+    )
+    got = reached(fact_rows((funnel,), g))
+    assert got == {("s1", 1): [T0, cart_at] if converts else [T0]}
+
+
+@pytest.mark.parametrize(
+    "clock, pending, dropped",
+    [(T0 + HOUR - US, 1, 0), (T0 + HOUR, 0, 1), (T0 + HOUR + US, 0, 1), (None, 0, 1)],
+    ids=["a microsecond before the end", "at the end", "a microsecond after", "no clock"],
+)
+def test_an_entry_is_pending_while_its_window_is_open_and_dropped_from_its_end(clock, pending, dropped):
+    funnel = one(VIEW_THEN_CART)
+    g = silver((funnel,), silver_sessions=[session("s1"), session("s2")])
+    g["silver_views"] = pa.Table.from_pylist(
+        [view("v1", "s1", T0), view("v2", "s2", T0)], schema=g["silver_views"].schema
+    )
+    g["silver_events"] = pa.Table.from_pylist(
+        [event("e2", "s2", "add_to_cart", T0 + MIN)], schema=g["silver_events"].schema
+    )
+    mart = mart_rows((funnel,), fact_rows((funnel,), g), clock)
+    cart = [r for r in mart.to_pylist() if r["step_number"] == 2 and r["cohort_grain"] == "day"]
+    assert cart == [
+        {
+            **cart[0],
+            "entered": 2,
+            "converted": 1,
+            "conversion_rate": 0.5,
+            "pending": pending,
+            "dropped": dropped,
+            "median_seconds_to_convert": 60.0,
+            "p90_seconds_to_convert": 60.0,
+            "time_to_convert_histogram": [0, 1, 0, 0, 0, 0, 0, 0, 0],
+        }
+    ]
+
+
+# --- orders ---------------------------------------------------------------------------------------------
+THREE_STEPS = """
+    - name: f
+      order: {order}
+      steps:
+        - {{name: landing, record: view, where: {{page_type: landing}}}}
+        - {{name: checkout, record: view, where: {{page_type: checkout}}}}
+        - {{name: cart, record: event, where: {{event_type: add_to_cart}}}}
+"""
+
+
+def journey(*steps):
+    """Session s1's records: ('landing'|'checkout'|'cart', minute) each."""
+    views, events = [], []
+    for i, (kind, minute) in enumerate(steps):
+        if kind == "cart":
+            events.append(event(f"e{i}", "s1", "add_to_cart", T0 + minute * MIN))
+        else:
+            views.append(view(f"v{i}", "s1", T0 + minute * MIN, page_type=kind))
+    return views, events
+
+
+@pytest.mark.parametrize(
+    "order, steps, minutes",
+    [
+        ("sequential", [("landing", 0), ("cart", 1), ("checkout", 2), ("cart", 3)], [0, 2, 3]),
+        ("strict", [("landing", 0), ("cart", 1), ("checkout", 2), ("cart", 3)], [0]),
+        ("strict", [("landing", 0), ("landing", 1), ("checkout", 2), ("checkout", 3), ("cart", 4)], [0, 2, 4]),
+        ("strict", [("landing", 0), ("checkout", 1), ("landing", 2), ("cart", 3)], [0, 1]),
+        ("any", [("cart", 0), ("checkout", 5), ("landing", 9)], [0, 5, 9]),
+        ("any", [("cart", 0), ("cart", 1), ("checkout", 7)], [0, 7]),
+    ],
+    ids=[
+        "sequential skips a step out of order",
+        "strict stops at a step out of order",
+        "strict allows repeats of the last step",
+        "strict stops at an earlier step in between",
+        "any order counts distinct steps",
+        "any order counts a repeated step once",
+    ],
+)
+def test_each_order_reaches_its_steps(order, steps, minutes):
+    funnel = one(THREE_STEPS.format(order=order))
+    views, events = journey(*steps)
+    g = silver((funnel,), silver_sessions=[session("s1")], silver_views=views, silver_events=events)
+    assert reached(fact_rows((funnel,), g)) == {("s1", 1): [T0 + m * MIN for m in minutes]}
+
+
+def test_a_step_gap_bounds_each_step_from_the_previous_one():
+    funnel = one("""
+        - name: f
+          step_gap: 10m
+          steps:
+            - {name: landing, record: view}
+            - {name: cart, record: event, where: {event_type: add_to_cart}}
+            - {name: paid, record: event, where: {event_type: payment_successful}}
+    """)
+    g = silver(
+        (funnel,),
+        silver_sessions=[session("s1")],
+        silver_views=[view("v1", "s1", T0)],
+        silver_events=[
+            event("c", "s1", "add_to_cart", T0 + 10 * MIN),
+            event("p", "s1", "payment_successful", T0 + 20 * MIN + US),
+        ],
+    )
+    assert reached(fact_rows((funnel,), g)) == {("s1", 1): [T0, T0 + 10 * MIN]}
+
+
+# --- units, entries, exclusions, parents ----------------------------------------------------------------
+def test_a_user_goes_through_across_sessions_and_enters_again_after_the_window():
+    funnel = one("""
+        - name: f
+          unit: user
+          window: 7d
+          steps:
+            - {name: landing, record: view}
+            - {name: paid, record: event, where: {event_type: payment_successful}}
+    """)
+    g = silver(
+        (funnel,),
+        silver_sessions=[session("monday"), session("wednesday", t=T0 + 2 * DAY), session("later", t=T0 + 8 * DAY)],
+        silver_views=[
+            view("v1", "monday", T0),
+            view("v2", "wednesday", T0 + 2 * DAY),
+            view("v3", "later", T0 + 8 * DAY),
+        ],
+        silver_events=[event("p", "wednesday", "payment_successful", T0 + 2 * DAY + MIN)],
+    )
+    facts = fact_rows((funnel,), g)
+    assert reached(facts) == {("u1", 1): [T0, T0 + 2 * DAY + MIN], ("u1", 2): [T0 + 8 * DAY]}
+    assert {(r["entry_number"], r["session_id"]) for r in facts.to_pylist()} == {(1, "monday"), (2, "later")}
+
+
+def test_an_entry_with_an_exclusion_between_its_steps_is_left_out():
+    funnel = one("""
+        - name: f
+          steps:
+            - {name: landing, record: view}
+            - {name: paid, record: event, where: {event_type: payment_successful}}
+          exclusions:
+            - {name: away, record: click, where: {element_clicked: nav}}
+    """)
+    g = silver(
+        (funnel,),
+        silver_sessions=[session("s1"), session("s2"), session("s3")],
+        silver_views=[view("v1", "s1", T0), view("v2", "s2", T0), view("v3", "s3", T0)],
+        silver_events=[event("p1", "s1", "payment_successful", T0 + 2 * MIN)],
+        silver_clicks=[
+            click("k1", "s1", "nav", T0 + MIN),  # between the steps: out
+            click("k2", "s2", "nav", T0 + MIN),  # not paid: until the window's end (none): out
+            click("k3", "s3", "nav", T0 - MIN),  # before the entry: counts
+        ],
+    )
+    assert reached(fact_rows((funnel,), g)) == {("s3", 1): [T0]}
+
+
+def test_a_parent_step_ties_a_response_to_its_own_payment():
+    funnel = one("""
+        - name: f
+          steps:
+            - {name: paid, record: event, where: {event_type: payment_successful}}
+            - {name: confirmed, record: event_response, where: {response_type: email_confirmation}, parent: paid}
+    """)
+    response = {
+        "response_id": "r",
+        "session_id": "s1",
+        "user_id": "u1",
+        "response_type": "email_confirmation",
+        "sent_at": T0 + MIN,
+    }
+    g = silver(
+        (funnel,),
+        silver_sessions=[session("s1")],
+        silver_events=[event("p", "s1", "payment_successful", T0), event("b", "s1", "browse", T0)],
+        silver_event_responses=[{**response, "event_id": "b"}],
+    )
+    assert reached(fact_rows((funnel,), g)) == {("s1", 1): [T0]}
+    g["silver_event_responses"] = pa.Table.from_pylist(
+        [{**response, "event_id": "p"}], schema=g["silver_event_responses"].schema
+    )
+    assert reached(fact_rows((funnel,), g)) == {("s1", 1): [T0, T0 + MIN]}
+
+
+# --- breakdowns -------------------------------------------------------------------------------------------
+def test_breakdowns_take_the_entry_sessions_values_keep_the_most_frequent_and_pool_the_rest():
+    funnel = one("""
+        - name: f
+          steps:
+            - {name: landing, record: view}
+            - {name: cart, record: event, where: {event_type: add_to_cart}}
+          breakdowns: [device_type, landing_page, experiment:checkout_button]
+          breakdown_limit: 1
+    """)
+    sessions = [
+        session("s1", device_type="mobile", experiments_json='{"checkout_button":"B"}'),
+        session("s2", device_type="mobile"),
+        session("s3", device_type="desktop", experiments_json='{"checkout_button":"control"}'),
+        session("s4"),
+    ]
+    views = [
+        view("v1", "s1", T0, landing_page="/a"),
+        view("v1b", "s1", T0 - MIN, page_type="event", landing_page="/first"),  # the earliest view: first touch
+        view("v2", "s2", T0, landing_page="/a"),
+        view("v3", "s3", T0, landing_page="/b"),
+        view("v4", "s4", T0, landing_page="/c"),
+    ]
+    g = silver((funnel,), silver_sessions=sessions, silver_views=views)
+    mart = mart_rows((funnel,), fact_rows((funnel,), g), None)
+    entered = {
+        (r["breakdown"], r["breakdown_value"]): r["entered"]
+        for r in mart.to_pylist()
+        if r["cohort_grain"] == "month" and r["step_number"] == 1
+    }
+    assert entered == {
+        ("all", "all"): 4,
+        ("device_type", "mobile"): 2,
+        ("device_type", "other"): 2,  # desktop and (none)
+        ("landing_page", "/a"): 1,  # four pages once each: the first by value stays (s1's is /first)
+        ("landing_page", "other"): 3,
+        ("experiment:checkout_button", "(none)"): 2,
+        ("experiment:checkout_button", "other"): 2,
+    }
