@@ -271,6 +271,32 @@ def test_audience_export_is_a_customer_match_file_of_hashed_emails(generated, tm
     assert out.read_text().splitlines() == ["Email"]
 
 
+def test_who_dropped_at_a_funnel_step_of_one_breakdown_value_is_an_audience(generated, tmp_path, capsys):
+    """The contract funnel's sessions on iOS that browsed and never carted:
+    their users' hashed emails (fact_funnel_stage says who they are)."""
+    lake = generated["lake"]
+    stages = Counter()
+    for r in read_table(lake / "gold" / "fact_funnel_stage"):
+        if r["platform"] == "ios":
+            stages[(r["session_id"], r["user_id"])] = max(stages[(r["session_id"], r["user_id"])], r["stage_number"])
+    users = {r["user_id"]: r["email_sha256"] for r in read_table(lake / "silver" / "silver_users")}
+    dropped = [user for (_, user), furthest in stages.items() if furthest == 1]
+    expected = sorted({users[u] for u in dropped if u in users})
+    out = tmp_path / "dropped.csv"
+    args = ["--lake", str(lake), "--out", str(out), "--funnel", "contract", "--step", "add_to_cart"]
+    assert export_audience.main([*args, "--breakdown", "platform", "--value", "ios"]) == len(expected) > 20
+    assert out.read_text().splitlines() == ["Email", *expected]
+    left_out = sum(1 for u in dropped if u not in users)
+    assert f"dropped at contract.add_to_cart, platform = ios: {len(expected):,} users" in capsys.readouterr().out
+    assert left_out > 0  # anonymous sessions: no user to reach
+    everyone = export_audience.main([*args])
+    assert everyone > len(expected)
+    with pytest.raises(SystemExit) as refused:
+        export_audience.main([*args[:-1], "checkout"])
+    assert refused.value.code == 2
+    assert "funnel 'contract' has no step 'checkout' (steps: browse, add_to_cart" in capsys.readouterr().err
+
+
 def test_ab_readout_counts_the_assigned_sessions(generated):
     lake, manifest = generated["lake"], generated["manifest"]
     rows = {(r["experiment"], r["variant"]): r for r in read_table(lake / "gold" / "mart_ab_test")}
