@@ -7,9 +7,9 @@ series picks the dates, clicking a legend entry hides a platform, and the
 funnel has a platform selector. Sections: the funnel with drop-off per
 stage, conversion by day / month / year, platforms, the experiment readout,
 barcode scans and payment-to-scan time, the retargeting audience, the
-latest alerts, and the data's health: how complete the recent days are,
-the failing checks and what the latest gold release revised
-(``reporting.status`` reads them).
+defined funnels (``reporting.defined_funnels``), the latest alerts, and the
+data's health: how complete the recent days are, the failing checks and
+what the latest gold release revised (``reporting.status`` reads them).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from datetime import datetime
 
 import plotly.graph_objects as go
 
+from reporting import defined_funnels
 from reporting.status import Health, health
 from schemas.tables import GOLD, METRIC_REVISIONS
 from schemas.tables import STAGE_SESSION_COLUMNS as MART_STAGES
@@ -97,7 +98,7 @@ def funnel_figure(conversion: list[dict]) -> go.Figure:
         dict(
             label=p,
             method="update",
-            args=[{"visible": [q == p for q in platforms]}, {"title": f"Funnel: sessions per stage ({p})"}],
+            args=[{"visible": [q == p for q in platforms]}, {"title.text": f"Funnel: sessions per stage ({p})"}],
         )
         for p in platforms
     ]
@@ -338,6 +339,10 @@ def page(gold: Gold) -> str:
     conversion, barcodes = gold.rows("mart_conversion_rate"), gold.rows("mart_barcode_activity")
     readout, audience = gold.rows("mart_ab_test"), gold.rows("mart_retargeting")
     alerts = gold.rows("ops_alerts")
+    funnels = gold.rows("mart_funnel")
+    funnel_facts = read_arrow(
+        gold.lake, GOLD["fact_funnel"], gold.versions["fact_funnel"], ["funnel", "step_number", "seconds_from_entry"]
+    )
     lake_health = health(gold.lake)
     days = sorted({r["period_start"] for r in conversion if r["period_grain"] == "day"})
     totals = stage_totals(conversion)[ALL]
@@ -352,6 +357,9 @@ def page(gold: Gold) -> str:
         barcode_figure(barcodes),
         audience_figure(audience),
         completeness_figure(lake_health.completeness),
+        defined_funnels.steps_figure(funnels, _layout),
+        defined_funnels.time_figure(funnels, _layout),
+        defined_funnels.cohort_figure(funnels, _layout),
     ]
     # plotly.js once, inline, with the first figure; the others reuse it
     divs = [
@@ -379,7 +387,8 @@ def page(gold: Gold) -> str:
 &middot; generated {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}</p>
 <nav><a href="#funnel">Funnel</a><a href="#trend">Conversion</a><a href="#platforms">Platforms</a>
 <a href="#experiments-section">Experiments</a><a href="#barcodes">Barcodes</a><a href="#audience">Retargeting</a>
-<a href="#alerts-section">Alerts</a><a href="#health">Data health</a></nav></header><main>
+<a href="#defined-funnels">Defined funnels</a><a href="#alerts-section">Alerts</a><a href="#health">Data health</a>
+</nav></header><main>
 <div class="cards">{cards}</div>
 <section id="funnel">{divs[0]}</section>
 <section id="trend">{divs[1]}</section>
@@ -392,6 +401,11 @@ against the control; SRM: chi-square of the split against an even one (flagged b
 <section id="audience"><h2>Retargeting audience: {len(audience):,} users</h2>
 <p>Active users whose latest cart went unpaid for 24 hours; export with
 <code>python -m pipelines.export_audience</code>.</p>{divs[5]}</section>
+<section id="defined-funnels"><h2>Defined funnels</h2>
+<p>The funnels of <code>schemas/funnels.yaml</code> (or <code>funnel gold --funnels</code>), all time. Pick a funnel
+and a breakdown (first touch) in the menus. An entry that has not reached a step is pending while its window is
+still open, dropped once it has closed. Who dropped at a step: <code>funnel export-audience --funnel F --step S</code>.
+</p>{divs[7]}{defined_funnels.steps_table(funnels, funnel_facts)}{divs[8]}{divs[9]}</section>
 <section id="alerts-section"><h2>Alerts</h2><p>{html.escape(alert_counts)}; the latest {LATEST_ALERTS}:</p>
 {alerts_table(alerts)}</section>
 <section id="health"><h2>Data health</h2>

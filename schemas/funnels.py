@@ -32,32 +32,8 @@ A definition::
       breakdowns: [platform, country, landing_page, referral, experiment:checkout_button]
       breakdown_limit: 10          # values shown per breakdown; the rest are 'other'
 
-Where the contract is silent, these are the decisions (also in docs/decisions.md):
-
-* **Entry.** A session enters at its earliest record matching the first step
-  (sequential, strict) or any step (any order). A user enters at their
-  earliest such record, and again at the first one after an entry's window
-  has closed (one entry per user without a window). Steps are looked for
-  from the entry to ``entry + window`` inclusive.
-* **sequential**: step k is the earliest match at or after step k-1's time
-  (``after_previous: false``: at or after the entry, so before step k-1's
-  time too), within the window and ``step_gap``; a step counts only if
-  every earlier one does.
-* **strict**: as sequential, and the unit's next record matching any other
-  step after step k-1's record must be step k's (repeats of step k-1 are
-  allowed in between).
-* **any**: steps in any order; step k is reached when k distinct steps have
-  been, at the time the k-th of them was first matched.
-* **Exclusions** leave the entry out of the fact and the marts when an
-  exclusion record lies between its ``from_step`` (default the first) and its
-  ``to_step`` (default the last; until the window's end when not reached).
-* **Breakdowns** take the entry's first touch: the session of the entry
-  record (its platform, device type, country as in ``fact_funnel_stage``,
-  its earliest view's landing page and referral, its experiment variants).
-* **Pending and dropped**, per step and as of the gold run's clock: a unit
-  that has not reached the step is pending while its window is open
-  (``clock < entry + window``), dropped once it has closed; without a window
-  nothing is pending.
+What entry, each order, exclusions, breakdowns and pending mean, where the
+contract is silent: docs/funnels.md.
 """
 
 from __future__ import annotations

@@ -54,13 +54,34 @@ def test_the_explorer_renders_offline_without_console_errors(explorer_page):
         experiments = page.locator("#experiments tr").all_inner_texts()
         # the grain buttons switch the trend to months
         page.get_by_text("month", exact=True).first.click()
+        # the funnel's platform picker keeps a title (plotly.js 3 takes title.text, not a title string)
+        funnel_chart = page.locator("#funnel .js-plotly-plot")
+        funnel_chart.locator(".updatemenu-header-group").click()
+        funnel_chart.locator(".updatemenu-dropdown-button", has_text="ios").click()
+        platform_title = funnel_chart.locator(".gtitle").text_content()
+        # the defined funnels: pick a funnel and a breakdown, then another funnel's cohorts
+        steps_chart = page.locator("#defined-funnels .js-plotly-plot").nth(0)
+        first_title = steps_chart.locator(".gtitle").text_content()
+        steps_chart.locator(".updatemenu-header-group").click()
+        steps_chart.locator(".updatemenu-dropdown-button", has_text="journey_7d by country").click()
+        page.wait_for_function(
+            "() => document.querySelector('#defined-funnels .js-plotly-plot .gtitle').textContent"
+            ".includes('journey_7d by country')"
+        )
+        picked_legend = steps_chart.locator(".legend").text_content()
+        cohorts = page.locator("#defined-funnels .js-plotly-plot").nth(2)
+        cohorts.locator(".updatemenu-header-group").click()
+        cohorts.locator(".updatemenu-dropdown-button", has_text="journey_7d").click()
+        cohort_title = cohorts.locator(".gtitle").text_content()
+        cohort_legend = cohorts.locator(".legend").text_content()
+        funnel_steps = page.locator("#defined-funnel-steps tr").all_inner_texts()
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         browser.close()
     print(f"screenshot: {SCREENSHOT}")
     assert problems == []
     assert all(url.startswith(("file:", "data:", "blob:")) for url in requests), requests  # offline
-    assert charts == 7
+    assert charts == 10
     for n, stage in enumerate(
         ("browse", "add_to_cart", "payment_successful", "email_confirmation", "barcode_scanned"), start=1
     ):
@@ -68,6 +89,14 @@ def test_the_explorer_renders_offline_without_console_errors(explorer_page):
     assert any(row.startswith("checkout_button\tB") for row in experiments), experiments
     assert any(row.startswith("banner_color\tA") and "control" in row for row in experiments)
     assert "Retargeting audience:" in text and "email_failed" in text
+    assert platform_title == "Funnel: sessions per stage (ios)"
+    # defined funnels: the first of the file, then the picked one with its countries
+    assert first_title.startswith("Defined funnel: checkout_strict")
+    assert all(country in picked_legend for country in ("GB", "US", "DE", "FR"))  # one bar per country
+    assert cohort_title.startswith("Entry cohorts: journey_7d") and "pending" in cohort_legend
+    assert "dropped" in cohort_legend and "converted" in cohort_legend
+    assert any(row.startswith("contract\t5. barcode_scanned") for row in funnel_steps), funnel_steps
+    assert any(row.startswith("engaged_30m\t3. 3 of 3 steps") for row in funnel_steps), funnel_steps
     # the data's health: completeness of the recent days, failing checks, revisions
     assert "Data health" in text and "Completeness of the recent days" in text
     assert "failing in each pipeline's latest run" in text and "No gold release has revised" in text

@@ -13,6 +13,7 @@ one shard.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import date
 
 import apache_beam as beam
@@ -97,27 +98,16 @@ class GoldShardFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("partials", ("mart_barcode_activity", counts))
         yield beam.pvalue.TaggedOutput("partials", (_SECONDS, seconds))
         if self._funnels:
-            facts = defined_funnels.fact_rows(self._funnels, g)
+            facts, entries = defined_funnels.funnel_rows(self._funnels, g, self._clock)
             yield "fact_funnel", facts
-            yield beam.pvalue.TaggedOutput("partials", (_FUNNEL_FACTS, facts.select(list(_MART_READS))))
+            yield beam.pvalue.TaggedOutput("partials", (_FUNNEL_ENTRIES, entries))
 
 
 _SECONDS = "mart_barcode_activity#seconds"
 
 
 _WINDOWS = "ops_alerts#windows"
-_FUNNEL_FACTS = "mart_funnel#facts"
-# What mart_funnel reads of the fact rows.
-_MART_READS = (
-    "funnel",
-    "unit_id",
-    "entry_number",
-    "entry_date",
-    "window_ends_at",
-    "step_number",
-    "seconds_from_entry",
-    *defined_funnels.BREAKDOWN_COLUMNS,
-)
+_FUNNEL_ENTRIES = "mart_funnel#entries"  # a shard's entries of each funnel, as mart_funnel counts them
 
 
 def _finish_marts(keyed, clock: int | None, funnels: tuple[Funnel, ...] = ()):
@@ -126,7 +116,11 @@ def _finish_marts(keyed, clock: int | None, funnels: tuple[Funnel, ...] = ()):
     for name, table in parts:
         by_mart.setdefault(name, []).append(table)
     if funnels:
-        yield "mart_funnel", defined_funnels.mart_rows(funnels, pa.concat_tables(by_mart[_FUNNEL_FACTS]), clock)
+        entries = defaultdict(list)
+        for shard in by_mart[_FUNNEL_ENTRIES]:
+            for name, table in shard.items():
+                entries[name].append(table)
+        yield "mart_funnel", defined_funnels.mart_rows(funnels, entries)
     yield "mart_conversion_rate", mart_conversion_rate(pa.concat_tables(by_mart["mart_conversion_rate"]))
     yield (
         "mart_barcode_activity",

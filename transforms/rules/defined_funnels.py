@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +32,6 @@ from schemas.funnels import (
 )
 from schemas.tables import GOLD, SILVER, TIME_TO_CONVERT_EDGES_SECONDS
 from transforms.rules.arrow import micros
-from transforms.rules.funnel import lookup
 from transforms.rules.gold import GOLD_INPUTS, user_country
 
 SECOND = 1_000_000
@@ -76,8 +76,80 @@ def _all_conditions(funnel: Funnel):
         yield from exclusion.any_of
 
 
+# --- a shard's ids as codes ---------------------------------------------------------------------
+class _Codes:
+    """A shard's session and user ids as int codes whose order is the ids'
+    (so the least code is the least id), each table's columns coded once:
+    matching, joining and ordering then work on integers."""
+
+    def __init__(self, g: dict[str, pa.Table]):
+        self.ids: dict[str, pa.Array] = {}
+        self._coded: dict[tuple[str, str], np.ndarray] = {}
+        for column in ("session_id", "user_id"):
+            # one hash pass over the column of every table, then the distinct ids ranked
+            tables = [name for name, t in g.items() if column in t.column_names]
+            chunks = [c for name in tables for c in g[name].column(column).chunks]
+            encoded = pc.dictionary_encode(pa.concat_arrays(chunks) if chunks else pa.array([], pa.string()))
+            order = pc.array_sort_indices(encoded.dictionary).to_numpy()
+            rank = np.empty(len(order), np.int64)
+            rank[order] = np.arange(len(order))
+            self.ids[column] = encoded.dictionary.take(pa.array(order))
+            indices = encoded.indices
+            codes = np.where(
+                pc.is_valid(indices).to_numpy(zero_copy_only=False),
+                rank[pc.fill_null(indices, 0).to_numpy(zero_copy_only=False)] if len(rank) else -1,
+                -1,
+            )
+            start = 0
+            for name in tables:
+                end = start + g[name].num_rows
+                self._coded[(name, column)] = codes[start:end]
+                start = end
+
+    def of(self, table: str, column: str) -> np.ndarray:
+        """``column`` (session_id or user_id) of ``g[table]`` as codes; -1 where null."""
+        return self._coded[(table, column)]
+
+
 # --- matching records -------------------------------------------------------------------------
-_MATCH_SCHEMA = pa.schema([("unit", pa.string()), ("t", pa.int64()), ("session", pa.string()), ("id", pa.string())])
+@dataclass
+class _Matches:
+    """Records matching a step: unit and session codes, time (epoch micros)
+    and, when a later step names it as ``parent``, record ids."""
+
+    unit: np.ndarray
+    t: np.ndarray
+    session: np.ndarray
+    id: pa.Array | None = None
+    _sorted: _Matches | None = None
+
+    @staticmethod
+    def of(parts: list[_Matches]) -> _Matches:
+        empty = np.zeros(0, np.int64)
+        return _Matches(
+            np.concatenate([p.unit for p in parts]) if parts else empty,
+            np.concatenate([p.t for p in parts]) if parts else empty,
+            np.concatenate([p.session for p in parts]) if parts else empty,
+            pa.concat_arrays([p.id for p in parts]) if parts and parts[0].id is not None else None,
+        )
+
+    def by_unit_and_time(self) -> _Matches:
+        """The same records sorted by (unit, time), as ``_pairs`` reads them (sorted once)."""
+        if self._sorted is None:
+            order = _order_by_unit_and_time(self.unit, self.t)
+            self._sorted = _Matches(self.unit[order], self.t[order], self.session[order])
+            self._sorted._sorted = self._sorted
+        return self._sorted
+
+
+def _order_by_unit_and_time(unit: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """argsort by (unit, t): one sort of a combined key when it fits in 63 bits, else two."""
+    if not len(t):
+        return np.zeros(0, np.int64)
+    low, span = int(t.min()), int(t.max()) - int(t.min()) + 1
+    if (int(unit.max()) + 1) * span < 2**62:
+        return np.argsort(unit * span + (t - low), kind="stable")
+    return np.lexsort((t, unit))
 
 
 def _unit_column(funnel: Funnel) -> str:
@@ -85,178 +157,193 @@ def _unit_column(funnel: Funnel) -> str:
 
 
 def _matches(
-    funnel: Funnel, conditions: tuple[Condition, ...], g: dict[str, pa.Table], found: dict[str, pa.Table]
-) -> pa.Table:
-    """Records matching any of ``conditions``: (unit, time micros, session, record id).
-    ``found``: the matches of the earlier steps, by name (for ``parent``)."""
+    funnel: Funnel,
+    conditions: tuple[Condition, ...],
+    g: dict[str, pa.Table],
+    codes: _Codes,
+    found: dict,
+    with_ids: bool = False,
+) -> _Matches:
+    """Records matching any of ``conditions``. ``found``: the matches of the
+    earlier steps, by name (for ``parent``); ``with_ids``: keep the record
+    ids (a later step's parent)."""
     parts = []
     for condition in conditions:
         kind = condition.kind
         rows = g[kind.table]
-        mask = pc.is_valid(rows.column(_unit_column(funnel)))
-        mask = pc.and_(mask, pc.is_valid(rows.column(kind.time)))
+        unit = codes.of(kind.table, _unit_column(funnel))
+        mask = (unit >= 0) & pc.is_valid(rows.column(kind.time)).to_numpy(zero_copy_only=False)
         for column, values in condition.where:
-            mask = pc.and_(mask, pc.fill_null(pc.is_in(rows.column(column), pa.array(values)), False))
-        rows = rows.filter(mask)
-        unit = rows.column(_unit_column(funnel))
-        part = pa.table(
-            {
-                "unit": unit,
-                "t": micros(rows.column(kind.time)),
-                "session": rows.column("session_id"),
-                "id": rows.column(SILVER[kind.table].key[0]),
-            },
-            schema=_MATCH_SCHEMA,
-        )
+            mask &= pc.fill_null(pc.is_in(rows.column(column), pa.array(values)), False).to_numpy(zero_copy_only=False)
         if condition.parent is not None:
-            parents = found[condition.parent]
             # the parent record matched that step, in the same unit
-            keys = pc.binary_join_element_wise(unit, rows.column(kind.parent_key), "\x1f")
-            parent_keys = pc.binary_join_element_wise(parents.column("unit"), parents.column("id"), "\x1f")
-            part = part.filter(pc.fill_null(pc.is_in(keys, value_set=parent_keys), False))
-        parts.append(part)
-    return pa.concat_tables(parts) if parts else _MATCH_SCHEMA.empty_table()
+            parents = found[condition.parent]
+            at = pc.fill_null(pc.index_in(rows.column(kind.parent_key), value_set=parents.id), -1).to_numpy(
+                zero_copy_only=False
+            )
+            mask &= (at >= 0) & (parents.unit[np.maximum(at, 0)] == unit)
+        picked = np.flatnonzero(mask)
+        parts.append(
+            _Matches(
+                unit[picked],
+                micros(rows.column(kind.time).take(pa.array(picked))).to_numpy(),
+                codes.of(kind.table, "session_id")[picked],
+                rows.column(SILVER[kind.table].key[0]).take(pa.array(picked)).combine_chunks() if with_ids else None,
+            )
+        )
+    return _Matches.of(parts)
+
+
+def _pairs(entry_units: np.ndarray, matches: _Matches) -> tuple[np.ndarray, np.ndarray]:
+    """Every (entry, match) of the same unit: entry indexes ascending, and
+    per entry its matches in time order (indexes into ``matches``, which is
+    sorted by unit and time)."""
+    low = np.searchsorted(matches.unit, entry_units, "left")
+    counts = np.searchsorted(matches.unit, entry_units, "right") - low
+    e = np.repeat(np.arange(len(entry_units)), counts)
+    m = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(low, counts)
+    return e, m
+
+
+def _first(n: int, e: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per entry the first ``t`` of its pairs (in time order: the least), ``_NO_TIME`` where none."""
+    out = np.full(n, _NO_TIME, np.int64)
+    if len(e):
+        first = np.ones(len(e), bool)
+        first[1:] = e[1:] != e[:-1]
+        out[e[first]] = t[first]
+    return out
 
 
 # --- entries ----------------------------------------------------------------------------------
-_ENTRY_SCHEMA = pa.schema(
-    [("unit", pa.string()), ("entry_number", pa.int64()), ("entry_at", pa.int64()), ("session", pa.string())]
-)
+@dataclass(frozen=True)
+class _Entries:
+    unit: np.ndarray
+    number: np.ndarray
+    at: np.ndarray
+    session: np.ndarray
+
+    def take(self, rows: np.ndarray) -> _Entries:
+        return _Entries(self.unit[rows], self.number[rows], self.at[rows], self.session[rows])
 
 
-def _entries(openers: pa.Table, window: int | None) -> pa.Table:
-    """Entries from the records that open one: per unit its earliest, and
-    (with a window) the first at or after each entry's window has closed.
-    -> (unit, entry_number, entry_at, session) sorted by unit and time."""
-    if openers.num_rows == 0:
-        return _ENTRY_SCHEMA.empty_table()
-    ordered = openers.sort_by([("unit", "ascending"), ("t", "ascending"), ("session", "ascending")])
-    units = ordered.column("unit").combine_chunks()
-    times = ordered.column("t").to_numpy()
-    first = np.ones(len(times), bool)
-    if len(times) > 1:
-        first[1:] = pc.not_equal(units[1:], units[:-1]).to_numpy(zero_copy_only=False)
+def _entries(openers: _Matches, window: int | None) -> _Entries:
+    """Entries from the records that open one: per unit its earliest (ties:
+    the least session), and (with a window) the first at or after each
+    entry's window has closed; numbered 1, 2, .. per unit."""
+    ordered = openers.by_unit_and_time()
+    units, times = ordered.unit, ordered.t
+    first = np.ones(len(units), bool)
+    first[1:] = units[1:] != units[:-1]
+    # an entry's session: the least of the openers at its unit and time (the entry is the first of them)
+    tie_start = first.copy()
+    tie_start[1:] |= times[1:] != times[:-1]
+    starts_of_ties = np.flatnonzero(tie_start)
+    least = np.minimum.reduceat(ordered.session, starts_of_ties) if len(starts_of_ties) else ordered.session
+    sessions = least[np.cumsum(tie_start) - 1]
     starts = np.flatnonzero(first)
-    keep = np.zeros(len(times), bool)
-    keep[starts] = True
+    keep = first.copy()
     if window is not None:
         ends = np.append(starts[1:], len(times))
         span = times[ends - 1] - times[starts]
         for start, end in zip(starts[span >= window], ends[span >= window]):  # units that re-enter
-            opened = times[start]
-            for i in range(start + 1, end):
-                if times[i] >= opened + window:
-                    keep[i], opened = True, times[i]
-    chosen = ordered.filter(pa.array(keep))
-    kept_first = first[keep]
-    number = np.ones(len(kept_first), np.int64)
-    for i in range(1, len(kept_first)):  # 1, 2, .. within a unit
-        if not kept_first[i]:
-            number[i] = number[i - 1] + 1
-    return pa.table(
-        {
-            "unit": chosen.column("unit"),
-            "entry_number": pa.array(number),
-            "entry_at": chosen.column("t"),
-            "session": chosen.column("session"),
-        },
-        schema=_ENTRY_SCHEMA,
-    )
+            i = start
+            while True:  # the next opener at or after this entry's window's end
+                i = start + int(np.searchsorted(times[start:end], times[i] + window, "left"))
+                if i >= end:
+                    break
+                keep[i] = True
+    chosen = np.flatnonzero(keep)
+    index = np.arange(len(chosen))
+    unit_start = np.maximum.accumulate(np.where(first[chosen], index, 0))
+    return _Entries(units[chosen], index - unit_start + 1, times[chosen], sessions[chosen])
 
 
-def _per_entry(entries: pa.Table, matches: pa.Table) -> pa.Table:
-    """Every (entry row, match) pair of a unit: (e, t)."""
-    left = pa.table({"unit": entries.column("unit"), "e": pa.array(np.arange(entries.num_rows))})
-    pairs = left.join(matches.select(["unit", "t"]), keys="unit", join_type="inner", use_threads=False)
-    return pairs.select(["e", "t"])
-
-
-def _first_per_entry(n: int, pairs: pa.Table) -> np.ndarray:
-    """The least ``t`` per entry row (``_NO_TIME`` where none)."""
-    out = np.full(n, _NO_TIME, np.int64)
-    if pairs.num_rows:
-        grouped = pairs.group_by("e", use_threads=False).aggregate([("t", "min")])
-        out[grouped.column("e").to_numpy()] = grouped.column("t_min").to_numpy()
-    return out
-
-
-def _sequential(funnel: Funnel, entries: pa.Table, steps: list[pa.Table], window_end: np.ndarray) -> np.ndarray:
+# --- orders -----------------------------------------------------------------------------------
+def _sequential(funnel: Funnel, entries: _Entries, steps: list[_Matches], window_end: np.ndarray) -> np.ndarray:
     """Reach time of every step per entry (``_NO_TIME``: not reached), as an
     (entries, steps) array."""
-    n = entries.num_rows
+    n = len(entries.at)
     reached = np.full((n, len(steps)), _NO_TIME, np.int64)
-    reached[:, 0] = entries.column("entry_at").to_numpy()
+    reached[:, 0] = entries.at
     gap = None if funnel.step_gap_seconds is None else int(funnel.step_gap_seconds * SECOND)
     for k in range(1, len(steps)):
-        pairs = _per_entry(entries, steps[k])
-        e, t = pairs.column("e").to_numpy(), pairs.column("t").to_numpy()
+        matches = steps[k].by_unit_and_time()
+        e, m = _pairs(entries.unit, matches)
+        t = matches.t[m]
         previous = reached[e, k - 1]
         keep = (previous != _NO_TIME) & (t <= window_end[e])
         keep &= t >= previous if funnel.steps[k].after_previous else t >= reached[e, 0]
         if gap is not None:
             keep &= t <= previous + gap
-        reached[:, k] = _first_per_entry(n, pa.table({"e": e[keep], "t": t[keep]}))
-        reached[reached[:, k - 1] == _NO_TIME, k] = _NO_TIME
+        reached[:, k] = _first(n, e[keep], t[keep])
     return reached
 
 
-def _strict(funnel: Funnel, entries: pa.Table, steps: list[pa.Table], window_end: np.ndarray) -> np.ndarray:
-    """As ``_sequential``, walking each entry's step records in time order:
-    the next record of another step than the last reached must be the next step's."""
-    n = entries.num_rows
+def _strict(funnel: Funnel, entries: _Entries, steps: list[_Matches], window_end: np.ndarray) -> np.ndarray:
+    """As ``_sequential``, and the unit's step records after step k-1's must
+    read k next: each entry's step records from its entry to its window's
+    end, in (time, step) order, collapse into runs of one step (repeats of
+    the step last reached stay in its run); run j reaches step j when every
+    run before it did, each within ``step_gap`` of the one before."""
+    n = len(entries.at)
     reached = np.full((n, len(steps)), _NO_TIME, np.int64)
-    entry_at = entries.column("entry_at").to_numpy()
+    entry_at = entries.at
     reached[:, 0] = entry_at
     gap = None if funnel.step_gap_seconds is None else int(funnel.step_gap_seconds * SECOND)
-    labelled = [
-        pa.table({"unit": s.column("unit"), "t": s.column("t"), "k": pa.array(np.full(s.num_rows, k, np.int64))})
-        for k, s in enumerate(steps)
-    ]
-    pairs = (
-        pa.table({"unit": entries.column("unit"), "e": pa.array(np.arange(n))})
-        .join(pa.concat_tables(labelled), keys="unit", join_type="inner", use_threads=False)
-        .sort_by([("e", "ascending"), ("t", "ascending"), ("k", "ascending")])
-    )
-    e, t, k = (pairs.column(c).to_numpy() for c in ("e", "t", "k"))
-    bounds = np.flatnonzero(np.diff(e)) + 1
-    for rows in np.split(np.arange(len(e)), bounds):
-        if not len(rows):
-            continue
-        entry = e[rows[0]]
-        at, end, current = entry_at[entry], window_end[entry], 0
-        for i in rows:
-            if t[i] < at or (t[i] == at and k[i] == 0):
-                continue  # before the entry, or the entry record itself
-            if t[i] > end or current == len(steps) - 1:
-                break
-            if k[i] == current:
-                continue  # a repeat of the step last reached
-            if k[i] != current + 1 or (gap is not None and t[i] > reached[entry, current] + gap):
-                break
-            current += 1
-            reached[entry, current] = t[i]
+    unit = np.concatenate([s.unit for s in steps])
+    t_all = np.concatenate([s.t for s in steps])
+    k_all = np.concatenate([np.full(len(s.t), k, np.int64) for k, s in enumerate(steps)])
+    order = np.lexsort((k_all, t_all, unit))
+    labelled = _Matches(unit[order], t_all[order], k_all[order])  # sorted; session holds the step
+    e, m = _pairs(entries.unit, labelled)  # per entry in (time, step) order
+    t, k = labelled.t[m], labelled.session[m]
+    # from the entry on (not the entry record itself), up to the window's end
+    inside = ((t > entry_at[e]) | ((t == entry_at[e]) & (k > 0))) & (t <= window_end[e])
+    e, t, k = e[inside], t[inside], k[inside]
+    if not len(e):
+        return reached
+    first_of_entry = np.ones(len(e), bool)
+    first_of_entry[1:] = e[1:] != e[:-1]
+    previous_k = np.where(first_of_entry, 0, np.roll(k, 1))
+    starts = k != previous_k  # a new run (the entry is step 0's run)
+    e, t, k = e[starts], t[starts], k[starts]
+    first_of_entry = np.ones(len(e), bool)
+    first_of_entry[1:] = e[1:] != e[:-1]
+    index = np.arange(len(e))
+    run = index - np.maximum.accumulate(np.where(first_of_entry, index, 0)) + 1  # 1, 2, .. per entry
+    ok = k == run
+    if gap is not None:
+        previous_t = np.where(first_of_entry, entry_at[e], np.roll(t, 1))
+        ok &= t <= previous_t + gap
+    # a run counts while every run before it in its entry did: the first failure ends the entry's walk
+    failures = np.cumsum(~ok)
+    failed_before = failures - np.maximum.accumulate(np.where(first_of_entry, failures - ~ok, 0))
+    valid = ok & (failed_before == 0)
+    reached[e[valid], run[valid]] = t[valid]
     return reached
 
 
-def _any_order(funnel: Funnel, entries: pa.Table, steps: list[pa.Table], window_end: np.ndarray) -> np.ndarray:
+def _any_order(funnel: Funnel, entries: _Entries, steps: list[_Matches], window_end: np.ndarray) -> np.ndarray:
     """Column k: when the entry had reached k+1 distinct steps (``_NO_TIME``: never)."""
-    n = entries.num_rows
-    entry_at = entries.column("entry_at").to_numpy()
+    n = len(entries.at)
     first = np.full((n, len(steps)), _NO_TIME, np.int64)
-    for k, matches in enumerate(steps):
-        pairs = _per_entry(entries, matches)
-        e, t = pairs.column("e").to_numpy(), pairs.column("t").to_numpy()
-        keep = (t >= entry_at[e]) & (t <= window_end[e])
-        first[:, k] = _first_per_entry(n, pa.table({"e": e[keep], "t": t[keep]}))
+    for k, step in enumerate(steps):
+        matches = step.by_unit_and_time()
+        e, m = _pairs(entries.unit, matches)
+        t = matches.t[m]
+        keep = (t >= entries.at[e]) & (t <= window_end[e])
+        first[:, k] = _first(n, e[keep], t[keep])
     return np.sort(first, axis=1)
 
 
-def _excluded(funnel: Funnel, entries: pa.Table, reached: np.ndarray, window_end: np.ndarray, found) -> np.ndarray:
+def _excluded(funnel: Funnel, entries: _Entries, reached: np.ndarray, window_end: np.ndarray, found) -> np.ndarray:
     """Entries with an exclusion record between its from and to steps."""
-    out = np.zeros(entries.num_rows, bool)
+    out = np.zeros(len(entries.at), bool)
     for exclusion in funnel.exclusions:
-        pairs = _per_entry(entries, found[exclusion.name])
-        e, t = pairs.column("e").to_numpy(), pairs.column("t").to_numpy()
+        matches = found[exclusion.name].by_unit_and_time()
+        e, m = _pairs(entries.unit, matches)
+        t = matches.t[m]
         start = reached[e, exclusion.from_step]
         end = reached[e, exclusion.to_step]
         end = np.where(end == _NO_TIME, window_end[e], end)
@@ -266,102 +353,153 @@ def _excluded(funnel: Funnel, entries: pa.Table, reached: np.ndarray, window_end
 
 
 # --- first-touch properties -------------------------------------------------------------------
-def _properties(sessions_of_entries: pa.Array, g: dict[str, pa.Table]) -> dict[str, pa.Array]:
-    """platform, device_type, country, landing_page, referral and
-    experiments_json of each entry's session."""
+def first_touch(g: dict[str, pa.Table], codes: _Codes) -> pa.Table:
+    """Per session code of the shard: its user and what a breakdown reads
+    (platform, device_type, country, the earliest view's landing_page and
+    referral, experiments_json); computed once for every funnel."""
     sessions = g["silver_sessions"]
-    ids = sessions.column("session_id")
-    out = {c: lookup(sessions_of_entries, ids, sessions.column(c)) for c in SESSION_PROPERTIES}
-    out["country"] = lookup(sessions_of_entries, ids, user_country(sessions, g["silver_users"]))
-    views = g["silver_views"].filter(pc.is_valid(g["silver_views"].column("view_timestamp")))
-    views = views.sort_by([("session_id", "ascending"), ("view_timestamp", "ascending"), ("view_id", "ascending")])
-    if views.num_rows:
-        s = views.column("session_id").combine_chunks()
-        first = np.ones(len(s), bool)
-        first[1:] = pc.not_equal(s[1:], s[:-1]).to_numpy(zero_copy_only=False)
-        views = views.filter(pa.array(first))
-    view_ids = views.column("session_id")
-    out["landing_page"] = lookup(sessions_of_entries, view_ids, views.column("landing_page"))
-    referral = lookup(sessions_of_entries, view_ids, views.column("is_referral"))
-    out["referral"] = pc.if_else(referral, pa.scalar("referral"), pa.scalar("direct"))
-    return out
+    views = g["silver_views"]
+    # each session's earliest view (ties: the least view_id): sorted by session code, time, id
+    ordered = pa.table(
+        {
+            "s": codes.of("silver_views", "session_id"),
+            "t": views.column("view_timestamp"),
+            "id": views.column("view_id"),
+        }
+    )
+    order = pc.sort_indices(ordered, sort_keys=[("s", "ascending"), ("t", "ascending"), ("id", "ascending")])
+    order = order.to_numpy()
+    session_of = ordered.column("s").to_numpy()[order]
+    first = np.ones(len(order), bool)
+    first[1:] = session_of[1:] != session_of[:-1]
+    first &= pc.is_valid(views.column("view_timestamp")).to_numpy(zero_copy_only=False)[order] & (session_of >= 0)
+    views = views.take(pa.array(order[first]))
+    at = pc.index_in(sessions.column("session_id"), value_set=views.column("session_id"))
+    referral = pc.take(views.column("is_referral"), at)
+    per_session = pa.table(
+        {
+            "user_id": sessions.column("user_id"),
+            **{c: sessions.column(c) for c in ("platform", "device_type")},
+            "country": user_country(sessions, g["silver_users"]),
+            "landing_page": pc.take(views.column("landing_page"), at),
+            "referral": pc.if_else(referral, pa.scalar("referral"), pa.scalar("direct")),
+            "experiments_json": sessions.column("experiments_json"),
+        }
+    )
+    # row i: session code i (null properties for a session the shard has no row of)
+    return per_session.take(pc.index_in(codes.ids["session_id"], value_set=sessions.column("session_id")))
 
 
 # --- the fact -----------------------------------------------------------------------------------
-def fact_rows(funnels: tuple[Funnel, ...], g: dict[str, pa.Table]) -> pa.Table:
-    """A shard's ``fact_funnel`` rows: per funnel, unit entry and reached step."""
+def funnel_rows(
+    funnels: tuple[Funnel, ...], g: dict[str, pa.Table], clock: int | None = None
+) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """A shard's ``fact_funnel`` rows (per funnel, unit entry and reached
+    step), and per funnel what ``mart_rows`` counts of its entries: one row
+    per entry (``entry_date``; ``open``: its window is open at ``clock``;
+    ``s1``.. the seconds from entry to each step, NaN where not reached;
+    ``b1``.. its raw value of each breakdown), a fraction of the fact's size."""
     schema = GOLD["fact_funnel"].arrow_schema()
-    parts = [_fact_of(funnel, g, schema) for funnel in funnels]
-    parts = [p for p in parts if p.num_rows]
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    if not funnels:
+        return schema.empty_table(), {}
+    codes = _Codes(g)
+    touch = first_touch(g, codes)
+    facts, entries = [], {}
+    for funnel in funnels:
+        fact, entries[funnel.name] = _fact_of(funnel, g, codes, touch, schema, clock)
+        if fact.num_rows:
+            facts.append(fact)
+    return (pa.concat_tables(facts) if facts else schema.empty_table()), entries
 
 
-def _fact_of(funnel: Funnel, g: dict[str, pa.Table], schema: pa.Schema) -> pa.Table:
-    found: dict[str, pa.Table] = {}
+def fact_rows(funnels: tuple[Funnel, ...], g: dict[str, pa.Table]) -> pa.Table:
+    """A shard's ``fact_funnel`` rows."""
+    return funnel_rows(funnels, g)[0]
+
+
+def _entries_schema(funnel: Funnel) -> pa.Schema:
+    return pa.schema(
+        [("entry_date", pa.date32()), ("open", pa.bool_())]
+        + [(f"s{k}", pa.float64()) for k in range(1, len(funnel.steps) + 1)]
+        + [(f"b{i}", pa.string()) for i in range(1, len(funnel.breakdowns) + 1)]
+    )
+
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def _fact_of(
+    funnel: Funnel, g: dict[str, pa.Table], codes: _Codes, touch: pa.Table, schema: pa.Schema, clock: int | None
+) -> tuple[pa.Table, pa.Table]:
+    found: dict[str, _Matches] = {}
     steps = []
+    parents = {c.parent for step in funnel.steps for c in step.any_of}
     for step in funnel.steps:
-        found[step.name] = _matches(funnel, step.any_of, g, found)
+        found[step.name] = _matches(funnel, step.any_of, g, codes, found, with_ids=step.name in parents)
         steps.append(found[step.name])
     for exclusion in funnel.exclusions:
-        found[exclusion.name] = _matches(funnel, exclusion.any_of, g, found)
+        found[exclusion.name] = _matches(funnel, exclusion.any_of, g, codes, found)
     window = None if funnel.window_seconds is None else int(funnel.window_seconds * SECOND)
-    openers = pa.concat_tables(steps) if funnel.order == Order.ANY else steps[0]
+    openers = _Matches.of(steps) if funnel.order == Order.ANY else steps[0]
     entries = _entries(openers, window)
-    n = entries.num_rows
+    n = len(entries.at)
     if n == 0:
-        return schema.empty_table()
-    entry_at = entries.column("entry_at").to_numpy()
-    window_end = np.full(n, _NO_TIME, np.int64) if window is None else entry_at + window
+        return schema.empty_table(), _entries_schema(funnel).empty_table()
+    window_end = np.full(n, _NO_TIME, np.int64) if window is None else entries.at + window
     compute = {Order.SEQUENTIAL: _sequential, Order.STRICT: _strict, Order.ANY: _any_order}[funnel.order]
     reached = compute(funnel, entries, steps, window_end)
-    keep = ~_excluded(funnel, entries, reached, window_end, found) if funnel.exclusions else np.ones(n, bool)
+    if funnel.exclusions:
+        kept = np.flatnonzero(~_excluded(funnel, entries, reached, window_end, found))
+        entries, reached, window_end = entries.take(kept), reached[kept], window_end[kept]
 
-    unit = entries.column("unit")
-    sessions = entries.column("session")
-    user = (
-        unit
-        if funnel.unit == Unit.USER
-        else lookup(sessions, g["silver_sessions"].column("session_id"), g["silver_sessions"].column("user_id"))
+    # per entry its first touch and ids; then one block of rows per step
+    entry_at = entries.at
+    properties = touch.take(pa.array(entries.session))
+    unit_ids = codes.ids[_unit_column(funnel)].take(pa.array(entries.unit))
+    if funnel.unit == Unit.USER:
+        properties = properties.set_column(0, "user_id", unit_ids)
+    session_ids = codes.ids["session_id"].take(pa.array(entries.session))
+    entry_dates = pc.cast(pa.array(entry_at, _TIMESTAMP), pa.date32())
+    open_ = np.zeros(len(entry_at), bool) if clock is None or window is None else clock < window_end
+    mart_entries = pa.Table.from_arrays(
+        [entry_dates, pa.array(open_)]
+        + [
+            pa.array(np.where(reached[:, k] != _NO_TIME, (reached[:, k] - entry_at) / SECOND, np.nan))
+            for k in range(len(funnel.steps))
+        ]
+        + [breakdown_values(properties, b) for b in funnel.breakdowns],
+        schema=_entries_schema(funnel),
     )
-    properties = _properties(sessions, g)
     parts = []
     for k in range(len(funnel.steps)):
-        mask = keep & (reached[:, k] != _NO_TIME)
-        if not mask.any():
+        rows = np.flatnonzero(reached[:, k] != _NO_TIME)
+        count = len(rows)
+        if not count:
             continue
-        at = reached[mask, k]
-        previous = None if k == 0 else reached[mask, k - 1]
+        at = reached[rows, k]
+        picked = pa.array(rows)
         columns = {
-            "funnel": pa.array([funnel.name] * int(mask.sum()), pa.string()),
-            "unit": pa.array([str(funnel.unit)] * int(mask.sum()), pa.string()),
-            "unit_id": unit.filter(pa.array(mask)),
-            "entry_number": entries.column("entry_number").filter(pa.array(mask)),
-            "user_id": user.filter(pa.array(mask)),
-            "session_id": sessions.filter(pa.array(mask)),
-            "entry_at": pa.array(entry_at[mask]).cast(pa.timestamp("us", tz="UTC")),
-            "entry_date": pc.cast(pa.array(entry_at[mask]).cast(pa.timestamp("us", tz="UTC")), pa.date32()),
-            "window_ends_at": None if window is None else pa.array(window_end[mask]).cast(pa.timestamp("us", tz="UTC")),
-            "step_number": pa.array(np.full(int(mask.sum()), k + 1, np.int64)),
-            "step_name": pa.array([funnel.step_label(k + 1)] * int(mask.sum()), pa.string()),
-            "reached_at": pa.array(at).cast(pa.timestamp("us", tz="UTC")),
-            "seconds_from_entry": pa.array((at - entry_at[mask]) / SECOND),
-            "seconds_from_previous_step": pa.nulls(int(mask.sum()), pa.float64())
-            if previous is None
-            else pa.array((at - previous) / SECOND),
-            **{name: values.filter(pa.array(mask)) for name, values in properties.items()},
+            "funnel": pa.repeat(pa.scalar(funnel.name), count),
+            "unit": pa.repeat(pa.scalar(str(funnel.unit)), count),
+            "unit_id": unit_ids.take(picked),
+            "entry_number": pa.array(entries.number[rows]),
+            "session_id": session_ids.take(picked),
+            "entry_at": pa.array(entry_at[rows], _TIMESTAMP),
+            "entry_date": entry_dates.take(picked),
+            "window_ends_at": pa.nulls(count, _TIMESTAMP) if window is None else pa.array(window_end[rows], _TIMESTAMP),
+            "step_number": pa.array(np.full(count, k + 1, np.int64)),
+            "step_name": pa.repeat(pa.scalar(funnel.step_label(k + 1)), count),
+            "reached_at": pa.array(at, _TIMESTAMP),
+            "seconds_from_entry": pa.array((at - entry_at[rows]) / SECOND),
+            "seconds_from_previous_step": pa.nulls(count, pa.float64())
+            if k == 0
+            else pa.array((at - reached[rows, k - 1]) / SECOND),
+            **{name: properties.column(name).take(picked) for name in ("user_id", *BREAKDOWN_COLUMNS)},
         }
         parts.append(
-            pa.Table.from_arrays(
-                [
-                    pa.nulls(int(mask.sum()), schema.field(c).type)
-                    if columns[c] is None
-                    else pc.cast(columns[c], schema.field(c).type)
-                    for c in schema.names
-                ],
-                schema=schema,
-            )
+            pa.Table.from_arrays([pc.cast(columns[c], schema.field(c).type) for c in schema.names], schema=schema)
         )
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    return (pa.concat_tables(parts) if parts else schema.empty_table()), mart_entries
 
 
 # --- the mart ------------------------------------------------------------------------------------
@@ -373,19 +511,26 @@ def _cohort_start(entry_date: pa.Array, grain: str) -> pa.Array:
 
 def breakdown_values(entries: pa.Table, breakdown: str) -> pa.Array:
     """Each entry's value of ``breakdown`` as text (``NONE`` when it has none)."""
-    if breakdown == ALL:
-        return pa.array([ALL] * entries.num_rows, pa.string())
     if breakdown.startswith(EXPERIMENT_PREFIX):
         name = breakdown[len(EXPERIMENT_PREFIX) :]
-        values = []
-        for raw in entries.column("experiments_json").to_pylist():
+        # few distinct assignments: each parsed once
+        encoded = _dictionary(entries.column("experiments_json"))
+        variants = []
+        for raw in encoded.dictionary.to_pylist():
             try:
-                variant = json.loads(raw).get(name) if raw else None
+                variant = json.loads(raw).get(name)
             except (ValueError, AttributeError):
                 variant = None
-            values.append(NONE if variant is None else str(variant))
-        return pa.array(values, pa.string())
+            variants.append(NONE if variant is None else str(variant))
+        return pc.fill_null(pc.take(pa.array(variants, pa.string()), encoded.indices), NONE)
     return pc.fill_null(pc.cast(entries.column(breakdown), pa.string()), NONE)
+
+
+def _dictionary(values) -> pa.DictionaryArray:
+    """``values`` (an array or a chunked one) dictionary-encoded as one array."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return pc.dictionary_encode(values)
 
 
 def _bucketed(values: pa.Array, limit: int) -> pa.Array:
@@ -404,72 +549,109 @@ def quantile(sorted_values: np.ndarray, q: float) -> float:
     return float(sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low))
 
 
-def mart_rows(funnels: tuple[Funnel, ...], facts: pa.Table, clock: int | None) -> pa.Table:
-    """``mart_funnel`` from every fact row: per funnel, cohort (grain, start),
-    breakdown value and step: entered, converted, pending, dropped, time to
-    convert. ``clock``: the gold run's now (epoch micros; None: every window closed)."""
+def _group_quantiles(group: np.ndarray, values: np.ndarray, groups: int, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """``quantile`` of ``values`` (sorted ascending) per group id for each of
+    ``qs`` (NaN for a group without values), vectorized: a stable sort by
+    group keeps each group's values in order."""
+    out = [np.full(groups, np.nan) for _ in qs]
+    if not len(values):
+        return out
+    # small integer keys: numpy's stable sort is a radix sort, linear
+    values = values[np.argsort(group.astype(np.int16 if groups < 2**15 else np.int64), kind="stable")]
+    counts = np.bincount(group, minlength=groups)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    has = counts > 0
+    for result, q in zip(out, qs):
+        position = (counts[has] - 1) * q
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, counts[has] - 1)
+        lo, hi = values[starts[has] + low], values[starts[has] + high]
+        result[has] = lo + (hi - lo) * (position - low)
+    return out
+
+
+def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -> pa.Table:
+    """``mart_funnel`` from every shard's entries (``funnel_rows``): per
+    funnel, cohort (grain, start), breakdown value and step: entered,
+    converted, pending, dropped, time to convert."""
     schema = GOLD["mart_funnel"].arrow_schema()
-    rows: dict[str, list] = {name: [] for name in schema.names}
-    edges = np.array(TIME_TO_CONVERT_EDGES_SECONDS, np.float64)
-    bins = np.append(np.append(-np.inf, edges[1:]), np.inf)  # the first bucket takes anything under a minute
+    columns: dict[str, list] = {name: [] for name in schema.names}
+    buckets = len(TIME_TO_CONVERT_EDGES_SECONDS)
+    inner_edges = np.array(TIME_TO_CONVERT_EDGES_SECONDS[1:], np.float64)  # the first bucket takes all under 60 s
     for funnel in funnels:
-        of_funnel = facts.filter(pc.equal(facts.column("funnel"), funnel.name))
-        if of_funnel.num_rows == 0:
+        parts = [t for t in entries.get(funnel.name, []) if t.num_rows]
+        if not parts:
             continue
-        entry_key = pc.binary_join_element_wise(
-            of_funnel.column("unit_id"), pc.cast(of_funnel.column("entry_number"), pa.string()), "\x1f"
-        )
-        first_steps = pc.equal(of_funnel.column("step_number"), 1)
-        entries = of_funnel.filter(first_steps)
-        keys = entry_key.filter(first_steps)
-        ends = entries.column("window_ends_at")
-        if clock is None or funnel.window_seconds is None:
-            open_ = np.zeros(entries.num_rows, bool)
-        else:
-            open_ = pc.fill_null(pc.less(pa.scalar(clock, pa.int64()), pc.cast(ends, pa.int64())), False).to_numpy(
+        of_funnel = pa.concat_tables(parts)
+        n_steps = len(funnel.steps)
+        open_ = of_funnel.column("open").to_numpy(zero_copy_only=False)
+        seconds = np.stack([of_funnel.column(f"s{k}").to_numpy() for k in range(1, n_steps + 1)], axis=1)
+        reached = ~np.isnan(seconds)
+        bucket = np.searchsorted(inner_edges, np.nan_to_num(seconds), side="right")
+        step_names = np.array([funnel.step_label(k) for k in range(1, n_steps + 1)], dtype=object)
+        # per step: the entries that reached it, by their time to it (each grouping below keeps this order)
+        by_time = [np.argsort(seconds[:, k], kind="stable")[: int(reached[:, k].sum())] for k in range(n_steps)]
+        cohorts = {
+            grain: pc.cast(_cohort_start(of_funnel.column("entry_date"), grain), pa.int32()).to_numpy(
                 zero_copy_only=False
             )
-        n_steps = len(funnel.steps)
-        # seconds from entry per (entry, step): NaN where not reached
-        seconds = np.full((entries.num_rows, n_steps), np.nan)
-        row = pc.index_in(entry_key, value_set=keys).to_numpy(zero_copy_only=False)
-        step = of_funnel.column("step_number").to_numpy() - 1
-        seconds[row, step] = of_funnel.column("seconds_from_entry").to_numpy()
-        for breakdown in (ALL, *funnel.breakdowns):
-            values = breakdown_values(entries, breakdown)
-            if breakdown != ALL:
-                values = _bucketed(values, funnel.breakdown_limit)
-            values = np.asarray(values.to_pylist(), dtype=object)
+            for grain in COHORT_GRAINS
+        }
+        for number, breakdown in enumerate((ALL, *funnel.breakdowns)):
+            if breakdown == ALL:
+                values = pa.repeat(pa.scalar(ALL), of_funnel.num_rows)
+            else:
+                values = _bucketed(of_funnel.column(f"b{number}"), funnel.breakdown_limit)
+            encoded = _dictionary(values)
+            names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+            codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
             for grain in COHORT_GRAINS:
-                cohort = _cohort_start(entries.column("entry_date"), grain).to_pylist()
-                groups: dict[tuple, list[int]] = defaultdict(list)
-                for i, key in enumerate(zip(cohort, values)):
-                    groups[key].append(i)
-                for (start, value), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-                    members = np.array(members)
-                    entered = len(members)
-                    for k in range(n_steps):
-                        done = seconds[members, k]
-                        converted_mask = ~np.isnan(done)
-                        converted = int(converted_mask.sum())
-                        pending = int((open_[members] & ~converted_mask).sum())
-                        times = np.sort(done[converted_mask])
-                        histogram = np.histogram(times, bins=bins)[0] if converted else None
-                        rows["funnel"].append(funnel.name)
-                        rows["cohort_grain"].append(grain)
-                        rows["cohort_start"].append(start)
-                        rows["breakdown"].append(breakdown)
-                        rows["breakdown_value"].append(value)
-                        rows["step_number"].append(k + 1)
-                        rows["step_name"].append(funnel.step_label(k + 1))
-                        rows["entered"].append(entered)
-                        rows["converted"].append(converted)
-                        rows["conversion_rate"].append(converted / entered)
-                        rows["pending"].append(pending)
-                        rows["dropped"].append(entered - converted - pending)
-                        rows["median_seconds_to_convert"].append(quantile(times, 0.5) if converted else None)
-                        rows["p90_seconds_to_convert"].append(quantile(times, 0.9) if converted else None)
-                        rows["time_to_convert_histogram"].append(
-                            [int(c) for c in histogram] if histogram is not None else [0] * len(edges)
-                        )
-    return pa.table(rows, schema=schema)
+                width = max(len(names), 1)
+                keys, group = np.unique(cohorts[grain].astype(np.int64) * width + codes, return_inverse=True)
+                group = group.reshape(-1)
+                g = len(keys)
+                # every step at once: cell (group, step) = group * n_steps + step
+                cell = group[:, None] * n_steps + np.arange(n_steps)
+                entered = np.repeat(np.bincount(group, minlength=g), n_steps)
+                converted = np.bincount(cell[reached], minlength=g * n_steps)
+                pending = np.bincount(cell[open_[:, None] & ~reached], minlength=g * n_steps)
+                histogram = np.bincount((cell * buckets + bucket)[reached], minlength=g * n_steps * buckets).reshape(
+                    g * n_steps, buckets
+                )
+                median, p90 = np.full((g, n_steps), np.nan), np.full((g, n_steps), np.nan)
+                for k in range(n_steps):
+                    median[:, k], p90[:, k] = _group_quantiles(group[by_time[k]], seconds[by_time[k], k], g, (0.5, 0.9))
+                size = g * n_steps
+                columns["funnel"].append(np.full(size, funnel.name, object))
+                columns["cohort_grain"].append(np.full(size, grain, object))
+                columns["cohort_start"].append(np.repeat(keys // width, n_steps).astype(np.int32))
+                columns["breakdown"].append(np.full(size, breakdown, object))
+                columns["breakdown_value"].append(np.repeat(names[keys % width], n_steps))
+                columns["step_number"].append(np.tile(np.arange(1, n_steps + 1), g))
+                columns["step_name"].append(np.tile(step_names, g))
+                columns["entered"].append(entered)
+                columns["converted"].append(converted)
+                columns["conversion_rate"].append(converted / entered)
+                columns["pending"].append(pending)
+                columns["dropped"].append(entered - converted - pending)
+                columns["median_seconds_to_convert"].append(median.reshape(-1))
+                columns["p90_seconds_to_convert"].append(p90.reshape(-1))
+                columns["time_to_convert_histogram"].append(histogram)
+    if not columns["funnel"]:
+        return schema.empty_table()
+    arrays = []
+    for name in schema.names:
+        parts = columns[name]
+        field_type = schema.field(name).type
+        if name == "time_to_convert_histogram":
+            flat = np.concatenate(parts)
+            offsets = np.arange(0, flat.size + 1, buckets, dtype=np.int32)
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.reshape(-1), pa.int64())))
+        elif name == "cohort_start":
+            arrays.append(pa.array(np.concatenate(parts), pa.int32()).cast(pa.date32()))
+        elif name in ("median_seconds_to_convert", "p90_seconds_to_convert"):
+            values = np.concatenate(parts)
+            arrays.append(pa.array(values, field_type, mask=np.isnan(values)))
+        else:
+            arrays.append(pa.array(np.concatenate(parts), field_type))
+    return pa.Table.from_arrays([a.cast(schema.field(n).type) for a, n in zip(arrays, schema.names)], schema=schema)

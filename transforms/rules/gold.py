@@ -448,9 +448,13 @@ def ab_partials(summary: pa.Table) -> pa.Table:
     """Per (experiment, variant) of the shard's sessions: sessions and
     sessions reaching each stage (partial: sum over shards)."""
     counts = defaultdict(lambda: [0] * 6)
-    for assignments, stages in zip(
-        summary.column("experiments_json").to_pylist(), summary.column("stages").to_pylist()
-    ):
+    # few distinct (assignments, stages) pairs: each parsed once, weighted by its sessions
+    pairs = (
+        pa.table({"a": summary.column("experiments_json"), "s": summary.column("stages")})
+        .group_by(["a", "s"], use_threads=False)
+        .aggregate([([], "count_all")])
+    )
+    for assignments, stages, sessions in zip(*(pairs.column(c).to_pylist() for c in ("a", "s", "count_all"))):
         if not assignments:
             continue
         parsed = orjson.loads(assignments)
@@ -460,9 +464,9 @@ def ab_partials(summary: pa.Table) -> pa.Table:
             if variant is None:
                 continue
             row = counts[(experiment, str(variant))]
-            row[0] += 1
+            row[0] += sessions
             for k in range(stages):
-                row[k + 1] += 1
+                row[k + 1] += sessions
     keys = list(counts)
     return pa.table(
         {
