@@ -183,6 +183,14 @@ def test_a_step_counts_up_to_exactly_the_window_end(cart_at, converts):
     assert got == {("s1", 1): [T0, cart_at] if converts else [T0]}
 
 
+@pytest.mark.parametrize("window", ["", "window: 1h"])
+def test_a_funnel_nobody_enters_has_no_rows(window):
+    funnel = one(VIEW_THEN_CART.replace("window: 1h", window))
+    g = silver((funnel,), silver_sessions=[session("s1")], silver_events=[event("e1", "s1", "add_to_cart", T0)])
+    assert fact_rows((funnel,), g).num_rows == 0
+    assert mart_of((funnel,), g, T0).num_rows == 0
+
+
 @pytest.mark.parametrize(
     "clock, pending, dropped",
     [(T0 + HOUR - US, 1, 0), (T0 + HOUR, 0, 1), (T0 + HOUR + US, 0, 1), (None, 0, 1)],

@@ -231,6 +231,9 @@ def _entries(openers: _Matches, window: int | None) -> _Entries:
     """Entries from the records that open one: per unit its earliest (ties:
     the least session), and (with a window) the first at or after each
     entry's window has closed; numbered 1, 2, .. per unit."""
+    if not len(openers.t):
+        empty = np.zeros(0, np.int64)
+        return _Entries(empty, empty, empty, empty)
     ordered = openers.by_unit_and_time()
     units, times = ordered.unit, ordered.t
     first = np.ones(len(units), bool)
