@@ -594,10 +594,15 @@ def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -
         step_names = np.array([funnel.step_label(k) for k in range(1, n_steps + 1)], dtype=object)
         # per step: the entries that reached it, by their time to it (each grouping below keeps this order)
         by_time = [np.argsort(seconds[:, k], kind="stable")[: int(reached[:, k].sum())] for k in range(n_steps)]
-        cohorts = {
-            grain: pc.cast(_cohort_start(of_funnel.column("entry_date"), grain), pa.int32()).to_numpy(
-                zero_copy_only=False
+        day = pc.cast(of_funnel.column("entry_date"), pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
+        days = np.unique(day)
+        # each distinct day's week and month (as days since the epoch)
+        starts_of = {
+            grain: pc.cast(
+                _cohort_start(pa.array(days.astype(np.int32), pa.int32()).cast(pa.date32()), grain), pa.int32()
             )
+            .to_numpy(zero_copy_only=False)
+            .astype(np.int64)
             for grain in COHORT_GRAINS
         }
         for number, breakdown in enumerate((ALL, *funnel.breakdowns)):
@@ -608,23 +613,40 @@ def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -
             encoded = _dictionary(values)
             names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
             codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            width = max(len(names), 1)
+            # counted once per (day, value, step); weeks and months sum their days
+            day_keys, by_day = np.unique(day * width + codes, return_inverse=True)
+            by_day = by_day.reshape(-1)
+            days_n = len(day_keys)
+            cell = by_day[:, None] * n_steps + np.arange(n_steps)
+            entered_d = np.bincount(by_day, minlength=days_n)
+            converted_d = np.bincount(cell[reached], minlength=days_n * n_steps).reshape(days_n, n_steps)
+            pending_d = np.bincount(cell[open_[:, None] & ~reached], minlength=days_n * n_steps).reshape(
+                days_n, n_steps
+            )
+            histogram_d = np.bincount((cell * buckets + bucket)[reached], minlength=days_n * n_steps * buckets).reshape(
+                days_n, n_steps, buckets
+            )
+            day_of_key, value_of_key = day_keys // width, day_keys % width
             for grain in COHORT_GRAINS:
-                width = max(len(names), 1)
-                keys, group = np.unique(cohorts[grain].astype(np.int64) * width + codes, return_inverse=True)
-                group = group.reshape(-1)
+                start_of_key = starts_of[grain][np.searchsorted(days, day_of_key)]
+                keys, into = np.unique(start_of_key * width + value_of_key, return_inverse=True)
+                into = into.reshape(-1)
                 g = len(keys)
-                # every step at once: cell (group, step) = group * n_steps + step
-                cell = group[:, None] * n_steps + np.arange(n_steps)
-                entered = np.repeat(np.bincount(group, minlength=g), n_steps)
-                converted = np.bincount(cell[reached], minlength=g * n_steps)
-                pending = np.bincount(cell[open_[:, None] & ~reached], minlength=g * n_steps)
-                histogram = np.bincount((cell * buckets + bucket)[reached], minlength=g * n_steps * buckets).reshape(
-                    g * n_steps, buckets
-                )
+                entered = np.zeros(g, np.int64)
+                converted, pending = np.zeros((g, n_steps), np.int64), np.zeros((g, n_steps), np.int64)
+                histogram = np.zeros((g, n_steps, buckets), np.int64)
+                np.add.at(entered, into, entered_d)
+                np.add.at(converted, into, converted_d)
+                np.add.at(pending, into, pending_d)
+                np.add.at(histogram, into, histogram_d)
+                group = into[by_day]
                 median, p90 = np.full((g, n_steps), np.nan), np.full((g, n_steps), np.nan)
                 for k in range(n_steps):
                     median[:, k], p90[:, k] = _group_quantiles(group[by_time[k]], seconds[by_time[k], k], g, (0.5, 0.9))
                 size = g * n_steps
+                entered = np.repeat(entered, n_steps)
+                converted, pending = converted.reshape(-1), pending.reshape(-1)
                 columns["funnel"].append(np.full(size, funnel.name, object))
                 columns["cohort_grain"].append(np.full(size, grain, object))
                 columns["cohort_start"].append(np.repeat(keys // width, n_steps).astype(np.int32))
@@ -639,7 +661,7 @@ def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -
                 columns["dropped"].append(entered - converted - pending)
                 columns["median_seconds_to_convert"].append(median.reshape(-1))
                 columns["p90_seconds_to_convert"].append(p90.reshape(-1))
-                columns["time_to_convert_histogram"].append(histogram)
+                columns["time_to_convert_histogram"].append(histogram.reshape(size, buckets))
     if not columns["funnel"]:
         return schema.empty_table()
     arrays = []
