@@ -473,36 +473,31 @@ def _fact_of(
         + [breakdown_values(properties, b) for b in funnel.breakdowns],
         schema=_entries_schema(funnel),
     )
-    parts = []
-    for k in range(len(funnel.steps)):
-        rows = np.flatnonzero(reached[:, k] != _NO_TIME)
-        count = len(rows)
-        if not count:
-            continue
-        at = reached[rows, k]
-        picked = pa.array(rows)
-        columns = {
-            "funnel": pa.repeat(pa.scalar(funnel.name), count),
-            "unit": pa.repeat(pa.scalar(str(funnel.unit)), count),
-            "unit_id": unit_ids.take(picked),
-            "entry_number": pa.array(entries.number[rows]),
-            "session_id": session_ids.take(picked),
-            "entry_at": pa.array(entry_at[rows], _TIMESTAMP),
-            "entry_date": entry_dates.take(picked),
-            "window_ends_at": pa.nulls(count, _TIMESTAMP) if window is None else pa.array(window_end[rows], _TIMESTAMP),
-            "step_number": pa.array(np.full(count, k + 1, np.int64)),
-            "step_name": pa.repeat(pa.scalar(funnel.step_label(k + 1)), count),
-            "reached_at": pa.array(at, _TIMESTAMP),
-            "seconds_from_entry": pa.array((at - entry_at[rows]) / SECOND),
-            "seconds_from_previous_step": pa.nulls(count, pa.float64())
-            if k == 0
-            else pa.array((at - reached[rows, k - 1]) / SECOND),
-            **{name: properties.column(name).take(picked) for name in ("user_id", *BREAKDOWN_COLUMNS)},
-        }
-        parts.append(
-            pa.Table.from_arrays([pc.cast(columns[c], schema.field(c).type) for c in schema.names], schema=schema)
-        )
-    return (pa.concat_tables(parts) if parts else schema.empty_table()), mart_entries
+    # one row per (entry, reached step): the entry's columns taken once for every step
+    entry_of, step_of = np.nonzero(reached != _NO_TIME)
+    count = len(entry_of)
+    picked = pa.array(entry_of)
+    at = reached[entry_of, step_of]
+    previous = np.where(step_of > 0, reached[entry_of, np.maximum(step_of - 1, 0)], 0)
+    labels = pa.array([funnel.step_label(k) for k in range(1, len(funnel.steps) + 1)], pa.string())
+    columns = {
+        "funnel": pa.repeat(pa.scalar(funnel.name), count),
+        "unit": pa.repeat(pa.scalar(str(funnel.unit)), count),
+        "unit_id": unit_ids.take(picked),
+        "entry_number": pa.array(entries.number[entry_of]),
+        "session_id": session_ids.take(picked),
+        "entry_at": pa.array(entry_at[entry_of], _TIMESTAMP),
+        "entry_date": entry_dates.take(picked),
+        "window_ends_at": pa.nulls(count, _TIMESTAMP) if window is None else pa.array(window_end[entry_of], _TIMESTAMP),
+        "step_number": pa.array(step_of + 1),
+        "step_name": labels.take(pa.array(step_of)),
+        "reached_at": pa.array(at, _TIMESTAMP),
+        "seconds_from_entry": pa.array((at - entry_at[entry_of]) / SECOND),
+        "seconds_from_previous_step": pa.array((at - previous) / SECOND, mask=step_of == 0),
+        **{name: column for name, column in zip(properties.column_names, properties.take(picked).columns)},
+    }
+    fact = pa.Table.from_arrays([pc.cast(columns[c], schema.field(c).type) for c in schema.names], schema=schema)
+    return fact, mart_entries
 
 
 # --- the mart ------------------------------------------------------------------------------------
