@@ -282,6 +282,8 @@ def _canonical(table, source: str) -> str:
         elif c.name in SIGNIFICANT.get(table.name, ()):
             digits = f"11 - CAST(floor(log10(abs({c.name}))) AS INTEGER)"
             cols.append(f"CASE WHEN {c.name} = 0 THEN 0 ELSE round({c.name}, {digits}) END AS {c.name}")
+        elif c.type == TIMESTAMP and c.repeated:
+            cols.append(f"list_transform({c.name}, lambda x: epoch_us(CAST(x AS TIMESTAMPTZ))) AS {c.name}")
         elif c.type == TIMESTAMP:
             cols.append(f"epoch_us(CAST({c.name} AS TIMESTAMPTZ)) AS {c.name}")
         elif c.type == DATE:

@@ -213,26 +213,22 @@ def fact_funnel(con: duckdb.DuckDBPyConnection, funnel: Funnel) -> None:
     compute = {Order.SEQUENTIAL: _sequential, Order.STRICT: _strict, Order.ANY: _any_order}[funnel.order]
     reached = compute(con, funnel, entries, tables)
     n = len(funnel.steps)
-    labels = [funnel.step_label(k) for k in range(1, n + 1)]
     user = "p.unit" if funnel.unit == Unit.USER else "f.session_user"
     con.execute(f"""
         INSERT INTO fact_funnel BY NAME
         WITH kept AS (SELECT * FROM {reached} p WHERE {_excluded_sql(funnel, tables)}),
-        steps AS (
-            SELECT p.*, unnest(range(1, {n + 1})) AS step_number,
-                   unnest([{", ".join(f"t{k}" for k in range(1, n + 1))}]) AS at,
-                   unnest([NULL, {", ".join(f"t{k}" for k in range(1, n))}]) AS previous_at
+        listed AS (
+            SELECT p.*, list_filter([{", ".join(f"t{k}" for k in range(1, n + 1))}], lambda x: x IS NOT NULL) AS times
             FROM kept p)
         SELECT {_literal(funnel.name)} AS funnel, {_literal(str(funnel.unit))} AS unit, p.unit AS unit_id,
                p.n AS entry_number, {user} AS user_id, p.session AS session_id,
                make_timestamp(p.entry_at)::TIMESTAMPTZ AS entry_at, utc_date(p.entry_at) AS entry_date,
-               make_timestamp(p.window_end)::TIMESTAMPTZ AS window_ends_at, p.step_number,
-               [{", ".join(_literal(label) for label in labels)}][p.step_number] AS step_name,
-               make_timestamp(p.at)::TIMESTAMPTZ AS reached_at, (p.at - p.entry_at) / 1e6 AS seconds_from_entry,
-               (p.at - p.previous_at) / 1e6 AS seconds_from_previous_step,
+               make_timestamp(p.window_end)::TIMESTAMPTZ AS window_ends_at,
+               len(p.times) AS steps_reached, len(p.times) = {n} AS completed,
+               list_transform(p.times, lambda x: make_timestamp(x)::TIMESTAMPTZ) AS reached_at,
+               list_transform(p.times, lambda x: (x - p.entry_at) / 1e6) AS seconds_to_step,
                f.platform, f.device_type, f.country, f.landing_page, f.referral, f.experiments_json
-        FROM steps p LEFT JOIN first_touch f ON f.session_id = p.session
-        WHERE p.at IS NOT NULL""")
+        FROM listed p LEFT JOIN first_touch f ON f.session_id = p.session""")
     for name in [r[0] for r in con.execute("SHOW TABLES").fetchall()]:
         if name.startswith(f"fn_{funnel.name}__"):
             con.execute(f"DROP TABLE {name}")
@@ -256,7 +252,7 @@ def mart_funnel(con: duckdb.DuckDBPyConnection, funnels: tuple[Funnel, ...], clo
                 SELECT funnel, unit_id, entry_number, {_literal(breakdown)} AS breakdown,
                        {_breakdown_sql(funnel, breakdown)} AS raw_value, {funnel.breakdown_limit} AS keep,
                        {_literal(breakdown)} = {_literal(ALL)} AS is_all
-                FROM fact_funnel WHERE funnel = {_literal(funnel.name)} AND step_number = 1""")
+                FROM fact_funnel WHERE funnel = {_literal(funnel.name)}""")
     steps = " UNION ALL ".join(
         f"SELECT {_literal(f.name)} AS funnel, {k} AS step_number, {_literal(f.step_label(k))} AS step_name"
         for f in funnels
@@ -282,19 +278,16 @@ def mart_funnel(con: duckdb.DuckDBPyConnection, funnels: tuple[Funnel, ...], clo
                    CASE WHEN r.is_all OR k.place <= k.keep THEN r.raw_value ELSE {_literal(OTHER)} END AS value
             FROM raw r LEFT JOIN ranked k USING (funnel, breakdown, raw_value)),
         entries AS (
-            SELECT v.*, e.entry_date,
+            SELECT v.*, e.entry_date, e.seconds_to_step,
                    e.window_ends_at IS NOT NULL AND {clock} < epoch_us(e.window_ends_at) AS open
-            FROM valued v JOIN fact_funnel e USING (funnel, unit_id, entry_number) WHERE e.step_number = 1),
+            FROM valued v JOIN fact_funnel e USING (funnel, unit_id, entry_number)),
         cells AS (
             SELECT e.*, g.grain,
                    CASE g.grain WHEN 'day' THEN e.entry_date ELSE date_trunc(g.grain, e.entry_date)::DATE END
                        AS cohort_start,
-                   s.step_number, s.step_name, f.seconds_from_entry AS seconds
+                   s.step_number, s.step_name, e.seconds_to_step[s.step_number] AS seconds
             FROM entries e CROSS JOIN (VALUES ('day'), ('week'), ('month')) g(grain)
-            JOIN ({steps}) s USING (funnel)
-            LEFT JOIN fact_funnel f
-                ON f.funnel = e.funnel AND f.unit_id = e.unit_id AND f.entry_number = e.entry_number
-               AND f.step_number = s.step_number)
+            JOIN ({steps}) s USING (funnel))
         SELECT funnel, grain AS cohort_grain, cohort_start, breakdown, value AS breakdown_value, step_number,
                step_name, count(*) AS entered, count(seconds) AS converted,
                count(seconds) / count(*) AS conversion_rate,
@@ -317,6 +310,12 @@ def build(con: duckdb.DuckDBPyConnection, funnels: tuple[Funnel, ...], clock: in
 
 
 def _duck_type(column) -> str:
-    return {"STRING": "VARCHAR", "INT64": "BIGINT", "FLOAT64": "DOUBLE", "TIMESTAMP": "TIMESTAMPTZ", "DATE": "DATE"}[
-        str(column.type)
-    ]
+    base = {
+        "STRING": "VARCHAR",
+        "INT64": "BIGINT",
+        "FLOAT64": "DOUBLE",
+        "TIMESTAMP": "TIMESTAMPTZ",
+        "DATE": "DATE",
+        "BOOL": "BOOLEAN",
+    }[str(column.type)]
+    return base + "[]" if column.repeated else base

@@ -2442,7 +2442,7 @@ locals {
     "gold.fact_funnel"              = {
       "dataset"         = "gold"
       "table_id"        = "fact_funnel"
-      "description"     = "One row per (defined funnel, unit entry, reached step): the funnels of schemas/funnels.yaml."
+      "description"     = "One row per (defined funnel, unit entry): the steps it reached, when, and its first-touch values (the funnels of schemas/funnels.yaml)."
       "partition_field" = "entry_date"
       "clustering"      = [
         "funnel",
@@ -2503,34 +2503,28 @@ locals {
           "description" = "entry_at plus the funnel's window; null without one."
         },
         {
-          "name"        = "step_number"
+          "name"        = "steps_reached"
           "type"        = "INTEGER"
           "mode"        = "REQUIRED"
-          "description" = "1 .. the funnel's steps (any order: how many steps were done)."
+          "description" = "Steps reached, 1 .. the funnel's steps (they are always the first ones; any order: distinct steps)."
         },
         {
-          "name"        = "step_name"
-          "type"        = "STRING"
+          "name"        = "completed"
+          "type"        = "BOOLEAN"
           "mode"        = "REQUIRED"
-          "description" = "The step's name (any order: 'k of n steps')."
+          "description" = "Whether every step was reached."
         },
         {
           "name"        = "reached_at"
           "type"        = "TIMESTAMP"
-          "mode"        = "REQUIRED"
-          "description" = "When the step was reached."
+          "mode"        = "REPEATED"
+          "description" = "When each reached step was reached: element k is step k+1 (any order: the (k+1)-th distinct step)."
         },
         {
-          "name"        = "seconds_from_entry"
+          "name"        = "seconds_to_step"
           "type"        = "FLOAT"
-          "mode"        = "REQUIRED"
-          "description" = "Time to convert to this step."
-        },
-        {
-          "name"        = "seconds_from_previous_step"
-          "type"        = "FLOAT"
-          "mode"        = "NULLABLE"
-          "description" = "Seconds since the previous step; null for step 1."
+          "mode"        = "REPEATED"
+          "description" = "Seconds from entry to each reached step (as reached_at)."
         },
         {
           "name"        = "platform"

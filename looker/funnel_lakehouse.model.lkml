@@ -92,7 +92,7 @@ explore: defined_funnels {
 explore: defined_funnel_journeys {
   label: "Defined funnel journeys"
   view_name: fact_funnel
-  description: "Every entry into your funnels and the steps it reached, with its user. fact_funnel: One row per (defined funnel, unit entry, reached step): the funnels of schemas/funnels.yaml."
+  description: "Every entry into your funnels and the steps it reached, with its user. fact_funnel: One row per (defined funnel, unit entry): the steps it reached, when, and its first-touch values (the funnels of schemas/funnels.yaml)."
 
   join: dim_user {
     type: left_outer

@@ -86,20 +86,12 @@ def dropped_audience(
     if value not in shown[breakdown]:
         raise AudienceError(f"no '{breakdown}' value '{value}' in gold (there: {', '.join(sorted(shown[breakdown]))})")
     table = GOLD["fact_funnel"]
-    columns = ["funnel", "unit_id", "entry_number", "user_id", "entry_date", "window_ends_at", "step_number"]
-    facts = read_arrow(lake, table, layer_versions(lake, GOLD)[table.name], columns=columns + list(BREAKDOWN_COLUMNS))
-    facts = facts.filter(
-        pc.and_(
-            pc.equal(facts.column("funnel"), funnel),
-            pc.is_in(facts.column("step_number"), pa.array([number - 1, number])),
-        )
+    columns = ["funnel", "user_id", "entry_date", "window_ends_at", "steps_reached", *BREAKDOWN_COLUMNS]
+    facts = read_arrow(lake, table, layer_versions(lake, GOLD)[table.name], columns=columns)
+    # reached the step before and stopped there
+    rows = facts.filter(
+        pc.and_(pc.equal(facts.column("funnel"), funnel), pc.equal(facts.column("steps_reached"), number - 1))
     )
-    entry = pc.binary_join_element_wise(
-        facts.column("unit_id"), pc.cast(facts.column("entry_number"), pa.string()), "\x1f"
-    )
-    reached_step = entry.filter(pc.equal(facts.column("step_number"), number))
-    before = pc.equal(facts.column("step_number"), number - 1)
-    rows = facts.filter(pc.and_(before, pc.invert(pc.is_in(entry, value_set=reached_step))))
     moment = now or datetime.now(UTC)
     closed = pc.fill_null(
         pc.less_equal(rows.column("window_ends_at"), pa.scalar(moment, pa.timestamp("us", "UTC"))), True

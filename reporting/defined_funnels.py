@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 import plotly.graph_objects as go
+import pyarrow.compute as pc
 
 from schemas.funnels import ALL
 from schemas.tables import TIME_TO_CONVERT_EDGES_SECONDS
@@ -165,9 +166,11 @@ def steps_table(mart: list[dict], facts) -> str:
     cells, steps = _all_time(mart), _steps(mart)
     seconds: dict[tuple[str, int], np.ndarray] = {}
     if facts is not None and facts.num_rows:
-        funnel = np.asarray(facts.column("funnel").to_pylist(), dtype=object)
-        number = facts.column("step_number").to_numpy()
-        value = facts.column("seconds_from_entry").to_numpy()
+        # one element per reached step: its funnel and step number
+        lengths = pc.list_value_length(facts.column("seconds_to_step")).to_numpy(zero_copy_only=False)
+        value = pc.list_flatten(facts.column("seconds_to_step")).to_numpy(zero_copy_only=False)
+        funnel = np.repeat(np.asarray(facts.column("funnel").to_pylist(), dtype=object), lengths)
+        number = np.arange(len(value)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
         for key in {(f, int(n)) for f, n in zip(funnel, number)}:
             seconds[key] = value[(funnel == key[0]) & (number == key[1])]
     rows = []

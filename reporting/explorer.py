@@ -341,7 +341,7 @@ def page(gold: Gold) -> str:
     alerts = gold.rows("ops_alerts")
     funnels = gold.rows("mart_funnel")
     funnel_facts = read_arrow(
-        gold.lake, GOLD["fact_funnel"], gold.versions["fact_funnel"], ["funnel", "step_number", "seconds_from_entry"]
+        gold.lake, GOLD["fact_funnel"], gold.versions["fact_funnel"], ["funnel", "seconds_to_step"]
     )
     lake_health = health(gold.lake)
     days = sorted({r["period_start"] for r in conversion if r["period_grain"] == "day"})

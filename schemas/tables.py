@@ -662,7 +662,8 @@ _FIRST_TOUCH = (
 FACT_FUNNEL = Table(
     "fact_funnel",
     Layer.GOLD,
-    "One row per (defined funnel, unit entry, reached step): the funnels of schemas/funnels.yaml.",
+    "One row per (defined funnel, unit entry): the steps it reached, when, and its first-touch values "
+    "(the funnels of schemas/funnels.yaml).",
     (
         col("funnel", STRING, "Funnel name (schemas/funnels.yaml).", True),
         col("unit", STRING, "session or user: what goes through the funnel.", True),
@@ -673,16 +674,25 @@ FACT_FUNNEL = Table(
         col("entry_at", TIMESTAMP, "When the unit entered: its first step's record (any step, in any order).", True),
         col("entry_date", DATE, "UTC date of entry_at: the entry cohort.", True),
         col("window_ends_at", TIMESTAMP, "entry_at plus the funnel's window; null without one."),
-        col("step_number", INT64, "1 .. the funnel's steps (any order: how many steps were done).", True),
-        col("step_name", STRING, "The step's name (any order: 'k of n steps').", True),
-        col("reached_at", TIMESTAMP, "When the step was reached.", True),
-        col("seconds_from_entry", FLOAT64, "Time to convert to this step.", True),
-        col("seconds_from_previous_step", FLOAT64, "Seconds since the previous step; null for step 1."),
+        col(
+            "steps_reached",
+            INT64,
+            "Steps reached, 1 .. the funnel's steps (they are always the first ones; any order: distinct steps).",
+            True,
+        ),
+        col("completed", BOOL, "Whether every step was reached.", True),
+        col(
+            "reached_at",
+            TIMESTAMP,
+            "When each reached step was reached: element k is step k+1 (any order: the (k+1)-th distinct step).",
+            repeated=True,
+        ),
+        col("seconds_to_step", FLOAT64, "Seconds from entry to each reached step (as reached_at).", repeated=True),
         *_FIRST_TOUCH,
     ),
     cluster_by=("funnel",),
     bigquery_partition="entry_date",
-    checks=key_checks(("funnel", "unit_id", "entry_number", "step_number")),
+    checks=key_checks(("funnel", "unit_id", "entry_number")),
 )
 MART_FUNNEL = Table(
     "mart_funnel",

@@ -7,6 +7,7 @@ in tests/test_end_to_end.py.)"""
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -18,6 +19,7 @@ from transforms.rules.defined_funnels import fact_rows, funnel_rows, gold_inputs
 from transforms.rules.gold import empty_inputs
 
 HOUR = 60 * MIN
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = 1  # one microsecond
 
 
@@ -79,13 +81,14 @@ def mart_of(funnel_defs, g, clock) -> pa.Table:
     return mart_rows(funnel_defs, {name: [table] for name, table in entries.items()})
 
 
-def reached(facts: pa.Table, funnel: str | None = None) -> dict[tuple, list[int]]:
+def reached(facts: pa.Table) -> dict[tuple, list[int]]:
     """{(unit_id, entry_number): [micros of each reached step, in order]}."""
-    out: dict[tuple, list] = {}
-    for row in sorted(facts.to_pylist(), key=lambda r: (r["unit_id"], r["entry_number"], r["step_number"])):
-        if funnel is None or row["funnel"] == funnel:
-            micros = int(row["reached_at"].timestamp() * 1_000_000)
-            out.setdefault((row["unit_id"], row["entry_number"]), []).append(micros)
+    out = {}
+    for row in facts.to_pylist():
+        assert row["steps_reached"] == len(row["reached_at"]) == len(row["seconds_to_step"])
+        micros = [(t - EPOCH) // timedelta(microseconds=1) for t in row["reached_at"]]
+        assert row["seconds_to_step"] == [(m - micros[0]) / 1e6 for m in micros]
+        out[(row["unit_id"], row["entry_number"])] = micros
     return out
 
 

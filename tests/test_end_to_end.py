@@ -135,9 +135,10 @@ def test_the_contract_funnel_definition_holds_the_journeys_of_fact_funnel_stage(
         for r in read_table(lake / "gold" / "fact_funnel_stage")
     }
     defined = {
-        (r["unit_id"], r["step_name"], r["reached_at"], r["user_id"], r["platform"], r["device_type"], r["country"])
+        (r["unit_id"], STAGES[k], at, r["user_id"], r["platform"], r["device_type"], r["country"])
         for r in read_table(lake / "gold" / "fact_funnel")
         if r["funnel"] == "contract"
+        for k, at in enumerate(r["reached_at"])
     }
     assert defined == stages and len(stages) > 1000
 
@@ -153,9 +154,10 @@ def test_users_journeys_across_sessions_within_seven_days_are_the_planned_ones(t
     truth = manifest["user_journeys_7d"]
     assert truth["returns_planned"] > 50 and truth["entries_across_sessions"] > 50 and "2" in truth["by_entry"]
     got = Counter(
-        (str(r["entry_number"]), r["step_name"])
+        (str(r["entry_number"]), STAGES[k])
         for r in read_table(lake / "gold" / "fact_funnel")
         if r["funnel"] == "journey_7d"
+        for k in range(r["steps_reached"])
     )
     assert {(n, stage): count for n, steps in truth["by_entry"].items() for stage, count in steps.items()} == got
 
@@ -164,7 +166,7 @@ def test_users_journeys_across_sessions_within_seven_days_are_the_planned_ones(t
     reference.write_gold(con, tmp_path / "reference")
     report = reference.compare_gold(lake, tmp_path / "reference", tables=["fact_funnel", "mart_funnel"])
     assert reference.differences(report) == []
-    assert report["fact_funnel"]["rows"] > 3000
+    assert report["fact_funnel"]["rows"] > 1000
 
 
 def test_landing_files_backfilled_one_at_a_time_in_shuffled_order_give_the_gold_of_one_backfill(generated, tmp_path):

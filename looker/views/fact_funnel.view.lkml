@@ -6,8 +6,8 @@ view: fact_funnel {
     hidden: yes
     primary_key: yes
     type: string
-    description: "Row key: funnel, unit_id, entry_number, step_number."
-    sql: CONCAT(CAST(${TABLE}.funnel AS STRING), '|', CAST(${TABLE}.unit_id AS STRING), '|', CAST(${TABLE}.entry_number AS STRING), '|', CAST(${TABLE}.step_number AS STRING)) ;;
+    description: "Row key: funnel, unit_id, entry_number."
+    sql: CONCAT(CAST(${TABLE}.funnel AS STRING), '|', CAST(${TABLE}.unit_id AS STRING), '|', CAST(${TABLE}.entry_number AS STRING)) ;;
   }
 
   dimension: funnel {
@@ -46,28 +46,28 @@ view: fact_funnel {
     sql: ${TABLE}.session_id ;;
   }
 
-  dimension: step_number {
-    description: "1 .. the funnel's steps (any order: how many steps were done)."
+  dimension: steps_reached {
+    description: "Steps reached, 1 .. the funnel's steps (they are always the first ones; any order: distinct steps)."
     type: number
-    sql: ${TABLE}.step_number ;;
+    sql: ${TABLE}.steps_reached ;;
   }
 
-  dimension: step_name {
-    description: "The step's name (any order: 'k of n steps')."
+  dimension: completed {
+    description: "Whether every step was reached."
+    type: yesno
+    sql: ${TABLE}.completed ;;
+  }
+
+  dimension: reached_at {
+    description: "When each reached step was reached: element k is step k+1 (any order: the (k+1)-th distinct step)."
     type: string
-    sql: ${TABLE}.step_name ;;
+    sql: ARRAY_TO_STRING(${TABLE}.reached_at, ', ') ;;
   }
 
-  dimension: seconds_from_entry {
-    description: "Time to convert to this step."
-    type: number
-    sql: ${TABLE}.seconds_from_entry ;;
-  }
-
-  dimension: seconds_from_previous_step {
-    description: "Seconds since the previous step; null for step 1."
-    type: number
-    sql: ${TABLE}.seconds_from_previous_step ;;
+  dimension: seconds_to_step {
+    description: "Seconds from entry to each reached step (as reached_at)."
+    type: string
+    sql: ARRAY_TO_STRING(${TABLE}.seconds_to_step, ', ') ;;
   }
 
   dimension: platform {
@@ -151,21 +151,6 @@ view: fact_funnel {
     sql: ${TABLE}.window_ends_at ;;
   }
 
-  dimension_group: reached_at {
-    description: "When the step was reached."
-    type: time
-    timeframes: [
-      raw,
-      time,
-      date,
-      week,
-      month,
-      quarter,
-      year,
-    ]
-    sql: ${TABLE}.reached_at ;;
-  }
-
   measure: unique_users {
     type: count_distinct
     sql: ${TABLE}.user_id ;;
@@ -184,21 +169,9 @@ view: fact_funnel {
     description: "1 for the unit's first entry, 2 after its first window closed, ..."
   }
 
-  measure: total_step_number {
+  measure: total_steps_reached {
     type: sum
-    sql: ${TABLE}.step_number ;;
-    description: "1 .. the funnel's steps (any order: how many steps were done)."
-  }
-
-  measure: total_seconds_from_entry {
-    type: sum
-    sql: ${TABLE}.seconds_from_entry ;;
-    description: "Time to convert to this step."
-  }
-
-  measure: total_seconds_from_previous_step {
-    type: sum
-    sql: ${TABLE}.seconds_from_previous_step ;;
-    description: "Seconds since the previous step; null for step 1."
+    sql: ${TABLE}.steps_reached ;;
+    description: "Steps reached, 1 .. the funnel's steps (they are always the first ones; any order: distinct steps)."
   }
 }

@@ -473,28 +473,26 @@ def _fact_of(
         + [breakdown_values(properties, b) for b in funnel.breakdowns],
         schema=_entries_schema(funnel),
     )
-    # one row per (entry, reached step): the entry's columns taken once for every step
-    entry_of, step_of = np.nonzero(reached != _NO_TIME)
-    count = len(entry_of)
-    picked = pa.array(entry_of)
-    at = reached[entry_of, step_of]
-    previous = np.where(step_of > 0, reached[entry_of, np.maximum(step_of - 1, 0)], 0)
-    labels = pa.array([funnel.step_label(k) for k in range(1, len(funnel.steps) + 1)], pa.string())
+    # one row per entry; its reached steps (always the first ones) as lists
+    done = reached != _NO_TIME
+    steps_reached = done.sum(axis=1)
+    offsets = pa.array(np.concatenate(([0], np.cumsum(steps_reached))).astype(np.int32))
+    times = reached[done]  # row-major: each entry's reached steps in order
+    to_step = (times - np.repeat(entry_at, steps_reached)) / SECOND
     columns = {
-        "funnel": pa.repeat(pa.scalar(funnel.name), count),
-        "unit": pa.repeat(pa.scalar(str(funnel.unit)), count),
-        "unit_id": unit_ids.take(picked),
-        "entry_number": pa.array(entries.number[entry_of]),
-        "session_id": session_ids.take(picked),
-        "entry_at": pa.array(entry_at[entry_of], _TIMESTAMP),
-        "entry_date": entry_dates.take(picked),
-        "window_ends_at": pa.nulls(count, _TIMESTAMP) if window is None else pa.array(window_end[entry_of], _TIMESTAMP),
-        "step_number": pa.array(step_of + 1),
-        "step_name": labels.take(pa.array(step_of)),
-        "reached_at": pa.array(at, _TIMESTAMP),
-        "seconds_from_entry": pa.array((at - entry_at[entry_of]) / SECOND),
-        "seconds_from_previous_step": pa.array((at - previous) / SECOND, mask=step_of == 0),
-        **{name: column for name, column in zip(properties.column_names, properties.take(picked).columns)},
+        "funnel": pa.repeat(pa.scalar(funnel.name), len(entry_at)),
+        "unit": pa.repeat(pa.scalar(str(funnel.unit)), len(entry_at)),
+        "unit_id": unit_ids,
+        "entry_number": pa.array(entries.number),
+        "session_id": session_ids,
+        "entry_at": pa.array(entry_at, _TIMESTAMP),
+        "entry_date": entry_dates,
+        "window_ends_at": pa.nulls(len(entry_at), _TIMESTAMP) if window is None else pa.array(window_end, _TIMESTAMP),
+        "steps_reached": pa.array(steps_reached.astype(np.int64)),
+        "completed": pa.array(steps_reached == len(funnel.steps)),
+        "reached_at": pa.ListArray.from_arrays(offsets, pa.array(times, _TIMESTAMP)),
+        "seconds_to_step": pa.ListArray.from_arrays(offsets, pa.array(to_step)),
+        **dict(zip(properties.column_names, properties.columns)),
     }
     fact = pa.Table.from_arrays([pc.cast(columns[c], schema.field(c).type) for c in schema.names], schema=schema)
     return fact, mart_entries
