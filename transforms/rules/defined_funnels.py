@@ -1,13 +1,14 @@
 """The funnels of ``schemas.funnels`` on Arrow tables: one shard's silver rows
--> its ``fact_funnel`` rows (``fact_rows``); every shard's fact rows -> the
-``mart_funnel`` rows (``mart_rows``). What each order, window, gap and
-exclusion means is in ``schemas.funnels``' docstring.
+-> its ``fact_funnel`` rows and compact entries (``funnel_rows``); every
+shard's entries -> the ``mart_funnel`` rows (``mart_rows``). What each
+order, window, gap and exclusion means: docs/funnels.md.
 
 A shard holds every silver row of its users (``transforms.batch.gold``), so
 a user's journey across sessions is whole in it, and an entry's cohort,
-breakdown values and step times are decided in one place; the marts are
-counted over all shards at the end (the fact rows of a funnel are a few per
-entry).
+breakdown values and step times are decided in one place; the mart is
+counted over all shards' entries at the end. Ids become int codes per shard
+and records are matched, paired with entries and ordered with numpy, not
+per row in Python (BENCHMARKS.md: defined funnels).
 """
 
 from __future__ import annotations
@@ -397,8 +398,8 @@ def first_touch(g: dict[str, pa.Table], codes: _Codes) -> pa.Table:
 def funnel_rows(
     funnels: tuple[Funnel, ...], g: dict[str, pa.Table], clock: int | None = None
 ) -> tuple[pa.Table, dict[str, pa.Table]]:
-    """A shard's ``fact_funnel`` rows (per funnel, unit entry and reached
-    step), and per funnel what ``mart_rows`` counts of its entries: one row
+    """A shard's ``fact_funnel`` rows (per funnel and unit entry: the steps
+    it reached, as lists), and per funnel what ``mart_rows`` counts of its entries: one row
     per entry (``entry_date``; ``open``: its window is open at ``clock``;
     ``s1``.. the seconds from entry to each step, NaN where not reached;
     ``b1``.. its raw value of each breakdown), a fraction of the fact's size."""
