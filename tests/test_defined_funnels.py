@@ -363,6 +363,9 @@ def test_a_parent_step_ties_a_response_to_its_own_payment():
         silver_event_responses=[{**response, "event_id": "b"}],
     )
     assert reached(fact_rows((funnel,), g)) == {("s1", 1): [T0]}
+    # a response whose parent step matched nothing in the shard (no payment at all)
+    unpaid = silver((funnel,), silver_sessions=[session("s1")], silver_event_responses=[{**response, "event_id": "b"}])
+    assert fact_rows((funnel,), unpaid).num_rows == 0
     g["silver_event_responses"] = pa.Table.from_pylist(
         [{**response, "event_id": "p"}], schema=g["silver_event_responses"].schema
     )

@@ -182,7 +182,10 @@ def _matches(
             at = pc.fill_null(pc.index_in(rows.column(kind.parent_key), value_set=parents.id), -1).to_numpy(
                 zero_copy_only=False
             )
-            mask &= (at >= 0) & (parents.unit[np.maximum(at, 0)] == unit)
+            if len(parents.unit):
+                mask &= (at >= 0) & (parents.unit[np.maximum(at, 0)] == unit)
+            else:  # no parent matched in the shard
+                mask &= False
         picked = np.flatnonzero(mask)
         parts.append(
             _Matches(
