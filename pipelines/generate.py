@@ -63,6 +63,13 @@ def main(argv=None):
         default=Config.email_failure_bursts,
         help="15-minute windows with a burst of failed confirmations",
     )
+    parser.add_argument(
+        "--returns",
+        type=share,
+        default=Config.p_return,
+        help="share of users whose session browsed without paying who come back 1-10 days later "
+        "(journeys across sessions; the manifest's user_journeys_7d)",
+    )
     args = parser.parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out} is a file; name a folder for the landing files")
@@ -80,6 +87,7 @@ def main(argv=None):
         duplicate_share=args.duplicate_share,
         b_share=args.b_share,
         email_failure_bursts=args.email_failure_bursts,
+        p_return=args.returns,
     )
     last = date.fromisoformat(cfg.start) + timedelta(days=cfg.days + cfg.max_scan_lag_days + 4)
     if last > datetime.now(UTC).date():

@@ -121,6 +121,7 @@ def test_a_lake_naming_a_file_is_one_line_not_a_traceback(argv, tmp_path, capsys
         ("--invalid-share", "1.5", "between 0 and 1"),
         ("--email-failure-bursts", "-1", "at least 0"),
         ("--start", "yesterday", "not a date"),
+        ("--returns", "2", "between 0 and 1"),
     ],
 )
 def test_generate_refuses_what_would_write_nothing_or_nonsense(flag, value, expected, tmp_path, capsys):
