@@ -198,13 +198,27 @@ def _matches(
     return _Matches.of(parts)
 
 
-def _pairs(entry_units: np.ndarray, matches: _Matches) -> tuple[np.ndarray, np.ndarray]:
-    """Every (entry, match) of the same unit: entry indexes ascending, and
-    per entry its matches in time order (indexes into ``matches``, which is
-    sorted by unit and time)."""
-    low = np.searchsorted(matches.unit, entry_units, "left")
-    counts = np.searchsorted(matches.unit, entry_units, "right") - low
-    e = np.repeat(np.arange(len(entry_units)), counts)
+def _pairs(entries: _Entries, matches: _Matches, window_end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (entry, match) of the same unit from the entry to its window's
+    end (every order looks no further): entry indexes ascending, and per
+    entry its matches in time order (indexes into ``matches``, which is
+    sorted by unit and time). A unit's other entries' records are not
+    paired, so a user with many entries costs their records once each."""
+    if not len(matches.t) or not len(entries.at):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    low_t, high_t = int(matches.t.min()), int(matches.t.max())
+    span = high_t - low_t + 1
+    if (int(max(matches.unit.max(), entries.unit.max())) + 1) * span < 2**62:
+        # (unit, time) as one sortable key: the range of each entry is two searches
+        keys = matches.unit * span + (matches.t - low_t)
+        start = entries.unit * span + (np.clip(entries.at, low_t, high_t + 1) - low_t)
+        stop = entries.unit * span + (np.clip(window_end, low_t - 1, high_t) - low_t)
+        low = np.searchsorted(keys, start, "left")
+        counts = np.maximum(np.searchsorted(keys, stop, "right") - low, 0)
+    else:
+        low = np.searchsorted(matches.unit, entries.unit, "left")
+        counts = np.searchsorted(matches.unit, entries.unit, "right") - low
+    e = np.repeat(np.arange(len(entries.at)), counts)
     m = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(low, counts)
     return e, m
 
@@ -276,7 +290,7 @@ def _sequential(funnel: Funnel, entries: _Entries, steps: list[_Matches], window
     gap = None if funnel.step_gap_seconds is None else int(funnel.step_gap_seconds * SECOND)
     for k in range(1, len(steps)):
         matches = steps[k].by_unit_and_time()
-        e, m = _pairs(entries.unit, matches)
+        e, m = _pairs(entries, matches, window_end)
         t = matches.t[m]
         previous = reached[e, k - 1]
         keep = (previous != _NO_TIME) & (t <= window_end[e])
@@ -303,7 +317,7 @@ def _strict(funnel: Funnel, entries: _Entries, steps: list[_Matches], window_end
     k_all = np.concatenate([np.full(len(s.t), k, np.int64) for k, s in enumerate(steps)])
     order = np.lexsort((k_all, t_all, unit))
     labelled = _Matches(unit[order], t_all[order], k_all[order])  # sorted; session holds the step
-    e, m = _pairs(entries.unit, labelled)  # per entry in (time, step) order
+    e, m = _pairs(entries, labelled, window_end)  # per entry in (time, step) order
     t, k = labelled.t[m], labelled.session[m]
     # from the entry on (not the entry record itself), up to the window's end
     inside = ((t > entry_at[e]) | ((t == entry_at[e]) & (k > 0))) & (t <= window_end[e])
@@ -337,7 +351,7 @@ def _any_order(funnel: Funnel, entries: _Entries, steps: list[_Matches], window_
     first = np.full((n, len(steps)), _NO_TIME, np.int64)
     for k, step in enumerate(steps):
         matches = step.by_unit_and_time()
-        e, m = _pairs(entries.unit, matches)
+        e, m = _pairs(entries, matches, window_end)
         t = matches.t[m]
         keep = (t >= entries.at[e]) & (t <= window_end[e])
         first[:, k] = _first(n, e[keep], t[keep])
@@ -349,7 +363,7 @@ def _excluded(funnel: Funnel, entries: _Entries, reached: np.ndarray, window_end
     out = np.zeros(len(entries.at), bool)
     for exclusion in funnel.exclusions:
         matches = found[exclusion.name].by_unit_and_time()
-        e, m = _pairs(entries.unit, matches)
+        e, m = _pairs(entries, matches, window_end)
         t = matches.t[m]
         start = reached[e, exclusion.from_step]
         end = reached[e, exclusion.to_step]
