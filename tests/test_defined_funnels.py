@@ -9,6 +9,7 @@ import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -411,3 +412,24 @@ def test_breakdowns_take_the_entry_sessions_values_keep_the_most_frequent_and_po
         ("experiment:checkout_button", "(none)"): 2,
         ("experiment:checkout_button", "other"): 2,
     }
+
+
+def test_entries_open_at_each_units_first_record_and_again_after_each_window():
+    """The vectorized entries against a walk of each unit's records (random units, times, windows)."""
+    from transforms.rules.defined_funnels import _entries, _Matches
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        unit, t, session = (rng.integers(0, high, n).astype(np.int64) for high in (5, 1000, 9))
+        window = int(rng.integers(1, 400))
+        got = _entries(_Matches(unit, t, session), window)
+        expected = []
+        for u in sorted(set(unit.tolist())):
+            records = sorted(zip(t[unit == u].tolist(), session[unit == u].tolist()))
+            opened, number = None, 0
+            for at, _ in records:
+                if opened is None or at >= opened + window:
+                    number, opened = number + 1, at
+                    expected.append((u, number, at, min(s for a, s in records if a == at)))
+        assert list(zip(*(x.tolist() for x in (got.unit, got.number, got.at, got.session)))) == expected

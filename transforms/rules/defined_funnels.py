@@ -265,15 +265,27 @@ def _entries(openers: _Matches, window: int | None) -> _Entries:
     starts = np.flatnonzero(first)
     keep = first.copy()
     if window is not None:
-        ends = np.append(starts[1:], len(times))
-        span = times[ends - 1] - times[starts]
-        for start, end in zip(starts[span >= window], ends[span >= window]):  # units that re-enter
-            i = start
-            while True:  # the next opener at or after this entry's window's end
-                i = start + int(np.searchsorted(times[start:end], times[i] + window, "left"))
-                if i >= end:
-                    break
-                keep[i] = True
+        low, span = int(times.min()), int(times.max()) - int(times.min()) + 1
+        if (int(units.max()) + 1) * span + window < 2**62:
+            # every unit at once, one entry further per round: the next opener at or after the
+            # current entry's window's end, found on a (unit, time) key
+            keys = units * span + (times - low)
+            current = starts
+            while len(current):
+                following = np.searchsorted(keys, units[current] * span + (times[current] + window - low), "left")
+                inside = following < len(units)
+                inside[inside] = units[following[inside]] == units[current[inside]]
+                current = following[inside]
+                keep[current] = True
+        else:
+            ends = np.append(starts[1:], len(times))
+            for start, end in zip(starts, ends):
+                i = start
+                while True:  # the next opener at or after this entry's window's end
+                    i = start + int(np.searchsorted(times[start:end], times[i] + window, "left"))
+                    if i >= end:
+                        break
+                    keep[i] = True
     chosen = np.flatnonzero(keep)
     index = np.arange(len(chosen))
     unit_start = np.maximum.accumulate(np.where(first[chosen], index, 0))
