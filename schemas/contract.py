@@ -39,7 +39,8 @@ REASONS = (
 
 MAX_RECORD_BYTES = 1024 * 1024
 MIN_TIMESTAMP_MS = 946684800000  # 2000-01-01T00:00:00Z
-MAX_FUTURE_MICROS = 24 * 3600 * 1_000_000  # one day ahead of processing time
+SECOND = 1_000_000  # microseconds: the unit of every in-memory time
+MAX_FUTURE_MICROS = 24 * 3600 * SECOND  # one day ahead of processing time
 MAX_INT64 = (1 << 63) - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -39,7 +39,7 @@ contract is silent: docs/funnels.md.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -137,13 +137,6 @@ class Funnel:
     exclusions: tuple[Exclusion, ...] = ()
     breakdowns: tuple[str, ...] = ()
     breakdown_limit: int = 10
-    _step_index: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self):
-        self._step_index.update({s.name: i for i, s in enumerate(self.steps)})
-
-    def step_index(self, name: str) -> int:
-        return self._step_index[name]
 
     def step_label(self, number: int) -> str:
         """What step ``number`` (1-based) is called in the fact and the mart."""

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.contract import SECOND
 from schemas.funnels import (
     ALL,
     EXPERIMENT_PREFIX,
@@ -35,7 +36,6 @@ from schemas.tables import GOLD, SILVER, TIME_TO_CONVERT_EDGES_SECONDS
 from transforms.rules.arrow import micros
 from transforms.rules.gold import GOLD_INPUTS, user_country
 
-SECOND = 1_000_000
 COHORT_GRAINS = ("day", "week", "month")
 _NO_TIME = np.iinfo(np.int64).max  # an open upper bound
 # What a shard's breakdown properties are read from.
@@ -143,14 +143,32 @@ class _Matches:
         return self._sorted
 
 
+@dataclass(frozen=True)
+class _UnitTimeKey:
+    """(unit code, time) as one int64 that sorts as the pair: ``unit * span +
+    (t - low)`` for times in ``[low, low + span)``; ``of`` only when it fits
+    in 63 bits (else the callers sort or search the pair)."""
+
+    low: int
+    span: int
+
+    @staticmethod
+    def of(units: np.ndarray, times: np.ndarray, slack: int = 0) -> _UnitTimeKey | None:
+        """The key for these units and times, room for ``slack`` past the last time; None if it does not fit."""
+        low, high = int(times.min()), int(times.max())
+        key = _UnitTimeKey(low, high - low + 1)
+        return key if (int(units.max()) + 1) * key.span + slack < 2**62 else None
+
+    def __call__(self, units: np.ndarray, times: np.ndarray) -> np.ndarray:
+        return units * self.span + (times - self.low)
+
+
 def _order_by_unit_and_time(unit: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """argsort by (unit, t): one sort of a combined key when it fits in 63 bits, else two."""
+    """argsort by (unit, t): one sort of a combined key when it fits, else two."""
     if not len(t):
         return np.zeros(0, np.int64)
-    low, span = int(t.min()), int(t.max()) - int(t.min()) + 1
-    if (int(unit.max()) + 1) * span < 2**62:
-        return np.argsort(unit * span + (t - low), kind="stable")
-    return np.lexsort((t, unit))
+    key = _UnitTimeKey.of(unit, t)
+    return np.argsort(key(unit, t), kind="stable") if key else np.lexsort((t, unit))
 
 
 def _unit_column(funnel: Funnel) -> str:
@@ -206,15 +224,14 @@ def _pairs(entries: _Entries, matches: _Matches, window_end: np.ndarray) -> tupl
     paired, so a user with many entries costs their records once each."""
     if not len(matches.t) or not len(entries.at):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    low_t, high_t = int(matches.t.min()), int(matches.t.max())
-    span = high_t - low_t + 1
-    if (int(max(matches.unit.max(), entries.unit.max())) + 1) * span < 2**62:
-        # (unit, time) as one sortable key: the range of each entry is two searches
-        keys = matches.unit * span + (matches.t - low_t)
-        start = entries.unit * span + (np.clip(entries.at, low_t, high_t + 1) - low_t)
-        stop = entries.unit * span + (np.clip(window_end, low_t - 1, high_t) - low_t)
-        low = np.searchsorted(keys, start, "left")
-        counts = np.maximum(np.searchsorted(keys, stop, "right") - low, 0)
+    key = _UnitTimeKey.of(np.concatenate([matches.unit, entries.unit]), matches.t)
+    if key:
+        # the range of each entry is two searches; times clipped into the key's range
+        high = key.low + key.span - 1
+        keys = key(matches.unit, matches.t)
+        low = np.searchsorted(keys, key(entries.unit, np.clip(entries.at, key.low, high + 1)), "left")
+        stop = np.searchsorted(keys, key(entries.unit, np.clip(window_end, key.low - 1, high)), "right")
+        counts = np.maximum(stop - low, 0)
     else:
         low = np.searchsorted(matches.unit, entries.unit, "left")
         counts = np.searchsorted(matches.unit, entries.unit, "right") - low
@@ -265,14 +282,14 @@ def _entries(openers: _Matches, window: int | None) -> _Entries:
     starts = np.flatnonzero(first)
     keep = first.copy()
     if window is not None:
-        low, span = int(times.min()), int(times.max()) - int(times.min()) + 1
-        if (int(units.max()) + 1) * span + window < 2**62:
+        key = _UnitTimeKey.of(units, times, slack=window)
+        if key:
             # every unit at once, one entry further per round: the next opener at or after the
-            # current entry's window's end, found on a (unit, time) key
-            keys = units * span + (times - low)
+            # current entry's window's end, found on the (unit, time) key
+            keys = key(units, times)
             current = starts
             while len(current):
-                following = np.searchsorted(keys, units[current] * span + (times[current] + window - low), "left")
+                following = np.searchsorted(keys, key(units[current], times[current] + window), "left")
                 inside = following < len(units)
                 inside[inside] = units[following[inside]] == units[current[inside]]
                 current = following[inside]
@@ -565,14 +582,6 @@ def _bucketed(values: pa.Array, limit: int) -> pa.Array:
     ranked = counts.sort_by([("v_count", "descending"), ("v", "ascending")])
     top = ranked.column("v").slice(0, limit)
     return pc.if_else(pc.is_in(values, value_set=top), values, pa.scalar(OTHER))
-
-
-def quantile(sorted_values: np.ndarray, q: float) -> float:
-    """Linear interpolation between order statistics (DuckDB's quantile_cont)."""
-    position = (len(sorted_values) - 1) * q
-    low = int(np.floor(position))
-    high = min(low + 1, len(sorted_values) - 1)
-    return float(sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low))
 
 
 def _group_quantiles(group: np.ndarray, values: np.ndarray, groups: int, qs: tuple[float, ...]) -> list[np.ndarray]:

@@ -20,10 +20,9 @@ import statistics
 from dataclasses import dataclass, field
 
 from schemas import contract
+from schemas.contract import SECOND
 from schemas.quality import StreamFreshness, StreamVolume
 from transforms.rules.quality import CheckResult, Verdict, subject
-
-SECOND = 1_000_000
 
 
 def _iso(micros: int) -> str:
