@@ -83,13 +83,15 @@ class _Codes:
     (so the least code is the least id), each table's columns coded once:
     matching, joining and ordering then work on integers."""
 
-    def __init__(self, g: dict[str, pa.Table]):
+    def __init__(self, g: dict[str, pa.Table], tables: dict[str, tuple[str, ...]]):
+        """``tables``: per column, the tables whose ids are coded (hashing ids
+        is most of the cost: only the tables something reads by code)."""
         self.ids: dict[str, pa.Array] = {}
         self._coded: dict[tuple[str, str], np.ndarray] = {}
         for column in ("session_id", "user_id"):
-            # one hash pass over the column of every table, then the distinct ids ranked
-            tables = [name for name, t in g.items() if column in t.column_names]
-            chunks = [c for name in tables for c in g[name].column(column).chunks]
+            # one hash pass over the column of those tables, then the distinct ids ranked
+            tables_of = tables.get(column, ())
+            chunks = [c for name in tables_of for c in g[name].column(column).chunks]
             encoded = pc.dictionary_encode(pa.concat_arrays(chunks) if chunks else pa.array([], pa.string()))
             order = pc.array_sort_indices(encoded.dictionary).to_numpy()
             rank = np.empty(len(order), np.int64)
@@ -102,7 +104,7 @@ class _Codes:
                 -1,
             )
             start = 0
-            for name in tables:
+            for name in tables_of:
                 end = start + g[name].num_rows
                 self._coded[(name, column)] = codes[start:end]
                 start = end
@@ -110,6 +112,17 @@ class _Codes:
     def of(self, table: str, column: str) -> np.ndarray:
         """``column`` (session_id or user_id) of ``g[table]`` as codes; -1 where null."""
         return self._coded[(table, column)]
+
+
+def _coded_tables(funnels: tuple[Funnel, ...]) -> dict[str, tuple[str, ...]]:
+    """Per id column, the tables read by code: every table a condition tests
+    (its unit and session), the views and sessions (each session's first touch)."""
+    tables: dict[str, set[str]] = {"session_id": {"silver_views", "silver_sessions"}, "user_id": set()}
+    for funnel in funnels:
+        for condition in _all_conditions(funnel):
+            tables["session_id"].add(condition.kind.table)
+            tables[_unit_column(funnel)].add(condition.kind.table)
+    return {column: tuple(sorted(names)) for column, names in tables.items()}
 
 
 # --- matching records -------------------------------------------------------------------------
@@ -175,45 +188,73 @@ def _unit_column(funnel: Funnel) -> str:
     return "user_id" if funnel.unit == Unit.USER else "session_id"
 
 
-def _matches(
-    funnel: Funnel,
-    conditions: tuple[Condition, ...],
-    g: dict[str, pa.Table],
-    codes: _Codes,
-    found: dict,
-    with_ids: bool = False,
-) -> _Matches:
-    """Records matching any of ``conditions``. ``found``: the matches of the
-    earlier steps, by name (for ``parent``); ``with_ids``: keep the record
-    ids (a later step's parent)."""
-    parts = []
-    for condition in conditions:
-        kind = condition.kind
-        rows = g[kind.table]
-        unit = codes.of(kind.table, _unit_column(funnel))
-        mask = (unit >= 0) & pc.is_valid(rows.column(kind.time)).to_numpy(zero_copy_only=False)
-        for column, values in condition.where:
-            mask &= pc.fill_null(pc.is_in(rows.column(column), pa.array(values)), False).to_numpy(zero_copy_only=False)
-        if condition.parent is not None:
-            # the parent record matched that step, in the same unit
-            parents = found[condition.parent]
-            at = pc.fill_null(pc.index_in(rows.column(kind.parent_key), value_set=parents.id), -1).to_numpy(
-                zero_copy_only=False
+class _Shard:
+    """A shard's silver rows, their ids as codes, and what funnels share: the
+    records each condition selects (before any unit) and each step's matches
+    per unit (sorted once), so definitions with common steps pay once."""
+
+    def __init__(self, funnels: tuple[Funnel, ...], g: dict[str, pa.Table]):
+        self.g = g
+        self.codes = _Codes(g, _coded_tables(funnels))
+        self._selected: dict[Condition, tuple[np.ndarray, np.ndarray]] = {}
+        self._steps: dict[tuple, _Matches] = {}
+
+    def selected(self, condition: Condition) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the condition's table with a time and its ``where``
+        values (not its parent), and their times (epoch micros)."""
+        if condition not in self._selected:
+            kind = condition.kind
+            rows = self.g[kind.table]
+            mask = pc.is_valid(rows.column(kind.time)).to_numpy(zero_copy_only=False)
+            for column, values in condition.where:
+                mask &= pc.fill_null(pc.is_in(rows.column(column), pa.array(values)), False).to_numpy(
+                    zero_copy_only=False
+                )
+            picked = np.flatnonzero(mask)
+            self._selected[condition] = picked, micros(rows.column(kind.time).take(pa.array(picked))).to_numpy()
+        return self._selected[condition]
+
+    def matches(
+        self, funnel: Funnel, conditions: tuple[Condition, ...], found: dict, with_ids: bool = False
+    ) -> _Matches:
+        """Records matching any of ``conditions`` in ``funnel``'s unit.
+        ``found``: the matches of the earlier steps, by name (for
+        ``parent``); ``with_ids``: keep the record ids (a later step's
+        parent)."""
+        if any(c.parent is not None for c in conditions):
+            return self._matches(funnel, conditions, found, with_ids)
+        key = (conditions, funnel.unit, with_ids)
+        if key not in self._steps:
+            self._steps[key] = self._matches(funnel, conditions, found, with_ids)
+        return self._steps[key]
+
+    def _matches(self, funnel: Funnel, conditions: tuple[Condition, ...], found: dict, with_ids: bool) -> _Matches:
+        parts = []
+        for condition in conditions:
+            kind = condition.kind
+            rows = self.g[kind.table]
+            picked, t = self.selected(condition)
+            unit = self.codes.of(kind.table, _unit_column(funnel))[picked]
+            keep = unit >= 0
+            if condition.parent is not None:
+                # the parent record matched that step, in the same unit
+                parents = found[condition.parent]
+                parent_keys = rows.column(kind.parent_key).take(pa.array(picked))
+                at = pc.fill_null(pc.index_in(parent_keys, value_set=parents.id), -1).to_numpy(zero_copy_only=False)
+                if len(parents.unit):
+                    keep &= (at >= 0) & (parents.unit[np.maximum(at, 0)] == unit)
+                else:  # no parent matched in the shard
+                    keep &= False
+            kept = picked[keep]
+            parts.append(
+                _Matches(
+                    unit[keep],
+                    t[keep],
+                    self.codes.of(kind.table, "session_id")[kept],
+                    rows.column(SILVER[kind.table].key[0]).take(pa.array(kept)).combine_chunks() if with_ids else None,
+                )
             )
-            if len(parents.unit):
-                mask &= (at >= 0) & (parents.unit[np.maximum(at, 0)] == unit)
-            else:  # no parent matched in the shard
-                mask &= False
-        picked = np.flatnonzero(mask)
-        parts.append(
-            _Matches(
-                unit[picked],
-                micros(rows.column(kind.time).take(pa.array(picked))).to_numpy(),
-                codes.of(kind.table, "session_id")[picked],
-                rows.column(SILVER[kind.table].key[0]).take(pa.array(picked)).combine_chunks() if with_ids else None,
-            )
-        )
-    return _Matches.of(parts)
+        return _Matches.of(parts)
 
 
 def _pairs(entries: _Entries, matches: _Matches, window_end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -409,35 +450,54 @@ def first_touch(g: dict[str, pa.Table], codes: _Codes) -> pa.Table:
     referral, experiments_json); computed once for every funnel."""
     sessions = g["silver_sessions"]
     views = g["silver_views"]
-    # each session's earliest view (ties: the least view_id): sorted by session code, time, id
-    ordered = pa.table(
-        {
-            "s": codes.of("silver_views", "session_id"),
-            "t": views.column("view_timestamp"),
-            "id": views.column("view_id"),
-        }
-    )
-    order = pc.sort_indices(ordered, sort_keys=[("s", "ascending"), ("t", "ascending"), ("id", "ascending")])
-    order = order.to_numpy()
-    session_of = ordered.column("s").to_numpy()[order]
+    # each session's earliest view (ties: the least view_id): sorted by session code and time as
+    # numbers, then the few rows tied on both by view_id (sorting every id as text costs more)
+    session = codes.of("silver_views", "session_id")
+    has_time = pc.is_valid(views.column("view_timestamp")).to_numpy(zero_copy_only=False)
+    at = pc.fill_null(micros(views.column("view_timestamp")), 0).to_numpy(zero_copy_only=False)
+    if not has_time.all():  # a view without a time sorts last in its session
+        at = np.where(has_time, at, at[has_time].max(initial=0) + 1)
+    order = _order_by_unit_and_time(session, at)
+    session_of, at_of = session[order], at[order]
+    tied = np.zeros(len(order), bool)
+    tied[1:] = (session_of[1:] == session_of[:-1]) & (at_of[1:] == at_of[:-1])
+    if tied.any():
+        tied[:-1] |= tied[1:]  # each run of ties, its first row too
+        rows = np.flatnonzero(tied)
+        ids = views.column("view_id").take(pa.array(order[rows]))
+        by_id = pc.sort_indices(
+            pa.table({"s": session_of[rows], "t": at_of[rows], "id": ids}),
+            sort_keys=[("s", "ascending"), ("t", "ascending"), ("id", "ascending")],
+        ).to_numpy()
+        order[rows] = order[rows][by_id]
     first = np.ones(len(order), bool)
     first[1:] = session_of[1:] != session_of[:-1]
-    first &= pc.is_valid(views.column("view_timestamp")).to_numpy(zero_copy_only=False)[order] & (session_of >= 0)
-    views = views.take(pa.array(order[first]))
-    at = pc.index_in(sessions.column("session_id"), value_set=views.column("session_id"))
-    referral = pc.take(views.column("is_referral"), at)
-    per_session = pa.table(
+    first &= has_time[order] & (session_of >= 0)
+    # row i: session code i (null properties for a session the shard has no row of)
+    n = len(codes.ids["session_id"])
+    session_codes = codes.of("silver_sessions", "session_id")
+    has = session_codes >= 0
+    session_row = np.full(n, -1, np.int64)
+    session_row[session_codes[has]] = np.flatnonzero(has)
+    view_row = np.full(n, -1, np.int64)
+    view_row[session_of[first]] = order[first]
+    view_row[session_row < 0] = -1
+    per_session = sessions.select(["user_id", "platform", "device_type", "experiments_json"]).take(
+        pa.array(session_row, mask=session_row < 0)
+    )
+    first_views = views.select(["landing_page", "is_referral"]).take(pa.array(view_row, mask=view_row < 0))
+    country = user_country(sessions, g["silver_users"]).take(pa.array(session_row, mask=session_row < 0))
+    referral = first_views.column("is_referral")
+    return pa.table(
         {
-            "user_id": sessions.column("user_id"),
-            **{c: sessions.column(c) for c in ("platform", "device_type")},
-            "country": user_country(sessions, g["silver_users"]),
-            "landing_page": pc.take(views.column("landing_page"), at),
+            "user_id": per_session.column("user_id"),
+            **{c: per_session.column(c) for c in ("platform", "device_type")},
+            "country": country,
+            "landing_page": first_views.column("landing_page"),
             "referral": pc.if_else(referral, pa.scalar("referral"), pa.scalar("direct")),
-            "experiments_json": sessions.column("experiments_json"),
+            "experiments_json": per_session.column("experiments_json"),
         }
     )
-    # row i: session code i (null properties for a session the shard has no row of)
-    return per_session.take(pc.index_in(codes.ids["session_id"], value_set=sessions.column("session_id")))
 
 
 # --- the fact -----------------------------------------------------------------------------------
@@ -452,11 +512,11 @@ def funnel_rows(
     schema = GOLD["fact_funnel"].arrow_schema()
     if not funnels:
         return schema.empty_table(), {}
-    codes = _Codes(g)
-    touch = first_touch(g, codes)
+    shard = _Shard(funnels, g)
+    touch = first_touch(g, shard.codes)
     facts, entries = [], {}
     for funnel in funnels:
-        fact, entries[funnel.name] = _fact_of(funnel, g, codes, touch, schema, clock)
+        fact, entries[funnel.name] = _fact_of(funnel, shard, touch, schema, clock)
         if fact.num_rows:
             facts.append(fact)
     return (pa.concat_tables(facts) if facts else schema.empty_table()), entries
@@ -479,16 +539,17 @@ _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
 def _fact_of(
-    funnel: Funnel, g: dict[str, pa.Table], codes: _Codes, touch: pa.Table, schema: pa.Schema, clock: int | None
+    funnel: Funnel, shard: _Shard, touch: pa.Table, schema: pa.Schema, clock: int | None
 ) -> tuple[pa.Table, pa.Table]:
+    codes = shard.codes
     found: dict[str, _Matches] = {}
     steps = []
     parents = {c.parent for step in funnel.steps for c in step.any_of}
     for step in funnel.steps:
-        found[step.name] = _matches(funnel, step.any_of, g, codes, found, with_ids=step.name in parents)
+        found[step.name] = shard.matches(funnel, step.any_of, found, with_ids=step.name in parents)
         steps.append(found[step.name])
     for exclusion in funnel.exclusions:
-        found[exclusion.name] = _matches(funnel, exclusion.any_of, g, codes, found)
+        found[exclusion.name] = shard.matches(funnel, exclusion.any_of, found)
     window = None if funnel.window_seconds is None else int(funnel.window_seconds * SECOND)
     openers = _Matches.of(steps) if funnel.order == Order.ANY else steps[0]
     entries = _entries(openers, window)
@@ -576,12 +637,20 @@ def _dictionary(values) -> pa.DictionaryArray:
     return pc.dictionary_encode(values)
 
 
-def _bucketed(values: pa.Array, limit: int) -> pa.Array:
-    """The ``limit`` values with the most entries (ties: by value) kept, the rest ``OTHER``."""
-    counts = pa.table({"v": values}).group_by("v", use_threads=False).aggregate([("v", "count")])
-    ranked = counts.sort_by([("v_count", "descending"), ("v", "ascending")])
-    top = ranked.column("v").slice(0, limit)
-    return pc.if_else(pc.is_in(values, value_set=top), values, pa.scalar(OTHER))
+def _bucketed(values, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Breakdown values (no nulls) as (names, a code per entry): the
+    ``limit`` values with the most entries (ties: by value) kept, the rest
+    ``OTHER``."""
+    encoded = _dictionary(values)
+    names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(names) <= limit:
+        return names, codes
+    counts = np.bincount(codes, minlength=len(names))
+    top = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))[:limit]
+    recode = np.full(len(names), limit, np.int64)
+    recode[top] = np.arange(limit)
+    return np.append(names[top], OTHER).astype(object), recode[codes]
 
 
 def _group_quantiles(group: np.ndarray, values: np.ndarray, groups: int, qs: tuple[float, ...]) -> list[np.ndarray]:
@@ -625,7 +694,10 @@ def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -
         bucket = np.searchsorted(inner_edges, np.nan_to_num(seconds), side="right")
         step_names = np.array([funnel.step_label(k) for k in range(1, n_steps + 1)], dtype=object)
         # per step: the entries that reached it, by their time to it (each grouping below keeps this order)
-        by_time = [np.argsort(seconds[:, k], kind="stable")[: int(reached[:, k].sum())] for k in range(n_steps)]
+        by_time = []
+        for k in range(n_steps):
+            rows = np.flatnonzero(reached[:, k])
+            by_time.append(rows[np.argsort(seconds[rows, k], kind="stable")])
         day = pc.cast(of_funnel.column("entry_date"), pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
         days = np.unique(day)
         # each distinct day's week and month (as days since the epoch)
@@ -639,12 +711,9 @@ def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -
         }
         for number, breakdown in enumerate((ALL, *funnel.breakdowns)):
             if breakdown == ALL:
-                values = pa.repeat(pa.scalar(ALL), of_funnel.num_rows)
+                names, codes = np.array([ALL], dtype=object), np.zeros(of_funnel.num_rows, np.int64)
             else:
-                values = _bucketed(of_funnel.column(f"b{number}"), funnel.breakdown_limit)
-            encoded = _dictionary(values)
-            names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
-            codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+                names, codes = _bucketed(of_funnel.column(f"b{number}"), funnel.breakdown_limit)
             width = max(len(names), 1)
             # counted once per (day, value, step); weeks and months sum their days
             day_keys, by_day = np.unique(day * width + codes, return_inverse=True)
