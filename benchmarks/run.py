@@ -135,9 +135,17 @@ def _totals(steps: dict, records: int) -> dict:
 
 def _best(rounds: list[dict]) -> dict:
     """The round with the least wall time (as ``timeit`` takes the minimum:
-    noise only ever adds), with every round's totals kept beside it."""
+    noise only ever adds), with every round's totals kept beside it, and
+    each step's fastest round (``fastest_steps``): a step is compared with
+    its own best, not with whatever it took in the round whose sum was least."""
     best = min(rounds, key=lambda r: r["wall_s"])
-    return {**best, "rounds": [{k: r[k] for k in ("wall_s", "cpu_s_per_million", "peak_rss_mib")} for r in rounds]}
+    fastest = {name: min((r["steps"][name] for r in rounds), key=lambda s: s["wall_s"]) for name in best["steps"]}
+    return {
+        **best,
+        "fastest_steps": fastest,
+        "rounds": [{k: r[k] for k in ("wall_s", "cpu_s_per_million", "peak_rss_mib")} for r in rounds],
+        "step_rounds": {name: [r["steps"][name]["wall_s"] for r in rounds] for name in best["steps"]},
+    }
 
 
 def run_size(
@@ -199,6 +207,11 @@ def run_size(
             "time_x": round(old["wall_s"] / result["wall_s"], 2),
             "cpu_x": round(old["cpu_s_per_million"] / result["cpu_s_per_million"], 2),
             "memory_x": round(old["peak_rss_mib"] / result["peak_rss_mib"], 2),
+            # each step's fastest round against the previous release's: what a change added to a step
+            "step_time_x": {
+                name: round(old["fastest_steps"][name]["wall_s"] / step["wall_s"], 3)
+                for name, step in result["fastest_steps"].items()
+            },
         }
     return result
 
@@ -287,6 +300,17 @@ def table(results: list[dict]) -> str:
                 f"{r['speedup']['time_x']:>6}x"
             )
         lines.append(line)
+    for r in results:
+        if "baseline" in r:
+            # each step's fastest round, this tree's time as a share of the previous release's
+            lines.append(
+                f"{r['records']:>10,} each step's fastest round, this / previous: "
+                + ", ".join(
+                    f"{name} {step['wall_s']} / {r['baseline']['fastest_steps'][name]['wall_s']} s "
+                    f"({step['wall_s'] / r['baseline']['fastest_steps'][name]['wall_s'] - 1:+.1%})"
+                    for name, step in r["fastest_steps"].items()
+                )
+            )
     return "\n".join(lines)
 
 
@@ -327,7 +351,7 @@ def main(argv=None):
             flush=True,
         )
         results.append(run_size(size, workdir, worker_args(args.workers), baseline_tree, args.rounds))
-        print(table(results[-1:]).splitlines()[-1], flush=True)
+        print(*table(results[-1:]).splitlines()[1:], sep="\n", flush=True)
     report = {
         "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
         "baseline": args.baseline if baseline_tree else None,

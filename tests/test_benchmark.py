@@ -35,6 +35,9 @@ def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
         assert r["reference"]["time_ratio"] == pytest.approx(r["wall_s"] / r["reference"]["wall_s"], abs=0.01)
         assert r["differences"] == []
         assert [x["wall_s"] for x in r["rounds"]] == [r["wall_s"]]
+        # one round: each step's fastest is that round's step
+        assert r["fastest_steps"] == r["steps"]
+        assert r["step_rounds"] == {name: [s["wall_s"]] for name, s in r["steps"].items()}
         # the comparison covered real rows in every gold table
         assert all(n > 0 for n in r["gold_rows"].values()), r["gold_rows"]
     [grown] = saved["growth"]
@@ -51,6 +54,10 @@ def test_benchmark_runs_and_the_reference_agrees_on_every_gold_table(tmp_path):
             assert r["speedup"]["cpu_x"] == pytest.approx(
                 r["baseline"]["cpu_s_per_million"] / r["cpu_s_per_million"], abs=0.01
             )
+            assert r["speedup"]["step_time_x"] == {
+                name: pytest.approx(r["baseline"]["fastest_steps"][name]["wall_s"] / s["wall_s"], abs=0.001)
+                for name, s in r["fastest_steps"].items()
+            }
     assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
