@@ -674,6 +674,17 @@ def _group_quantiles(group: np.ndarray, values: np.ndarray, groups: int, qs: tup
     return out
 
 
+def _dense_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True)`` for keys in a narrow range
+    (day and value), by counting instead of sorting."""
+    if not len(keys):
+        return keys, keys
+    low = keys.min()
+    present = np.bincount(keys - low) > 0
+    index = np.cumsum(present) - 1
+    return np.flatnonzero(present) + low, index[keys - low]
+
+
 def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -> pa.Table:
     """``mart_funnel`` from every shard's entries (``funnel_rows``): per
     funnel, cohort (grain, start), breakdown value and step: entered,
@@ -693,11 +704,13 @@ def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -
         reached = ~np.isnan(seconds)
         bucket = np.searchsorted(inner_edges, np.nan_to_num(seconds), side="right")
         step_names = np.array([funnel.step_label(k) for k in range(1, n_steps + 1)], dtype=object)
-        # per step: the entries that reached it, by their time to it (each grouping below keeps this order)
-        by_time = []
+        # per step: the entries that reached it, by their time to it (each grouping below keeps this
+        # order), and those times
+        by_time, times = [], []
         for k in range(n_steps):
             rows = np.flatnonzero(reached[:, k])
             by_time.append(rows[np.argsort(seconds[rows, k], kind="stable")])
+            times.append(seconds[by_time[k], k])
         day = pc.cast(of_funnel.column("entry_date"), pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
         days = np.unique(day)
         # each distinct day's week and month (as days since the epoch)
@@ -716,9 +729,9 @@ def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -
                 names, codes = _bucketed(of_funnel.column(f"b{number}"), funnel.breakdown_limit)
             width = max(len(names), 1)
             # counted once per (day, value, step); weeks and months sum their days
-            day_keys, by_day = np.unique(day * width + codes, return_inverse=True)
-            by_day = by_day.reshape(-1)
+            day_keys, by_day = _dense_codes(day * width + codes)
             days_n = len(day_keys)
+            by_day_by_time = [by_day[rows] for rows in by_time]
             cell = by_day[:, None] * n_steps + np.arange(n_steps)
             entered_d = np.bincount(by_day, minlength=days_n)
             converted_d = np.bincount(cell[reached], minlength=days_n * n_steps).reshape(days_n, n_steps)
@@ -741,10 +754,9 @@ def mart_rows(funnels: tuple[Funnel, ...], entries: dict[str, list[pa.Table]]) -
                 np.add.at(converted, into, converted_d)
                 np.add.at(pending, into, pending_d)
                 np.add.at(histogram, into, histogram_d)
-                group = into[by_day]
                 median, p90 = np.full((g, n_steps), np.nan), np.full((g, n_steps), np.nan)
                 for k in range(n_steps):
-                    median[:, k], p90[:, k] = _group_quantiles(group[by_time[k]], seconds[by_time[k], k], g, (0.5, 0.9))
+                    median[:, k], p90[:, k] = _group_quantiles(into[by_day_by_time[k]], times[k], g, (0.5, 0.9))
                 size = g * n_steps
                 entered = np.repeat(entered, n_steps)
                 converted, pending = converted.reshape(-1), pending.reshape(-1)
