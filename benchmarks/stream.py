@@ -44,6 +44,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks import baseline
@@ -142,10 +143,17 @@ def _raw_rows(lake: str) -> int:
     from the Parquet files' footers."""
     if open_table(lake, RAW) is not None:
         return landed_rows(lake)["raw"]
-    return sum(
-        pq.ParquetFile(path).metadata.num_rows
-        for path in glob.glob(os.path.join(lake, "raw", "**", "*.parquet"), recursive=True)
-    )
+    return sum(_footer_rows(path) for path in glob.glob(os.path.join(lake, "raw", "**", "*.parquet"), recursive=True))
+
+
+def _footer_rows(path: str) -> int:
+    """Rows in a Parquet file's footer; 0 while the file is still being
+    written (that release writes its files in place: a poll can meet one
+    empty or without its footer yet, and counts it on a later poll)."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError):
+        return 0
 
 
 def _published(topic: str, messages: list[bytes], rate: float | None) -> dict:
