@@ -481,12 +481,13 @@ def first_touch(g: dict[str, pa.Table], codes: _Codes) -> pa.Table:
     session_row[session_codes[has]] = np.flatnonzero(has)
     view_row = np.full(n, -1, np.int64)
     view_row[session_of[first]] = order[first]
-    view_row[session_row < 0] = -1
-    per_session = sessions.select(["user_id", "platform", "device_type", "experiments_json"]).take(
-        pa.array(session_row, mask=session_row < 0)
+    no_session = session_row < 0
+    session_rows = pa.array(session_row, mask=no_session)
+    per_session = sessions.select(["user_id", "platform", "device_type", "experiments_json"]).take(session_rows)
+    country = user_country(sessions, g["silver_users"]).take(session_rows)
+    first_views = views.select(["landing_page", "is_referral"]).take(
+        pa.array(view_row, mask=no_session | (view_row < 0))
     )
-    first_views = views.select(["landing_page", "is_referral"]).take(pa.array(view_row, mask=view_row < 0))
-    country = user_country(sessions, g["silver_users"]).take(pa.array(session_row, mask=session_row < 0))
     referral = first_views.column("is_referral")
     return pa.table(
         {
