@@ -25,7 +25,7 @@ $(STAMP): setup.py requirements-dev.txt requirements-lock.txt
 
 demo: install
 	@echo "==> [1/5] generating $(DEMO_USERS) users over $(DEMO_DAYS) days into $(DEMO_DATA)"
-	$(FUNNEL) generate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 42 --out $(DEMO_DATA)
+	$(FUNNEL) generate --users $(DEMO_USERS) --days $(DEMO_DAYS) --seed 42 --out $(DEMO_DATA) --force
 	@echo "==> [2/5] backfill: raw -> bronze -> silver (lake: $(LAKE))"
 	$(FUNNEL) backfill --input '$(DEMO_DATA)/*.jsonl' --lake $(LAKE)
 	@echo "==> [3/5] gold: facts and marts, truncate and load"

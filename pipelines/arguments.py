@@ -54,6 +54,29 @@ def check_lake(
         parser.error(f"--lake {lake} does not exist: {what}")
 
 
+def check_readable(parser: argparse.ArgumentParser, lake: str) -> None:
+    """A lake folder that holds no Delta table (a wrong path, a folder that
+    is no lake) or whose folders cannot be read is a mistake, not an empty
+    lake."""
+    if not _is_local(lake):
+        return
+    try:
+        tables = [
+            os.path.join(lake, *parts)
+            for top in os.listdir(lake)
+            for parts in [(top,)] + [(top, sub) for sub in _subfolders(os.path.join(lake, top))]
+            if os.path.isdir(os.path.join(lake, *parts, "_delta_log"))
+        ]
+    except PermissionError as error:
+        parser.error(f"--lake {lake}: {error.filename} cannot be read (permissions): run as a user who can read it")
+    if not tables:
+        parser.error(f"--lake {lake} holds no Delta table (no raw/, bronze/, silver/ ...): is it the lake's folder?")
+
+
+def _subfolders(path: str) -> list[str]:
+    return [name for name in os.listdir(path) if os.path.isdir(os.path.join(path, name))] if os.path.isdir(path) else []
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
@@ -67,7 +68,14 @@ from transforms.batch.quality import CheckBackfill
 from transforms.batch.silver import BuildSilver
 from transforms.lake.commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
 from transforms.lake.files import WriteDataFiles
-from transforms.lake.landing import LANDING_SUFFIXES, RAW_FILES, ReadLandingFiles, expand_inputs, unsupported_inputs
+from transforms.lake.landing import (
+    LANDING_SUFFIXES,
+    RAW_FILES,
+    ReadLandingFiles,
+    distinct_contents,
+    expand_inputs,
+    unsupported_inputs,
+)
 from transforms.lake.silver import CommitAndMergeFn, head
 from transforms.lake.tables import LakeFile, ReadLakeTable, read_file, snapshot
 from transforms.rules.pii import PiiKeySource
@@ -75,6 +83,7 @@ from transforms.rules.silver import shuffled_columns
 from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, WriteMode, silver_merger
 from transforms.sinks.quality import DataQualityError, run_failures
 from transforms.sinks.run_log import AccountingError, backfill_problems, write_run_log
+from transforms.sinks.silver_sync import follow_lake_silver
 
 
 def dated_pattern(pattern: str, today: date) -> str:
@@ -202,6 +211,23 @@ def build(
     return sum(f.rows for files in kept.values() for f in files), rebuild
 
 
+def _check_literal_inputs(parser: argparse.ArgumentParser, patterns: list[str]) -> None:
+    """A path without wildcards names one file: missing, or a folder, is a
+    mistake (a pattern matching nothing is a day without files, a success)."""
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            continue
+        if not FileSystems.exists(pattern):
+            parser.error(f"--input {pattern} does not exist (a pattern with * that matches nothing is no error)")
+        if "://" not in pattern and os.path.isdir(pattern):
+            parser.error(f"--input {pattern} is a folder; name its files, e.g. --input '{pattern}/*.jsonl'")
+
+
+def _report_followed(loaded: dict[str, int]) -> None:
+    if loaded:
+        print(f"BigQuery silver loaded whole from the lake (it differed): {loaded}")
+
+
 def _true_or_false(text: str) -> bool:
     """A flag's value as a template launch passes it (``--rebuild_silver=true``)."""
     if text.lower() not in ("true", "false"):
@@ -249,7 +275,10 @@ def main(argv=None):
             f"--input {pattern} matches no file a backfill reads: landing files end in "
             f"{', '.join(LANDING_SUFFIXES)}; raw-layer files are named under LAKE/raw/"
         )
-    paths = expand_inputs(args.input, args.lake)
+    _check_literal_inputs(parser, args.input)
+    paths, repeated = distinct_contents(expand_inputs(args.input, args.lake))
+    for path, same in repeated:
+        print(f"backfill: {path} has the same content as {same}: read once")
     if not paths:
         # A day without landing files (producers that only publish to Pub/Sub): nothing to read is a
         # success, logged with zero counts, not a failed scheduled launch.
@@ -273,6 +302,8 @@ def main(argv=None):
         + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else "")
     )
     run_id, planned = f"backfill-{uuid.uuid4().hex}", {}
+    if bigquery is not None and not rebuilds_silver(args.lake, args.rebuild_silver):
+        _report_followed(follow_lake_silver(bigquery, args.lake, "backfill", run_id))
 
     def wiring(p):
         planned["silver"] = build(

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipelines import failures
 from pipelines.arguments import USAGE_ERROR
 
 
@@ -74,6 +75,10 @@ def overview() -> str:
         lines += ["", f"{group}:"]
         lines += [f"  {c.name:<{width}}  {c.summary}" for c in COMMANDS if c.group is group]
     lines += ["", "Runs locally by default; --runner=DataflowRunner --project P ... runs on Dataflow."]
+    lines += [
+        "Exit status: 0 done, 1 failed, 2 a mistake in the command (nothing written), 130 interrupted,",
+        "75 another writer changed the lake first (nothing of this run committed: run it again).",
+    ]
     return "\n".join(lines)
 
 
@@ -90,10 +95,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return USAGE_ERROR
-    module = importlib.import_module(command.module)
     program, sys.argv[0] = sys.argv[0], f"funnel {name}"  # argparse names the command in its messages
     try:
-        module.main(rest)
+        importlib.import_module(command.module).main(rest)
+    except KeyboardInterrupt:
+        return failures.report_interrupt(name)
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):  # a run's own verdict (a blocking check, the accounting): its line
+            print(f"funnel {name}: error: {exit_.code}", file=sys.stderr)
+            return failures.FAILED
+        raise
+    except Exception as error:  # every failure a user can cause ends in one line (pipelines.failures)
+        if failures.was_interrupted(error):
+            return failures.report_interrupt(name)
+        return failures.report_failure(name, error)
     finally:
         sys.argv[0] = program
     return 0

@@ -129,7 +129,28 @@ def bigquery_target(parser: argparse.ArgumentParser, args: argparse.Namespace, o
     project = options.view_as(GoogleCloudOptions).project
     if not project:
         parser.error("--sink bigquery needs --project")
+    if args.bigquery_endpoint is None:
+        _check_credentials(parser)
     return BigQueryTarget(project, args.bigquery_endpoint)
+
+
+def _check_credentials(parser: argparse.ArgumentParser) -> None:
+    """Google credentials are found before any work (not after gold was computed)."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    quiet = logging.getLogger("google.auth")
+    level, quiet.level = quiet.level, logging.ERROR  # its warning would restate the line below
+    try:
+        google.auth.default()
+    except DefaultCredentialsError:
+        parser.error(
+            "--sink bigquery found no Google credentials: run `gcloud auth application-default login`, or set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a service account key (the local emulator needs "
+            "--bigquery-endpoint http://127.0.0.1:9050 and no credentials)"
+        )
+    finally:
+        quiet.setLevel(level)
 
 
 def add_pii_key_flags(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +188,9 @@ def setup_logging() -> None:
     # Beam's own INFO lines are runner internals, not progress a person wants.
     for noisy in ("apache_beam", "google"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Beam logs a failing step's error with its traceback before raising it; the command reports that
+    # same error in one line, the traceback in a file (pipelines.failures).
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
 
 
 def counters(result) -> dict[str, int]:

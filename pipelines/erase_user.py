@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import sys
 import uuid
 from datetime import UTC, date, datetime
 
@@ -41,6 +42,7 @@ from schemas.tables import ERASURE_LOG, RAW, SILVER
 from transforms.lake import erasure
 from transforms.lake.commit import commit_append, release
 from transforms.lake.files import write_data_file
+from transforms.lake.lock import commit_lock
 from transforms.lake.tables import open_table
 from transforms.rules.bronze import normalize_email, pseudonym
 from transforms.rules.pii import PiiKeySource
@@ -81,6 +83,21 @@ def _audit(lake: str, row: dict, bigquery) -> None:
         insert_new_rows(bigquery, ERASURE_LOG, [row])
 
 
+def _erase(args, fp: erasure.Footprint, lines: set, messages: set, run_id: str, deleted: dict) -> bool:
+    """Deletes the footprint from every layer (raw with ``--include-raw``); True when raw rows went."""
+    for table in erasure.PERSONAL_TABLES:
+        condition = fp.condition(table)
+        if condition is not None:
+            deleted[f"{table.layer}.{table.name}"] = erasure.delete_rows(args.lake, table, condition, run_id)
+    raw_rows = erasure.provenance_condition(lines, messages)
+    if args.include_raw and raw_rows is not None:
+        deleted[f"raw.{RAW.name}"] = erasure.delete_rows(args.lake, RAW, raw_rows, run_id)
+    # The erased silver is released as a whole, then gold is recomputed from it.
+    silver = {name: open_table(args.lake, table) for name, table in SILVER.items()}
+    release(args.lake, "silver", {name: dt.version() for name, dt in silver.items() if dt is not None}, run_id)
+    return bool(args.include_raw and raw_rows)
+
+
 def main(argv=None) -> dict:
     parser = command_parser(__doc__)
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
@@ -113,20 +130,22 @@ def main(argv=None) -> dict:
         subject_kind, subject = "user_id", args.user_id
         user_ids = {args.user_id}
     fp = erasure.footprint(args.lake, user_ids, args.email, key)
+    if not erasure.found_anywhere(args.lake, fp):
+        who = f"--email {args.email}" if args.email is not None else f"--user-id {args.user_id}"
+        print(
+            f"funnel erase-user: error: {who} is nowhere in {args.lake} (bronze and silver): nothing erased, "
+            "gold not recomputed; check the id",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     lines, messages = erasure.provenance(args.lake, fp)
     raw_objects = erasure.raw_objects(args.lake, lines, messages)
 
     deleted = {}
-    for table in erasure.PERSONAL_TABLES:
-        condition = fp.condition(table)
-        if condition is not None:
-            deleted[f"{table.layer}.{table.name}"] = erasure.delete_rows(args.lake, table, condition, run_id)
-    raw_rows = erasure.provenance_condition(lines, messages)
-    if args.include_raw and raw_rows is not None:
-        deleted[f"raw.{RAW.name}"] = erasure.delete_rows(args.lake, RAW, raw_rows, run_id)
-    # The erased silver is released as a whole, then gold is recomputed from it.
-    silver = {name: open_table(args.lake, table) for name, table in SILVER.items()}
-    release(args.lake, "silver", {name: dt.version() for name, dt in silver.items() if dt is not None}, run_id)
+    # The deletions and silver's release under the commit lock (transforms.lake.lock); gold's own
+    # committer takes it again for the recompute.
+    with commit_lock(args.lake, "erase_user", run_id):
+        raw_deleted = _erase(args, fp, lines, messages, run_id, deleted)
     if bigquery is not None:
         deleted.update(_bigquery_delete(bigquery.client(), fp))
     gold_daily.recompute(args.lake, args.as_of, options, bigquery)
@@ -143,7 +162,7 @@ def main(argv=None) -> dict:
         "user_count": len(user_ids),
         "rows_deleted_json": json.dumps(deleted, sort_keys=True),
         "raw_objects_json": json.dumps(raw_objects),
-        "raw_deleted": bool(args.include_raw and raw_rows),
+        "raw_deleted": raw_deleted,
         "gold_recomputed_as_of": args.as_of.isoformat(),
     }
     _audit(args.lake, audit, bigquery)

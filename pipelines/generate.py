@@ -1,6 +1,6 @@
 """Synthetic funnel data that follows the raw contract, messiness included.
 
-    python -m pipelines.generate --users 20000 --days 7 --seed 42 --out DIR [--format jsonl|parquet]
+    python -m pipelines.generate --users 20000 --days 7 --seed 42 --out DIR [--format jsonl|parquet] [--force]
 
 Writes one landing file per arrival day (``raw_events_YYYY-MM-DD.jsonl``;
 lines in a shuffled order) and ``manifest.json`` with the true values used,
@@ -38,6 +38,7 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 
 from pipelines.arguments import command_parser, non_negative_int, positive_int, share
+from schemas.contract import LANDING_SUFFIXES
 from simulator.traffic import Config, generate
 
 
@@ -70,9 +71,23 @@ def main(argv=None):
         help="share of users whose session browsed without paying who come back 1-10 days later "
         "(journeys across sessions; the manifest's user_journeys_7d)",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="--out holds files already: delete its landing files and manifest first (else refused)",
+    )
     args = parser.parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out} is a file; name a folder for the landing files")
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        if not args.force:
+            parser.error(
+                f"--out {args.out} is not empty: its files would stay beside the new ones; "
+                "name an empty folder, or add --force to replace its landing files"
+            )
+        for name in os.listdir(args.out):
+            if name == "manifest.json" or name.endswith(LANDING_SUFFIXES):
+                os.remove(os.path.join(args.out, name))
     try:
         date.fromisoformat(args.start)
     except ValueError:

@@ -10,9 +10,11 @@ end, then the gold release names the new versions, so readers of gold see
 all of this run or all of the previous one (``transforms.lake.tables``).
 ``--as-of`` (default: today, UTC) leaves out records whose own time is after
 that day, to restate a past day as it was knowable then. ``--funnels``
-names the funnel definitions (``schemas.funnels``; default the packaged
-``schemas/funnels.yaml``, a local or ``gs://`` path), each computed into
-``fact_funnel`` and ``mart_funnel``. Silver is read at
+names the funnel definitions (``schemas.funnels``, a local or ``gs://``
+path), each computed into ``fact_funnel`` and ``mart_funnel``; they are
+kept with the lake and stay in force for every later gold run given none
+(the schedule, ``erase-user``), which otherwise computes the packaged
+``schemas/funnels.yaml`` (``transforms.lake.funnel_definitions``). Silver is read at
 its latest release, or as of ``--as-of-version`` (a ``releases`` version)
 or ``--as-of-timestamp`` (time travel: silver as it was then).
 
@@ -44,12 +46,13 @@ from pipelines.common import (
     setup_logging,
 )
 from schemas import contract, funnels
-from schemas.tables import BRONZE, GOLD, SILVER
+from schemas.tables import BRONZE, FUNNEL_DEFINITIONS, GOLD, SILVER
 from schemas.views import VIEWS
 from transforms.batch.gold import BuildGold, CutAtAsOfFn
 from transforms.batch.quality import GoldGate
 from transforms.lake.commit import CommitLakeWrites, CommitPlan, Replace, ReplaceScope, read_plan
 from transforms.lake.files import WriteDataFiles
+from transforms.lake.funnel_definitions import Definitions, definitions_row, in_force, packaged, write_definitions
 from transforms.lake.revisions import latest_revisions
 from transforms.lake.silver import catch_up
 from transforms.lake.tables import ReadLakeTable, layer_versions, open_table, snapshot
@@ -59,6 +62,7 @@ from transforms.rules.revisions import describe
 from transforms.sinks.bigquery import BigQueryTarget, BigQueryWrite, PublishToBigQuery, WriteMode, silver_merger
 from transforms.sinks.quality import DataQualityError, record_revisions, run_failures
 from transforms.sinks.run_log import write_run_log
+from transforms.sinks.silver_sync import follow_lake_silver
 
 # Bytes of silver Parquet per shard of the gold shuffle (about 100k rows).
 BYTES_PER_SHARD = 8 << 20
@@ -72,14 +76,23 @@ def build(
     shards: int | None = None,
     silver_as_of: dict | None = None,
     run_id: str | None = None,
-    definitions: tuple[funnels.Funnel, ...] | None = None,
+    definitions: Definitions | tuple[funnels.Funnel, ...] | None = None,
 ) -> None:
     """``bigquery``: also replace the tables there; ``shards``: of the gold
     shuffle (default: from the size of silver); ``silver_as_of``:
     ``as_of_version`` or ``as_of_timestamp`` of ``layer_versions``;
     ``run_id``: names the run's commits; ``definitions``: the funnels
-    (default the packaged ones)."""
-    definitions = funnels.load() if definitions is None else definitions
+    (default: those in force in the lake, else the packaged ones), committed
+    with the gold tables (``transforms.lake.funnel_definitions``)."""
+    if not isinstance(definitions, Definitions):  # parsed funnels (tests, benchmarks): not recorded
+        computed, recorded = definitions if definitions is not None else None, None
+    else:
+        computed, recorded = None, definitions
+    if computed is None:
+        recorded = recorded or in_force(lake) or packaged()
+        computed = recorded.funnels
+        print(f"gold_daily: funnels {', '.join(f.name for f in computed)} (from {recorded.source})")
+    definitions = computed
     inputs = gold_inputs(definitions)
     run_id = run_id or f"gold_daily-{uuid.uuid4().hex}"
     versions = layer_versions(lake, SILVER, **(silver_as_of or {}))
@@ -98,13 +111,18 @@ def build(
     clock = min(end_of_day_micros(as_of), contract.now_micros())
     gold = silver | "BuildGold" >> BuildGold(shards, clock, definitions)
     written = gold | "WriteGold" >> WriteDataFiles(list(GOLD.values()), lake)
+    extra_rules = []
+    if recorded is not None:  # the definitions, committed (or not) with gold: in force once released
+        record = p | "FunnelDefinitions" >> beam.Create([definitions_row(run_id, recorded)])
+        written = (written, record | "WriteDefinitions" >> beam.Map(write_definitions, lake)) | beam.Flatten()
+        extra_rules.append(Replace(FUNNEL_DEFINITIONS, ReplaceScope.FILES, frozenset()))
     # Gold's checks over the new files before anything is published or released (schemas.quality).
     gate = written | "QualityGate" >> GoldGate(lake, run_id, bigquery)
     if bigquery is not None:
         written = written | "PublishToBigQuery" >> PublishToBigQuery(
             bigquery, [BigQueryWrite(t, WriteMode.TRUNCATE) for t in GOLD.values()], VIEWS.values(), gate
         )
-    plan = read_plan(lake, [Replace(t, ReplaceScope.TABLE) for t in GOLD.values()])
+    plan = read_plan(lake, [Replace(t, ReplaceScope.TABLE) for t in GOLD.values()] + extra_rules)
     commit = CommitPlan(run_id, "gold_daily", plan, releases=("gold",))
     _ = written | "Commit" >> CommitLakeWrites(lake, commit, gate=gate)
 
@@ -130,17 +148,15 @@ def arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--funnels",
-        help="funnel definitions (YAML, schemas/funnels.py; local or gs://); default: the packaged "
-        "schemas/funnels.yaml",
+        help="funnel definitions (YAML, schemas/funnels.py; local or gs://), kept in the lake for later runs; "
+        "default: the lake's definitions in force, else the packaged schemas/funnels.yaml",
     )
     add_sink_flags(parser, "the gold tables and the use-case views")
     return parser
 
 
-def read_definitions(path: str | None) -> tuple[funnels.Funnel, ...]:
-    """The funnel definitions at ``path`` (local or any Beam filesystem), else the packaged ones."""
-    if path is None:
-        return funnels.load()
+def read_definitions(path: str) -> Definitions:
+    """The funnel definitions at ``path`` (local or any Beam filesystem), checked."""
     from apache_beam.io.filesystems import FileSystems
 
     try:
@@ -148,14 +164,16 @@ def read_definitions(path: str | None) -> tuple[funnels.Funnel, ...]:
             text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise funnels.FunnelDefinitionError(f"{path}: cannot be read ({e})") from None
-    return funnels.parse(text, path)
+    definitions = Definitions(text, path)
+    _ = definitions.funnels  # parsed now: a mistake ends the command before the lake is read
+    return definitions
 
 
 def main(argv=None):
     parser = arg_parser()
     args, options = parse(parser, argv)
     try:  # first: the file a user edits is the likeliest mistake, and costs nothing to check
-        definitions = read_definitions(args.funnels)
+        definitions = read_definitions(args.funnels) if args.funnels is not None else None
     except funnels.FunnelDefinitionError as e:
         parser.error(str(e))
     bigquery = bigquery_target(parser, args, options)
@@ -179,16 +197,22 @@ def recompute(
     as_of_version: int | None = None,
     as_of_timestamp: datetime | None = None,
     wait: bool = False,
-    definitions: tuple[funnels.Funnel, ...] | None = None,
+    definitions: Definitions | None = None,
 ):
     """The gold run: silver brought up to bronze (unless reading an older
     silver), gold recomputed and released, the run logged. ``options``:
-    Beam's, from ``parse``."""
+    Beam's, from ``parse``; ``definitions``: the funnels (default: those in
+    force in the lake, else the packaged ones; ``transforms.lake.funnel_definitions``)."""
+
     print(
         f"gold_daily: {lake} as of {as_of} -> {lake}/gold"
         + (f" and BigQuery {bigquery.project}.gold" if bigquery else "")
     )
     silver_as_of = {"as_of_version": as_of_version, "as_of_timestamp": as_of_timestamp}
+    if bigquery is not None:
+        loaded = follow_lake_silver(bigquery, lake, "gold_daily", "gold_daily-follow")
+        if loaded:
+            print(f"BigQuery silver loaded whole from the lake (it differed): {loaded}")
     if as_of_version is None and as_of_timestamp is None:
         # Silver up to bronze first (a no-op when the stream and the backfills merged all they added),
         # so gold never misses what bronze holds.

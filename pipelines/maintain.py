@@ -14,8 +14,11 @@ because the retention (default 7 days) is longer than any run.
 
 from __future__ import annotations
 
+import uuid
+
 from pipelines.arguments import check_lake, command_parser, non_negative_int
 from pipelines.common import setup_logging, use_filesystems
+from transforms.lake.lock import commit_lock
 from transforms.lake.maintenance import RETENTION_HOURS, maintain
 from transforms.lake.tables import ALL_LAKE_TABLES
 
@@ -36,8 +39,10 @@ def main(argv=None) -> dict:
     setup_logging()
     reports = {}
     tables = list(ALL_LAKE_TABLES)
+    run_id = f"maintain-{uuid.uuid4().hex}"
     for i, table in enumerate(tables, 1):
-        report = maintain(args.lake, table, args.retention_hours, args.compact)
+        with commit_lock(args.lake, "maintain", run_id):  # one table at a time: writers wait seconds, not the whole run
+            report = maintain(args.lake, table, args.retention_hours, args.compact)
         reports[table.name] = report
         if report.version is not None:
             print(

@@ -67,6 +67,7 @@ from schemas.tables import BRONZE, DEAD_LETTER, RAW, SILVER
 from transforms.lake.tables import snapshot
 from transforms.rules.pii import PiiKeySource
 from transforms.sinks.bigquery import BigQueryTarget
+from transforms.sinks.silver_sync import follow_lake_silver
 from transforms.streaming.alerts import ALERT_GRACE_SECONDS, ALLOWED_LATENESS_SECONDS
 from transforms.streaming.job import StreamingLakehouse
 
@@ -209,6 +210,10 @@ def main(argv=None, stop_when=None):
         + (f" and BigQuery {bigquery.project}" if bigquery else "")
         + f" ({args.window_seconds} s windows)"
     )
+    if bigquery is not None:  # merges send BigQuery what they change: it must start from the lake's silver
+        loaded = follow_lake_silver(bigquery, args.lake, "stream_ingest", "stream_ingest-follow")
+        if loaded:
+            print(f"BigQuery silver loaded whole from the lake (it differed): {loaded}")
     if options.view_as(StandardOptions).runner == STREAMING_RUNNER:
         local_runner.tune()
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from schemas.quality import COMPLETENESS, Severity
 from schemas.tables import BRONZE, DQ_COMPLETENESS, DQ_RESULTS, GOLD, RUN_LOG, SILVER
 from schemas.vocabulary import Layer
+from transforms.lake.funnel_definitions import Definitions, in_force
 from transforms.lake.tables import ALL_LAKE_TABLES, layer_versions, read_arrow, snapshot
 from transforms.rules.quality import Verdict
 
@@ -22,6 +23,47 @@ from transforms.rules.quality import Verdict
 RUN_COUNTERS = ("records_read", "bronze_rows_merged", "dq_checks_failed", "dq_checks_blocking")
 RECENT_RUNS = 6
 RECENT_DAYS = 7
+# A lake is stale when a table's newest receipt is older than this before the clock: a daily backfill
+# lands a day's file after the day ends, so a day and a half allows one late run.
+STALE_AFTER_HOURS = 36.0
+HOUR = 3600 * 1_000_000
+
+
+@dataclass(frozen=True)
+class ClockLag:
+    """How far a table's (and platform's) newest records are behind the clock."""
+
+    table: str
+    platform: str
+    newest_event: int | None  # micros (None: files written before event times were recorded)
+    newest_ingest: int | None
+    as_of: int
+    stale_after_hours: float
+
+    def hours(self, at: int | None) -> float | None:
+        return None if at is None else (self.as_of - at) / HOUR
+
+    @property
+    def stale(self) -> bool:
+        lag = self.hours(self.newest_ingest)
+        return lag is None or lag > self.stale_after_hours
+
+
+def clock_lags(snapshots, as_of: int, stale_after_hours: float) -> list[ClockLag]:
+    """Per table and platform partition: the newest event and receipt in the
+    Delta log's statistics, against ``as_of``."""
+    lags = []
+    for snap in snapshots:
+        newest: dict[str, list] = defaultdict(lambda: [None, None])
+        for f in snap.files:
+            cell = newest[f.partition.get("platform") or "(all)"]
+            if f.newest_event is not None:
+                cell[0] = max(cell[0] or f.newest_event, f.newest_event)
+            if f.newest_ingest is not None:
+                cell[1] = max(cell[1] or f.newest_ingest, f.newest_ingest)
+        for platform, (event, ingest) in sorted(newest.items()):
+            lags.append(ClockLag(snap.table.name, platform, event, ingest, as_of, stale_after_hours))
+    return lags
 
 
 @dataclass
@@ -32,19 +74,30 @@ class Health:
     freshness: list[dict] = field(default_factory=list)
     days: dict[str, Counter] = field(default_factory=dict)  # bronze table -> event day -> rows
     completeness: list[dict] = field(default_factory=list)  # the latest estimate's newest days
+    clock: list[ClockLag] = field(default_factory=list)  # per bronze table and platform, against the clock
+    definitions: Definitions | None = None  # the funnel definitions of the latest gold release
+    as_of: int = 0  # micros: the clock the lags are measured from
+
+    @property
+    def stale(self) -> list[ClockLag]:
+        return [lag for lag in self.clock if lag.stale]
 
     @property
     def blocking(self) -> list[dict]:
         return [r for r in self.failing if r["severity"] == Severity.BLOCK]
 
 
-def health(lake: str) -> Health:
-    h = Health()
+def health(lake: str, as_of: int | None = None, stale_after_hours: float = STALE_AFTER_HOURS) -> Health:
+    """``as_of``: the clock freshness is measured from (micros; default now)."""
+    h = Health(as_of=as_of if as_of is not None else int(datetime.now(UTC).timestamp() * 1_000_000))
     released = {Layer.SILVER: layer_versions(lake, SILVER), Layer.GOLD: layer_versions(lake, GOLD)}
+    bronze = []
     for table in ALL_LAKE_TABLES:
         snap = snapshot(lake, table)
         if snap.version is None:
             continue
+        if table.name in BRONZE:
+            bronze.append(snap)
         version = released.get(table.layer, {}).get(table.name)
         h.tables.append((table.name, snap.version, version, snap.rows))
         if table.name in BRONZE:
@@ -69,6 +122,8 @@ def health(lake: str) -> Health:
         (r for r in current if r["check_kind"] == "freshness"), key=lambda r: (r["table_name"], r["subject"])
     )
     h.completeness = _latest_completeness(lake)
+    h.clock = clock_lags(bronze, h.as_of, stale_after_hours)
+    h.definitions = in_force(lake)
     return h
 
 
@@ -119,6 +174,8 @@ def render(h: Health, lake: str) -> str:
         )
     if not h.runs:
         lines.append("(none)")
+    lines += _definitions_lines(h)
+    lines += _clock_lines(h)
     lines += ["", "freshness (hours behind the table's newest record, as the latest checks measured it)"]
     for r in h.freshness:
         mark = "FAIL" if r["verdict"] == Verdict.FAIL else "ok"
@@ -143,6 +200,45 @@ def render(h: Health, lake: str) -> str:
     if not h.failing:
         lines.append("  (none)")
     return "\n".join(lines)
+
+
+def _definitions_lines(h: Health) -> list[str]:
+    d = h.definitions
+    if d is None:
+        return ["", "funnel definitions in force: the packaged schemas/funnels.yaml (no gold release recorded any)"]
+    names = ", ".join(f.name for f in d.funnels)
+    return ["", f"funnel definitions in force: {names} (from {d.source}; gold run {d.run_id})"]
+
+
+def _at(micros: int | None) -> str:
+    return "-" if micros is None else datetime.fromtimestamp(micros / 1e6, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _clock_lines(h: Health) -> list[str]:
+    if not h.clock:
+        return ["", "freshness against the clock: no bronze yet"]
+    stale_after = h.clock[0].stale_after_hours
+    verdict = f"STALE: {len(h.stale)} of {len(h.clock)} behind by over {stale_after:g} h" if h.stale else "fresh"
+    lines = [
+        "",
+        f"freshness against the clock ({_at(h.as_of)} UTC): {verdict}",
+        f"  {'table':<24}{'newest event':>17}{'newest receipt':>17}  hours behind, per platform",
+    ]
+    by_table: dict[str, list[ClockLag]] = defaultdict(list)
+    for lag in h.clock:
+        by_table[lag.table].append(lag)
+    for table, lags in by_table.items():
+        events = [lag.newest_event for lag in lags if lag.newest_event is not None]
+        ingests = [lag.newest_ingest for lag in lags if lag.newest_ingest is not None]
+        platforms = ", ".join(
+            f"{lag.platform} {'-' if lag.hours(lag.newest_ingest) is None else f'{lag.hours(lag.newest_ingest):,.1f}'}"
+            + (" STALE" if lag.stale else "")
+            for lag in lags
+        )
+        lines.append(
+            f"  {table:<24}{_at(max(events, default=None)):>17}{_at(max(ingests, default=None)):>17}  {platforms}"
+        )
+    return lines
 
 
 def _completeness_lines(rows: list[dict]) -> list[str]:

@@ -37,6 +37,7 @@ REASONS = (
     TIMESTAMP_OUT_OF_RANGE,
 )
 
+LANDING_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")  # the landing files a backfill reads
 MAX_RECORD_BYTES = 1024 * 1024
 MIN_TIMESTAMP_MS = 946684800000  # 2000-01-01T00:00:00Z
 SECOND = 1_000_000  # microseconds: the unit of every in-memory time

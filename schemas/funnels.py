@@ -12,7 +12,7 @@ A definition::
       description: ...             # optional
       unit: user                   # session (default) | user: every session of a user
       order: sequential            # sequential (default) | strict | any
-      window: 7d                   # from the entry; optional (none: no limit); s, m, h, d
+      window: 7d                   # from the entry; optional (none: no limit); s, m, h or d (a unit is required)
       step_gap: 1d                 # longest time from one step to the next; optional
       steps:                       # two or more
         - name: browse
@@ -146,15 +146,21 @@ class Funnel:
 
 
 def duration_seconds(value, where: str) -> float:
-    """'7d', '30m', '2h', '45s' or a number of seconds -> seconds (positive)."""
+    """'7d', '30m', '2h', '45s' -> seconds (positive). A bare number is an
+    error (``window: 2`` read as two seconds surprised people who meant days)."""
     if isinstance(value, bool):
-        raise FunnelDefinitionError(f"{where}: {value!r} is not a duration (write 7d, 12h, 30m or seconds)")
+        raise FunnelDefinitionError(f"{where}: {value!r} is not a duration (write 7d, 12h, 30m or 45s)")
     match = _DURATION.match(str(value))
     if match is None:
-        raise FunnelDefinitionError(f"{where}: {value!r} is not a duration (write 7d, 12h, 30m or seconds)")
+        raise FunnelDefinitionError(f"{where}: {value!r} is not a duration (write 7d, 12h, 30m or 45s)")
     seconds = float(match.group(1)) * _SECONDS[match.group(2)]
     if seconds <= 0:
         raise FunnelDefinitionError(f"{where}: {value!r} must be longer than zero")
+    if not match.group(2):
+        number = match.group(1)
+        raise FunnelDefinitionError(
+            f"{where}: {value!r} has no unit (write {number}s, {number}m, {number}h or {number}d)"
+        )
     return seconds
 
 

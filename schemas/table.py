@@ -18,7 +18,7 @@ from functools import cached_property
 
 import pyarrow as pa
 
-from schemas.quality import Check, Unique
+from schemas.quality import Check, Freshness, Unique
 from schemas.vocabulary import Layer
 
 STRING, INT64, FLOAT64, BOOL = "STRING", "INT64", "FLOAT64", "BOOL"
@@ -108,6 +108,12 @@ class Table:
         ids = [check.check_id(self.name) for check in self.checks]
         if len(ids) != len(set(ids)):
             raise ValueError(f"{self.name}: two checks with one id")
+
+    @property
+    def event_time_column(self) -> str | None:
+        """The column whose newest value says how fresh the table is (its
+        freshness check's ``time_column``); None where none is declared."""
+        return next((c.time_column for c in self.checks if isinstance(c, Freshness)), None)
 
     @property
     def row_key(self) -> tuple[str, ...]:

@@ -961,6 +961,21 @@ RELEASES = Table(
     ),
 )
 
+FUNNEL_DEFINITIONS = Table(
+    "funnel_definitions",
+    Layer.OPS,
+    "Lake only: the funnel definitions each gold run computed, as written (schemas/funnels.py); those "
+    "of the run the latest gold release names are in force, and gold without --funnels uses them "
+    "(transforms.lake.funnel_definitions).",
+    (
+        col("run_id", STRING, "The gold run that computed them.", True),
+        col("recorded_at", TIMESTAMP, "When that run started.", True),
+        col("source", STRING, "Where they were read: the --funnels path, the lake, or the packaged default.", True),
+        col("definitions_yaml", STRING, "The definitions, as YAML.", True),
+        col("funnel_names", STRING, "The funnels' names, comma-separated.", True),
+    ),
+)
+
 # --- silver head: which bronze versions silver holds, and the merge in progress -----------
 SILVER_HEAD = Table(
     "silver_head",
@@ -981,6 +996,21 @@ SILVER_HEAD = Table(
         ),
         col("from_versions_json", STRING, "JSON: bronze table -> version silver held before (null: none).", True),
         col("to_versions_json", STRING, "JSON: bronze table -> version silver holds after.", True),
+    ),
+)
+
+COMMIT_LOCK = Table(
+    "commit_lock",
+    Layer.OPS,
+    "Lake only: one row, rewritten by every writer taking or giving back the lake's commit lock "
+    "(transforms.lake.lock): one writer commits at a time.",
+    (
+        col("holder", STRING, "The run holding the lock (null: free).", False),
+        col("pipeline", STRING, "The command holding it (backfill, gold_daily, stream_ingest ...).", False),
+        col("host", STRING, "The machine the holder runs on.", False),
+        col("pid", INT64, "The holder's process id on that machine.", False),
+        col("since", TIMESTAMP, "When the holder took the lock.", False),
+        col("expires", TIMESTAMP, "When its lease runs out unless renewed (a holder that died is passed then).", False),
     ),
 )
 

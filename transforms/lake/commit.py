@@ -26,8 +26,10 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
+import signal
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import apache_beam as beam
@@ -41,9 +43,36 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 from schemas.table import Table
 from schemas.tables import RAW, RELEASES
 from transforms.lake.files import DataFile, write_data_file
+from transforms.lake.lock import commit_lock, ensure_held
 from transforms.lake.tables import LakeFile, Snapshot, ensure_table, open_table, snapshot
 
 LANDING_TRANSACTION = "landing:"
+
+
+_LAST_COMMIT: list[str] = []  # this process's latest commit, for an interrupted command's last line
+# A failpoint for the fault-injection tests (tests/test_faults.py): "N" kills this process with SIGKILL
+# just before its Nth commit to a lake table, a table's name just before its first commit to that
+# table, as a lost machine would stop it.
+KILL_BEFORE_COMMIT_ENV = "FUNNEL_KILL_BEFORE_COMMIT"
+_COMMITS = [0]
+
+
+def _failpoint(table: Table) -> None:
+    at = os.environ.get(KILL_BEFORE_COMMIT_ENV)
+    if at is None:
+        return
+    _COMMITS[0] += 1
+    if (at.isdigit() and _COMMITS[0] == int(at)) or at == table.name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _committed(table: Table, version: int, run_id: str) -> None:
+    _LAST_COMMIT[:] = [f"{table.name} version {version} ({run_id})"]
+
+
+def last_commit() -> str | None:
+    """This process's latest commit to a lake table, described (None: none)."""
+    return _LAST_COMMIT[0] if _LAST_COMMIT else None
 
 
 class LakeConflictError(RuntimeError):
@@ -84,6 +113,25 @@ class Replace:
             )
         return file.partition.get(self.partition_column) in self.values
 
+    def conflict(self, read: Snapshot, latest: Snapshot) -> str | None:
+        """What another writer changed in this rule's scope between ``read``
+        and ``latest`` (None: nothing, and committing against ``read`` is
+        committing against ``latest``). Files appended from Pub/Sub since
+        are new records, not a restatement, and stay (``SOURCES`` and
+        ``PARTITIONS``); a whole-table replace conflicts with any change."""
+        if read.version == latest.version:
+            return None
+        before = {f.relpath for f in read.files if self.replaces(f)}
+        now = {f.relpath: f for f in latest.files if self.replaces(f)}
+        if before - set(now):
+            return "another run replaced or removed files this run replaces"
+        streamed_ok = self.scope in (ReplaceScope.SOURCES, ReplaceScope.PARTITIONS)
+        if any(path not in before and not (streamed_ok and f.from_pubsub) for path, f in now.items()):
+            return "another run wrote rows of what this run replaces"
+        if self.scope is ReplaceScope.TABLE and len(latest.files) != len(read.files):
+            return "another run wrote to the table this run replaces whole"
+        return None
+
     def surviving(self, version: Snapshot) -> list[LakeFile]:
         return [f for f in version.files if not self.replaces(f)]
 
@@ -112,6 +160,29 @@ def _source_of(file: DataFile) -> tuple[str | None, bool]:
     return source, stats.get("nullCount", {}).get("source_file") == stats["numRecords"]
 
 
+def conflict_line(lake: str, table: Table, read: Snapshot, problem: str) -> str:
+    """One line: what changed under a run, who changed it last, what to do."""
+    dt = open_table(lake, table)
+    last = dt.history(1)[0] if dt is not None else {}
+    by = f"{last.get('pipeline', 'another writer')} {last.get('run_id', '')}".strip()
+    when = datetime.fromtimestamp(last.get("timestamp", 0) / 1000, UTC).strftime("%H:%M:%S UTC")
+    return (
+        f"{table.name}: {problem} (the last commit: {by} at {when}, after this run read it); nothing of this "
+        "run was committed: rerun the same command once that run has ended"
+    )
+
+
+def check_plan(lake: str, rules: tuple[tuple[Replace, Snapshot], ...]) -> None:
+    """Raises ``LakeConflictError`` when another writer changed any rule's
+    scope since the run read it: checked for every table before the first
+    commit (under the commit lock), so a run commits all of its tables or none."""
+    for rule, read in rules:
+        latest = snapshot(lake, rule.table)
+        problem = rule.conflict(read, latest)
+        if problem is not None:
+            raise LakeConflictError(conflict_line(lake, rule.table, read, problem))
+
+
 def _properties(transactions: list[Transaction], **metadata) -> CommitProperties:
     return CommitProperties(app_transactions=transactions, custom_metadata={k: str(v) for k, v in metadata.items()})
 
@@ -131,15 +202,21 @@ def commit_replace(
     new version (None: that commit is in already)."""
     table = rule.table
     rule.check(files)
+    ensure_held(lake)
     latest = ensure_table(lake, table)
     if already_committed(lake, table, run_id, sequence, latest):
         logging.info("commit %s: run %s is in already", table.name, run_id)
         return None
     # Conflicts are judged against what the run read (one request fewer when that is the latest).
+    if read.version != latest.version():
+        problem = rule.conflict(read, snapshot(lake, table))
+        if problem is not None:
+            raise LakeConflictError(conflict_line(lake, table, read, problem))
     base = latest if read.version in (None, latest.version()) else open_table(lake, table, read.version)
     adds = [f.add_action() for f in files]
     removed = [f for f in read.files if rule.replaces(f)]
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    _failpoint(table)
     # Explicit removes of exactly the read version's files in scope: a file appended since stays.
     actions = adds + [RemoveAction(f.relpath, True, now_ms, f.size, f.partition) for f in removed]
     try:
@@ -158,11 +235,11 @@ def commit_replace(
         )
     except CommitFailedError as error:
         raise LakeConflictError(
-            f"{table.name}: another run replaced or removed files this run replaces since it read version "
-            f"{read.version}; nothing of this run was committed to {table.name}. Rerun it. ({error})"
+            conflict_line(lake, table, read, "another run replaced or removed files this run replaces")
         ) from error
     base.update_incremental()
     version = base.version()
+    _committed(table, version, run_id)
     logging.info("commit %s: version %d, %d files in, %d replaced", table.name, version, len(adds), len(removed))
     return version
 
@@ -194,11 +271,13 @@ def commit_append(
     """Appends ``files`` in one commit recorded as ``(run_id, sequence)``;
     False if that is in already (the files are then deleted: no version
     names them)."""
+    ensure_held(lake)
     latest = ensure_table(lake, table)
     if already_committed(lake, table, run_id, sequence, latest):
         _delete([f.path for f in files])
         return False
     if files or transactions:
+        _failpoint(table)
         _append(
             latest,
             table,
@@ -207,6 +286,7 @@ def commit_append(
                 [Transaction(run_id, sequence), *transactions], pipeline=pipeline, run_id=run_id, change="append"
             ),
         )
+        _committed(table, latest.version() + 1, run_id)
     return True
 
 
@@ -286,10 +366,21 @@ class CommitFn(beam.DoFn):
                 "%s %s: nothing committed or released (%s)", self._plan.pipeline, self._plan.run_id, gate.blocking
             )
             return
-        yield from self.commit(files_by_table(files))
+        with commit_lock(self._lake, self._plan.pipeline, self._plan.run_id):
+            yield from self.commit(files_by_table(files))
+
+    def run_plan(self, by_table: dict[str, list[DataFile]]) -> CommitPlan:
+        """The plan with the landing identities of the run's raw copies (``with_landing_identities``)."""
+        return with_landing_identities(self._plan, by_table.get(RAW.name, []))
+
+    def check(self, by_table: dict[str, list[DataFile]]) -> None:
+        _check_or_discard(self._lake, self.run_plan(by_table), by_table)
 
     def commit(self, by_table: dict[str, list[DataFile]]):
-        plan = self._plan
+        """Commits under the commit lock (held by the caller): nothing unless
+        the whole plan still holds (``check_plan``; else its files are deleted)."""
+        plan = self.run_plan(by_table)
+        self.check(by_table)
         by_table = defaultdict(list, by_table)
         raw = by_table.pop(RAW.name, [])
         if raw:
@@ -313,6 +404,40 @@ class CommitFn(beam.DoFn):
                 {r.table.name: versions[r.table.name] for r, _ in plan.rules if r.table.layer == layer},
                 plan.run_id,
             )
+
+
+def with_landing_identities(plan: CommitPlan, raw_copies: list[DataFile]) -> CommitPlan:
+    """``plan`` with each ``SOURCES`` rule also restating the identity of
+    every landing file it names: a content received before under another
+    path keeps that path as its records' ``source_file``
+    (``transforms.lake.landing``), so those rows are the ones it restates."""
+    identity = {f.landing_path: _source_of(f)[0] for f in raw_copies if f.landing_path is not None}
+    identity = {given: first for given, first in identity.items() if first is not None and first != given}
+    if not identity:
+        return plan
+    rules = tuple(
+        (
+            replace(rule, values=rule.values | {identity[v] for v in rule.values if v in identity})
+            if rule.scope is ReplaceScope.SOURCES
+            else rule,
+            read,
+        )
+        for rule, read in plan.rules
+    )
+    return replace(plan, rules=rules)
+
+
+def _check_or_discard(lake: str, plan: CommitPlan, by_table: dict[str, list[DataFile]]) -> None:
+    try:
+        check_plan(lake, tuple((rule, read) for rule, read in plan.rules if not _in_already(lake, rule, plan.run_id)))
+    except LakeConflictError:
+        _delete([f.path for files in by_table.values() for f in files])  # named by no version: nothing stays
+        raise
+
+
+def _in_already(lake: str, rule: Replace, run_id: str) -> bool:
+    # A committer run again after committing some tables: those are its own changes.
+    return already_committed(lake, rule.table, run_id)
 
 
 def _committed_version(lake: str, table: Table, run_id: str) -> int:

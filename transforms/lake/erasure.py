@@ -111,6 +111,18 @@ def footprint(lake: str, user_ids: set, email: str | None = None, key: PiiKey | 
     return fp
 
 
+def found_anywhere(lake: str, fp: Footprint) -> bool:
+    """Whether any bronze or silver row is in the footprint (an id that is
+    nowhere is most likely a mistyped one)."""
+    if any(fp.ids[c] for c in ID_COLUMNS if c != "user_id"):
+        return True
+    return any(
+        _ids(lake, table, "user_id", "user_id", fp.ids["user_id"])
+        for table in PERSONAL_TABLES
+        if "user_id" in table.column_names
+    )
+
+
 def provenance(lake: str, fp: Footprint) -> tuple[set, set]:
     """Where the footprint's bronze rows were received: ``{(landing file,
     line)}`` and ``{Pub/Sub message id}``."""

@@ -52,6 +52,7 @@ class DataFile:
     stats: str  # Delta statistics (JSON): record count; source_file's range and nulls
     content_sha256: str | None = None  # raw copies of landing files: the landing file's content
     received_at: int | None = None  # raw copies: when that content was first received (micros)
+    landing_path: str | None = None  # raw copies: the path the run read it from (its records may name another)
 
     def add_action(self, data_change: bool = True) -> AddAction:
         """``data_change=False``: the file holds rows the table has already (a compaction)."""
@@ -76,11 +77,15 @@ def write_bytes(path: str, data: bytes) -> str:
     return path
 
 
-def _stats(arrow: pa.Table) -> str:
+def _iso_millis(value) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _stats(arrow: pa.Table, event_time: str | None = None) -> str:
     """Delta statistics of a file: its record count, and for ``source_file``
     (which landing file its rows came from) min, max and null count, which
     is how a commit later finds the files of given landing files; the
-    newest ``ingested_at`` (to the millisecond, as Delta keeps timestamps)."""
+    newest ``ingested_at`` and ``event_time`` (to the millisecond, as Delta keeps timestamps)."""
     stats = {"numRecords": arrow.num_rows}
     if "source_file" in arrow.column_names:
         column = arrow.column("source_file")
@@ -89,11 +94,12 @@ def _stats(arrow: pa.Table) -> str:
         if low_high["min"] is not None:
             stats["minValues"] = {"source_file": low_high["min"]}
             stats["maxValues"] = {"source_file": low_high["max"]}
-    if "ingested_at" in arrow.column_names and arrow.num_rows:
-        # the newest receipt: the lake's clock (completeness, freshness) without opening a file
-        newest = pc.max(arrow.column("ingested_at")).cast(pa.timestamp("us", "UTC")).as_py()
-        if newest is not None:
-            stats.setdefault("maxValues", {})["ingested_at"] = newest.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    # The newest receipt and event: the lake's clock (completeness, freshness) without opening a file.
+    for column in ("ingested_at", event_time):
+        if column in arrow.column_names and arrow.num_rows:
+            newest = pc.max(arrow.column(column)).cast(pa.timestamp("us", "UTC")).as_py()
+            if newest is not None:
+                stats.setdefault("maxValues", {})[column] = _iso_millis(newest)
     return json.dumps(stats)
 
 
@@ -122,7 +128,14 @@ def write_data_file(
     data = encoded.getvalue()
     write_bytes(path, memoryview(data))
     return DataFile(
-        table.name, relpath, path, tuple(partitions), data.size, arrow.num_rows, _stats(arrow), content_sha256
+        table.name,
+        relpath,
+        path,
+        tuple(partitions),
+        data.size,
+        arrow.num_rows,
+        _stats(arrow, table.event_time_column),
+        content_sha256,
     )
 
 

@@ -28,13 +28,14 @@ from transforms import metrics
 from transforms.lake.commit import first_received
 from transforms.lake.files import DataFile, makedirs
 from transforms.lake.tables import LakeFile, read_file, snapshot, table_dir
+from transforms.rules.bronze import not_utf8
 
 # Lines per raw chunk, the element the batch path passes on: big enough that
 # Beam's per-element cost vanishes, small enough to bound a step's memory.
 RAW_CHUNK_ROWS = 200_000
 _READ_CHUNK = 8 << 20
 RAW_FILES = "raw_files"  # the tagged output of the raw copies' DataFiles
-LANDING_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+LANDING_SUFFIXES = contract.LANDING_SUFFIXES
 
 
 def _landing_lines(stream, digest):
@@ -121,6 +122,15 @@ class ReadLandingFileFn(beam.DoFn):
     def start_bundle(self):
         self._done = 0
 
+    def _first_source(self, sha: str) -> str | None:
+        """The path a content was first received under: its raw copy is named by its SHA-256 (copies
+        from before that was so are named otherwise, and their contents keep the path given)."""
+        if not hasattr(self, "_raw_sources"):
+            self._raw_sources = {
+                posixpath.basename(f.relpath)[:64]: f.source for f in snapshot(self._lake, RAW).files if f.source
+            }
+        return self._raw_sources.get(sha)
+
     def process(self, path: str | LakeFile):
         self._done += 1
         if isinstance(path, LakeFile):
@@ -130,15 +140,28 @@ class ReadLandingFileFn(beam.DoFn):
                 yield arrow.slice(start, RAW_CHUNK_ROWS)
             self._files.inc()
             return
+        # The content is its identity (hashed first): received before under any path, its records keep
+        # that first path and time, so a rerun under another name restates them instead of adding copies.
+        content = hashlib.sha256()
+        first_block = True
+        for block in self._records(path, content):
+            if first_block and block and not_utf8(b"\n".join(block[:100])):
+                logging.warning(
+                    "%s is not UTF-8 (UTF-16 or another encoding): its records go to the dead letter as %s; "
+                    "landing files are UTF-8 JSON lines",
+                    path,
+                    contract.INVALID_ENCODING,
+                )
+            first_block = False
+        sha = content.hexdigest()
         ingested_at = landed_at(path, self._ingested_at)
+        source = path
         if self._raw_exists:
-            first = hashlib.sha256()
-            for _ in self._records(path, first):
-                pass
-            ingested_at = first_received(self._lake, first.hexdigest()) or ingested_at
+            ingested_at = first_received(self._lake, sha) or ingested_at
+            source = self._first_source(sha) or path
         digest = hashlib.sha256()
         partitions = (("ingest_date", contract.micros_to_date(ingested_at)),)
-        relpath = f"ingest_date={partitions[0][1]}/{uuid.uuid4().hex}.parquet"
+        relpath = f"ingest_date={partitions[0][1]}/{sha}-{uuid.uuid4().hex[:8]}.parquet"
         copy = posixpath.join(self._raw_root, relpath)
         makedirs(posixpath.dirname(copy))
         n = rows = 0
@@ -160,13 +183,13 @@ class ReadLandingFileFn(beam.DoFn):
                     else:
                         self._blank.inc()
                 while len(data) >= RAW_CHUNK_ROWS:
-                    chunk = raw_chunk(data[:RAW_CHUNK_ROWS], lines[:RAW_CHUNK_ROWS], path, ingested_at)
+                    chunk = raw_chunk(data[:RAW_CHUNK_ROWS], lines[:RAW_CHUNK_ROWS], source, ingested_at)
                     del data[:RAW_CHUNK_ROWS], lines[:RAW_CHUNK_ROWS]
                     writer.write_table(chunk.drop_columns(["ingest_date"]))
                     rows += chunk.num_rows
                     yield chunk
             if data:
-                chunk = raw_chunk(data, lines, path, ingested_at)
+                chunk = raw_chunk(data, lines, source, ingested_at)
                 writer.write_table(chunk.drop_columns(["ingest_date"]))
                 rows += chunk.num_rows
                 yield chunk
@@ -174,11 +197,20 @@ class ReadLandingFileFn(beam.DoFn):
         size = FileSystems.match([copy])[0].metadata_list[0].size_in_bytes
         stats = {"numRecords": rows, "nullCount": {"source_file": 0}}
         if rows:
-            stats.update(minValues={"source_file": path}, maxValues={"source_file": path})
+            stats.update(minValues={"source_file": source}, maxValues={"source_file": source})
         yield beam.pvalue.TaggedOutput(
             RAW_FILES,
             DataFile(
-                RAW.name, relpath, copy, partitions, size, rows, json.dumps(stats), digest.hexdigest(), ingested_at
+                RAW.name,
+                relpath,
+                copy,
+                partitions,
+                size,
+                rows,
+                json.dumps(stats),
+                digest.hexdigest(),
+                ingested_at,
+                landing_path=path,
             ),
         )
         self._files.inc()
@@ -229,6 +261,11 @@ class ReadLandingFiles(beam.PTransform):
         )
 
 
+def _spelled_once(path: str) -> str:
+    """A local path in one spelling (``./s.jsonl`` and ``s.jsonl`` are one file)."""
+    return path if "://" in path else posixpath.normpath(path)
+
+
 def expand_inputs(patterns: list[str], lake: str) -> list[str | LakeFile]:
     """Glob patterns -> landing file paths, and for patterns inside the raw
     layer the raw table's current files they match (a folder listing there
@@ -238,9 +275,36 @@ def expand_inputs(patterns: list[str], lake: str) -> list[str | LakeFile]:
     in_raw = [p for p in patterns if p.startswith(raw_root)]
     paths: set = set()
     for result in FileSystems.match([p for p in patterns if not p.startswith(raw_root)]):
-        paths.update(m.path for m in result.metadata_list if m.path.endswith(LANDING_SUFFIXES))
+        paths.update(_spelled_once(m.path) for m in result.metadata_list if m.path.endswith(LANDING_SUFFIXES))
     raw = [f for f in snapshot(lake, RAW).files if any(fnmatch.fnmatch(f.path, p) for p in in_raw)] if in_raw else []
     return sorted(paths) + raw
+
+
+def content_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    for _ in ReadLandingFileFn._records(path, digest):
+        pass
+    return digest.hexdigest()
+
+
+def distinct_contents(paths: list[str | LakeFile]) -> tuple[list[str | LakeFile], list[tuple[str, str]]]:
+    """``paths`` with each landing content once (the first path of each), and
+    the (left out, same content as) pairs. Only files of equal size are
+    hashed here: different sizes are different contents."""
+    landing = [p for p in paths if not isinstance(p, LakeFile)]
+    sizes: dict[int, list[str]] = {}
+    for path, result in zip(landing, FileSystems.match(landing)) if len(landing) > 1 else ():
+        sizes.setdefault(result.metadata_list[0].size_in_bytes if result.metadata_list else -1, []).append(path)
+    left_out, first = [], {}
+    for group in (g for g in sizes.values() if len(g) > 1):
+        for path in group:
+            sha = content_sha256(path)
+            if sha in first:
+                left_out.append((path, first[sha]))
+            else:
+                first[sha] = path
+    dropped = {path for path, _ in left_out}
+    return [p for p in paths if isinstance(p, LakeFile) or p not in dropped], left_out
 
 
 def unsupported_inputs(patterns: list[str], lake: str) -> list[str]:

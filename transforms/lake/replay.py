@@ -15,6 +15,7 @@ from schemas.tables import BRONZE, DEAD_LETTER, RAW
 from transforms.lake.commit import commit_append
 from transforms.lake.erasure import provenance_condition, raw_rows_holding
 from transforms.lake.files import write_table_files
+from transforms.lake.lock import commit_lock
 from transforms.lake.silver import catch_up
 from transforms.lake.tables import open_table, read_arrow
 from transforms.rules.bronze_arrow import parse_chunk
@@ -63,6 +64,11 @@ def replay(
     run_id: str | None = None,
 ) -> Counter:
     run_id = run_id or f"{PIPELINE}-{uuid.uuid4().hex}"
+    with commit_lock(lake, PIPELINE, run_id):
+        return _replay(lake, reason, since, key_source, run_id)
+
+
+def _replay(lake, reason, since, key_source, run_id) -> Counter:
     counts = Counter()
     dead = dead_letters(lake, reason, since)
     counts["dead_letters_selected"] = dead.num_rows

@@ -48,6 +48,7 @@ from transforms.lake.commit import (
     release,
 )
 from transforms.lake.files import write_data_file, write_table_files
+from transforms.lake.lock import commit_lock
 from transforms.lake.tables import (
     Snapshot,
     dataset,
@@ -211,8 +212,6 @@ def new_rows(rows: pa.Table, before: pa.Table) -> pa.Table:
 # --- silver follows bronze: merges in turn through the head -------------------------------------
 # A claim's commits to silver: a rebuild's replaces are (claim, 1), every merge's (claim, 2).
 REBUILD_SEQUENCE, MERGE_SEQUENCE = 1, 2
-LEASE_SECONDS = 600  # a claim older than this is taken over (its merger is taken for dead)
-POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -248,9 +247,6 @@ class Claim:
             json.loads(row["to_versions_json"]),
             row["rebuild"],
         )
-
-    def expired(self, now: int) -> bool:
-        return now - self.claimed_at > LEASE_SECONDS * 1_000_000
 
 
 def head(lake: str) -> tuple[Claim | None, Snapshot]:
@@ -386,32 +382,31 @@ def apply_claim(
     raise AssertionError("unreachable")
 
 
-def catch_up(
-    lake: str, pipeline: str, wait: bool = True, counters: MergeCounters | None = None, before_commit=None
-) -> MergeResult | None:
-    """Brings silver up to bronze as it is now: claims the head and merges
-    what bronze gained since the last merge, whoever wrote it. If another
-    merge holds the head, waits for it (``wait``) or returns None (what
-    bronze gained is then merged by a later call); a claim past its lease is
-    rolled forward first."""
+def catch_up(lake: str, pipeline: str, counters: MergeCounters | None = None, before_commit=None) -> MergeResult:
+    """Brings silver up to bronze as it is now: under the lake's commit lock
+    (waiting while another writer commits), claims the head and merges what
+    bronze gained since the last merge, whoever wrote it; a claim a merger
+    that died left is rolled forward first."""
+    with commit_lock(lake, pipeline, f"{pipeline}-catch-up"):
+        return _catch_up(lake, pipeline, counters, before_commit)
+
+
+def _catch_up(lake, pipeline, counters, before_commit) -> MergeResult:
     while True:
         current, read = head(lake)
         if current is not None and not released(lake, current):
-            if current.expired(contract.now_micros()) and not current.rebuild:
-                taken = Claim(current.claim_id, pipeline, contract.now_micros(), current.start, current.end)
-                if _write_head(lake, taken, read):
-                    logging.warning(
-                        "silver: taking over merge %s of %s (past its lease)", current.claim_id, current.pipeline
-                    )
-                    apply_claim(lake, taken, counters, before_commit=before_commit)
-                continue
-            if current.expired(contract.now_micros()):
+            # Merges run only under the commit lock, which this process holds: a claim left unreleased is
+            # a merger's that died (or lost the lock, and then commits nothing more), taken over now.
+            if current.rebuild:
                 raise RuntimeError(
                     f"silver: rebuild {current.claim_id} did not finish; run backfill --rebuild-silver again"
                 )
-            if not wait:
-                return None
-            time.sleep(POLL_SECONDS)
+            taken = Claim(current.claim_id, pipeline, contract.now_micros(), current.start, current.end)
+            if _write_head(lake, taken, read):
+                logging.warning(
+                    "silver: taking over merge %s of %s (it did not finish)", current.claim_id, current.pipeline
+                )
+                apply_claim(lake, taken, counters, before_commit=before_commit)
             continue
         start = current.end if current is not None else None
         end = bronze_versions(lake)
@@ -425,12 +420,10 @@ def catch_up(
 
 def claim_rebuild(lake: str, pipeline: str, claim_id: str, planned: dict) -> Claim:
     """Claims the head for a rebuild of silver from bronze as planned
-    (``planned``: the versions it read), waiting for a merge in progress."""
+    (``planned``: the versions it read), under the commit lock (a claim
+    left unreleased is a dead merger's, replaced)."""
     while True:
-        current, read = head(lake)
-        if current is not None and not released(lake, current) and not current.expired(contract.now_micros()):
-            time.sleep(POLL_SECONDS)
-            continue
+        _, read = head(lake)
         claim = Claim(claim_id, pipeline, contract.now_micros(), planned, bronze_versions(lake), rebuild=True)
         if _write_head(lake, claim, read):
             return claim
@@ -450,12 +443,17 @@ class CommitAndMergeFn(CommitFn):
         self._counters = MergeCounters()
 
     def process(self, files):
-        by_table = files_by_table(files)
-        plan = self._plan
+        with commit_lock(self._lake, self._plan.pipeline, self._plan.run_id):
+            yield from self._commit_and_merge(files_by_table(files))
+
+    def _commit_and_merge(self, by_table):
+        plan = self.run_plan(by_table)
         if not self._rebuild:
             yield from self.commit(by_table)
             catch_up(self._lake, plan.pipeline, counters=self._counters, before_commit=self._before_commit)
             return
+        # The rebuilt silver tables too: a rebuild planned on a lake that others wrote since fails.
+        self.check(by_table)
         silver_rules = tuple((rule, read) for rule, read in plan.rules if rule.table.layer == Layer.SILVER)
         others = tuple((rule, read) for rule, read in plan.rules if rule.table.layer != Layer.SILVER)
         yield from CommitFn(self._lake, replace(plan, rules=others, releases=())).commit(

@@ -46,10 +46,12 @@ from deltalake.exceptions import TableNotFoundError
 from schemas.table import Table
 from schemas.tables import (
     BRONZE,
+    COMMIT_LOCK,
     DEAD_LETTER,
     DQ_COMPLETENESS,
     DQ_RESULTS,
     ERASURE_LOG,
+    FUNNEL_DEFINITIONS,
     GOLD,
     METRIC_REVISIONS,
     OPS_ALERTS_STREAM,
@@ -73,6 +75,8 @@ ALL_LAKE_TABLES = (
     OPS_ALERTS_STREAM,
     RELEASES,
     SILVER_HEAD,
+    COMMIT_LOCK,
+    FUNNEL_DEFINITIONS,
     SINK_DEAD_LETTER,
     RUN_LOG,
     ERASURE_LOG,
@@ -132,6 +136,7 @@ class LakeFile:
     source: str | None = None  # the landing file all its rows came from (tables with source_file)
     from_pubsub: bool = False  # every row has no source_file: received from Pub/Sub
     newest_ingest: int | None = None  # micros: the newest ingested_at of its rows (tables with ingested_at)
+    newest_event: int | None = None  # micros: the newest of its table's event_time_column (files written since)
 
     @property
     def partition(self) -> dict:
@@ -151,6 +156,14 @@ class Snapshot:
         return sum(f.rows for f in self.files)
 
 
+def _newest(actions: pa.Table, column: str | None) -> list | None:
+    """Each file's max of ``column`` (micros) from the log's statistics; None when no file has it."""
+    name = f"max.{column}"
+    if column is None or name not in actions.column_names:
+        return None
+    return actions.column(name).cast(pa.timestamp("us", "UTC")).cast(pa.int64()).to_pylist()
+
+
 def snapshot(lake: str, table: Table, version: int | None = None) -> Snapshot:
     dt = open_table(lake, table, version)
     if dt is None:
@@ -165,7 +178,8 @@ def snapshot(lake: str, table: Table, version: int | None = None) -> Snapshot:
         else [()] * n
     )
     has_source = "source_file" in table.column_names and "min.source_file" in columns
-    ingests = actions.column("max.ingested_at").cast(pa.int64()).to_pylist() if "max.ingested_at" in columns else None
+    ingests = _newest(actions, "ingested_at")
+    events = _newest(actions, table.event_time_column)
     files = []
     for i in range(n):
         relpath = columns["path"][i]
@@ -182,6 +196,7 @@ def snapshot(lake: str, table: Table, version: int | None = None) -> Snapshot:
                 source,
                 from_pubsub,
                 ingests[i] if ingests else None,
+                events[i] if events else None,
             )
         )
     return Snapshot(table, dt.version(), tuple(sorted(files, key=lambda f: f.relpath)))
@@ -247,13 +262,25 @@ def released_versions(
         return None
     if as_of_version is not None or as_of_timestamp is not None:
         dt.load_as_version(as_of_version if as_of_version is not None else as_of_timestamp)
+    rows = _latest_release(dt, layer)
+    if rows is None:
+        return None
+    return dict(zip(rows.column("table_name").to_pylist(), rows.column("version").to_pylist()))
+
+
+def _latest_release(dt: DeltaTable, layer: str) -> pa.Table | None:
     rows = dt.to_pyarrow_table(columns=["layer", "table_name", "version", "run_id", "released_at"])
     rows = rows.filter(pc.equal(rows.column("layer"), layer))
     if not rows.num_rows:
         return None
-    latest = pc.max(rows.column("released_at"))
-    rows = rows.filter(pc.equal(rows.column("released_at"), latest))
-    return dict(zip(rows.column("table_name").to_pylist(), rows.column("version").to_pylist()))
+    return rows.filter(pc.equal(rows.column("released_at"), pc.max(rows.column("released_at"))))
+
+
+def released_run(lake: str, layer: str) -> str | None:
+    """The run whose commits the layer's latest release names (None: no release yet)."""
+    dt = open_table(lake, RELEASES)
+    rows = None if dt is None else _latest_release(dt, layer)
+    return None if rows is None else rows.column("run_id")[0].as_py()
 
 
 def layer_versions(

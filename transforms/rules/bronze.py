@@ -167,15 +167,32 @@ def dead_letter_row(raw: dict, pipeline: str, rejected: Rejected, record_type: s
     }
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+_OTHER_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16 (and UTF-32 LE) byte-order marks
+
+
+def not_utf8(data: bytes) -> bool:
+    """Text in another encoding than UTF-8: a UTF-16/32 byte-order mark, or
+    NUL bytes (UTF-16 text of ASCII is valid UTF-8 with a NUL after every
+    character; JSON allows no raw NUL)."""
+    return data.startswith(_OTHER_BOMS) or b"\x00" in data
+
+
 def decode_record(data: bytes, attributes: dict | None):
     """Bytes -> JSON object. A ``payload`` sent as a JSON string (allowed in
     Parquet landing files) is decoded; Pub/Sub attributes fill in a missing
     ``record_type``/``source`` (the body wins where both are present)."""
     if len(data) > contract.MAX_RECORD_BYTES:
         raise Rejected(contract.OVERSIZED, None, f"record is {len(data)} bytes, over the 1 MiB limit")
+    if data.startswith(UTF8_BOM):  # editors on Windows write one; it is no part of the JSON
+        data = data[len(UTF8_BOM) :]
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
+        if not_utf8(data):
+            raise Rejected(
+                contract.INVALID_ENCODING, None, "record is not UTF-8 (UTF-16 or another encoding)"
+            ) from None
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:

@@ -112,8 +112,6 @@ class MergeSilverFn(beam.DoFn):
 
     def process(self, batch):
         result = catch_up(self._lake, PIPELINE, counters=self._counters, before_commit=self._before_commit)
-        if result is None:
-            return
         for name, rows in result.upserts.items():
             yield name, Rows(SILVER[name].from_arrow(rows))
 
