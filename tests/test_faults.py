@@ -43,12 +43,13 @@ def _points(sample: tuple[str, ...]):
 
 
 def _commits(before: Path, after: Path) -> int:
-    """The commits a run made: its tables' version increments (the commit lock's aside)."""
+    """The commits a run made: its tables' version increments (the commit lock's aside; a table the
+    run created starts at its empty version 0, which is no commit)."""
     total = 0
     for table in ALL_LAKE_TABLES:
         if table is not COMMIT_LOCK:
             old, new = snapshot(str(before), table).version, snapshot(str(after), table).version
-            total += (new if new is not None else -1) - (old if old is not None else -1)
+            total += (new or 0) - (old or 0)
     return total
 
 
@@ -76,14 +77,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
     console.ok("backfill", "--input", str(measured), "--lake", str(backfilled))
     shutil.copytree(backfilled, after)
     console.ok("gold", "--lake", str(after), "--as-of", AS_OF)
-    assert _commits(before, backfilled) <= MOST_COMMITS and _commits(backfilled, after) <= MOST_COMMITS
-    return {
-        "before": before,
-        "after": after,
-        "day": measured,
-        "backfill_commits": _commits(before, backfilled),
-        "gold_commits": _commits(backfilled, after),
-    }
+    regold = root / "regold"  # the gold run the gold tests kill: again over `after`
+    shutil.copytree(after, regold)
+    console.ok("gold", "--lake", str(regold), "--as-of", AS_OF)
+    counts = {"backfill_commits": _commits(before, backfilled), "gold_commits": _commits(after, regold)}
+    assert max(counts.values()) <= MOST_COMMITS
+    return {"before": before, "after": after, "day": measured, **counts}
 
 
 def released(lake: Path, tables: dict) -> dict[str, list]:
