@@ -560,3 +560,22 @@ def test_a_backfill_replay_committing_after_a_streaming_append_keeps_the_streame
     backfill.main(["--input", str(lake / "raw" / "**" / "*.parquet"), "--from", day, "--to", day, "--lake", str(lake)])
     ids = read_arrow(str(lake), views).column("view_id").to_pylist()
     assert "v-streamed-meanwhile" in ids and len(ids) == before + 1
+
+
+def test_the_remove_action_adapter_builds_what_delta_rs_commits(tmp_path):
+    """``files.remove_action`` wraps a class delta-rs exposes only privately: a
+    change of its module or arguments fails here, not in a commit path."""
+    lake = str(tmp_path / "lake")
+    partition = (("event_date", "2026-11-02"), ("platform", "web"))
+    kept = write_data_file(lake, CLICKS, [click("kept", "2026-11-02", "f1")], partition)
+    gone = write_data_file(lake, CLICKS, [click("gone", "2026-11-02", "f2")], partition)
+    commit_append(lake, CLICKS, [kept, gone], "adapter-1")
+    dt = open_table(lake, CLICKS)
+    dt.create_write_transaction(
+        [lake_files.remove_action(gone.relpath, gone.size, dict(gone.partitions))],
+        "append",
+        CLICKS.arrow_schema(),
+        list(CLICKS.partition_by),
+    )
+    assert [f.relpath for f in snapshot(lake, CLICKS).files] == [kept.relpath]
+    assert [row["click_id"] for row in read_arrow(lake, CLICKS).to_pylist()] == ["kept"]

@@ -36,13 +36,12 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from deltalake import CommitProperties, Transaction
-from deltalake._internal import RemoveAction
 from deltalake.exceptions import CommitFailedError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from schemas.table import Table
 from schemas.tables import RAW, RELEASES
-from transforms.lake.files import DataFile, write_data_file
+from transforms.lake.files import DataFile, remove_action, write_data_file
 from transforms.lake.lock import commit_lock, ensure_held
 from transforms.lake.tables import LakeFile, Snapshot, ensure_table, open_table, snapshot
 
@@ -215,10 +214,9 @@ def commit_replace(
     base = latest if read.version in (None, latest.version()) else open_table(lake, table, read.version)
     adds = [f.add_action() for f in files]
     removed = [f for f in read.files if rule.replaces(f)]
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
     _failpoint(table)
     # Explicit removes of exactly the read version's files in scope: a file appended since stays.
-    actions = adds + [RemoveAction(f.relpath, True, now_ms, f.size, f.partition) for f in removed]
+    actions = adds + [remove_action(f.relpath, f.size, f.partition) for f in removed]
     try:
         base.create_write_transaction(
             actions,

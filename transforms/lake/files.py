@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
+from deltalake._internal import RemoveAction
 from deltalake.transaction import AddAction
 
 from schemas.table import Table
@@ -62,6 +63,13 @@ class DataFile:
 
     def as_lake_file(self) -> LakeFile:
         return LakeFile(self.path, self.relpath, self.partitions, self.size, self.rows)
+
+
+def remove_action(relpath: str, size: int, partition: dict, data_change: bool = True) -> RemoveAction:
+    """A Delta remove action of a table's file, timed now. The one place the lake
+    builds one: delta-rs exposes the class only from its private module
+    (``deltalake._internal``; ``tests/test_lake.py`` notices a change)."""
+    return RemoveAction(relpath, data_change, int(time.time() * 1000), size, partition)
 
 
 def makedirs(path: str) -> None:

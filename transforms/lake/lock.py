@@ -34,12 +34,11 @@ from datetime import UTC, datetime
 
 from apache_beam.io.filesystems import FileSystems
 from deltalake import CommitProperties, write_deltalake
-from deltalake._internal import RemoveAction
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from schemas import contract
 from schemas.tables import COMMIT_LOCK
-from transforms.lake.files import write_data_file
+from transforms.lake.files import remove_action, write_data_file
 from transforms.lake.tables import open_table, snapshot, table_dir
 
 LEASE_SECONDS = 60  # a holder that stops renewing is passed over this long after its last renewal
@@ -137,11 +136,10 @@ def _swap(lake: str, state: _State, holder: Holder) -> _State | None:
     """Replaces the lock's row by ``holder`` against ``state``; None when
     another writer changed it since (the commits conflict)."""
     written = write_data_file(lake, COMMIT_LOCK, [holder.row()])
-    now_ms = int(time.time() * 1000)
     dt = open_table(lake, COMMIT_LOCK, state.version)
     try:
         dt.create_write_transaction(
-            [written.add_action(), *(RemoveAction(path, True, now_ms, size, {}) for path, size in state.files)],
+            [written.add_action(), *(remove_action(path, size, {}) for path, size in state.files)],
             "append",
             COMMIT_LOCK.arrow_schema(),
             None,
@@ -265,6 +263,10 @@ class commit_lock:
             if lease.depth == 0:
                 del _HELD[self._key]
                 lease.give_back()
+        except Exception as error:  # the block's own error matters more; the lease runs out anyway
+            logging.warning(
+                "commit lock of %s: not given back (%s); it is passed over when its lease ends", self._lake, error
+            )
         finally:
             _PROCESS_LOCKS[self._key].release()
 

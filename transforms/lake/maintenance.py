@@ -15,15 +15,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import pyarrow as pa
 from deltalake import CommitProperties
-from deltalake._internal import RemoveAction
 
 from schemas.table import Table
 from schemas.vocabulary import Layer
-from transforms.lake.files import write_data_file
+from transforms.lake.files import remove_action, write_data_file
 from transforms.lake.tables import RELEASED_LAYERS, open_table, read_file, released_versions, snapshot
 
 # Files below this size are merged (per partition and origin) into files of up to about this size.
@@ -57,7 +55,6 @@ def compact(lake: str, table: Table, small_bytes: int = SMALL_FILE_BYTES) -> int
                 (file.partitions, file.source, file.from_pubsub) if by_origin else (file.partitions, None, False)
             ].append(file)
     adds, removes = [], []
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
     for (partitions, _, _), files in sorted(groups.items(), key=lambda kv: repr(kv[0])):
         if len(files) < 2:
             continue
@@ -68,7 +65,7 @@ def compact(lake: str, table: Table, small_bytes: int = SMALL_FILE_BYTES) -> int
             rows = pa.concat_tables([read_file(f, table) for f in part])
             merged = write_data_file(lake, table, rows, partitions, prefix="compacted-")
             adds.append(merged.add_action(data_change=False))
-            removes += [RemoveAction(f.relpath, False, now_ms, f.size, f.partition) for f in part]
+            removes += [remove_action(f.relpath, f.size, f.partition, data_change=False) for f in part]
     if not adds:
         return 0
     base = open_table(lake, table, current.version)
