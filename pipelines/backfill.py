@@ -167,6 +167,8 @@ def build(
         rules = [Replace(t, ReplaceScope.SOURCES, sources) for t in BRONZE.values()]
     rules.append(Replace(DEAD_LETTER, ReplaceScope.SOURCES, sources))
     rebuild = rebuilds_silver(lake, rebuild_silver)
+    if not rebuild:  # merges send BigQuery their changes: its silver must hold the lake's first
+        follow_lake_silver(bigquery, lake, "backfill", run_id)
     if rebuild:
         rules += [Replace(table, ReplaceScope.TABLE) for table in SILVER.values()]
     plan = read_plan(lake, rules)  # the versions this run reads and replaces
@@ -221,11 +223,6 @@ def _check_literal_inputs(parser: argparse.ArgumentParser, patterns: list[str]) 
             parser.error(f"--input {pattern} does not exist (a pattern with * that matches nothing is no error)")
         if "://" not in pattern and os.path.isdir(pattern):
             parser.error(f"--input {pattern} is a folder; name its files, e.g. --input '{pattern}/*.jsonl'")
-
-
-def _report_followed(loaded: dict[str, int]) -> None:
-    if loaded:
-        print(f"BigQuery silver loaded whole from the lake (it differed): {loaded}")
 
 
 def _true_or_false(text: str) -> bool:
@@ -302,8 +299,6 @@ def main(argv=None):
         + (f" (event_date {args.date_from} .. {args.date_to})" if date_range else "")
     )
     run_id, planned = f"backfill-{uuid.uuid4().hex}", {}
-    if bigquery is not None and not rebuilds_silver(args.lake, args.rebuild_silver):
-        _report_followed(follow_lake_silver(bigquery, args.lake, "backfill", run_id))
 
     def wiring(p):
         planned["silver"] = build(

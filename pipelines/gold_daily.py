@@ -95,6 +95,7 @@ def build(
     definitions = computed
     inputs = gold_inputs(definitions)
     run_id = run_id or f"gold_daily-{uuid.uuid4().hex}"
+    follow_lake_silver(bigquery, lake, "gold_daily", run_id)  # BigQuery's silver holds the lake's
     versions = layer_versions(lake, SILVER, **(silver_as_of or {}))
     files = {name: snapshot(lake, table, versions[name]).files for name, table in SILVER.items()}
     if shards is None:
@@ -209,10 +210,6 @@ def recompute(
         + (f" and BigQuery {bigquery.project}.gold" if bigquery else "")
     )
     silver_as_of = {"as_of_version": as_of_version, "as_of_timestamp": as_of_timestamp}
-    if bigquery is not None:
-        loaded = follow_lake_silver(bigquery, lake, "gold_daily", "gold_daily-follow")
-        if loaded:
-            print(f"BigQuery silver loaded whole from the lake (it differed): {loaded}")
     if as_of_version is None and as_of_timestamp is None:
         # Silver up to bronze first (a no-op when the stream and the backfills merged all they added),
         # so gold never misses what bronze holds.

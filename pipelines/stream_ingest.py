@@ -92,6 +92,8 @@ def build(
     ``alerts_topic``: publish the operational alerts there;
     ``alert_grace_seconds``: see ``transforms.streaming.alerts``;
     ``health``: (StreamFreshness, StreamVolume), default the declared ones."""
+    # Merges send BigQuery what they change: its silver must start from the lake's.
+    follow_lake_silver(bigquery, lake, "stream_ingest", "stream_ingest-follow")
     _ = (
         p
         | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
@@ -210,10 +212,6 @@ def main(argv=None, stop_when=None):
         + (f" and BigQuery {bigquery.project}" if bigquery else "")
         + f" ({args.window_seconds} s windows)"
     )
-    if bigquery is not None:  # merges send BigQuery what they change: it must start from the lake's silver
-        loaded = follow_lake_silver(bigquery, args.lake, "stream_ingest", "stream_ingest-follow")
-        if loaded:
-            print(f"BigQuery silver loaded whole from the lake (it differed): {loaded}")
     if options.view_as(StandardOptions).runner == STREAMING_RUNNER:
         local_runner.tune()
 

@@ -70,12 +70,6 @@ def test_the_funnels_gold_computed_stay_in_force_for_every_later_recompute(lake,
     assert "dropped at mine.carted" in out
     status = console.ok("status", "--lake", str(lake_copy))
     assert f"funnel definitions in force: mine (from {mine}" in status
-    # New definitions replace them from that run on.
-    theirs = tmp_path / "theirs.yaml"
-    theirs.write_text(MINE.replace("name: mine", "name: theirs"))
-    console.ok("gold", "--lake", str(lake_copy), "--as-of", AS_OF, "--funnels", str(theirs))
-    console.ok("gold", "--lake", str(lake_copy), "--as-of", AS_OF)
-    assert _funnels_in_gold(lake_copy) == {"theirs"}
 
 
 def test_a_gold_run_the_gate_blocks_leaves_the_definitions_of_the_released_gold(lake, tmp_path):

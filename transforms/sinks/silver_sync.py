@@ -6,7 +6,9 @@ keeps a BigQuery silver equal to the lake's only if it started equal. So a
 run with ``--sink bigquery`` that writes silver first compares, per silver
 table, BigQuery's row count with the lake's released silver (counted from
 the Delta log) and loads whole every table that differs, under the lake's
-commit lock (no merge runs meanwhile). The first such run on an existing
+commit lock (no merge runs meanwhile), when the run is planned (its
+``build``); whether before or after a merge sent BigQuery its changes, a
+table whose count differs is loaded whole. The first such run on an existing
 lake loads all of silver; later runs find the counts equal and load
 nothing. The rows go through the process that runs this (the launcher):
 a one-time cost on a lake that existed before BigQuery did.
@@ -26,9 +28,12 @@ def _lake_counts(lake: str, versions: dict[str, int | None]) -> dict[str, int]:
     return {name: snapshot(lake, SILVER[name], v).rows if v is not None else 0 for name, v in versions.items()}
 
 
-def follow_lake_silver(target: BigQueryTarget, lake: str, pipeline: str, run_id: str) -> dict[str, int]:
+def follow_lake_silver(target: BigQueryTarget | None, lake: str, pipeline: str, run_id: str) -> dict[str, int]:
     """Loads each silver table whose BigQuery row count differs from the
-    lake's released silver; returns ``{table: rows loaded}``."""
+    lake's released silver; returns ``{table: rows loaded}`` (and says so).
+    Without a target, nothing."""
+    if target is None:
+        return {}
     with commit_lock(lake, pipeline, run_id):
         versions = layer_versions(lake, SILVER)
         if all(v is None for v in versions.values()):
@@ -51,4 +56,6 @@ def follow_lake_silver(target: BigQueryTarget, lake: str, pipeline: str, run_id:
             for group in read_groups(list(files)):
                 yield read_files(group, table)
 
-        return replace_tables(bq, {SILVER[name]: chunks(name) for name in behind})
+        loaded = replace_tables(bq, {SILVER[name]: chunks(name) for name in behind})
+    print(f"BigQuery silver loaded whole from the lake (it differed): {loaded}")
+    return loaded
