@@ -77,6 +77,21 @@ def _subfolders(path: str) -> list[str]:
     return [name for name in os.listdir(path) if os.path.isdir(os.path.join(path, name))] if os.path.isdir(path) else []
 
 
+def instant(text: str, end_of_day: bool = False) -> int:
+    """A flag's ISO time (UTC unless it names a zone) or day -> micros; a day
+    is its start, or with ``end_of_day`` its last microsecond."""
+    from datetime import UTC, date, datetime, time
+
+    from schemas.contract import datetime_to_micros
+
+    try:
+        if end_of_day and len(text) == 10:
+            return datetime_to_micros(datetime.combine(date.fromisoformat(text), time.max, UTC))
+        return datetime_to_micros(datetime.fromisoformat(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD or an ISO time, got {text}") from None
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -59,12 +59,7 @@ def _known(error: BaseException) -> bool:
     from transforms.lake.lock import LockLostError
     from transforms.rules.pii import PiiKeyError
 
-    return isinstance(error, LakeConflictError | LockLostError | FunnelDefinitionError | PiiKeyError | UserError)
-
-
-class UserError(RuntimeError):
-    """A failure the user can fix, raised with the line to show (a path that
-    cannot be written, credentials missing ...)."""
+    return isinstance(error, LakeConflictError | LockLostError | FunnelDefinitionError | PiiKeyError)
 
 
 def report_failure(command: str, error: BaseException) -> int:

@@ -84,15 +84,11 @@ def build(
     ``run_id``: names the run's commits; ``definitions``: the funnels
     (default: those in force in the lake, else the packaged ones), committed
     with the gold tables (``transforms.lake.funnel_definitions``)."""
-    if not isinstance(definitions, Definitions):  # parsed funnels (tests, benchmarks): not recorded
-        computed, recorded = definitions if definitions is not None else None, None
-    else:
-        computed, recorded = None, definitions
-    if computed is None:
-        recorded = recorded or in_force(lake) or packaged()
-        computed = recorded.funnels
-        print(f"gold_daily: funnels {', '.join(f.name for f in computed)} (from {recorded.source})")
-    definitions = computed
+    recorded = None  # parsed funnels given (tests, benchmarks) are computed, not recorded
+    if definitions is None or isinstance(definitions, Definitions):
+        recorded = definitions or in_force(lake) or packaged()
+        definitions = recorded.funnels
+        print(f"gold_daily: funnels {', '.join(f.name for f in definitions)} (from {recorded.source})")
     inputs = gold_inputs(definitions)
     run_id = run_id or f"gold_daily-{uuid.uuid4().hex}"
     follow_lake_silver(bigquery, lake, "gold_daily", run_id)  # BigQuery's silver holds the lake's

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
 
-from pipelines.arguments import check_lake, command_parser
+from pipelines.arguments import check_lake, command_parser, instant
 from pipelines.common import add_pii_key_flags, setup_logging, use_filesystems
 from schemas import contract
 from transforms.lake.replay import PIPELINE, replay
@@ -31,18 +30,11 @@ from transforms.rules.pii import PiiKeySource
 from transforms.sinks.run_log import write_run_log
 
 
-def _since(text: str) -> int:
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1_000_000)
-
-
 def main(argv=None) -> Counter:
     parser = command_parser(__doc__)
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument("--reason", choices=contract.REASONS, help="only dead letters of this reason")
-    parser.add_argument("--since", type=_since, help="only dead letters ingested at or after this time (ISO 8601)")
+    parser.add_argument("--since", type=instant, help="only dead letters ingested at or after this time (ISO 8601)")
     add_pii_key_flags(parser)
     args = parser.parse_args(argv)
     check_lake(parser, args.lake, must_exist=True)

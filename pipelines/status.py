@@ -19,25 +19,11 @@ stale lake is shown, not an exit status: a lake of old data read on purpose
 
 from __future__ import annotations
 
-import argparse
-from datetime import UTC, date, datetime, time
+import functools
 
-from pipelines.arguments import check_lake, check_readable, command_parser, positive_float
+from pipelines.arguments import check_lake, check_readable, command_parser, instant, positive_float
 from pipelines.common import use_filesystems
 from reporting.status import STALE_AFTER_HOURS, health, render
-
-
-def _instant(text: str) -> int:
-    """A day (its end) or an ISO time (UTC unless it says) -> micros."""
-    try:
-        if len(text) == 10:
-            at = datetime.combine(date.fromisoformat(text), time.max, UTC)
-        else:
-            at = datetime.fromisoformat(text)
-            at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD or an ISO time, got {text}") from None
-    return int(at.timestamp() * 1_000_000)
 
 
 class BlockingFailure(SystemExit):
@@ -49,7 +35,7 @@ def main(argv=None):
     parser.add_argument("--lake", required=True, help="lakehouse root (local folder or gs://...)")
     parser.add_argument(
         "--as-of",
-        type=_instant,
+        type=functools.partial(instant, end_of_day=True),
         help="the clock freshness is measured from: YYYY-MM-DD (its end) or an ISO time in UTC (default: now)",
     )
     parser.add_argument(

@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from schemas.contract import micros_to_datetime, now_micros
 from schemas.quality import COMPLETENESS, Severity
 from schemas.tables import BRONZE, DQ_COMPLETENESS, DQ_RESULTS, GOLD, RUN_LOG, SILVER
 from schemas.vocabulary import Layer
@@ -54,14 +55,12 @@ def clock_lags(snapshots, as_of: int, stale_after_hours: float) -> list[ClockLag
     Delta log's statistics, against ``as_of``."""
     lags = []
     for snap in snapshots:
-        newest: dict[str, list] = defaultdict(lambda: [None, None])
+        by_platform = defaultdict(list)
         for f in snap.files:
-            cell = newest[f.partition.get("platform") or "(all)"]
-            if f.newest_event is not None:
-                cell[0] = max(cell[0] or f.newest_event, f.newest_event)
-            if f.newest_ingest is not None:
-                cell[1] = max(cell[1] or f.newest_ingest, f.newest_ingest)
-        for platform, (event, ingest) in sorted(newest.items()):
+            by_platform[f.partition.get("platform") or "(all)"].append(f)
+        for platform, files in sorted(by_platform.items()):
+            event = max((f.newest_event for f in files if f.newest_event is not None), default=None)
+            ingest = max((f.newest_ingest for f in files if f.newest_ingest is not None), default=None)
             lags.append(ClockLag(snap.table.name, platform, event, ingest, as_of, stale_after_hours))
     return lags
 
@@ -89,7 +88,7 @@ class Health:
 
 def health(lake: str, as_of: int | None = None, stale_after_hours: float = STALE_AFTER_HOURS) -> Health:
     """``as_of``: the clock freshness is measured from (micros; default now)."""
-    h = Health(as_of=as_of if as_of is not None else int(datetime.now(UTC).timestamp() * 1_000_000))
+    h = Health(as_of=as_of if as_of is not None else now_micros())
     released = {Layer.SILVER: layer_versions(lake, SILVER), Layer.GOLD: layer_versions(lake, GOLD)}
     bronze = []
     for table in ALL_LAKE_TABLES:
@@ -211,7 +210,7 @@ def _definitions_lines(h: Health) -> list[str]:
 
 
 def _at(micros: int | None) -> str:
-    return "-" if micros is None else datetime.fromtimestamp(micros / 1e6, UTC).strftime("%Y-%m-%d %H:%M")
+    return "-" if micros is None else micros_to_datetime(micros).strftime("%Y-%m-%d %H:%M")
 
 
 def _clock_lines(h: Health) -> list[str]:

@@ -235,15 +235,18 @@ def parse_timestamp(value, field: str) -> int:
         dt = datetime.fromisoformat(value)
     except ValueError:
         raise Rejected(INVALID_TIMESTAMP, field, f"{field}: not an ISO-8601 timestamp") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    micros = (dt - _EPOCH) // _ONE_MICRO
+    micros = datetime_to_micros(dt)
     if micros < MIN_TIMESTAMP_MS * 1000:
         raise Rejected(TIMESTAMP_OUT_OF_RANGE, field, f"{field}: before 2000-01-01")
     return micros
 
 
 _ONE_MICRO = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
+
+
+def datetime_to_micros(dt: datetime) -> int:
+    """Micros since the epoch of ``dt`` (UTC when it names no zone)."""
+    return ((dt if dt.tzinfo else dt.replace(tzinfo=UTC)) - _EPOCH) // _ONE_MICRO
 
 
 def micros_to_datetime(micros: int) -> datetime:

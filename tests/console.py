@@ -65,6 +65,20 @@ def fails(code: int, command: str, *args: str, cwd: Path | None = None, env: dic
     return error_line(command, err)
 
 
+def generated(folder: Path, users: int, seed: int, days: int = 2) -> Path:
+    """Landing files ``funnel generate`` writes into ``folder``/data."""
+    out = folder / "data"
+    ok("generate", "--users", str(users), "--days", str(days), "--seed", str(seed), "--out", str(out))
+    return out
+
+
+def backfilled(folder: Path, landing: Path) -> Path:
+    """The lake one backfill of every landing file makes, in ``folder``/lake."""
+    lake = folder / "lake"
+    ok("backfill", "--input", f"{landing}/*.jsonl", "--lake", str(lake))
+    return lake
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str = "8m"):
     """A small tmpfs at ``path`` (root only): a disk that fills, or is remounted read-only."""

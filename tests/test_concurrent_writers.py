@@ -38,16 +38,13 @@ def contents(lake: Path, with_gold: bool = False) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def landing(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("landing") / "data"
-    _ok("generate", "--users", "150", "--days", "2", "--seed", "11", "--out", str(out))
-    return out
+    return console.generated(tmp_path_factory.mktemp("landing"), users=150, seed=11)
 
 
 @pytest.fixture(scope="module")
 def one_backfill(landing, tmp_path_factory) -> Path:
     """The lake one backfill of every landing file makes, then gold."""
-    lake = tmp_path_factory.mktemp("reference") / "lake"
-    _ok("backfill", "--input", f"{landing}/*.jsonl", "--lake", str(lake))
+    lake = console.backfilled(tmp_path_factory.mktemp("reference"), landing)
     _ok("gold", "--lake", str(lake), "--as-of", "2026-11-20")
     return lake
 

@@ -64,8 +64,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     released), that day's file, and the lake an undisturbed backfill and
     gold of it make."""
     root = tmp_path_factory.mktemp("faults")
-    landing = root / "landing"
-    console.ok("generate", "--users", "80", "--days", "2", "--seed", "17", "--out", str(landing))
+    landing = console.generated(root, users=80, seed=17)
     days = sorted(landing.glob("*.jsonl"))
     measured = days[1]  # a whole day of traffic (the last files hold late scans only)
     before = root / "before"

@@ -32,16 +32,12 @@ MINE = """funnels:
 
 @pytest.fixture(scope="module")
 def landing(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("landing") / "data"
-    console.ok("generate", "--users", "120", "--days", "2", "--seed", "23", "--out", str(out))
-    return out
+    return console.generated(tmp_path_factory.mktemp("landing"), users=120, seed=23)
 
 
 @pytest.fixture(scope="module")
 def lake(landing, tmp_path_factory) -> Path:
-    lake = tmp_path_factory.mktemp("lake") / "lake"
-    console.ok("backfill", "--input", f"{landing}/*.jsonl", "--lake", str(lake))
-    return lake
+    return console.backfilled(tmp_path_factory.mktemp("lake"), landing)
 
 
 def _funnels_in_gold(lake: Path) -> set[str]:

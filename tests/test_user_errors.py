@@ -23,15 +23,12 @@ USAGE, FAILED = 2, 1
 
 @pytest.fixture(scope="module")
 def landing(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("landing") / "data"
-    console.ok("generate", "--users", "120", "--days", "2", "--seed", "5", "--out", str(out))
-    return out
+    return console.generated(tmp_path_factory.mktemp("landing"), users=120, seed=5)
 
 
 @pytest.fixture(scope="module")
 def lake(landing, tmp_path_factory) -> Path:
-    lake = tmp_path_factory.mktemp("lake") / "lake"
-    console.ok("backfill", "--input", f"{landing}/*.jsonl", "--lake", str(lake))
+    lake = console.backfilled(tmp_path_factory.mktemp("lake"), landing)
     console.ok("gold", "--lake", str(lake), "--as-of", "2026-11-20")
     return lake
 

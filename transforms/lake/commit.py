@@ -127,8 +127,6 @@ class Replace:
         streamed_ok = self.scope in (ReplaceScope.SOURCES, ReplaceScope.PARTITIONS)
         if any(path not in before and not (streamed_ok and f.from_pubsub) for path, f in now.items()):
             return "another run wrote rows of what this run replaces"
-        if self.scope is ReplaceScope.TABLE and len(latest.files) != len(read.files):
-            return "another run wrote to the table this run replaces whole"
         return None
 
     def surviving(self, version: Snapshot) -> list[LakeFile]:
@@ -371,14 +369,14 @@ class CommitFn(beam.DoFn):
         """The plan with the landing identities of the run's raw copies (``with_landing_identities``)."""
         return with_landing_identities(self._plan, by_table.get(RAW.name, []))
 
-    def check(self, by_table: dict[str, list[DataFile]]) -> None:
-        _check_or_discard(self._lake, self.run_plan(by_table), by_table)
+    def check(self, by_table: dict[str, list[DataFile]], plan: CommitPlan | None = None) -> None:
+        """Raises ``LakeConflictError`` unless the whole plan still holds (``check_plan``), its files deleted."""
+        _check_or_discard(self._lake, plan or self.run_plan(by_table), by_table)
 
     def commit(self, by_table: dict[str, list[DataFile]]):
-        """Commits under the commit lock (held by the caller): nothing unless
-        the whole plan still holds (``check_plan``; else its files are deleted)."""
+        """Commits under the commit lock (held by the caller), once ``check`` passes."""
         plan = self.run_plan(by_table)
-        self.check(by_table)
+        self.check(by_table, plan)
         by_table = defaultdict(list, by_table)
         raw = by_table.pop(RAW.name, [])
         if raw:
@@ -427,15 +425,13 @@ def with_landing_identities(plan: CommitPlan, raw_copies: list[DataFile]) -> Com
 
 def _check_or_discard(lake: str, plan: CommitPlan, by_table: dict[str, list[DataFile]]) -> None:
     try:
-        check_plan(lake, tuple((rule, read) for rule, read in plan.rules if not _in_already(lake, rule, plan.run_id)))
+        # A committer run again after committing some tables: those changes are its own.
+        check_plan(
+            lake, tuple((r, read) for r, read in plan.rules if not already_committed(lake, r.table, plan.run_id))
+        )
     except LakeConflictError:
         _delete([f.path for files in by_table.values() for f in files])  # named by no version: nothing stays
         raise
-
-
-def _in_already(lake: str, rule: Replace, run_id: str) -> bool:
-    # A committer run again after committing some tables: those are its own changes.
-    return already_committed(lake, rule.table, run_id)
 
 
 def _committed_version(lake: str, table: Table, run_id: str) -> int:

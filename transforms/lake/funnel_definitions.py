@@ -13,6 +13,7 @@ packaged ``schemas/funnels.yaml``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import pyarrow.compute as pc
 
@@ -33,7 +34,7 @@ class Definitions:
     source: str
     run_id: str | None = None  # the gold run that recorded them (in-force definitions)
 
-    @property
+    @cached_property  # parsed once (a frozen dataclass's __dict__ still takes it)
     def funnels(self) -> tuple[funnels.Funnel, ...]:
         return funnels.parse(self.text, self.source)
 

@@ -38,22 +38,23 @@ RAW_FILES = "raw_files"  # the tagged output of the raw copies' DataFiles
 LANDING_SUFFIXES = contract.LANDING_SUFFIXES
 
 
-def _landing_lines(stream, digest):
+def _landing_lines(stream, digest=None):
     """A landing file's lines (split on \\n, a trailing \\r removed), in
-    lists; ``digest`` gets the content, with a final newline if it lacks one."""
+    lists; ``digest`` (if any) gets the content, with a final newline if it lacks one."""
     pending, last = b"", b"\n"
     while True:
         block = stream.read(_READ_CHUNK)
         if not block:
             break
-        digest.update(block)
+        if digest is not None:
+            digest.update(block)
         last = block[-1:]
         lines = (pending + block).split(b"\n")
         pending = lines.pop()
         yield [line[:-1] if line[-1:] == b"\r" else line for line in lines]
     if pending:
         yield [pending[:-1] if pending[-1:] == b"\r" else pending]
-    if last != b"\n":
+    if last != b"\n" and digest is not None:
         digest.update(b"\n")
 
 
@@ -119,13 +120,16 @@ class ReadLandingFileFn(beam.DoFn):
         self._files = metrics.counter("files_read")
         self._blank = metrics.counter("blank_lines_skipped")
 
+    def setup(self):
+        self._raw_sources: dict[str, str] | None = None  # read once per worker, when first needed
+
     def start_bundle(self):
         self._done = 0
 
     def _first_source(self, sha: str) -> str | None:
         """The path a content was first received under: its raw copy is named by its SHA-256 (copies
         from before that was so are named otherwise, and their contents keep the path given)."""
-        if not hasattr(self, "_raw_sources"):
+        if self._raw_sources is None:
             self._raw_sources = {
                 posixpath.basename(f.relpath)[:64]: f.source for f in snapshot(self._lake, RAW).files if f.source
             }
@@ -142,24 +146,19 @@ class ReadLandingFileFn(beam.DoFn):
             return
         # The content is its identity (hashed first): received before under any path, its records keep
         # that first path and time, so a rerun under another name restates them instead of adding copies.
-        content = hashlib.sha256()
-        first_block = True
-        for block in self._records(path, content):
-            if first_block and block and not_utf8(b"\n".join(block[:100])):
-                logging.warning(
-                    "%s is not UTF-8 (UTF-16 or another encoding): its records go to the dead letter as %s; "
-                    "landing files are UTF-8 JSON lines",
-                    path,
-                    contract.INVALID_ENCODING,
-                )
-            first_block = False
-        sha = content.hexdigest()
+        sha, utf8 = content_sha256(path)
+        if not utf8:
+            logging.warning(
+                "%s is not UTF-8 (UTF-16 or another encoding): its records go to the dead letter as %s; "
+                "landing files are UTF-8 JSON lines",
+                path,
+                contract.INVALID_ENCODING,
+            )
         ingested_at = landed_at(path, self._ingested_at)
         source = path
         if self._raw_exists:
             ingested_at = first_received(self._lake, sha) or ingested_at
             source = self._first_source(sha) or path
-        digest = hashlib.sha256()
         partitions = (("ingest_date", contract.micros_to_date(ingested_at)),)
         relpath = f"ingest_date={partitions[0][1]}/{sha}-{uuid.uuid4().hex[:8]}.parquet"
         copy = posixpath.join(self._raw_root, relpath)
@@ -174,7 +173,7 @@ class ReadLandingFileFn(beam.DoFn):
                 use_dictionary=["source_file", "attributes_json"],
             )
             data, lines = [], []
-            for block in self._records(path, digest):
+            for block in self._records(path):  # hashed already, above
                 for record in block:
                     n += 1
                     if record.strip():
@@ -208,7 +207,7 @@ class ReadLandingFileFn(beam.DoFn):
                 size,
                 rows,
                 json.dumps(stats),
-                digest.hexdigest(),
+                sha,
                 ingested_at,
                 landing_path=path,
             ),
@@ -218,8 +217,8 @@ class ReadLandingFileFn(beam.DoFn):
         logging.info("read %s: %d lines (%d of %d files)", path, n, self._done, self._total)
 
     @staticmethod
-    def _records(path: str, digest):
-        """Lists of records: JSONL lines, or Parquet rows as canonical JSON."""
+    def _records(path: str, digest=None):
+        """Lists of records: JSONL lines, or Parquet rows as canonical JSON; ``digest`` (if any) gets them."""
         if path.endswith(".parquet"):
             with FileSystems.open(path) as f:
                 parquet = pq.ParquetFile(io.BytesIO(f.read()))
@@ -228,8 +227,9 @@ class ReadLandingFileFn(beam.DoFn):
                     orjson.dumps({k: v for k, v in row.items() if v is not None}, default=_default)
                     for row in batch.to_pylist()
                 ]
-                for data in block:
-                    digest.update(data)
+                if digest is not None:
+                    for data in block:
+                        digest.update(data)
                 yield block
             return
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -280,11 +280,14 @@ def expand_inputs(patterns: list[str], lake: str) -> list[str | LakeFile]:
     return sorted(paths) + raw
 
 
-def content_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    for _ in ReadLandingFileFn._records(path, digest):
-        pass
-    return digest.hexdigest()
+def content_sha256(path: str) -> tuple[str, bool]:
+    """A landing file's identity (the SHA-256 of its records) and whether its
+    first records read as UTF-8 (``transforms.rules.bronze.not_utf8``)."""
+    digest, utf8 = hashlib.sha256(), None
+    for block in ReadLandingFileFn._records(path, digest):
+        if utf8 is None and block:
+            utf8 = not not_utf8(b"\n".join(block[:100]))
+    return digest.hexdigest(), utf8 is not False
 
 
 def distinct_contents(paths: list[str | LakeFile]) -> tuple[list[str | LakeFile], list[tuple[str, str]]]:
@@ -298,7 +301,7 @@ def distinct_contents(paths: list[str | LakeFile]) -> tuple[list[str | LakeFile]
     left_out, first = [], {}
     for group in (g for g in sizes.values() if len(g) > 1):
         for path in group:
-            sha = content_sha256(path)
+            sha, _ = content_sha256(path)
             if sha in first:
                 left_out.append((path, first[sha]))
             else:

@@ -29,8 +29,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, replace
 
 from apache_beam.io.filesystems import FileSystems
 from deltalake import CommitProperties, write_deltalake
@@ -39,7 +38,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from schemas import contract
 from schemas.tables import COMMIT_LOCK
 from transforms.lake.files import remove_action, write_data_file
-from transforms.lake.tables import open_table, snapshot, table_dir
+from transforms.lake.tables import open_table, read_arrow, snapshot, table_dir
 
 LEASE_SECONDS = 60  # a holder that stops renewing is passed over this long after its last renewal
 RENEW_SECONDS = LEASE_SECONDS / 4
@@ -52,22 +51,14 @@ class LockLostError(RuntimeError):
 
 @dataclass(frozen=True)
 class Holder:
-    holder: str | None
-    pipeline: str | None
-    host: str | None
-    pid: int | None
-    since: int | None  # micros
-    expires: int | None  # micros
+    """The lock's row (``COMMIT_LOCK``); all None: free."""
 
-    def row(self) -> dict:
-        return {
-            "holder": self.holder,
-            "pipeline": self.pipeline,
-            "host": self.host,
-            "pid": self.pid,
-            "since": self.since,
-            "expires": self.expires,
-        }
+    holder: str | None = None
+    pipeline: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    since: int | None = None  # micros
+    expires: int | None = None  # micros
 
     def holds(self, now: int) -> bool:
         """Whether it still holds the lock: a lease running, and not a process of this machine that ended."""
@@ -83,11 +74,11 @@ class Holder:
         return True
 
     def describe(self) -> str:
-        since = datetime.fromtimestamp((self.since or 0) / 1e6, UTC).strftime("%H:%M:%S UTC")
+        since = contract.micros_to_datetime(self.since or 0).strftime("%H:%M:%S UTC")
         return f"{self.pipeline} {self.holder} (pid {self.pid} on {self.host}) since {since}"
 
 
-FREE = Holder(None, None, None, None, None, None)
+FREE = Holder()
 
 
 @dataclass(frozen=True)
@@ -95,10 +86,6 @@ class _State:
     holder: Holder
     version: int
     files: tuple[tuple[str, int], ...]  # (relpath, size): one, or free rows of writers that created it at once
-
-
-def _micros(value):
-    return int(value.timestamp() * 1_000_000) if isinstance(value, datetime) else value
 
 
 def _uri(lake: str) -> str:
@@ -113,10 +100,10 @@ def _read(lake: str) -> _State:
             _create(lake)
             continue
         try:
-            rows = open_table(lake, COMMIT_LOCK, read.version).to_pyarrow_table().to_pylist()
+            rows = COMMIT_LOCK.from_arrow(read_arrow(lake, COMMIT_LOCK, read.version))
         except (OSError, DeltaError):  # its file was replaced and deleted between the two reads
             continue
-        held = [Holder(**{k: _micros(v) for k, v in row.items()}) for row in rows if row["holder"] is not None]
+        held = [Holder(**row) for row in rows if row["holder"] is not None]
         files = tuple((f.relpath, f.size) for f in read.files)
         return _State(held[0] if held else FREE, read.version, files)
     raise RuntimeError(f"{_uri(lake)}: could not read the commit lock")
@@ -126,7 +113,7 @@ def _create(lake: str) -> None:
     # Writers creating it at once may each add a free row (delta-rs's create is not exclusive); the
     # first swap removes them all, and two swaps removing the same rows conflict.
     try:
-        write_deltalake(_uri(lake), COMMIT_LOCK.to_arrow([FREE.row()]), mode="error", name=COMMIT_LOCK.name)
+        write_deltalake(_uri(lake), COMMIT_LOCK.to_arrow([asdict(FREE)]), mode="error", name=COMMIT_LOCK.name)
     except (DeltaError, OSError, ValueError) as error:
         if snapshot(lake, COMMIT_LOCK).version is None:
             raise RuntimeError(f"{_uri(lake)}: could not create the commit lock: {error}") from error
@@ -135,7 +122,7 @@ def _create(lake: str) -> None:
 def _swap(lake: str, state: _State, holder: Holder) -> _State | None:
     """Replaces the lock's row by ``holder`` against ``state``; None when
     another writer changed it since (the commits conflict)."""
-    written = write_data_file(lake, COMMIT_LOCK, [holder.row()])
+    written = write_data_file(lake, COMMIT_LOCK, [asdict(holder)])
     dt = open_table(lake, COMMIT_LOCK, state.version)
     try:
         dt.create_write_transaction(
@@ -280,12 +267,3 @@ def ensure_held(lake: str) -> None:
             f"{lake}: this run's commit lock ran out and another writer took it; "
             "what it committed so far stays, rerun it to finish"
         )
-
-
-def current_holder(lake: str) -> Holder | None:
-    """Who holds the lock now (None: nobody, or no lock yet)."""
-    read = snapshot(lake, COMMIT_LOCK)
-    if read.version is None:
-        return None
-    holder = _read(lake).holder
-    return holder if holder.holds(contract.now_micros()) else None

@@ -453,7 +453,7 @@ class CommitAndMergeFn(CommitFn):
             catch_up(self._lake, plan.pipeline, counters=self._counters, before_commit=self._before_commit)
             return
         # The rebuilt silver tables too: a rebuild planned on a lake that others wrote since fails.
-        self.check(by_table)
+        self.check(by_table, plan)
         silver_rules = tuple((rule, read) for rule, read in plan.rules if rule.table.layer == Layer.SILVER)
         others = tuple((rule, read) for rule, read in plan.rules if rule.table.layer != Layer.SILVER)
         yield from CommitFn(self._lake, replace(plan, rules=others, releases=())).commit(

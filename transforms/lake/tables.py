@@ -257,30 +257,32 @@ def released_versions(
 ) -> dict[str, int] | None:
     """``{table name: version}`` of the layer's latest release (as of a
     ``releases`` version or a time); None when the layer has none yet."""
-    dt = open_table(lake, RELEASES)
-    if dt is None:
-        return None
-    if as_of_version is not None or as_of_timestamp is not None:
-        dt.load_as_version(as_of_version if as_of_version is not None else as_of_timestamp)
-    rows = _latest_release(dt, layer)
+    rows = _latest_release(lake, layer, as_of_version, as_of_timestamp)
     if rows is None:
         return None
     return dict(zip(rows.column("table_name").to_pylist(), rows.column("version").to_pylist()))
 
 
-def _latest_release(dt: DeltaTable, layer: str) -> pa.Table | None:
-    rows = dt.to_pyarrow_table(columns=["layer", "table_name", "version", "run_id", "released_at"])
+def released_run(lake: str, layer: str) -> str | None:
+    """The run whose commits the layer's latest release names (None: no release yet)."""
+    rows = _latest_release(lake, layer)
+    return None if rows is None else rows.column("run_id")[0].as_py()
+
+
+def _latest_release(
+    lake: str, layer: str, as_of_version: int | None = None, as_of_timestamp: datetime | None = None
+) -> pa.Table | None:
+    """The ``releases`` rows of the layer's latest release, read like every table (``read_arrow``)."""
+    dt = open_table(lake, RELEASES)
+    if dt is None:
+        return None
+    if as_of_version is not None or as_of_timestamp is not None:
+        dt.load_as_version(as_of_version if as_of_version is not None else as_of_timestamp)
+    rows = read_arrow(lake, RELEASES, dt.version(), ["layer", "table_name", "version", "run_id", "released_at"])
     rows = rows.filter(pc.equal(rows.column("layer"), layer))
     if not rows.num_rows:
         return None
     return rows.filter(pc.equal(rows.column("released_at"), pc.max(rows.column("released_at"))))
-
-
-def released_run(lake: str, layer: str) -> str | None:
-    """The run whose commits the layer's latest release names (None: no release yet)."""
-    dt = open_table(lake, RELEASES)
-    rows = None if dt is None else _latest_release(dt, layer)
-    return None if rows is None else rows.column("run_id")[0].as_py()
 
 
 def layer_versions(
