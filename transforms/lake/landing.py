@@ -108,9 +108,10 @@ class ReadLandingFileFn(beam.DoFn):
     (``landed_at``). A landing content received before keeps the time it was first received
     as its records' ``ingested_at`` (``transforms.lake.commit.first_received``):
     received again, a record is the same record (its first copy, its
-    versions' order and silver's arrival columns stay as they were). When
-    the raw layer holds landing contents, a file is therefore read twice:
-    once for its hash."""
+    versions' order and silver's arrival columns stay as they were), and
+    keeps the path it was first received under as their ``source_file``.
+    A file is therefore read twice: once for its hash (its identity, known
+    before its records are), once for its records."""
 
     def __init__(self, lake: str, ingested_at: int, total_files: int = 0, raw_exists: bool = False):
         self._lake, self._raw_root = lake, table_dir(lake, RAW)
