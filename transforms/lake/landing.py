@@ -165,14 +165,17 @@ class ReadLandingFileFn(beam.DoFn):
         copy = posixpath.join(self._raw_root, relpath)
         makedirs(posixpath.dirname(copy))
         n = rows = 0
-        with FileSystems.create(copy) as out:
-            # no dictionary for the record bytes: they are all distinct
-            writer = pq.ParquetWriter(
+        # The writer is closed before its file, also when the run is stopped mid-file (Ctrl-C): left to
+        # the garbage collector, it would write its footer to a closed file and print a traceback.
+        with (
+            FileSystems.create(copy) as out,
+            pq.ParquetWriter(
                 out,
                 RAW.arrow_schema(with_partition_columns=False),
                 compression="zstd",
-                use_dictionary=["source_file", "attributes_json"],
-            )
+                use_dictionary=["source_file", "attributes_json"],  # not the record bytes: all distinct
+            ) as writer,
+        ):
             data, lines = [], []
             for block in self._records(path):  # hashed already, above
                 for record in block:
@@ -193,7 +196,6 @@ class ReadLandingFileFn(beam.DoFn):
                 writer.write_table(chunk.drop_columns(["ingest_date"]))
                 rows += chunk.num_rows
                 yield chunk
-            writer.close()
         size = FileSystems.match([copy])[0].metadata_list[0].size_in_bytes
         stats = {"numRecords": rows, "nullCount": {"source_file": 0}}
         if rows:
