@@ -12,6 +12,8 @@ A definition::
       description: ...             # optional
       unit: user                   # session (default) | user: every session of a user
       order: sequential            # sequential (default) | strict | any
+      strict_breaks_on: steps      # strict only: steps (default), a record of another step breaks the
+                                   # order; any_record: any record of the unit (as PostHog's strict)
       window: 7d                   # from the entry; optional (none: no limit); s, m, h or d (a unit is required)
       step_gap: 1d                 # longest time from one step to the next; optional
       steps:                       # two or more
@@ -66,6 +68,13 @@ class Order(StrEnum):
     SEQUENTIAL = "sequential"
     STRICT = "strict"
     ANY = "any"
+
+
+class BreaksOn(StrEnum):
+    """What breaks a strict order between two steps: a record of another step, or any record of the unit."""
+
+    STEPS = "steps"
+    ANY_RECORD = "any_record"
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,7 @@ class Funnel:
     description: str = ""
     unit: Unit = Unit.SESSION
     order: Order = Order.SEQUENTIAL
+    strict_breaks_on: BreaksOn = BreaksOn.STEPS
     window_seconds: float | None = None
     step_gap_seconds: float | None = None
     exclusions: tuple[Exclusion, ...] = ()
@@ -238,6 +248,7 @@ def _funnel(raw, source: str, number: int) -> Funnel:
             "description",
             "unit",
             "order",
+            "strict_breaks_on",
             "window",
             "step_gap",
             "steps",
@@ -258,6 +269,14 @@ def _funnel(raw, source: str, number: int) -> Funnel:
         order = Order(raw.get("order", Order.SEQUENTIAL))
     except ValueError:
         raise FunnelDefinitionError(f"{where}: order {raw['order']!r} is not sequential, strict or any") from None
+    try:
+        breaks_on = BreaksOn(raw.get("strict_breaks_on", BreaksOn.STEPS))
+    except ValueError:
+        raise FunnelDefinitionError(
+            f"{where}: strict_breaks_on {raw['strict_breaks_on']!r} is not steps or any_record"
+        ) from None
+    if "strict_breaks_on" in raw and order != Order.STRICT:
+        raise FunnelDefinitionError(f"{where}: strict_breaks_on needs order strict")
     window = duration_seconds(raw["window"], f"{where}: window") if raw.get("window") is not None else None
     gap = duration_seconds(raw["step_gap"], f"{where}: step_gap") if raw.get("step_gap") is not None else None
     if gap is not None and order == Order.ANY:
@@ -326,6 +345,7 @@ def _funnel(raw, source: str, number: int) -> Funnel:
         description=str(raw.get("description") or ""),
         unit=unit,
         order=order,
+        strict_breaks_on=breaks_on,
         window_seconds=window,
         step_gap_seconds=gap,
         exclusions=tuple(exclusions),

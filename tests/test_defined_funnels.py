@@ -197,10 +197,10 @@ def test_a_funnel_nobody_enters_has_no_rows(window):
 
 @pytest.mark.parametrize(
     "clock, pending, dropped",
-    [(T0 + HOUR - US, 1, 0), (T0 + HOUR, 0, 1), (T0 + HOUR + US, 0, 1), (None, 0, 1)],
-    ids=["a microsecond before the end", "at the end", "a microsecond after", "no clock"],
+    [(T0 + HOUR - US, 1, 0), (T0 + HOUR, 1, 0), (T0 + HOUR + US, 0, 1), (None, 0, 1)],
+    ids=["a microsecond before the end", "at the end (a record then still counts)", "a microsecond after", "no clock"],
 )
-def test_an_entry_is_pending_while_its_window_is_open_and_dropped_from_its_end(clock, pending, dropped):
+def test_an_entry_is_pending_until_its_window_ends_and_dropped_after(clock, pending, dropped):
     funnel = one(VIEW_THEN_CART)
     g = silver((funnel,), silver_sessions=[session("s1"), session("s2")])
     g["silver_views"] = pa.Table.from_pylist(
@@ -414,22 +414,23 @@ def test_breakdowns_take_the_entry_sessions_values_keep_the_most_frequent_and_po
     }
 
 
-def test_entries_open_at_each_units_first_record_and_again_after_each_window():
+def test_entries_open_at_each_units_first_record_and_again_after_each_windows_end():
     """The vectorized entries against a walk of each unit's records (random units, times, windows)."""
-    from transforms.rules.defined_funnels import _entries, _Matches
+    from transforms.rules.defined_funnels.entries import entries
+    from transforms.rules.defined_funnels.records import Matches
 
     rng = np.random.default_rng(1)
     for _ in range(200):
         n = int(rng.integers(1, 60))
         unit, t, session = (rng.integers(0, high, n).astype(np.int64) for high in (5, 1000, 9))
         window = int(rng.integers(1, 400))
-        got = _entries(_Matches(unit, t, session), window)
+        got = entries(Matches(unit, t, session, np.arange(n)), window)
         expected = []
         for u in sorted(set(unit.tolist())):
             records = sorted(zip(t[unit == u].tolist(), session[unit == u].tolist()))
             opened, number = None, 0
             for at, _ in records:
-                if opened is None or at >= opened + window:
+                if opened is None or at > opened + window:  # the window holds its end
                     number, opened = number + 1, at
                     expected.append((u, number, at, min(s for a, s in records if a == at)))
         assert list(zip(*(x.tolist() for x in (got.unit, got.number, got.at, got.session)))) == expected
