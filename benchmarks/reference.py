@@ -269,7 +269,14 @@ def write_gold(con: duckdb.DuckDBPyConnection, out: Path) -> None:
 ROUNDED = {"mart_ab_test": ("lift_vs_control", "diff_vs_control", "ci_low", "ci_high", "p_value", "srm_p_value")}
 # So do the interpolated quantiles of mart_funnel (the pipeline's arithmetic, DuckDB's quantile_cont):
 # seconds up to weeks, compared to 12 significant digits.
-SIGNIFICANT = {"mart_funnel": ("median_seconds_to_convert", "p90_seconds_to_convert")}
+SIGNIFICANT = {
+    "mart_funnel": (
+        "median_seconds_to_convert",
+        "p90_seconds_to_convert",
+        "median_seconds_from_previous",
+        "p90_seconds_from_previous",
+    )
+}
 
 
 def _canonical(table, source: str) -> str:

@@ -2527,6 +2527,12 @@ locals {
           "description" = "Seconds from entry to each reached step (as reached_at)."
         },
         {
+          "name"        = "seconds_from_previous"
+          "type"        = "FLOAT"
+          "mode"        = "REPEATED"
+          "description" = "Seconds from the step before to each reached step (as reached_at; the entry's is 0, and a step with after_previous: false that came before the step before it has a negative one)."
+        },
+        {
           "name"        = "platform"
           "type"        = "STRING"
           "mode"        = "NULLABLE"
@@ -2663,6 +2669,24 @@ locals {
           "type"        = "INTEGER"
           "mode"        = "REPEATED"
           "description" = "Converted entries per bucket of seconds from entry: <1m, 1-5m, 5-15m, 15m-1h, 1-6h, 6-24h, 1-3d, 3-7d, 7d+."
+        },
+        {
+          "name"        = "median_seconds_from_previous"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "Median seconds from the step before to the step (fact_funnel.seconds_from_previous); null when none converted."
+        },
+        {
+          "name"        = "p90_seconds_from_previous"
+          "type"        = "FLOAT"
+          "mode"        = "NULLABLE"
+          "description" = "90th percentile (interpolated) of those seconds."
+        },
+        {
+          "name"        = "time_from_previous_histogram"
+          "type"        = "INTEGER"
+          "mode"        = "REPEATED"
+          "description" = "Converted entries per bucket of seconds from the step before, as time_to_convert_histogram (a negative time is in the first bucket)."
         },
       ]
     }

@@ -1,5 +1,6 @@
 """The explorer's section on the funnels people define (``schemas/funnels.yaml``):
-each funnel's steps by breakdown value, time to convert, and its entry
+each funnel's steps by breakdown value, time to convert (from the entry
+and from the step before), and its entry
 cohorts with the entries still inside their window apart from those that
 dropped. Read from ``mart_funnel``; the all-time medians from ``fact_funnel``.
 """
@@ -20,20 +21,23 @@ BUCKETS = ("<1m", "1-5m", "5-15m", "15m-1h", "1-6h", "6-24h", "1-3d", "3-7d", "7
 COHORT_GRAIN = "week"
 _COLORS = ("#1f4e79", "#2e75b6", "#c55a11", "#70ad47", "#7f6000", "#7030a0", "#a5a5a5", "#ffc000", "#5b9bd5")
 assert len(BUCKETS) == len(TIME_TO_CONVERT_EDGES_SECONDS)
+# mart_funnel's histograms: (column, what the time is from)
+_HISTOGRAMS = {"time_to_convert_histogram": "entry", "time_from_previous_histogram": "the step before"}
 
 
 def _all_time(mart: list[dict]) -> dict:
     """(funnel, breakdown, value, step) -> summed entered, converted, pending,
-    dropped and histogram: the month cohorts partition every entry."""
-    out: dict = defaultdict(lambda: {"entered": 0, "converted": 0, "pending": 0, "dropped": 0, "histogram": None})
+    dropped and both histograms: the month cohorts partition every entry."""
+    out: dict = defaultdict(lambda: {"entered": 0, "converted": 0, "pending": 0, "dropped": 0})
     for r in mart:
         if r["cohort_grain"] != "month":
             continue
         cell = out[(r["funnel"], r["breakdown"], r["breakdown_value"], r["step_number"])]
         for column in ("entered", "converted", "pending", "dropped"):
             cell[column] += r[column]
-        histogram = np.array(r["time_to_convert_histogram"])
-        cell["histogram"] = histogram if cell["histogram"] is None else cell["histogram"] + histogram
+        for histogram in _HISTOGRAMS:
+            counts = np.array(r[histogram])
+            cell[histogram] = counts if histogram not in cell else cell[histogram] + counts
         cell["step_name"] = r["step_name"]
     return out
 
@@ -98,25 +102,28 @@ def steps_figure(mart: list[dict], layout) -> go.Figure:
 
 
 def time_figure(mart: list[dict], layout) -> go.Figure:
-    """Entries converting per bucket of time from entry, one trace per step; a funnel picker."""
+    """Entries converting per bucket of time, one trace per step: from the
+    entry, or from the step before; a picker of funnel and which."""
     cells, steps = _all_time(mart), _steps(mart)
     fig, options = go.Figure(), []
     for funnel in sorted(steps):
-        first = len(fig.data)
-        for n, step in enumerate(steps[funnel][1:], start=2):
-            histogram = cells[(funnel, ALL, ALL, n)]["histogram"]
-            fig.add_trace(
-                go.Bar(
-                    x=list(BUCKETS),
-                    y=[int(v) for v in histogram] if histogram is not None else [0] * len(BUCKETS),
-                    name=f"{n}. {step}",
-                    marker_color=_COLORS[(n - 2) % len(_COLORS)],
+        for histogram, since in _HISTOGRAMS.items():
+            first = len(fig.data)
+            for n, step in enumerate(steps[funnel][1:], start=2):
+                counts = cells[(funnel, ALL, ALL, n)].get(histogram)
+                fig.add_trace(
+                    go.Bar(
+                        x=list(BUCKETS),
+                        y=[int(v) for v in counts] if counts is not None else [0] * len(BUCKETS),
+                        name=f"{n}. {step}",
+                        marker_color=_COLORS[(n - 2) % len(_COLORS)],
+                    )
                 )
-            )
-        options.append((funnel, list(range(first, len(fig.data))), f"Time to convert: {funnel} (entries per bucket)"))
+            title = f"Time to convert: {funnel}, from {since} (entries per bucket)"
+            options.append((f"{funnel}, from {since}", list(range(first, len(fig.data))), title))
     if not options:
         return layout(fig, "Time to convert: no entries")
-    fig.update_layout(barmode="group", xaxis=dict(title="time from entry"), yaxis=dict(title="entries"))
+    fig.update_layout(barmode="group", xaxis=dict(title="time"), yaxis=dict(title="entries"))
     return layout(_switch(fig, options), options[0][2], 400)
 
 
@@ -160,34 +167,46 @@ def _quantile(values: np.ndarray, q: float) -> float | None:
     return None if len(values) == 0 else float(np.quantile(values, q))
 
 
+def _per_step(facts, column: str) -> dict[tuple[str, int], np.ndarray]:
+    """(funnel, step number) -> the fact rows' values of list ``column`` for that step."""
+    out: dict[tuple[str, int], np.ndarray] = {}
+    if facts is None or not facts.num_rows:
+        return out
+    # one element per reached step: its funnel and step number
+    lengths = pc.list_value_length(facts.column(column)).to_numpy(zero_copy_only=False)
+    value = pc.list_flatten(facts.column(column)).to_numpy(zero_copy_only=False)
+    funnel = np.repeat(np.asarray(facts.column("funnel").to_pylist(), dtype=object), lengths)
+    number = np.arange(len(value)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
+    for key in {(f, int(n)) for f, n in zip(funnel, number)}:
+        out[key] = value[(funnel == key[0]) & (number == key[1])]
+    return out
+
+
 def steps_table(mart: list[dict], facts) -> str:
     """Per funnel and step, all time: entries reaching it, conversion, pending,
-    dropped, median and p90 time to convert (from the fact rows)."""
+    dropped, median and p90 time from the entry and from the step before (from the fact rows)."""
     cells, steps = _all_time(mart), _steps(mart)
-    seconds: dict[tuple[str, int], np.ndarray] = {}
-    if facts is not None and facts.num_rows:
-        # one element per reached step: its funnel and step number
-        lengths = pc.list_value_length(facts.column("seconds_to_step")).to_numpy(zero_copy_only=False)
-        value = pc.list_flatten(facts.column("seconds_to_step")).to_numpy(zero_copy_only=False)
-        funnel = np.repeat(np.asarray(facts.column("funnel").to_pylist(), dtype=object), lengths)
-        number = np.arange(len(value)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
-        for key in {(f, int(n)) for f, n in zip(funnel, number)}:
-            seconds[key] = value[(funnel == key[0]) & (number == key[1])]
+    to_step, from_previous = _per_step(facts, "seconds_to_step"), _per_step(facts, "seconds_from_previous")
     rows = []
     for name in sorted(steps):
         entered = cells[(name, ALL, ALL, 1)]["entered"]
         for n, step in enumerate(steps[name], start=1):
             c = cells[(name, ALL, ALL, n)]
-            times = seconds.get((name, n), np.array([]))
-            median, p90 = _quantile(times, 0.5), _quantile(times, 0.9)
+            times = [
+                _duration(_quantile(seconds.get((name, n), np.array([])), q))
+                for seconds in (to_step, from_previous)
+                for q in (0.5, 0.9)
+            ]
             rows.append(
                 f"<tr><td>{html.escape(name)}</td><td>{n}. {html.escape(step)}</td><td>{c['converted']:,}</td>"
                 f"<td>{c['converted'] / entered:.1%}</td><td>{c['pending']:,}</td><td>{c['dropped']:,}</td>"
-                f"<td>{_duration(median)}</td><td>{_duration(p90)}</td></tr>"
+                + "".join(f"<td>{t}</td>" for t in times)
+                + "</tr>"
             )
     return (
         '<table id="defined-funnel-steps"><tr><th>funnel</th><th>step</th><th>reached</th><th>of entries</th>'
-        "<th>pending</th><th>dropped</th><th>median time</th><th>p90 time</th></tr>" + "".join(rows) + "</table>"
+        "<th>pending</th><th>dropped</th><th>median from entry</th><th>p90 from entry</th>"
+        "<th>median from the step before</th><th>p90 from the step before</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -195,6 +214,6 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
+        if abs(seconds) >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} s"

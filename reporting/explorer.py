@@ -341,7 +341,10 @@ def page(gold: Gold) -> str:
     alerts = gold.rows("ops_alerts")
     funnels = gold.rows("mart_funnel")
     funnel_facts = read_arrow(
-        gold.lake, GOLD["fact_funnel"], gold.versions["fact_funnel"], ["funnel", "seconds_to_step"]
+        gold.lake,
+        GOLD["fact_funnel"],
+        gold.versions["fact_funnel"],
+        ["funnel", "seconds_to_step", "seconds_from_previous"],
     )
     lake_health = health(gold.lake)
     days = sorted({r["period_start"] for r in conversion if r["period_grain"] == "day"})

@@ -12,6 +12,8 @@ A definition::
       description: ...             # optional
       unit: user                   # session (default) | user: every session of a user
       order: sequential            # sequential (default) | strict | any
+      count: entries               # entries (default): a unit enters again after each window |
+                                   # units: each unit once per entry cohort, on its best try
       strict_breaks_on: steps      # strict only: steps (default), a record of another step breaks the
                                    # order; any_record: any record of the unit (as PostHog's strict)
       window: 7d                   # from the entry; optional (none: no limit); s, m, h or d (a unit is required)
@@ -68,6 +70,13 @@ class Order(StrEnum):
     SEQUENTIAL = "sequential"
     STRICT = "strict"
     ANY = "any"
+
+
+class Count(StrEnum):
+    """What a funnel counts: entries (a unit again after each window), or units once per cohort on their best try."""
+
+    ENTRIES = "entries"
+    UNITS = "units"
 
 
 class BreaksOn(StrEnum):
@@ -141,6 +150,7 @@ class Funnel:
     description: str = ""
     unit: Unit = Unit.SESSION
     order: Order = Order.SEQUENTIAL
+    count: Count = Count.ENTRIES
     strict_breaks_on: BreaksOn = BreaksOn.STEPS
     window_seconds: float | None = None
     step_gap_seconds: float | None = None
@@ -248,6 +258,7 @@ def _funnel(raw, source: str, number: int) -> Funnel:
             "description",
             "unit",
             "order",
+            "count",
             "strict_breaks_on",
             "window",
             "step_gap",
@@ -269,6 +280,10 @@ def _funnel(raw, source: str, number: int) -> Funnel:
         order = Order(raw.get("order", Order.SEQUENTIAL))
     except ValueError:
         raise FunnelDefinitionError(f"{where}: order {raw['order']!r} is not sequential, strict or any") from None
+    try:
+        count = Count(raw.get("count", Count.ENTRIES))
+    except ValueError:
+        raise FunnelDefinitionError(f"{where}: count {raw['count']!r} is not entries or units") from None
     try:
         breaks_on = BreaksOn(raw.get("strict_breaks_on", BreaksOn.STEPS))
     except ValueError:
@@ -345,6 +360,7 @@ def _funnel(raw, source: str, number: int) -> Funnel:
         description=str(raw.get("description") or ""),
         unit=unit,
         order=order,
+        count=count,
         strict_breaks_on=breaks_on,
         window_seconds=window,
         step_gap_seconds=gap,

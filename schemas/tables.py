@@ -688,6 +688,13 @@ FACT_FUNNEL = Table(
             repeated=True,
         ),
         col("seconds_to_step", FLOAT64, "Seconds from entry to each reached step (as reached_at).", repeated=True),
+        col(
+            "seconds_from_previous",
+            FLOAT64,
+            "Seconds from the step before to each reached step (as reached_at; the entry's is 0, and a step "
+            "with after_previous: false that came before the step before it has a negative one).",
+            repeated=True,
+        ),
         *_FIRST_TOUCH,
     ),
     cluster_by=("funnel",),
@@ -724,6 +731,20 @@ MART_FUNNEL = Table(
             INT64,
             "Converted entries per bucket of seconds from entry: <1m, 1-5m, 5-15m, 15m-1h, 1-6h, "
             "6-24h, 1-3d, 3-7d, 7d+.",
+            repeated=True,
+        ),
+        col(
+            "median_seconds_from_previous",
+            FLOAT64,
+            "Median seconds from the step before to the step (fact_funnel.seconds_from_previous); null when none "
+            "converted.",
+        ),
+        col("p90_seconds_from_previous", FLOAT64, "90th percentile (interpolated) of those seconds."),
+        col(
+            "time_from_previous_histogram",
+            INT64,
+            "Converted entries per bucket of seconds from the step before, as time_to_convert_histogram (a "
+            "negative time is in the first bucket).",
             repeated=True,
         ),
     ),

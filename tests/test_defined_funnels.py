@@ -137,6 +137,11 @@ STEPS = "steps: [{name: a, record: view}, {name: b, record: event}]"
         ("funnels:\n  - {name: f, unit: device, " + STEPS + "}", "unit 'device' is not session or user"),
         ("funnels:\n  - {name: f, order: random, " + STEPS + "}", "order 'random'"),
         ("funnels:\n  - {name: f, order: any, step_gap: 1h, " + STEPS + "}", "step_gap needs order sequential"),
+        ("funnels:\n  - {name: f, strict_breaks_on: any_record, " + STEPS + "}", "strict_breaks_on needs order strict"),
+        (
+            "funnels:\n  - {name: f, order: strict, strict_breaks_on: all, " + STEPS + "}",
+            "strict_breaks_on 'all' is not steps or any_record",
+        ),
         (
             "funnels:\n  - {name: f, steps: [{name: a, record: event_response, parent: b}, {name: b, record: event}]}",
             "parent 'b' is not an earlier step",
@@ -371,6 +376,270 @@ def test_a_parent_step_ties_a_response_to_its_own_payment():
         [{**response, "event_id": "p"}], schema=g["silver_event_responses"].schema
     )
     assert reached(fact_rows((funnel,), g)) == {("s1", 1): [T0, T0 + MIN]}
+
+
+# --- one record reaches one step; ties; the edges, to the microsecond --------------------------------------
+ORDERS = ["sequential", "strict", "any"]
+
+
+def two_steps(order: str, first: str, second: str, **more) -> funnels.Funnel:
+    extra = "".join(f"\n          {k}: {v}" for k, v in more.items())
+    return one(f"""
+        - name: f
+          order: {order}{extra}
+          steps:
+            - {{name: a, {first}}}
+            - {{name: b, {second}}}
+    """)
+
+
+def views_of(funnel, *views_and_more, **tables):
+    g = silver((funnel,), silver_sessions=[session("s1")], silver_views=list(views_and_more), **tables)
+    return reached(fact_rows((funnel,), g))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_one_view_does_not_reach_two_identical_steps(order):
+    funnel = two_steps(order, "record: view", "record: view", window="1h")
+    assert views_of(funnel, view("v1", "s1", T0)) == {("s1", 1): [T0]}
+    assert views_of(funnel, view("v1", "s1", T0), view("v2", "s1", T0 + MIN)) == {("s1", 1): [T0, T0 + MIN]}
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_pageview_funnel_of_five_steps_counts_each_view_once(order):
+    funnel = one(
+        f"""
+        - name: f
+          unit: user
+          order: {order}
+          steps: [{", ".join(f"{{name: p{k}, record: view}}" for k in range(5))}]
+    """
+    )
+    sessions, views = [], []
+    for user, count in enumerate([5, 4, 3, 2, 1]):
+        sessions.append(session(f"s{user}", user_id=f"u{user}"))
+        views += [view(f"v{user}.{k}", f"s{user}", T0 + k * MIN, user_id=f"u{user}") for k in range(count)]
+    mart = mart_of((funnel,), silver((funnel,), silver_sessions=sessions, silver_views=views), None)
+    assert [r["converted"] for r in mart.to_pylist() if r["cohort_grain"] == "day"] == [5, 4, 3, 2, 1]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("record: view", "record: view, where: {page_type: home}"),
+        ("record: view, where: {page_type: home}", "record: view"),
+    ],
+    ids=["unfiltered then filtered", "filtered then unfiltered"],
+)
+def test_overlapping_conditions_need_a_record_each(order, first, second):
+    funnel = two_steps(order, first, second)
+    assert views_of(funnel, view("v1", "s1", T0, page_type="home")) == {("s1", 1): [T0]}
+    later = views_of(funnel, view("v1", "s1", T0, page_type="home"), view("v2", "s1", T0 + MIN, page_type="home"))
+    assert later == {("s1", 1): [T0, T0 + MIN]}
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("record: view", "record: view"),
+        ("record: view", "record: view, where: {page_type: home}"),
+        ("record: view, where: {page_type: home}", "record: view"),
+        ("record: view", "record: event, where: {event_type: add_to_cart}"),
+    ],
+    ids=["repeated", "unfiltered then filtered", "filtered then unfiltered", "different kinds"],
+)
+def test_two_records_at_one_instant_reach_two_steps_whichever_sorts_first(order, first, second):
+    """A tie converts: the instant's records are not ordered among themselves (v0 sorts before v1 by id)."""
+    funnel = two_steps(order, first, second)
+    both = [view("v0", "s1", T0, page_type="product"), view("v1", "s1", T0, page_type="home")]
+    cart = [event("e0", "s1", "add_to_cart", T0)]
+    got = views_of(funnel, *both, silver_events=cart)
+    assert got == {("s1", 1): [T0, T0]}
+
+
+@pytest.mark.parametrize(
+    "at, entries",
+    [(T0 + HOUR, [[T0, T0 + HOUR]]), (T0 + HOUR + US, [[T0], [T0 + HOUR + US]])],
+    ids=["at the window's end: entry 1's", "a microsecond later: entry 2"],
+)
+def test_a_record_at_the_windows_end_counts_in_its_entry_and_opens_no_other(at, entries):
+    funnel = two_steps("sequential", "record: view", "record: view", unit="user", window="1h")
+    got = views_of(funnel, view("v1", "s1", T0), view("v2", "s1", at))
+    assert got == {("u1", n): times for n, times in enumerate(entries, start=1)}
+
+
+@pytest.mark.parametrize(
+    "away_at, kept",
+    [(T0, True), (T0 + US, False), (T0 + HOUR - US, False), (T0 + HOUR, True)],
+    ids=["with the from step", "a microsecond after it", "a microsecond before the to step", "with the to step"],
+)
+def test_an_exclusion_counts_strictly_between_its_steps(away_at, kept):
+    funnel = one("""
+        - name: f
+          steps:
+            - {name: landing, record: view}
+            - {name: paid, record: event, where: {event_type: payment_successful}}
+          exclusions:
+            - {name: away, record: click}
+    """)
+    got = views_of(
+        funnel,
+        view("v1", "s1", T0),
+        silver_events=[event("p", "s1", "payment_successful", T0 + HOUR)],
+        silver_clicks=[click("k", "s1", "nav", away_at)],
+    )
+    assert got == ({("s1", 1): [T0, T0 + HOUR]} if kept else {})
+
+
+def test_an_exclusion_record_that_is_a_step_of_the_entry_excludes_nothing():
+    funnel = one("""
+        - name: f
+          steps:
+            - {name: landing, record: view, where: {page_type: landing}}
+            - {name: checkout, record: view, where: {page_type: checkout}}
+            - {name: paid, record: event, where: {event_type: payment_successful}}
+          exclusions:
+            - {name: any_view, record: view}
+    """)
+    steps = [view("v1", "s1", T0), view("v2", "s1", T0 + MIN, page_type="checkout")]
+    paid = [event("p", "s1", "payment_successful", T0 + 2 * MIN)]
+    assert views_of(funnel, *steps, silver_events=paid) == {("s1", 1): [T0, T0 + MIN, T0 + 2 * MIN]}
+    other = view("v3", "s1", T0 + MIN + US, page_type="product")  # a view of no step, between two steps
+    assert views_of(funnel, *steps, other, silver_events=paid) == {}
+
+
+@pytest.mark.parametrize(
+    "breaks_on, between, minutes",
+    [
+        ("steps", ("click", 1), [0, 2]),  # a record of no step does not break
+        ("steps", ("cart", 1), [0]),  # a record of another step does
+        ("steps", ("landing", 1), [0, 2]),  # a repeat of the step before does not
+        ("any_record", ("click", 1), [0]),  # any record of the unit does
+        ("any_record", ("landing", 1), [0, 2]),  # but a repeat
+        ("any_record", ("click", 0), [0, 2]),  # at the step's own instant it is not between
+        ("any_record", ("click", 2), [0, 2]),  # nor at the next step's
+    ],
+)
+def test_strict_order_breaks_on_what_is_strictly_between_two_steps(breaks_on, between, minutes):
+    funnel = one(f"""
+        - name: f
+          order: strict
+          strict_breaks_on: {breaks_on}
+          steps:
+            - {{name: landing, record: view, where: {{page_type: landing}}}}
+            - {{name: checkout, record: view, where: {{page_type: checkout}}}}
+            - {{name: cart, record: event, where: {{event_type: add_to_cart}}}}
+    """)
+    kind, minute = between
+    records = {
+        "click": {"silver_clicks": [click("k", "s1", "nav", T0 + minute * MIN)]},
+        "cart": {"silver_events": [event("e", "s1", "add_to_cart", T0 + minute * MIN)]},
+        "landing": {"silver_views": [view("v9", "s1", T0 + minute * MIN)]},
+    }[kind]
+    views = [view("v1", "s1", T0), view("v2", "s1", T0 + 2 * MIN, page_type="checkout")]
+    views += records.pop("silver_views", [])
+    assert views_of(funnel, *views, **records) == {("s1", 1): [T0 + m * MIN for m in minutes]}
+
+
+def test_the_time_between_steps_is_from_the_step_before_as_well_as_from_the_entry():
+    funnel = one("""
+        - name: f
+          steps:
+            - {name: landing, record: view}
+            - {name: cart, record: event, where: {event_type: add_to_cart}}
+            - {name: paid, record: event, where: {event_type: payment_successful}}
+            - name: refunded
+              record: event
+              where: {event_type: refund}
+              after_previous: false
+    """)
+    g = silver(
+        (funnel,),
+        silver_sessions=[session("s1")],
+        silver_views=[view("v1", "s1", T0)],
+        silver_events=[
+            event("c", "s1", "add_to_cart", T0 + 10 * MIN),
+            event("r", "s1", "refund", T0 + 20 * MIN),  # before the payment: allowed, a negative gap
+            event("p", "s1", "payment_successful", T0 + 30 * MIN),
+        ],
+    )
+    (row,) = fact_rows((funnel,), g).to_pylist()
+    assert row["seconds_to_step"] == [0.0, 600.0, 1800.0, 1200.0]
+    assert row["seconds_from_previous"] == [0.0, 600.0, 1200.0, -600.0]
+    mart = [r for r in mart_of((funnel,), g, None).to_pylist() if r["cohort_grain"] == "day"]
+    assert [r["median_seconds_to_convert"] for r in mart] == [0.0, 600.0, 1800.0, 1200.0]
+    assert [r["median_seconds_from_previous"] for r in mart] == [0.0, 600.0, 1200.0, -600.0]
+    assert [r["p90_seconds_from_previous"] for r in mart] == [0.0, 600.0, 1200.0, -600.0]
+    assert [r["time_from_previous_histogram"] for r in mart] == [
+        [1, 0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0, 0, 0, 0],  # 10 min: 5-15 min
+        [0, 0, 0, 1, 0, 0, 0, 0, 0],  # 20 min: 15 min-1 h
+        [1, 0, 0, 0, 0, 0, 0, 0, 0],  # negative: the first bucket
+    ]
+    assert [r["time_to_convert_histogram"][3] for r in mart] == [0, 0, 1, 1]  # 30 and 20 min
+
+
+def test_counting_units_takes_each_user_once_per_cohort_on_the_best_try():
+    """Three tries on Monday, only the third converting: one user entered and converted that day (as
+    entries, three entries and one conversion). A try on Tuesday reaching less: the week counts Monday's."""
+    text = """
+        - name: f
+          unit: user
+          count: {count}
+          window: 1h
+          steps:
+            - {{name: landing, record: view}}
+            - {{name: cart, record: event, where: {{event_type: add_to_cart}}}}
+    """
+    monday = [view(f"v{i}", "s1", T0 + i * 2 * HOUR) for i in range(3)]
+    tuesday = [view("v9", "s2", T0 + DAY)]
+    cart = [event("c", "s1", "add_to_cart", T0 + 4 * HOUR + MIN)]
+
+    def counts(count):
+        funnel = one(text.format(count=count))
+        g = silver((funnel,), silver_sessions=[session("s1"), session("s2", t=T0 + DAY)], silver_views=monday + tuesday)
+        g["silver_events"] = pa.Table.from_pylist(cart, schema=g["silver_events"].schema)
+        mart = mart_of((funnel,), g, None).to_pylist()
+        cart_rows = {(r["cohort_grain"], r["cohort_start"].isoformat()): r for r in mart if r["step_number"] == 2}
+        return reached(fact_rows((funnel,), g)), {k: (r["entered"], r["converted"]) for k, r in cart_rows.items()}
+
+    facts, mart = counts("units")
+    assert facts == {("u1", 1): [T0 + 4 * HOUR, T0 + 4 * HOUR + MIN], ("u1", 2): [T0 + DAY]}
+    assert mart == {
+        ("day", "2026-11-02"): (1, 1),
+        ("day", "2026-11-03"): (1, 0),
+        ("week", "2026-11-02"): (1, 1),
+        ("month", "2026-11-01"): (1, 1),
+    }
+    _, entries = counts("entries")
+    assert entries[("day", "2026-11-02")] == (3, 1) and entries[("week", "2026-11-02")] == (4, 1)
+
+
+def test_counting_units_shows_no_value_whose_units_best_tries_are_elsewhere():
+    funnel = one("""
+        - name: f
+          unit: user
+          count: units
+          window: 1h
+          steps:
+            - {name: landing, record: view}
+            - {name: cart, record: event, where: {event_type: add_to_cart}}
+          breakdowns: [device_type]
+    """)
+    sessions = [session("s1", device_type="mobile"), session("s2", t=T0 + DAY, device_type="desktop")]
+    views = [view("v1", "s1", T0), view("v2", "s2", T0 + DAY)]
+    g = silver((funnel,), silver_sessions=sessions, silver_views=views)
+    g["silver_events"] = pa.Table.from_pylist(
+        [event("c", "s2", "add_to_cart", T0 + DAY + MIN)], schema=g["silver_events"].schema
+    )
+    week = {
+        r["breakdown_value"]: (r["entered"], r["converted"])
+        for r in mart_of((funnel,), g, None).to_pylist()
+        if r["cohort_grain"] == "week" and r["breakdown"] == "device_type" and r["step_number"] == 2
+    }
+    assert week == {"desktop": (1, 1)}  # Tuesday's try is the week's best: no mobile row with 0 entered
 
 
 # --- breakdowns -------------------------------------------------------------------------------------------

@@ -75,6 +75,10 @@ def test_the_explorer_renders_offline_without_console_errors(explorer_page):
         cohort_title = cohorts.locator(".gtitle").text_content()
         cohort_legend = cohorts.locator(".legend").text_content()
         funnel_steps = page.locator("#defined-funnel-steps tr").all_inner_texts()
+        times = page.locator("#defined-funnels .js-plotly-plot").nth(1)
+        times.locator(".updatemenu-header-group").click()
+        times.locator(".updatemenu-dropdown-button", has_text="contract, from the step before").click()
+        time_title = times.locator(".gtitle").text_content()
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         browser.close()
@@ -97,6 +101,8 @@ def test_the_explorer_renders_offline_without_console_errors(explorer_page):
     assert "dropped" in cohort_legend and "converted" in cohort_legend
     assert any(row.startswith("contract\t5. barcode_scanned") for row in funnel_steps), funnel_steps
     assert any(row.startswith("engaged_30m\t3. 3 of 3 steps") for row in funnel_steps), funnel_steps
+    assert "median from the step before" in funnel_steps[0]
+    assert time_title.startswith("Time to convert: contract, from the step before")
     # the data's health: completeness of the recent days, failing checks, revisions
     assert "Data health" in text and "Completeness of the recent days" in text
     assert "failing in each pipeline's latest run" in text and "No gold release has revised" in text

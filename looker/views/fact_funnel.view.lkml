@@ -70,6 +70,12 @@ view: fact_funnel {
     sql: ARRAY_TO_STRING(${TABLE}.seconds_to_step, ', ') ;;
   }
 
+  dimension: seconds_from_previous {
+    description: "Seconds from the step before to each reached step (as reached_at; the entry's is 0, and a step with after_previous: false that came before the step before it has a negative one)."
+    type: string
+    sql: ARRAY_TO_STRING(${TABLE}.seconds_from_previous, ', ') ;;
+  }
+
   dimension: platform {
     description: "Platform of the entry's session."
     type: string

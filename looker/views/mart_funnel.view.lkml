@@ -94,6 +94,24 @@ view: mart_funnel {
     sql: ARRAY_TO_STRING(${TABLE}.time_to_convert_histogram, ', ') ;;
   }
 
+  dimension: median_seconds_from_previous {
+    description: "Median seconds from the step before to the step (fact_funnel.seconds_from_previous); null when none converted."
+    type: number
+    sql: ${TABLE}.median_seconds_from_previous ;;
+  }
+
+  dimension: p90_seconds_from_previous {
+    description: "90th percentile (interpolated) of those seconds."
+    type: number
+    sql: ${TABLE}.p90_seconds_from_previous ;;
+  }
+
+  dimension: time_from_previous_histogram {
+    description: "Converted entries per bucket of seconds from the step before, as time_to_convert_histogram (a negative time is in the first bucket)."
+    type: string
+    sql: ARRAY_TO_STRING(${TABLE}.time_from_previous_histogram, ', ') ;;
+  }
+
   dimension_group: cohort_start {
     description: "First day of the entry cohort (UTC)."
     type: time
@@ -154,6 +172,18 @@ view: mart_funnel {
   measure: total_p90_seconds_to_convert {
     type: sum
     sql: ${TABLE}.p90_seconds_to_convert ;;
+    description: "90th percentile (interpolated) of those seconds."
+  }
+
+  measure: total_median_seconds_from_previous {
+    type: sum
+    sql: ${TABLE}.median_seconds_from_previous ;;
+    description: "Median seconds from the step before to the step (fact_funnel.seconds_from_previous); null when none converted."
+  }
+
+  measure: total_p90_seconds_from_previous {
+    type: sum
+    sql: ${TABLE}.p90_seconds_from_previous ;;
     description: "90th percentile (interpolated) of those seconds."
   }
 }

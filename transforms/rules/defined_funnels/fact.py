@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.contract import SECOND
-from schemas.funnels import BreaksOn, Funnel, Order, Unit
+from schemas.funnels import BreaksOn, Count, Funnel, Order, Unit
 from schemas.tables import GOLD
-from transforms.rules.defined_funnels import any_order, sequential, strict
+from transforms.rules.defined_funnels import any_order, sequential, strict, units
 from transforms.rules.defined_funnels.codes import unit_column
 from transforms.rules.defined_funnels.entries import entries as entries_of
 from transforms.rules.defined_funnels.exclusions import excluded
@@ -31,8 +31,10 @@ def funnel_rows(
     """A shard's ``fact_funnel`` rows (per funnel and unit entry: the steps
     it reached, as lists), and per funnel what ``mart_rows`` counts of its entries: one row
     per entry (``entry_date``; ``open``: its window is open at ``clock``;
-    ``s1``.. the seconds from entry to each step, NaN where not reached;
-    ``b1``.. its raw value of each breakdown), a fraction of the fact's size."""
+    ``s1``.. the seconds from entry to each step and ``p1``.. from the step
+    before, NaN where not reached; ``b1``.. its raw value of each breakdown;
+    with ``count: units``, ``in_week`` and ``in_month``: whether that cohort
+    counts it), a fraction of the fact's size."""
     schema = GOLD["fact_funnel"].arrow_schema()
     if not funnels:
         return schema.empty_table(), {}
@@ -54,8 +56,9 @@ def fact_rows(funnels: tuple[Funnel, ...], g: dict[str, pa.Table]) -> pa.Table:
 def _entries_schema(funnel: Funnel) -> pa.Schema:
     return pa.schema(
         [("entry_date", pa.date32()), ("open", pa.bool_())]
-        + [(f"s{k}", pa.float64()) for k in range(1, len(funnel.steps) + 1)]
+        + [(f"{prefix}{k}", pa.float64()) for prefix in ("s", "p") for k in range(1, len(funnel.steps) + 1)]
         + [(f"b{i}", pa.string()) for i in range(1, len(funnel.breakdowns) + 1)]
+        + ([("in_month", pa.bool_()), ("in_week", pa.bool_())] if funnel.count == Count.UNITS else [])
     )
 
 
@@ -76,7 +79,8 @@ def _fact_of(
         found[exclusion.name] = shard.matches(funnel, exclusion.any_of, found)
     window = None if funnel.window_seconds is None else int(funnel.window_seconds * SECOND)
     openers = Matches.of(steps) if funnel.order == Order.ANY else steps[0]
-    entries = entries_of(openers, window)
+    by_unit = funnel.count == Count.UNITS
+    entries = units.tries(openers) if by_unit else entries_of(openers, window)
     n = len(entries.at)
     if n == 0:
         return schema.empty_table(), _entries_schema(funnel).empty_table()
@@ -93,6 +97,12 @@ def _fact_of(
     if funnel.exclusions:
         kept = np.flatnonzero(~excluded(funnel, entries, reached, window_end, found, records))
         entries, reached, window_end = entries.take(kept), reached[kept], window_end[kept]
+    counted: dict[str, np.ndarray] = {}
+    if by_unit:
+        steps_reached = (reached != NO_TIME).sum(axis=1)
+        entries, kept = units.best_per_day(entries, steps_reached)
+        reached, window_end = reached[kept], window_end[kept]
+        counted = units.counted_in(entries, steps_reached[kept])
 
     # per entry its first touch and ids; then one block of rows per step
     entry_at = entries.at
@@ -104,21 +114,23 @@ def _fact_of(
     entry_dates = pc.cast(pa.array(entry_at, _TIMESTAMP), pa.date32())
     # the window holds its end: a record at that instant still counts, so the entry is pending then
     open_ = np.zeros(len(entry_at), bool) if clock is None or window is None else clock <= window_end
+    done = reached != NO_TIME
+    to_step = np.where(done, (reached - entry_at[:, None]) / SECOND, np.nan)
+    from_previous = np.zeros_like(to_step)
+    from_previous[:, 1:] = (reached[:, 1:] - reached[:, :-1]) / SECOND
+    from_previous[~done] = np.nan
     mart_entries = pa.Table.from_arrays(
         [entry_dates, pa.array(open_)]
-        + [
-            pa.array(np.where(reached[:, k] != NO_TIME, (reached[:, k] - entry_at) / SECOND, np.nan))
-            for k in range(len(funnel.steps))
-        ]
-        + [breakdown_values(properties, b) for b in funnel.breakdowns],
+        + [pa.array(to_step[:, k]) for k in range(len(funnel.steps))]
+        + [pa.array(from_previous[:, k]) for k in range(len(funnel.steps))]
+        + [breakdown_values(properties, b) for b in funnel.breakdowns]
+        + [pa.array(counted[grain]) for grain in sorted(counted)],
         schema=_entries_schema(funnel),
     )
     # one row per entry; its reached steps (always the first ones) as lists
-    done = reached != NO_TIME
     steps_reached = done.sum(axis=1)
     offsets = pa.array(np.concatenate(([0], np.cumsum(steps_reached))).astype(np.int32))
     times = reached[done]  # row-major: each entry's reached steps in order
-    to_step = (times - np.repeat(entry_at, steps_reached)) / SECOND
     columns = {
         "funnel": pa.repeat(pa.scalar(funnel.name), len(entry_at)),
         "unit": pa.repeat(pa.scalar(str(funnel.unit)), len(entry_at)),
@@ -131,7 +143,8 @@ def _fact_of(
         "steps_reached": pa.array(steps_reached.astype(np.int64)),
         "completed": pa.array(steps_reached == len(funnel.steps)),
         "reached_at": pa.ListArray.from_arrays(offsets, pa.array(times, _TIMESTAMP)),
-        "seconds_to_step": pa.ListArray.from_arrays(offsets, pa.array(to_step)),
+        "seconds_to_step": pa.ListArray.from_arrays(offsets, pa.array(to_step[done])),
+        "seconds_from_previous": pa.ListArray.from_arrays(offsets, pa.array(from_previous[done])),
         **dict(zip(properties.column_names, properties.columns)),
     }
     fact = pa.Table.from_arrays([pc.cast(columns[c], schema.field(c).type) for c in schema.names], schema=schema)
