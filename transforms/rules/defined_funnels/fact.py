@@ -114,23 +114,31 @@ def _fact_of(
     entry_dates = pc.cast(pa.array(entry_at, _TIMESTAMP), pa.date32())
     # the window holds its end: a record at that instant still counts, so the entry is pending then
     open_ = np.zeros(len(entry_at), bool) if clock is None or window is None else clock <= window_end
+    # each entry's reached steps (always the first ones), flat in entry order, and per step a column
     done = reached != NO_TIME
-    to_step = np.where(done, (reached - entry_at[:, None]) / SECOND, np.nan)
-    from_previous = np.zeros_like(to_step)
-    from_previous[:, 1:] = (reached[:, 1:] - reached[:, :-1]) / SECOND
-    from_previous[~done] = np.nan
+    steps_reached = done.sum(axis=1)
+    times = reached[done]
+    starts = np.cumsum(steps_reached) - steps_reached  # each entry's first element
+    to_step = (times - np.repeat(entry_at, steps_reached)) / SECOND
+    from_previous = np.empty(len(times))
+    from_previous[1:] = (times[1:] - times[:-1]) / SECOND
+    from_previous[starts] = 0.0  # the entry's step: nothing before it
+    # per step a column (NaN: not reached): from the entry, and from the step before
+    columns_of: dict[str, list[np.ndarray]] = {"s": [], "p": []}
+    for k in range(len(funnel.steps)):
+        at, since = reached[:, k], reached[:, max(k - 1, 0)]
+        columns_of["s"].append(np.where(done[:, k], (at - entry_at) / SECOND, np.nan))
+        columns_of["p"].append(np.where(done[:, k], (at - since) / SECOND, np.nan))
     mart_entries = pa.Table.from_arrays(
         [entry_dates, pa.array(open_)]
-        + [pa.array(to_step[:, k]) for k in range(len(funnel.steps))]
-        + [pa.array(from_previous[:, k]) for k in range(len(funnel.steps))]
+        + [pa.array(column) for column in columns_of["s"]]
+        + [pa.array(column) for column in columns_of["p"]]
         + [breakdown_values(properties, b) for b in funnel.breakdowns]
         + [pa.array(counted[grain]) for grain in sorted(counted)],
         schema=_entries_schema(funnel),
     )
     # one row per entry; its reached steps (always the first ones) as lists
-    steps_reached = done.sum(axis=1)
     offsets = pa.array(np.concatenate(([0], np.cumsum(steps_reached))).astype(np.int32))
-    times = reached[done]  # row-major: each entry's reached steps in order
     columns = {
         "funnel": pa.repeat(pa.scalar(funnel.name), len(entry_at)),
         "unit": pa.repeat(pa.scalar(str(funnel.unit)), len(entry_at)),
@@ -143,8 +151,8 @@ def _fact_of(
         "steps_reached": pa.array(steps_reached.astype(np.int64)),
         "completed": pa.array(steps_reached == len(funnel.steps)),
         "reached_at": pa.ListArray.from_arrays(offsets, pa.array(times, _TIMESTAMP)),
-        "seconds_to_step": pa.ListArray.from_arrays(offsets, pa.array(to_step[done])),
-        "seconds_from_previous": pa.ListArray.from_arrays(offsets, pa.array(from_previous[done])),
+        "seconds_to_step": pa.ListArray.from_arrays(offsets, pa.array(to_step)),
+        "seconds_from_previous": pa.ListArray.from_arrays(offsets, pa.array(from_previous)),
         **dict(zip(properties.column_names, properties.columns)),
     }
     fact = pa.Table.from_arrays([pc.cast(columns[c], schema.field(c).type) for c in schema.names], schema=schema)

@@ -106,31 +106,58 @@ _INNER_EDGES = np.array(TIME_TO_CONVERT_EDGES_SECONDS[1:], np.float64)  # the fi
 
 
 class _Durations:
-    """Seconds per entry and step (NaN: not reached) of one duration, sorted
-    once per step: each grouping below keeps that order for its quantiles."""
+    """One duration of a funnel's entries, per step: the entries that reached
+    it (``rows``, in entry order) with their histogram bucket, and the same
+    entries sorted by the duration (``by_time``, ``times``): each grouping
+    below keeps that order for its quantiles."""
 
-    def __init__(self, seconds: np.ndarray):
-        reached = ~np.isnan(seconds)
-        self.bucket = np.searchsorted(_INNER_EDGES, np.nan_to_num(seconds), side="right")
-        self.by_time, self.times = [], []
-        for k in range(seconds.shape[1]):
-            rows = np.flatnonzero(reached[:, k])
-            self.by_time.append(rows[np.argsort(seconds[rows, k], kind="stable")])
-            self.times.append(seconds[self.by_time[k], k])
+    def __init__(self, columns: list[np.ndarray], like: _Durations | None = None):
+        """``columns``: per step, each entry's seconds (NaN: not reached). ``like``: another duration whose
+        steps this one's equal where their columns are the same object (the second step's time from the
+        step before is its time from the entry): their quantiles are taken from it."""
+        self.rows, self.bucket, self.by_time, self.times = [], [], [], []
+        self.zero: list[bool] = []  # the step's seconds are all 0 (the entry's step)
+        self.like = {k: like for k, column in enumerate(columns) if like is not None and column is like.columns[k]}
+        self.columns = columns
+        for seconds in columns:
+            rows = np.flatnonzero(~np.isnan(seconds))
+            values = seconds[rows]
+            self.rows.append(rows)
+            self.bucket.append(np.searchsorted(_INNER_EDGES, values, side="right"))
+            self.zero.append(not (values != 0).any())
+            if not self.zero[-1]:
+                order = np.argsort(values, kind="stable")
+                rows, values = rows[order], values[order]
+            self.by_time.append(rows)
+            self.times.append(values)
 
-    def histogram(self, cell: np.ndarray, reached: np.ndarray, cells: int) -> np.ndarray:
-        """Reached entries per (cell, bucket)."""
-        return np.bincount((cell * _BUCKETS + self.bucket)[reached], minlength=cells * _BUCKETS).reshape(
-            cells, _BUCKETS
-        )
-
-    def quantiles(self, group: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
-        """Median and p90 per (group, step); ``group``: each entry's (-1: not counted)."""
-        median, p90 = np.full((groups, len(self.times)), np.nan), np.full((groups, len(self.times)), np.nan)
-        for k, times in enumerate(self.times):
-            of = group[self.by_time[k]]
-            counted = of >= 0
-            median[:, k], p90[:, k] = _group_quantiles(of[counted], times[counted], groups, (0.5, 0.9))
+    def quantiles(self, group: np.ndarray, groups: int, known: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Median and p90 per (group, step); ``group``: each entry's (-1: not counted). The steps left to
+        sort go in one pass, (step, group) as one group id; a step of zeros is 0 where it has values.
+        ``known``: results per (duration, group array) already computed, which ``like`` steps read."""
+        steps, every = len(self.times), group.min(initial=0) >= 0
+        median, p90 = np.full((groups, steps), np.nan), np.full((groups, steps), np.nan)
+        ids, values, sorted_steps = [], [], []
+        for k, rows in enumerate(self.by_time):
+            of, times = group[rows], self.times[k]
+            if not every:
+                of, times = of[of >= 0], times[of >= 0]
+            if k in self.like:
+                median[:, k], p90[:, k] = (q[:, k] for q in known[id(self.like[k])])
+            elif self.zero[k]:
+                has = np.bincount(of, minlength=groups) > 0
+                median[has, k] = p90[has, k] = 0.0
+            else:
+                ids.append(of + len(sorted_steps) * groups)
+                values.append(times)
+                sorted_steps.append(k)
+        if sorted_steps:
+            found = _group_quantiles(
+                np.concatenate(ids), np.concatenate(values), len(sorted_steps) * groups, (0.5, 0.9)
+            )
+            for out, q in zip((median, p90), found):
+                out[:, sorted_steps] = q.reshape(len(sorted_steps), groups).T
+        known[id(self)] = (median, p90)
         return median, p90
 
 
@@ -138,12 +165,14 @@ def _count(funnel: Funnel, of_funnel: pa.Table, columns: dict[str, list]) -> Non
     """Appends ``funnel``'s mart rows (every grain, breakdown and step) to ``columns``."""
     n_steps = len(funnel.steps)
     open_ = of_funnel.column("open").to_numpy(zero_copy_only=False)
-    matrices = {
-        prefix: np.stack([of_funnel.column(f"{prefix}{k}").to_numpy() for k in range(1, n_steps + 1)], axis=1)
-        for prefix, _, _ in DURATIONS
+    # the second step's time from the step before is its time from the entry: one column read for both
+    columns_of = {
+        prefix: [of_funnel.column(f"{prefix}{k}").to_numpy() for k in range(1, n_steps + 1)] for prefix in "sp"
     }
-    reached = ~np.isnan(matrices["s"])
-    durations = {prefix: _Durations(matrix) for prefix, matrix in matrices.items()}
+    columns_of["p"][1] = columns_of["s"][1]
+    durations: dict[str, _Durations] = {"s": _Durations(columns_of["s"])}
+    durations["p"] = _Durations(columns_of["p"], like=durations["s"])
+    waiting = [np.flatnonzero(open_ & np.isnan(of_funnel.column(f"s{k}").to_numpy())) for k in range(1, n_steps + 1)]
     step_names = np.array([funnel.step_label(k) for k in range(1, n_steps + 1)], dtype=object)
     day = pc.cast(of_funnel.column("entry_date"), pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
     days = np.unique(day)
@@ -169,13 +198,12 @@ def _count(funnel: Funnel, of_funnel: pa.Table, columns: dict[str, list]) -> Non
         # counted once per (day, value, step); weeks and months sum their days
         day_keys, by_day = _dense_codes(day * width + codes)
         days_n = len(day_keys)
-        cell = by_day[:, None] * n_steps + np.arange(n_steps)
         day_of_key, value_of_key = day_keys // width, day_keys % width
         by_mask: dict[int, dict] = {}
         for grain in COHORT_GRAINS:
             rows = counted[grain]
             if id(rows) not in by_mask:
-                by_mask[id(rows)] = _by_day(rows, by_day, cell, days_n, n_steps, reached, open_, durations)
+                by_mask[id(rows)] = _by_day(rows, by_day, days_n, waiting, durations)
             of_day = by_mask[id(rows)]
             start_of_key = starts_of[grain][np.searchsorted(days, day_of_key)]
             keys, into = np.unique(start_of_key * width + value_of_key, return_inverse=True)
@@ -188,10 +216,11 @@ def _count(funnel: Funnel, of_funnel: pa.Table, columns: dict[str, list]) -> Non
             np.add.at(pending, into, of_day["pending"])
             size = g * n_steps
             group = into[by_day] if rows is None else np.where(rows, into[by_day], -1)
+            known: dict = {}
             for prefix, name, histogram_column in DURATIONS:
                 histogram = np.zeros((g, n_steps, _BUCKETS), np.int64)
                 np.add.at(histogram, into, of_day[prefix])
-                median, p90 = durations[prefix].quantiles(group, g)
+                median, p90 = durations[prefix].quantiles(group, g, known)
                 columns[f"median_{name}"].append(median.reshape(-1))
                 columns[f"p90_{name}"].append(p90.reshape(-1))
                 columns[histogram_column].append(histogram.reshape(size, _BUCKETS))
@@ -213,22 +242,28 @@ def _count(funnel: Funnel, of_funnel: pa.Table, columns: dict[str, list]) -> Non
             columns["_shown"].append(np.repeat(shown, n_steps))
 
 
-def _by_day(rows, by_day, cell, days_n: int, n_steps: int, reached, open_, durations) -> dict:
-    """Per (day, value) of the ``rows`` counted (None: all): entered, and per step converted, pending and
-    each duration's histogram."""
-    if rows is None:
-        rows = np.ones(len(by_day), bool)
-    by_day, cell, reached, open_ = by_day[rows], cell[rows], reached[rows], open_[rows]
+def _by_day(rows, by_day: np.ndarray, days_n: int, waiting: list[np.ndarray], durations: dict) -> dict:
+    """Per (day, value) of the ``rows`` counted (None: all): entered, and per step converted, pending
+    (``waiting``: per step, the open entries that have not reached it) and each duration's histogram."""
+    n_steps = len(waiting)
     out = {
-        "entered": np.bincount(by_day, minlength=days_n),
-        "converted": np.bincount(cell[reached], minlength=days_n * n_steps).reshape(days_n, n_steps),
-        "pending": np.bincount(cell[open_[:, None] & ~reached], minlength=days_n * n_steps).reshape(days_n, n_steps),
+        "entered": np.bincount(by_day if rows is None else by_day[rows], minlength=days_n),
+        "converted": np.zeros((days_n, n_steps), np.int64),
+        "pending": np.zeros((days_n, n_steps), np.int64),
+        **{prefix: np.zeros((days_n, n_steps, _BUCKETS), np.int64) for prefix in durations},
     }
-    for prefix, d in durations.items():
-        histogram = np.bincount(
-            (cell * _BUCKETS + d.bucket[rows])[reached], minlength=days_n * n_steps * _BUCKETS
-        ).reshape(days_n, n_steps, _BUCKETS)
-        out[prefix] = histogram
+    for k in range(n_steps):
+        pending = waiting[k] if rows is None else waiting[k][rows[waiting[k]]]
+        out["pending"][:, k] = np.bincount(by_day[pending], minlength=days_n)
+        reached = durations["s"].rows[k]  # the same entries for every duration
+        counted = None if rows is None else rows[reached]
+        day = by_day[reached] if counted is None else by_day[reached[counted]]
+        out["converted"][:, k] = np.bincount(day, minlength=days_n)
+        for prefix, d in durations.items():
+            bucket = d.bucket[k] if counted is None else d.bucket[k][counted]
+            out[prefix][:, k] = np.bincount(day * _BUCKETS + bucket, minlength=days_n * _BUCKETS).reshape(
+                days_n, _BUCKETS
+            )
     return out
 
 

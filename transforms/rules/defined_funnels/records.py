@@ -22,36 +22,46 @@ def record_keys(table: str, rows: np.ndarray) -> np.ndarray:
     return (TABLE_NUMBER[table] << _ROW_BITS) | rows.astype(np.int64)
 
 
-@dataclass
 class Matches:
     """Records matching a condition: unit and session codes, time (epoch
     micros), record keys and, when a later step names it as ``parent``,
-    record ids."""
+    record ids. Sessions and record keys are built when first read (a
+    function in their place until then): most steps never read them."""
 
-    unit: np.ndarray
-    t: np.ndarray
-    session: np.ndarray
-    record: np.ndarray
-    id: pa.Array | None = None
-    _sorted: Matches | None = None
+    def __init__(self, unit: np.ndarray, t: np.ndarray, session, record, id: pa.Array | None = None):
+        self.unit, self.t, self.id = unit, t, id
+        self._session, self._record = session, record
+        self._sorted: Matches | None = None
+
+    @property
+    def session(self) -> np.ndarray:
+        if callable(self._session):
+            self._session = self._session()
+        return self._session
+
+    @property
+    def record(self) -> np.ndarray:
+        if callable(self._record):
+            self._record = self._record()
+        return self._record
 
     @staticmethod
     def of(parts: list[Matches]) -> Matches:
         empty = np.zeros(0, np.int64)
 
-        def joined(name: str) -> np.ndarray:
-            return np.concatenate([getattr(p, name) for p in parts]) if parts else empty
+        def joined(name: str):
+            return lambda: np.concatenate([getattr(p, name) for p in parts]) if parts else empty
 
         return Matches(
-            joined("unit"),
-            joined("t"),
+            joined("unit")(),
+            joined("t")(),
             joined("session"),
             joined("record"),
             pa.concat_arrays([p.id for p in parts]) if parts and parts[0].id is not None else None,
         )
 
     def take(self, rows: np.ndarray) -> Matches:
-        return Matches(self.unit[rows], self.t[rows], self.session[rows], self.record[rows])
+        return Matches(self.unit[rows], self.t[rows], lambda: self.session[rows], lambda: self.record[rows])
 
     def by_unit_and_time(self) -> Matches:
         """The same records sorted by (unit, time), as ``pairs`` reads them (sorted once)."""

@@ -86,8 +86,8 @@ class Shard:
                 Matches(
                     unit[keep],
                     t[keep],
-                    self.codes.of(kind.table, "session_id")[kept],
-                    record_keys(kind.table, kept),
+                    lambda table=kind.table, kept=kept: self.codes.of(table, "session_id")[kept],
+                    lambda table=kind.table, kept=kept: record_keys(table, kept),
                     rows.column(SILVER[kind.table].key[0]).take(pa.array(kept)).combine_chunks() if with_ids else None,
                 )
             )

@@ -82,7 +82,11 @@ class StepRecords:
 
     @cached_property
     def _sorted(self) -> tuple[Matches, np.ndarray]:
-        _, masks, records = self._by_record
+        if self.overlap:
+            _, masks, records = self._by_record
+        else:  # each record in one step: no record to merge
+            records = Matches.of(self._steps)
+            masks = np.concatenate([np.full(len(s.t), 1 << k, np.int64) for k, s in enumerate(self._steps)])
         order = order_by_unit_and_time(records.unit, records.t)
         return records.take(order), masks[order]
 
