@@ -279,11 +279,14 @@ SIGNIFICANT = {
 }
 
 
-def _canonical(table, source: str) -> str:
+def _canonical(table, source: str, columns: set[str] | None = None) -> str:
     """A table's rows in one comparable form: timestamps as epoch micros, dates
-    as DATE, ``ROUNDED`` statistics to 10 decimals, ``SIGNIFICANT`` ones to 12 digits."""
+    as DATE, ``ROUNDED`` statistics to 10 decimals, ``SIGNIFICANT`` ones to 12 digits.
+    ``columns``: only these (what both sides have)."""
     cols = []
     for c in table.columns:
+        if columns is not None and c.name not in columns:
+            continue
         if c.name in ROUNDED.get(table.name, ()):
             cols.append(f"round({c.name}, 10) AS {c.name}")
         elif c.name in SIGNIFICANT.get(table.name, ()):
@@ -317,10 +320,13 @@ def compare_gold(lake: str | Path, reference: str | Path, show: int = 5, tables:
             pipeline = "pipeline_gold"
         else:  # a plain Parquet folder (the previous release)
             pipeline = f"read_parquet('{folder}/**/*.parquet', hive_partitioning = false)"
-        con.execute(f"CREATE TABLE p AS {_canonical(table, pipeline)}")
+        # a previous release may lack columns added since: the columns it has are compared
+        have = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {pipeline}").fetchall()}
+        common = have & set(table.column_names)
+        con.execute(f"CREATE TABLE p AS {_canonical(table, pipeline, common)}")
         if pipeline == "pipeline_gold":
             con.unregister("pipeline_gold")
-        con.execute(f"CREATE TABLE r AS {_canonical(table, repr(str(Path(reference) / name) + '.parquet'))}")
+        con.execute(f"CREATE TABLE r AS {_canonical(table, repr(str(Path(reference) / name) + '.parquet'), common)}")
         only_p = con.execute("SELECT * FROM (SELECT * FROM p EXCEPT ALL SELECT * FROM r) ORDER BY ALL").fetchall()
         only_r = con.execute("SELECT * FROM (SELECT * FROM r EXCEPT ALL SELECT * FROM p) ORDER BY ALL").fetchall()
         report[name] = {
@@ -328,6 +334,7 @@ def compare_gold(lake: str | Path, reference: str | Path, show: int = 5, tables:
             "reference_rows": con.execute("SELECT count(*) FROM r").fetchone()[0],
             "only_in_pipeline": len(only_p),
             "only_in_reference": len(only_r),
+            "columns_not_compared": sorted(set(table.column_names) - have),
             "examples": {
                 "pipeline": [list(map(str, r)) for r in only_p[:show]],
                 "reference": [list(map(str, r)) for r in only_r[:show]],

@@ -47,16 +47,14 @@ class Matches:
 
     @staticmethod
     def of(parts: list[Matches]) -> Matches:
-        empty = np.zeros(0, np.int64)
-
-        def joined(name: str):
-            return lambda: np.concatenate([getattr(p, name) for p in parts]) if parts else empty
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0, np.int64)
 
         return Matches(
-            joined("unit")(),
-            joined("t")(),
-            joined("session"),
-            joined("record"),
+            joined("unit"),
+            joined("t"),
+            lambda: joined("session"),
+            lambda: joined("record"),
             pa.concat_arrays([p.id for p in parts]) if parts and parts[0].id is not None else None,
         )
 
