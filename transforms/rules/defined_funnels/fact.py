@@ -104,7 +104,7 @@ def _fact_of(
         reached, window_end = reached[kept], window_end[kept]
         counted = units.counted_in(entries, steps_reached[kept])
 
-    # per entry its first touch and ids; then one block of rows per step
+    # per entry its first touch and ids
     entry_at = entries.at
     properties = touch.take(pa.array(entries.session))
     unit_ids = codes.ids[unit_column(funnel)].take(pa.array(entries.unit))
@@ -114,7 +114,7 @@ def _fact_of(
     entry_dates = pc.cast(pa.array(entry_at, _TIMESTAMP), pa.date32())
     # the window holds its end: a record at that instant still counts, so the entry is pending then
     open_ = np.zeros(len(entry_at), bool) if clock is None or window is None else clock <= window_end
-    # each entry's reached steps (always the first ones), flat in entry order, and per step a column
+    # each entry's reached steps (always the first ones), flat in entry order
     done = reached != NO_TIME
     steps_reached = done.sum(axis=1)
     times = reached[done]
