@@ -325,15 +325,20 @@ def test_a_user_goes_through_across_sessions_and_enters_again_after_the_window()
     assert {(r["entry_number"], r["session_id"]) for r in facts.to_pylist()} == {(1, "monday"), (2, "later")}
 
 
-def test_an_entry_with_an_exclusion_between_its_steps_is_left_out():
-    funnel = one("""
+def landing_then_paid_unless(exclusion: str) -> funnels.Funnel:
+    """View -> payment, left out on an ``exclusion`` record (its condition, as YAML)."""
+    return one(f"""
         - name: f
           steps:
-            - {name: landing, record: view}
-            - {name: paid, record: event, where: {event_type: payment_successful}}
+            - {{name: landing, record: view}}
+            - {{name: paid, record: event, where: {{event_type: payment_successful}}}}
           exclusions:
-            - {name: away, record: click, where: {element_clicked: nav}}
+            - {{name: away, {exclusion}}}
     """)
+
+
+def test_an_entry_with_an_exclusion_between_its_steps_is_left_out():
+    funnel = landing_then_paid_unless("record: click, where: {element_clicked: nav}")
     g = silver(
         (funnel,),
         silver_sessions=[session("s1"), session("s2"), session("s3")],
@@ -489,14 +494,7 @@ def test_a_record_at_the_windows_end_counts_in_its_entry_and_opens_no_other(at, 
     ids=["with the from step", "a microsecond after it", "a microsecond before the to step", "with the to step"],
 )
 def test_an_exclusion_counts_strictly_between_its_steps(away_at, kept):
-    funnel = one("""
-        - name: f
-          steps:
-            - {name: landing, record: view}
-            - {name: paid, record: event, where: {event_type: payment_successful}}
-          exclusions:
-            - {name: away, record: click}
-    """)
+    funnel = landing_then_paid_unless("record: click")
     got = views_of(
         funnel,
         view("v1", "s1", T0),

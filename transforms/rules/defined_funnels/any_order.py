@@ -27,18 +27,19 @@ def reach(funnel: Funnel, entries: Entries, steps: list[Matches], records: StepR
         shared = records.all.take(np.flatnonzero(records.mask & (records.mask - 1)))
         e, _ = pairs(entries, shared, window_end)
         for entry in np.unique(e):
-            reached[entry] = _walk(records, int(entries.unit[entry]), int(entries.at[entry]), window_end[entry], steps)
+            reached[entry] = _walk(
+                records, int(entries.unit[entry]), int(entries.at[entry]), window_end[entry], len(steps)
+            )
     return reached
 
 
-def _walk(records: StepRecords, unit: int, start: int, end: int, steps: list[Matches]) -> np.ndarray:
+def _walk(records: StepRecords, unit: int, start: int, end: int, n: int) -> np.ndarray:
     """One entry's reach times, instant by instant: the most steps its records so far can each serve."""
     every = records.all
     low, high = np.searchsorted(every.unit, unit, "left"), np.searchsorted(every.unit, unit, "right")
     t, masks = every.t[low:high], records.mask[low:high]
     inside = (t >= start) & (t <= end)
     t, masks = t[inside], masks[inside]
-    n = len(steps)
     out = np.full(n, NO_TIME, np.int64)
     kept: dict[int, int] = {}  # mask -> records of it (more than n of one mask never help)
     done = 0
