@@ -16,7 +16,8 @@ from schemas.tables import GOLD, TIME_TO_CONVERT_EDGES_SECONDS
 COHORT_GRAINS = ("day", "week", "month")
 
 
-def _cohort_start(entry_date: pa.Array, grain: str) -> pa.Array:
+def cohort_start(entry_date: pa.Array, grain: str) -> pa.Array:
+    """The first day of each entry date's cohort of ``grain`` (day, week from Monday, month)."""
     if grain == "day":
         return entry_date
     return pc.floor_temporal(entry_date, unit=grain, week_starts_monday=True)
@@ -178,7 +179,7 @@ def _count(funnel: Funnel, of_funnel: pa.Table, columns: dict[str, list]) -> Non
     days = np.unique(day)
     # each distinct day's week and month (as days since the epoch)
     starts_of = {
-        grain: pc.cast(_cohort_start(pa.array(days.astype(np.int32), pa.int32()).cast(pa.date32()), grain), pa.int32())
+        grain: pc.cast(cohort_start(pa.array(days.astype(np.int32), pa.int32()).cast(pa.date32()), grain), pa.int32())
         .to_numpy(zero_copy_only=False)
         .astype(np.int64)
         for grain in COHORT_GRAINS

@@ -8,11 +8,11 @@ cohort counts."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from schemas.contract import SECOND
+from transforms.rules.defined_funnels.mart import cohort_start
 from transforms.rules.defined_funnels.records import Entries, Matches
-
-_DAY = 86_400 * SECOND
 
 
 def tries(openers: Matches) -> Entries:
@@ -42,10 +42,16 @@ def _best(unit: np.ndarray, period: np.ndarray, steps: np.ndarray, at: np.ndarra
     return out
 
 
+def _cohorts(at: np.ndarray, grain: str) -> np.ndarray:
+    """Each time's entry cohort of ``grain`` (its first day, days since the epoch), as the mart counts them."""
+    dates = pc.cast(pa.array(at, pa.timestamp("us", tz="UTC")), pa.date32())
+    return pc.cast(cohort_start(dates, grain), pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def best_per_day(entries: Entries, reached_steps: np.ndarray) -> tuple[Entries, np.ndarray]:
     """Of a funnel's tries (in unit and time order), each unit's best per day, numbered 1, 2, .. per unit,
     and which tries those are."""
-    kept = np.flatnonzero(_best(entries.unit, entries.at // _DAY, reached_steps, entries.at))
+    kept = np.flatnonzero(_best(entries.unit, _cohorts(entries.at, "day"), reached_steps, entries.at))
     unit = entries.unit[kept]
     index = np.arange(len(kept))
     first = np.concatenate(([True], unit[1:] != unit[:-1])) if len(kept) else np.zeros(0, bool)
@@ -55,10 +61,7 @@ def best_per_day(entries: Entries, reached_steps: np.ndarray) -> tuple[Entries, 
 
 def counted_in(entries: Entries, reached_steps: np.ndarray) -> dict[str, np.ndarray]:
     """Per cohort grain, which rows (a unit's best per day) the week's and month's cohorts count."""
-    day = entries.at // _DAY
-    week = (day + 3) // 7  # weeks from Monday (1970-01-01 was a Thursday)
-    month = day.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
     return {
-        "week": _best(entries.unit, week, reached_steps, entries.at),
-        "month": _best(entries.unit, month, reached_steps, entries.at),
+        grain: _best(entries.unit, _cohorts(entries.at, grain), reached_steps, entries.at)
+        for grain in ("week", "month")
     }
